@@ -67,7 +67,8 @@ export class FakeDriver extends EventEmitter implements MigrationDriver {
   forgetDisable = false;
   /** Return a stray session from a non-opening arc. */
   strayOn: string | null = null;
-  failGetState = 0;
+  /** getState() fails on this call number (1-based, counted by getStateCalls). */
+  failGetStateAt = 0;
   getStateCalls = 0;
   resetCalls = 0;
   stepCalls = 0;
@@ -96,8 +97,7 @@ export class FakeDriver extends EventEmitter implements MigrationDriver {
 
   async getState(): Promise<DeviceState> {
     this.getStateCalls++;
-    if (this.failGetState > 0) {
-      this.failGetState--;
+    if (this.getStateCalls === this.failGetStateAt) {
       throw migError('EIO', 'get state failed');
     }
     return this.state;
