@@ -1,1 +1,16 @@
-export {};
+export {
+  STREAM_MAGIC, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR, STREAM_HEADER_SIZE, RECORD_SYNC, RECORD_HEADER_SIZE, NO_DEVICE,
+  Features, RecordFlags, RecordType, recordTypeName, ROUND_FLAG_EMPTY, ROUND_FLAG_FINAL, MAX_DEVICES,
+  encodeStreamHeader, decodeStreamHeader, encodeRecordHeader, decodeRecordHeader, writeRecordHeader, encodeRecord,
+} from './wire-format.js';
+export type {
+  WireDevice, StreamHeader, StreamHeaderInit, RecordHeader, WireRecord, DecodedObject, StreamHeaderRecord,
+  DataRecord, RoundRecord, DeviceEndRecord, ControlRecord, StreamEndRecord,
+  RecordInput, DataInput, RoundInput, DeviceEndInput, ControlInput, StreamEndInput, RawInput,
+} from './wire-format.js';
+export { RecordEncoder, createRecordEncoder } from './record-encoder.js';
+export type { RecordEncoderOptions, EncoderCompressionOptions } from './record-encoder.js';
+export { RecordDecoder, createRecordDecoder } from './record-decoder.js';
+export type { RecordDecoderOptions } from './record-decoder.js';
+export { CompressionPool, sharedCompressionPool, validateZstdLevel, DEFAULT_ZSTD_LEVEL, MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL } from './compression-pool.js';
+export type { CompressionPoolOptions, CompressOptions, CompressResult } from './compression-pool.js';

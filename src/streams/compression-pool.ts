@@ -1,0 +1,311 @@
+/**
+ * zstd off the event loop: a pool of worker_threads, each running zstd-napi's synchronous one-shot
+ * compressor on independent frames.
+ *
+ * zstd-napi has no async API: at level 1 one MiB of mixed data costs about 1.1 ms of CPU, which would
+ * come straight out of the event loop. Independent frames in worker_threads scaled 1.8-1.9x on the two
+ * cores measured (research A5), better than libzstd's own nbWorkers. Jobs finish in any order; callers
+ * that need order (RecordEncoder) keep their own FIFO of promises.
+ *
+ * The worker source is a string run with `eval: true`, so the same code works from src under vitest
+ * and from dist; it loads zstd-napi's binding by an absolute path resolved here.
+ */
+import { Worker } from 'node:worker_threads';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import { migError, ErrorCodes } from '../fsm/errors.js';
+
+const require = createRequire(import.meta.url);
+const BINDING_PATH = require.resolve('zstd-napi/binding');
+
+/** The subset of zstd-napi's binding this package uses (its own .d.ts is not an ES module). */
+export interface ZstdBinding {
+  CCtx: new () => { compress(dst: Uint8Array, src: Uint8Array, level: number): number };
+  DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
+  compressBound(size: number): number;
+  minCLevel(): number;
+  maxCLevel(): number;
+}
+export const zstd = require(BINDING_PATH) as ZstdBinding;
+
+/**
+ * Default level: 1. Measured with bench/compression.mjs on this 2-core box (mixed pages, 1 MiB frames,
+ * 2 workers): level -1 is the fastest but its ratio drops towards 2.1, level 3 costs about 1.6x the CPU
+ * of level 1 for +10% ratio. Level 1 keeps the encoder at about the throughput of `zstd -1 -T2` with the
+ * better of the two cheap ratios; pass -1 when the link is fast and the cores are scarce.
+ */
+export const DEFAULT_ZSTD_LEVEL = 1;
+/** Levels above 19 need zstd's "ultra" windows (tens of MiB per context): not worth it for 1 MiB frames. */
+export const MAX_ZSTD_LEVEL = 19;
+export const MIN_ZSTD_LEVEL = zstd.minCLevel();
+
+export function validateZstdLevel(level: number): number {
+  if (!Number.isInteger(level) || level < MIN_ZSTD_LEVEL || level > MAX_ZSTD_LEVEL) {
+    throw migError(ErrorCodes.USAGE, `zstd level must be an integer in [${MIN_ZSTD_LEVEL}, ${MAX_ZSTD_LEVEL}], got ${level}`);
+  }
+  return level;
+}
+
+const OP_COMPRESS = 1;
+const OP_DECOMPRESS = 2;
+
+// Runs in each worker (CommonJS, eval). Messages: { id, op, buf: ArrayBuffer, off, len, level, crc,
+// back, rawLength }. The compressor writes into a reused scratch buffer sized by compressBound and
+// copies the result into an exactly sized ArrayBuffer that is transferred out, so nothing larger than
+// the frame crosses back. `back` returns a transferred-in source when it is still needed (not shrunk).
+const WORKER_SOURCE = `
+'use strict';
+const { parentPort, workerData } = require('node:worker_threads');
+const { crc32 } = require('node:zlib');
+const zstd = require(workerData.bindingPath);
+const cctx = new zstd.CCtx();
+const dctx = new zstd.DCtx();
+let scratch = Buffer.allocUnsafeSlow(0);
+parentPort.on('message', (m) => {
+  try {
+    const src = Buffer.from(m.buf, m.off, m.len);
+    if (m.op === ${OP_COMPRESS}) {
+      const bound = zstd.compressBound(m.len);
+      if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
+      const n = cctx.compress(scratch, src, m.level);
+      if (n < m.len) {
+        const ab = new ArrayBuffer(n);
+        const out = Buffer.from(ab);
+        scratch.copy(out, 0, 0, n);
+        parentPort.postMessage({ id: m.id, out: ab, crc: m.crc ? crc32(out) : 0, back: null }, [ab]);
+      } else {
+        const crc = m.crc ? crc32(src) : 0;
+        if (m.back) parentPort.postMessage({ id: m.id, out: null, crc, back: m.buf }, [m.buf]);
+        else parentPort.postMessage({ id: m.id, out: null, crc, back: null });
+      }
+    } else {
+      const ab = new ArrayBuffer(m.rawLength);
+      const n = dctx.decompress(Buffer.from(ab), src);
+      if (n !== m.rawLength) throw new Error('frame holds ' + n + ' bytes, header says ' + m.rawLength);
+      parentPort.postMessage({ id: m.id, out: ab, crc: 0, back: null }, [ab]);
+    }
+  } catch (e) {
+    parentPort.postMessage({ id: m.id, error: String(e && e.message || e) });
+  }
+});
+`;
+
+export interface CompressResult {
+  /** The zstd frame, or null when it would not be smaller than the input (send raw). */
+  compressed: Buffer | null;
+  /** crc32 of what goes on the wire: the frame, or the raw bytes when not compressed (0 if not asked). */
+  crc: number;
+  /** The raw bytes (the caller's buffer, or the same bytes returned after a transfer). */
+  raw: Buffer;
+}
+
+export interface CompressOptions {
+  level?: number;
+  /** Also compute the crc32 of the wire bytes in the worker. Default true. */
+  crc?: boolean;
+  /**
+   * Move the payload's memory to the worker instead of copying it. Only honoured when the Buffer spans
+   * its whole ArrayBuffer (not a pooled slice or a view); the caller's Buffer is then detached and the
+   * bytes come back in `raw`. Default false: copy (about 20 µs per MiB against about 1 ms to compress).
+   */
+  transfer?: boolean;
+}
+
+export interface CompressionPoolOptions {
+  /** Worker count; default the machine's available parallelism. Workers start on first use. */
+  size?: number;
+  /** Default level of `compress`. */
+  level?: number;
+  /** Bytes handed to workers at once; further jobs wait in the pool's queue. Default 64 MiB. */
+  maxInFlightBytes?: number;
+}
+
+interface Job {
+  id: number;
+  op: number;
+  buf: ArrayBuffer;
+  off: number;
+  len: number;
+  level: number;
+  crc: boolean;
+  back: boolean;
+  rawLength: number;
+  resolve: (v: { out: ArrayBuffer | null; crc: number; back: ArrayBuffer | null }) => void;
+  reject: (e: Error) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  jobs: Map<number, Job>;
+  bytes: number;
+}
+
+/** An order-agnostic zstd worker pool. `compress`/`decompress` resolve per job. */
+export class CompressionPool {
+  readonly size: number;
+  readonly level: number;
+  readonly maxInFlightBytes: number;
+  #slots: Slot[];
+  #waiting: Job[];
+  #inFlightBytes: number;
+  #nextId: number;
+  #closed: boolean;
+
+  constructor(opts: CompressionPoolOptions = {}) {
+    const size = opts.size ?? Math.max(1, os.availableParallelism());
+    if (!Number.isInteger(size) || size < 1) throw migError(ErrorCodes.USAGE, `pool size must be >= 1, got ${size}`);
+    this.size = size;
+    this.level = validateZstdLevel(opts.level ?? DEFAULT_ZSTD_LEVEL);
+    this.maxInFlightBytes = opts.maxInFlightBytes ?? 64 * 1024 * 1024;
+    this.#slots = [];
+    this.#waiting = [];
+    this.#inFlightBytes = 0;
+    this.#nextId = 1;
+    this.#closed = false;
+  }
+
+  /** Bytes currently inside workers. */
+  get inFlightBytes(): number {
+    return this.#inFlightBytes;
+  }
+
+  /** Jobs queued or running. */
+  get pending(): number {
+    let n = this.#waiting.length;
+    for (const s of this.#slots) n += s.jobs.size;
+    return n;
+  }
+
+  /** Compress `data` as one independent zstd frame. */
+  compress(data: Buffer, opts: CompressOptions = {}): Promise<CompressResult> {
+    const level = opts.level === undefined ? this.level : validateZstdLevel(opts.level);
+    const crc = opts.crc ?? true;
+    // Fast path: hand over the caller's memory (it owns the whole ArrayBuffer). Slow path: one copy,
+    // because a pooled slice or a reused buffer must not be detached under its owner.
+    const owned =
+      opts.transfer === true &&
+      data.byteOffset === 0 &&
+      data.buffer instanceof ArrayBuffer &&
+      data.byteLength === data.buffer.byteLength;
+    let buf: ArrayBuffer;
+    if (owned) buf = data.buffer as ArrayBuffer;
+    else {
+      buf = new ArrayBuffer(data.length);
+      new Uint8Array(buf).set(data);
+    }
+    const len = data.length;
+    return new Promise<{ out: ArrayBuffer | null; crc: number; back: ArrayBuffer | null }>((resolve, reject) => {
+      this.#submit({ id: 0, op: OP_COMPRESS, buf, off: 0, len, level, crc, back: owned, rawLength: len, resolve, reject });
+    }).then((r) => ({
+      compressed: r.out === null ? null : Buffer.from(r.out),
+      crc: r.crc,
+      raw: r.back !== null ? Buffer.from(r.back, 0, len) : data,
+    }));
+  }
+
+  /** Decompress one zstd frame whose content is exactly `rawLength` bytes (else CORRUPT). */
+  decompress(frame: Buffer, rawLength: number): Promise<Buffer> {
+    const buf = new ArrayBuffer(frame.length);
+    new Uint8Array(buf).set(frame);
+    return new Promise<{ out: ArrayBuffer | null; crc: number; back: ArrayBuffer | null }>((resolve, reject) => {
+      this.#submit({ id: 0, op: OP_DECOMPRESS, buf, off: 0, len: frame.length, level: 0, crc: false, back: false, rawLength, resolve, reject });
+    }).then((r) => Buffer.from(r.out!));
+  }
+
+  /** Stop the workers; queued and running jobs reject with ECANCELED. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const err = migError('ECANCELED', 'compression pool closed');
+    for (const j of this.#waiting.splice(0)) j.reject(err);
+    const slots = this.#slots.splice(0);
+    for (const s of slots) for (const j of s.jobs.values()) j.reject(err);
+    await Promise.all(slots.map((s) => s.worker.terminate()));
+  }
+
+  #submit(job: Job): void {
+    if (this.#closed) {
+      job.reject(migError('ECANCELED', 'compression pool closed'));
+      return;
+    }
+    job.id = this.#nextId++;
+    this.#waiting.push(job);
+    this.#pump();
+  }
+
+  #pump(): void {
+    while (this.#waiting.length > 0) {
+      const job = this.#waiting[0]!;
+      // A job larger than the cap still runs alone, or it would wait forever.
+      if (this.#inFlightBytes > 0 && this.#inFlightBytes + job.len > this.maxInFlightBytes) return;
+      this.#waiting.shift();
+      const slot = this.#pickSlot();
+      slot.jobs.set(job.id, job);
+      slot.bytes += job.len;
+      this.#inFlightBytes += job.len;
+      if (slot.jobs.size === 1) slot.worker.ref();
+      const msg = { id: job.id, op: job.op, buf: job.buf, off: job.off, len: job.len, level: job.level, crc: job.crc, back: job.back, rawLength: job.rawLength };
+      slot.worker.postMessage(msg, [job.buf]);
+    }
+  }
+
+  /** The least loaded worker, spawning another while all are busy and the pool is not full. */
+  #pickSlot(): Slot {
+    let best: Slot | undefined;
+    for (const s of this.#slots) if (best === undefined || s.bytes < best.bytes) best = s;
+    if (best !== undefined && (best.bytes === 0 || this.#slots.length >= this.size)) return best;
+    return this.#spawn();
+  }
+
+  #spawn(): Slot {
+    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { bindingPath: BINDING_PATH } });
+    // Idle workers must not keep the process alive; a worker with jobs is ref'd (see #pump/#done).
+    worker.unref();
+    const slot: Slot = { worker, jobs: new Map(), bytes: 0 };
+    worker.on('message', (m: { id: number; out?: ArrayBuffer | null; crc?: number; back?: ArrayBuffer | null; error?: string }) => {
+      const job = slot.jobs.get(m.id);
+      if (job === undefined) return;
+      this.#done(slot, job);
+      if (m.error !== undefined) {
+        const code = job.op === OP_DECOMPRESS ? ErrorCodes.CORRUPT : 'EIO';
+        job.reject(migError(code, `zstd ${job.op === OP_DECOMPRESS ? 'decompression' : 'compression'} failed: ${m.error}`));
+      } else {
+        job.resolve({ out: m.out ?? null, crc: m.crc ?? 0, back: m.back ?? null });
+      }
+      this.#pump();
+    });
+    const fail = (cause: unknown): void => {
+      const i = this.#slots.indexOf(slot);
+      if (i >= 0) this.#slots.splice(i, 1);
+      const err = migError('EIO', 'compression worker died', { cause });
+      for (const j of slot.jobs.values()) {
+        this.#inFlightBytes -= j.len;
+        j.reject(err);
+      }
+      slot.jobs.clear();
+      slot.bytes = 0;
+      if (!this.#closed) this.#pump();
+    };
+    worker.on('error', fail);
+    worker.on('exit', (code) => {
+      if (slot.jobs.size > 0) fail(new Error(`worker exited with code ${code}`));
+    });
+    this.#slots.push(slot);
+    return slot;
+  }
+
+  #done(slot: Slot, job: Job): void {
+    slot.jobs.delete(job.id);
+    slot.bytes -= job.len;
+    this.#inFlightBytes -= job.len;
+    if (slot.jobs.size === 0) slot.worker.unref();
+  }
+}
+
+let shared: CompressionPool | null = null;
+
+/** The process-wide pool used by encoders that are given none (sized to the cores, level 1). */
+export function sharedCompressionPool(): CompressionPool {
+  if (shared === null) shared = new CompressionPool();
+  return shared;
+}

@@ -1,0 +1,424 @@
+/**
+ * RecordDecoder: wire bytes in, record objects out (a Transform whose readable side is in object mode).
+ *
+ * The first object out is the stream header ({ type: RecordType.STREAM_HEADER, header }; also the
+ * 'header' event). Then one object per record, each emitted only after every check passed: header crc,
+ * bounds (before anything is allocated for the record), sequence, payload crc, decompression to
+ * exactly the declared size, per-device byte counts and digests. The first bad record fails the stream
+ * with a typed MigError and nothing after it is emitted.
+ *
+ * Zero-copy: a record lying inside one input chunk is emitted as a `subarray` view of that chunk; only
+ * records spanning chunks are copied, once, into an exactly sized buffer (ws `consume`). Input chunks
+ * must therefore not be modified after they are written (Node's usual rule).
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import { crc32 } from 'node:zlib';
+import { createHash, getHashes, type Hash } from 'node:crypto';
+import { migError, ErrorCodes, MigError } from '../fsm/errors.js';
+import {
+  RecordType,
+  RecordFlags,
+  Features,
+  NO_DEVICE,
+  RECORD_HEADER_SIZE,
+  STREAM_HEADER_SIZE,
+  decodeStreamHeaderFixed,
+  parseStreamHeaderBody,
+  decodeRecordHeader,
+  decodeRoundPayload,
+  decodeDeviceEndPayload,
+  decodeStreamEndPayload,
+  recordTypeName,
+  type StreamHeader,
+  type StreamHeaderFixed,
+  type RecordHeader,
+  type WireRecord,
+} from './wire-format.js';
+import { zstd } from './compression-pool.js';
+
+export interface RecordDecoderOptions {
+  /** Largest payload accepted, on the wire and once decompressed. Default 16 MiB. */
+  maxPayload?: number;
+  /** Largest record held across input chunks (a record spanning chunks is buffered whole). Default maxPayload + 28. */
+  maxQueuedBytes?: number;
+  /** Largest device table. Default 256. */
+  maxDevices?: number;
+  /** Largest stream header body (JSON). Default 1 MiB. */
+  maxHeaderBytes?: number;
+  /** Largest CONTROL payload (JSON). Default 1 MiB. */
+  maxControlBytes?: number;
+  /** Input ending without a STREAM_END record is TRUNCATED. Default true. */
+  requireEnd?: boolean;
+  /** Verify DEVICE_END digests when the stream header names an algorithm. Default true. */
+  verifyDigest?: boolean;
+  /** Readable side highWaterMark in records. Default 16. */
+  readableHighWaterMark?: number;
+}
+
+// Parser states (ws Receiver style: one integer, fields set in the constructor in one order).
+const S_PREAMBLE = 0;
+const S_PREAMBLE_BODY = 1;
+const S_HEADER = 2;
+const S_PAYLOAD = 3;
+const S_DONE = 4;
+const S_ERRORED = 5;
+
+interface DeviceTrack {
+  bytes: number;
+  hash: Hash | null;
+  ended: boolean;
+}
+
+export class RecordDecoder extends Transform {
+  /** The stream header once decoded. */
+  header: StreamHeader | null;
+  /** Bytes received. */
+  bytesIn: number;
+  /** Records emitted (stream header excluded). */
+  records: number;
+  /** Optional records of unknown types that were skipped. */
+  skippedRecords: number;
+  /** Raw DATA bytes emitted. */
+  dataBytes: number;
+  readonly maxPayload: number;
+  readonly maxQueuedBytes: number;
+  readonly maxDevices: number;
+  readonly maxHeaderBytes: number;
+  readonly maxControlBytes: number;
+  readonly requireEnd: boolean;
+  readonly verifyDigest: boolean;
+  #state: number;
+  #buffers: Buffer[];
+  #buffered: number;
+  /** Stream offset of the next byte to parse (for error details). */
+  #offset: number;
+  #fixed: StreamHeaderFixed | null;
+  #record: RecordHeader | null;
+  #recordOffset: number;
+  #expectSeq: number;
+  #tracks: DeviceTrack[];
+  #dctx: InstanceType<typeof zstd.DCtx> | null;
+
+  constructor(opts: RecordDecoderOptions = {}) {
+    super({
+      writableObjectMode: false,
+      readableObjectMode: true,
+      readableHighWaterMark: opts.readableHighWaterMark ?? 16,
+    });
+    this.header = null;
+    this.bytesIn = 0;
+    this.records = 0;
+    this.skippedRecords = 0;
+    this.dataBytes = 0;
+    this.maxPayload = opts.maxPayload ?? 16 * 1024 * 1024;
+    this.maxQueuedBytes = opts.maxQueuedBytes ?? this.maxPayload + RECORD_HEADER_SIZE;
+    this.maxDevices = opts.maxDevices ?? 256;
+    this.maxHeaderBytes = opts.maxHeaderBytes ?? 1024 * 1024;
+    this.maxControlBytes = opts.maxControlBytes ?? 1024 * 1024;
+    this.requireEnd = opts.requireEnd ?? true;
+    this.verifyDigest = opts.verifyDigest ?? true;
+    this.#state = S_PREAMBLE;
+    this.#buffers = [];
+    this.#buffered = 0;
+    this.#offset = 0;
+    this.#fixed = null;
+    this.#record = null;
+    this.#recordOffset = 0;
+    this.#expectSeq = 0;
+    this.#tracks = [];
+    this.#dctx = null;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (this.#state === S_ERRORED) {
+      cb();
+      return;
+    }
+    this.bytesIn += chunk.length;
+    if (chunk.length === 0) {
+      cb();
+      return;
+    }
+    if (this.#state === S_DONE) {
+      this.#fail(migError(ErrorCodes.CORRUPT, `${chunk.length} bytes after STREAM_END`, { detail: { offset: this.#offset } }), cb);
+      return;
+    }
+    this.#buffers.push(chunk);
+    this.#buffered += chunk.length;
+    try {
+      this.#parse();
+    } catch (err) {
+      this.#fail(err, cb);
+      return;
+    }
+    cb();
+  }
+
+  override _flush(cb: TransformCallback): void {
+    if (this.#state === S_ERRORED || this.#state === S_DONE) {
+      cb();
+      return;
+    }
+    const midRecord = this.#buffered > 0 || this.#state === S_PREAMBLE_BODY || this.#state === S_PAYLOAD;
+    if (!midRecord && !this.requireEnd) {
+      cb();
+      return;
+    }
+    const what = midRecord
+      ? this.#state === S_PREAMBLE || this.#state === S_PREAMBLE_BODY
+        ? 'in the stream header'
+        : 'in the middle of a record'
+      : this.#state === S_PREAMBLE
+        ? 'before the stream header'
+        : 'without a STREAM_END record';
+    this.#fail(
+      migError(ErrorCodes.TRUNCATED, `wire stream ended ${what}`, {
+        detail: { offset: this.#offset, buffered: this.#buffered, records: this.records },
+      }),
+      cb,
+    );
+  }
+
+  #fail(err: unknown, cb: TransformCallback): void {
+    this.#state = S_ERRORED;
+    this.#buffers = [];
+    this.#buffered = 0;
+    cb(err instanceof Error ? err : migError(ErrorCodes.CORRUPT, String(err)));
+  }
+
+  /** Take `n` bytes off the front (the caller checked that `n` are buffered). */
+  #consume(n: number): Buffer {
+    this.#buffered -= n;
+    this.#offset += n;
+    const first = this.#buffers[0]!;
+    // Fast path: inside one chunk, a view and no copy.
+    if (first.length === n) {
+      this.#buffers.shift();
+      return first;
+    }
+    if (first.length > n) {
+      this.#buffers[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    // Slow path: the bytes span chunks; one copy into an exactly sized buffer.
+    const out = Buffer.allocUnsafe(n);
+    let at = 0;
+    while (at < n) {
+      const buf = this.#buffers[0]!;
+      const take = Math.min(buf.length, n - at);
+      buf.copy(out, at, 0, take);
+      at += take;
+      if (take === buf.length) this.#buffers.shift();
+      else this.#buffers[0] = buf.subarray(take);
+    }
+    return out;
+  }
+
+  #parse(): void {
+    for (;;) {
+      switch (this.#state) {
+        case S_PREAMBLE: {
+          if (this.#buffered < STREAM_HEADER_SIZE) return;
+          this.#fixed = decodeStreamHeaderFixed(this.#consume(STREAM_HEADER_SIZE), {
+            maxHeaderBytes: this.maxHeaderBytes,
+            maxDevices: this.maxDevices,
+          });
+          this.#state = S_PREAMBLE_BODY;
+          break;
+        }
+        case S_PREAMBLE_BODY: {
+          const fixed = this.#fixed!;
+          if (this.#buffered < fixed.bodyLength) return;
+          const header = parseStreamHeaderBody(fixed, this.#consume(fixed.bodyLength));
+          let alg: string | null = null;
+          if (header.digest !== null && this.verifyDigest) {
+            if (!getHashes().includes(header.digest)) {
+              throw migError(ErrorCodes.UNSUPPORTED, `digest algorithm ${header.digest} is not available`);
+            }
+            alg = header.digest;
+          }
+          this.#tracks = header.devices.map(() => ({ bytes: 0, hash: alg ? createHash(alg) : null, ended: false }));
+          this.header = header;
+          this.#state = S_HEADER;
+          this.emit('header', header);
+          this.push({ type: RecordType.STREAM_HEADER, header });
+          break;
+        }
+        case S_HEADER: {
+          if (this.#buffered < RECORD_HEADER_SIZE) return;
+          this.#recordOffset = this.#offset;
+          const h = decodeRecordHeader(this.#consume(RECORD_HEADER_SIZE));
+          this.#checkHeader(h);
+          this.#record = h;
+          this.#state = S_PAYLOAD;
+          break;
+        }
+        case S_PAYLOAD: {
+          const h = this.#record!;
+          if (this.#buffered < h.payloadLength) {
+            // The record spans chunks and will be held whole: bound what is held.
+            if (h.payloadLength + RECORD_HEADER_SIZE > this.maxQueuedBytes) {
+              throw this.#err(ErrorCodes.LIMIT, `record of ${h.payloadLength} bytes spans chunks, queue limit ${this.maxQueuedBytes}`, h);
+            }
+            return;
+          }
+          const payload = h.payloadLength === 0 ? Buffer.alloc(0) : this.#consume(h.payloadLength);
+          this.#record = null;
+          this.#state = S_HEADER;
+          this.#emitRecord(h, payload);
+          if (this.#state === S_DONE) {
+            if (this.#buffered > 0) {
+              throw migError(ErrorCodes.CORRUPT, `${this.#buffered} bytes after STREAM_END`, { detail: { offset: this.#offset } });
+            }
+            return;
+          }
+          break;
+        }
+        default:
+          return;
+      }
+    }
+  }
+
+  #err(code: string, message: string, h: RecordHeader, device?: number): MigError {
+    return migError(code, message, {
+      ...(device !== undefined ? { device } : {}),
+      detail: { seq: h.seq, type: recordTypeName(h.type), offset: this.#recordOffset },
+    });
+  }
+
+  /** Every check that needs only the header, before a byte of payload is buffered or allocated. */
+  #checkHeader(h: RecordHeader): void {
+    if (h.seq !== this.#expectSeq) {
+      throw this.#err(ErrorCodes.CORRUPT, `record sequence ${h.seq}, expected ${this.#expectSeq} (lost or repeated record)`, h);
+    }
+    if (h.payloadLength > this.maxPayload || h.rawLength > this.maxPayload) {
+      throw this.#err(ErrorCodes.LIMIT, `record of ${Math.max(h.payloadLength, h.rawLength)} bytes, limit ${this.maxPayload}`, h);
+    }
+    if ((h.flags & RecordFlags.COMPRESSED) !== 0 && (this.header!.features & Features.ZSTD) === 0) {
+      throw this.#err(ErrorCodes.CORRUPT, 'compressed record in a stream without the ZSTD feature', h);
+    }
+    switch (h.type) {
+      case RecordType.DATA:
+      case RecordType.ROUND:
+      case RecordType.DEVICE_END: {
+        if (h.device >= this.#tracks.length) {
+          throw this.#err(ErrorCodes.CORRUPT, `record for device ${h.device}, the stream has ${this.#tracks.length}`, h);
+        }
+        if (this.#tracks[h.device]!.ended) {
+          throw this.#err(ErrorCodes.CORRUPT, `${recordTypeName(h.type)} record after the device's DEVICE_END`, h, h.device);
+        }
+        break;
+      }
+      case RecordType.CONTROL:
+        if (h.rawLength > this.maxControlBytes) {
+          throw this.#err(ErrorCodes.LIMIT, `CONTROL record of ${h.rawLength} bytes, limit ${this.maxControlBytes}`, h);
+        }
+        break;
+      case RecordType.STREAM_END:
+        break;
+      default:
+        if ((h.flags & RecordFlags.OPTIONAL) === 0) {
+          throw this.#err(ErrorCodes.UNSUPPORTED, `unknown mandatory record type ${h.type}`, h);
+        }
+    }
+    this.#expectSeq = (this.#expectSeq + 1) >>> 0;
+  }
+
+  #emitRecord(h: RecordHeader, wire: Buffer): void {
+    if ((this.header!.features & Features.CRC32) !== 0 && crc32(wire) !== h.payloadCrc) {
+      throw this.#err(ErrorCodes.CORRUPT, 'record payload crc mismatch', h, h.device === NO_DEVICE ? undefined : h.device);
+    }
+    if (h.type > RecordType.STREAM_END) {
+      // Unknown and OPTIONAL (checked in #checkHeader): skipped whole, after its crc was verified.
+      this.skippedRecords++;
+      return;
+    }
+    const payload = (h.flags & RecordFlags.COMPRESSED) !== 0 ? this.#decompress(h, wire) : wire;
+    const base = { flags: h.flags, device: h.device, channel: h.channel, seq: h.seq };
+    let rec: WireRecord;
+    try {
+      switch (h.type) {
+        case RecordType.DATA: {
+          const t = this.#tracks[h.device]!;
+          t.bytes += payload.length;
+          t.hash?.update(payload);
+          this.dataBytes += payload.length;
+          rec = { type: RecordType.DATA, ...base, payload };
+          break;
+        }
+        case RecordType.ROUND:
+          rec = { type: RecordType.ROUND, ...base, ...decodeRoundPayload(payload) };
+          break;
+        case RecordType.DEVICE_END: {
+          const end = decodeDeviceEndPayload(payload);
+          const t = this.#tracks[h.device]!;
+          if (end.bytes !== t.bytes) {
+            throw this.#err(ErrorCodes.CORRUPT, `DEVICE_END says ${end.bytes} bytes, ${t.bytes} were received`, h, h.device);
+          }
+          if (t.hash !== null) {
+            const mine = t.hash.digest('hex');
+            if (end.algorithm !== this.header!.digest || end.digest !== mine) {
+              throw this.#err(ErrorCodes.DIGEST, `device ${h.device} data digest mismatch`, h, h.device);
+            }
+          }
+          t.ended = true;
+          rec = { type: RecordType.DEVICE_END, ...base, ...end };
+          break;
+        }
+        case RecordType.CONTROL: {
+          let message: unknown;
+          try {
+            message = JSON.parse(payload.toString('utf8'));
+          } catch (cause) {
+            throw migError(ErrorCodes.CORRUPT, 'CONTROL payload is not JSON', { cause, detail: { seq: h.seq } });
+          }
+          rec = { type: RecordType.CONTROL, ...base, message };
+          break;
+        }
+        default: {
+          const bytes = decodeStreamEndPayload(payload);
+          if (bytes !== this.dataBytes) {
+            throw this.#err(ErrorCodes.CORRUPT, `STREAM_END says ${bytes} data bytes, ${this.dataBytes} were received`, h);
+          }
+          this.#state = S_DONE;
+          rec = { type: RecordType.STREAM_END, ...base, bytes };
+        }
+      }
+    } catch (err) {
+      if (err instanceof MigError && err.detail === undefined) err.detail = { seq: h.seq, offset: this.#recordOffset };
+      throw err;
+    }
+    this.records++;
+    this.push(rec);
+  }
+
+  /**
+   * One-shot decompression into a buffer of the declared raw length (already bounded by maxPayload),
+   * so a frame can never expand past it: a decompression bomb fails as "destination too small".
+   */
+  #decompress(h: RecordHeader, frame: Buffer): Buffer {
+    this.#dctx ??= new zstd.DCtx();
+    const out = Buffer.allocUnsafe(h.rawLength);
+    let n: number;
+    try {
+      n = this.#dctx.decompress(out, frame);
+    } catch (cause) {
+      // A failed frame can leave the context mid-frame: start the next record from a fresh one.
+      this.#dctx = null;
+      throw migError(ErrorCodes.CORRUPT, `record does not decompress to its declared ${h.rawLength} bytes`, {
+        cause,
+        detail: { seq: h.seq, offset: this.#recordOffset },
+      });
+    }
+    if (n !== h.rawLength) {
+      throw this.#err(ErrorCodes.CORRUPT, `record decompressed to ${n} bytes, header says ${h.rawLength}`, h);
+    }
+    return out;
+  }
+}
+
+/** Factory form (for symmetry with the other streams). */
+export function createRecordDecoder(opts?: RecordDecoderOptions): RecordDecoder {
+  return new RecordDecoder(opts);
+}

@@ -1,0 +1,369 @@
+/**
+ * RecordEncoder: record objects in, wire bytes out (a Transform whose writable side is in object mode).
+ *
+ * The stream header goes out first (from the constructor). Each record leaves as two buffers, its
+ * 28-byte header and its payload, never concatenated (ws Sender). DATA records may be compressed in
+ * the CompressionPool: several are in flight at once, they leave in the order they were written, and
+ * a record whose frame would not be smaller goes out raw.
+ *
+ * Backpressure: a write's callback runs at once while the bytes not yet pushed out stay under
+ * `maxInFlightBytes` and the readable side is under its highWaterMark; otherwise it is held until
+ * enough records are truly out and the reader wants more. So memory is bounded by
+ * maxInFlightBytes + readableHighWaterMark + one record, whatever the reader does.
+ *
+ * Ownership: a written payload is referenced until its record is pushed out; do not modify it after
+ * write() (Node's usual rule). With `transferPayloads` a payload that spans its whole ArrayBuffer is
+ * moved to a worker and the caller's Buffer is detached.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import { crc32 } from 'node:zlib';
+import { createHash, type Hash } from 'node:crypto';
+import { migError, ErrorCodes } from '../fsm/errors.js';
+import {
+  RecordType,
+  RecordFlags,
+  Features,
+  NO_DEVICE,
+  RECORD_HEADER_SIZE,
+  encodeStreamHeader,
+  writeRecordHeader,
+  encodeRoundPayload,
+  encodeDeviceEndPayload,
+  encodeStreamEndPayload,
+  recordTypeName,
+  type RecordInput,
+  type WireDevice,
+  type RawInput,
+} from './wire-format.js';
+import { CompressionPool, sharedCompressionPool, validateZstdLevel, DEFAULT_ZSTD_LEVEL } from './compression-pool.js';
+
+export interface EncoderCompressionOptions {
+  /** zstd level, negative (fastest) to 19. Default DEFAULT_ZSTD_LEVEL (1). */
+  level?: number;
+  /** The worker pool; default the process-wide `sharedCompressionPool()`. */
+  pool?: CompressionPool;
+  /** DATA records smaller than this are sent raw without trying (not worth a worker round trip). Default 512. */
+  minBytes?: number;
+}
+
+export interface RecordEncoderOptions {
+  /** The device table of the stream header. Default none (a control-only stream). */
+  devices?: WireDevice[];
+  /** Sender identity for the stream header (host, pid, program...). */
+  sender?: Record<string, unknown>;
+  /** zstd per DATA record: false/undefined (off), true (default level), a level, or options. */
+  compression?: boolean | number | EncoderCompressionOptions;
+  /** crc32 of every payload (the CRC32 feature). Default true. */
+  checksums?: boolean;
+  /**
+   * Hash algorithm (`crypto.createHash` name, e.g. 'sha256') of the raw data per device: the encoder
+   * fills DEVICE_END digests itself and the decoder verifies them. Default null (no digest).
+   */
+  digest?: string | null;
+  /** Cap on the raw bytes written but not yet pushed out (compressing). Default 16 MiB. */
+  maxInFlightBytes?: number;
+  /** Readable side highWaterMark in bytes. Default 1 MiB. */
+  readableHighWaterMark?: number;
+  /** Writable side highWaterMark in records. Default 16. */
+  writableHighWaterMark?: number;
+  /** Move whole-ArrayBuffer payloads to the workers instead of copying them. Default false. */
+  transferPayloads?: boolean;
+}
+
+interface Entry {
+  type: number;
+  flags: number;
+  device: number;
+  channel: number;
+  seq: number;
+  /** What goes on the wire once ready (the frame, or the raw bytes). */
+  wire: Buffer;
+  rawLength: number;
+  crc: number;
+  /** crc already computed (by a worker). */
+  crcDone: boolean;
+  ready: boolean;
+}
+
+interface DeviceTrack {
+  bytes: number;
+  hash: Hash | null;
+  ended: boolean;
+}
+
+export class RecordEncoder extends Transform {
+  readonly devices: readonly WireDevice[];
+  readonly features: number;
+  readonly digestAlgorithm: string | null;
+  /** Records pushed out, stream header excluded. */
+  recordsOut: number;
+  /** Bytes pushed out, stream header included. */
+  bytesOut: number;
+  /** Raw DATA bytes written. */
+  dataBytes: number;
+  /** DATA records that went out compressed. */
+  compressedRecords: number;
+  #checksums: boolean;
+  #level: number;
+  #pool: CompressionPool | null;
+  #minBytes: number;
+  #transfer: boolean;
+  #maxInFlight: number;
+  #queue: Entry[];
+  #inFlight: number;
+  #seq: number;
+  #tracks: DeviceTrack[];
+  #ended: boolean;
+  #heldCallback: TransformCallback | null;
+  #flushCallback: TransformCallback | null;
+
+  constructor(opts: RecordEncoderOptions = {}) {
+    super({
+      writableObjectMode: true,
+      readableObjectMode: false,
+      readableHighWaterMark: opts.readableHighWaterMark ?? 1024 * 1024,
+      writableHighWaterMark: opts.writableHighWaterMark ?? 16,
+    });
+    const devices = opts.devices ?? [];
+    const c = opts.compression;
+    const copts: EncoderCompressionOptions | null =
+      c === undefined || c === false ? null : c === true ? {} : typeof c === 'number' ? { level: c } : c;
+    this.devices = devices;
+    this.features = (copts ? Features.ZSTD : 0) | (opts.checksums === false ? 0 : Features.CRC32);
+    this.digestAlgorithm = opts.digest ?? null;
+    this.recordsOut = 0;
+    this.bytesOut = 0;
+    this.dataBytes = 0;
+    this.compressedRecords = 0;
+    this.#checksums = opts.checksums !== false;
+    this.#level = copts ? validateZstdLevel(copts.level ?? DEFAULT_ZSTD_LEVEL) : 0;
+    this.#pool = copts ? (copts.pool ?? sharedCompressionPool()) : null;
+    this.#minBytes = copts?.minBytes ?? 512;
+    this.#transfer = opts.transferPayloads === true;
+    this.#maxInFlight = opts.maxInFlightBytes ?? 16 * 1024 * 1024;
+    this.#queue = [];
+    this.#inFlight = 0;
+    this.#seq = 0;
+    const alg = this.digestAlgorithm;
+    // createHash throws for an unknown algorithm: a usage error, raised here rather than mid-stream.
+    this.#tracks = devices.map(() => ({ bytes: 0, hash: alg ? createHash(alg) : null, ended: false }));
+    this.#ended = false;
+    this.#heldCallback = null;
+    this.#flushCallback = null;
+    const header = encodeStreamHeader({ features: this.features, sender: opts.sender, devices, digest: alg });
+    this.bytesOut += header.length;
+    this.push(header);
+  }
+
+  /** Raw bytes written but not yet pushed out. */
+  get inFlightBytes(): number {
+    return this.#inFlight;
+  }
+
+  override _transform(rec: RecordInput, _enc: BufferEncoding, cb: TransformCallback): void {
+    let entry: Entry;
+    let compress = false;
+    try {
+      if (this.#ended) throw migError(ErrorCodes.USAGE, 'record written after STREAM_END');
+      ({ entry, compress } = this.#build(rec));
+    } catch (err) {
+      cb(err as Error);
+      return;
+    }
+    this.#queue.push(entry);
+    this.#inFlight += entry.rawLength;
+    if (compress) {
+      this.#pool!.compress(entry.wire, { level: this.#level, crc: this.#checksums, transfer: this.#transfer }).then(
+        (r) => {
+          if (r.compressed !== null) {
+            entry.wire = r.compressed;
+            entry.flags |= RecordFlags.COMPRESSED;
+            this.compressedRecords++;
+          } else {
+            entry.wire = r.raw;
+          }
+          entry.crc = r.crc;
+          entry.crcDone = true;
+          entry.ready = true;
+          this.#drainQueue();
+        },
+        (err: unknown) => this.destroy(err as Error),
+      );
+    } else {
+      entry.ready = true;
+      this.#drainQueue();
+    }
+    if (this.#mayAccept()) cb();
+    else this.#heldCallback = cb;
+  }
+
+  override _flush(cb: TransformCallback): void {
+    if (this.#queue.length === 0) cb();
+    else this.#flushCallback = cb;
+  }
+
+  override _read(size: number): void {
+    // The reader wants more: a write held for readable-side backpressure may proceed.
+    this.#releaseHeld();
+    super._read(size);
+  }
+
+  override _destroy(err: Error | null, cb: (error: Error | null) => void): void {
+    // Results of jobs still in the pool arrive later and are dropped by #drainQueue.
+    this.#queue.length = 0;
+    this.#inFlight = 0;
+    this.#heldCallback = null;
+    this.#flushCallback = null;
+    cb(err);
+  }
+
+  #mayAccept(): boolean {
+    return this.#inFlight <= this.#maxInFlight && this.readableLength < this.readableHighWaterMark;
+  }
+
+  #releaseHeld(): void {
+    const cb = this.#heldCallback;
+    if (cb !== null && this.#mayAccept()) {
+      this.#heldCallback = null;
+      cb();
+    }
+  }
+
+  /** Push every ready record at the head of the queue, in write order. */
+  #drainQueue(): void {
+    if (this.destroyed) return;
+    const q = this.#queue;
+    let n = 0;
+    while (n < q.length && q[n]!.ready) {
+      const e = q[n++]!;
+      const header = Buffer.allocUnsafe(RECORD_HEADER_SIZE);
+      const crc = !this.#checksums ? 0 : e.crcDone ? e.crc : crc32(e.wire);
+      writeRecordHeader(header, {
+        type: e.type,
+        flags: e.flags,
+        device: e.device,
+        channel: e.channel,
+        seq: e.seq,
+        payloadLength: e.wire.length,
+        rawLength: e.rawLength,
+        payloadCrc: crc,
+      });
+      this.push(header);
+      if (e.wire.length > 0) this.push(e.wire);
+      this.#inFlight -= e.rawLength;
+      this.recordsOut++;
+      this.bytesOut += RECORD_HEADER_SIZE + e.wire.length;
+    }
+    if (n > 0) q.splice(0, n);
+    this.#releaseHeld();
+    if (q.length === 0 && this.#flushCallback !== null) {
+      const cb = this.#flushCallback;
+      this.#flushCallback = null;
+      cb();
+    }
+  }
+
+  #deviceIndex(device: number | undefined, type: string): number {
+    if (device === undefined || !Number.isInteger(device) || device < 0 || device >= this.devices.length) {
+      throw migError(ErrorCodes.USAGE, `${type} record for device ${device}, the stream has ${this.devices.length}`);
+    }
+    if (this.#tracks[device]!.ended) throw migError(ErrorCodes.USAGE, `${type} record for device ${device} after its DEVICE_END`);
+    return device;
+  }
+
+  #build(rec: RecordInput): { entry: Entry; compress: boolean } {
+    if (typeof rec !== 'object' || rec === null) throw migError(ErrorCodes.USAGE, 'records are objects');
+    const channel = rec.channel ?? 0;
+    if (!Number.isInteger(channel) || channel < 0 || channel > 0xffff) throw migError(ErrorCodes.USAGE, `bad channel ${channel}`);
+    let flags = (rec.flags ?? 0) & RecordFlags.OPTIONAL;
+    let device = NO_DEVICE;
+    let payload: Buffer;
+    let compress = false;
+    if (isRaw(rec)) {
+      const r = rec;
+      if (!Number.isInteger(r.type) || r.type < 1 || r.type > 255 || !Buffer.isBuffer(r.payload)) {
+        throw migError(ErrorCodes.USAGE, 'raw record needs a type 1..255 and a Buffer payload');
+      }
+      device = r.device ?? NO_DEVICE;
+      payload = r.payload;
+    } else {
+      switch (rec.type) {
+        case RecordType.DATA: {
+          device = this.#deviceIndex(rec.device, 'DATA');
+          payload = rec.payload;
+          if (!Buffer.isBuffer(payload)) throw migError(ErrorCodes.USAGE, 'DATA payload must be a Buffer');
+          const t = this.#tracks[device]!;
+          t.bytes += payload.length;
+          t.hash?.update(payload);
+          this.dataBytes += payload.length;
+          compress = this.#pool !== null && payload.length >= this.#minBytes;
+          break;
+        }
+        case RecordType.ROUND:
+          device = this.#deviceIndex(rec.device, 'ROUND');
+          payload = encodeRoundPayload({
+            round: rec.round,
+            roundFlags: rec.roundFlags ?? 0,
+            bytes: rec.bytes ?? this.#tracks[device]!.bytes,
+            initialBytes: rec.initialBytes ?? 0,
+            dirtyBytes: rec.dirtyBytes ?? 0,
+          });
+          break;
+        case RecordType.DEVICE_END: {
+          device = this.#deviceIndex(rec.device, 'DEVICE_END');
+          const t = this.#tracks[device]!;
+          if (rec.bytes !== undefined && rec.bytes !== t.bytes) {
+            throw migError(ErrorCodes.USAGE, `DEVICE_END says ${rec.bytes} bytes, ${t.bytes} were written`, { device });
+          }
+          const algorithm = rec.algorithm ?? this.digestAlgorithm ?? '';
+          let digest = rec.digest ?? '';
+          if (rec.digest === undefined && t.hash !== null) digest = t.hash.digest('hex');
+          t.ended = true;
+          payload = encodeDeviceEndPayload(t.bytes, digest === '' ? '' : algorithm, digest);
+          break;
+        }
+        case RecordType.CONTROL: {
+          const json = JSON.stringify(rec.message);
+          if (json === undefined) throw migError(ErrorCodes.USAGE, 'CONTROL message is not JSON-serialisable');
+          payload = Buffer.from(json, 'utf8');
+          break;
+        }
+        case RecordType.STREAM_END:
+          if (rec.bytes !== undefined && rec.bytes !== this.dataBytes) {
+            throw migError(ErrorCodes.USAGE, `STREAM_END says ${rec.bytes} bytes, ${this.dataBytes} were written`);
+          }
+          payload = encodeStreamEndPayload(this.dataBytes);
+          this.#ended = true;
+          break;
+        default:
+          throw migError(ErrorCodes.USAGE, `unknown record type ${recordTypeName((rec as { type: number }).type)}; use a raw record`);
+      }
+    }
+    if (payload.length > 0xffffffff) throw migError(ErrorCodes.USAGE, 'payload over 4 GiB');
+    const seq = this.#seq;
+    this.#seq = (seq + 1) >>> 0;
+    flags &= ~RecordFlags.COMPRESSED;
+    const entry: Entry = {
+      type: rec.type,
+      flags,
+      device,
+      channel,
+      seq,
+      wire: payload,
+      rawLength: payload.length,
+      crc: 0,
+      crcDone: false,
+      ready: false,
+    };
+    return { entry, compress };
+  }
+}
+
+function isRaw(rec: RecordInput): rec is RawInput {
+  return (rec as { raw?: unknown }).raw === true;
+}
+
+/** Factory form (for symmetry with the other streams). */
+export function createRecordEncoder(opts?: RecordEncoderOptions): RecordEncoder {
+  return new RecordEncoder(opts);
+}
