@@ -14,3 +14,5 @@ export { RecordDecoder, createRecordDecoder } from './record-decoder.js';
 export type { RecordDecoderOptions } from './record-decoder.js';
 export { CompressionPool, sharedCompressionPool, validateZstdLevel, DEFAULT_ZSTD_LEVEL, MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL } from './compression-pool.js';
 export type { CompressionPoolOptions, CompressOptions, CompressResult } from './compression-pool.js';
+export { PrecopyEstimator, RateWindow, FIXED_COST_KINDS } from './estimator.js';
+export type { PrecopyEstimatorOptions, Prediction, EstimatorSnapshot, FixedCostKind, QueryFailedEvent, ReinitEvent, InitialSentEvent, PrecopyEstimatorEvents } from './estimator.js';

@@ -1,0 +1,385 @@
+/**
+ * Switchover policies: when to leave PRE_COPY for STOP_COPY, and when to give up.
+ *
+ * A policy is an object with one method, `decide(snapshot)`, fed the PRE_COPY estimator's numbers
+ * plus the downtime limit; the orchestrator calls it after each estimator update and acts on the
+ * returned Decision (and emits it as an event). A VMM replaces the built-ins by passing any object
+ * implementing SwitchoverPolicy.
+ *
+ * Built in:
+ * - DefaultSwitchoverPolicy: switch over once the initial data is sent (the spec's recommendation),
+ *   the destination acknowledged it (switchover-ack, re-armed by REINIT through the estimator's
+ *   epoch) and the upper edge of the predicted downtime is within the limit; abort early when even
+ *   the lower bound exceeds the limit, when the device dirties at least as fast as the link moves
+ *   for a whole window, or when the PRE_COPY time budget is spent.
+ * - StepwiseSwitchoverPolicy: the same gates, but raise the limit step by step up to a maximum
+ *   before aborting (KubeVirt's approach for vGPUs, which otherwise never converge).
+ *
+ * Also here: TokenBucket and createBandwidthLimiter, the bandwidth cap on wire bytes.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import { performance } from 'node:perf_hooks';
+import { migError, ErrorCodes, type MigError } from '../fsm/errors.js';
+import type { EstimatorSnapshot } from '../streams/estimator.js';
+
+export type DecisionAction = 'continue' | 'switchover' | 'abort';
+
+export type DecisionReason =
+  /** switchover: initial data sent, acked, and the prediction's upper edge fits the limit. */
+  | 'within-limit'
+  /** continue: some device's initial PRE_COPY data is still unread. */
+  | 'initial-pending'
+  /** continue: the destination has not acknowledged the current epoch's initial data. */
+  | 'ack-pending'
+  /** continue: a size query failed; no switchover on numbers nobody could read. */
+  | 'query-failed'
+  /** continue: no stop-copy size known yet. */
+  | 'prediction-invalid'
+  /** continue: the prediction's upper edge is above the limit; PRE_COPY goes on. */
+  | 'above-limit'
+  /** continue (stepwise): the limit was raised one step. */
+  | 'limit-raised'
+  /** abort: even the lower bound of the downtime exceeds the (maximum) limit. */
+  | 'lower-bound-above-limit'
+  /** abort: the dirty rate stayed at or above the throughput for the whole window. */
+  | 'not-converging'
+  /** abort: the PRE_COPY time budget is spent. */
+  | 'precopy-budget'
+  /** abort (stepwise): at the maximum limit for a whole step and the prediction still does not fit. */
+  | 'max-limit-exceeded';
+
+/** The numbers a decision was made on (ms, bytes, bytes per ms). */
+export interface DecisionNumbers {
+  limitMs: number;
+  downtimeMs: number;
+  lowMs: number;
+  highMs: number;
+  lowerBoundMs: number;
+  stopCopyBytes: number;
+  floorBytes: number;
+  initialBytes: number;
+  dirtyBytes: number;
+  rateBytesPerMs: number;
+  bestRateBytesPerMs: number;
+  dirtyRateBytesPerMs: number;
+  compressionRatio: number;
+  elapsedMs: number;
+  bytesRead: number;
+  wireBytes: number;
+  [extra: string]: number;
+}
+
+export interface Decision {
+  action: DecisionAction;
+  reason: DecisionReason;
+  /** One sentence naming the numbers, e.g. for an abort error or a log line. */
+  message: string;
+  numbers: DecisionNumbers;
+}
+
+/** What a policy decides on: the estimator's snapshot plus the caller's limits. */
+export interface PolicySnapshot extends EstimatorSnapshot {
+  /** The downtime the user accepts, in ms. */
+  downtimeLimitMs: number;
+  /** Whether the destination's switchover-ack gates the switchover (default true). */
+  switchoverAckRequired?: boolean;
+}
+
+/** The interface a VMM implements to plug in its own policy. */
+export interface SwitchoverPolicy {
+  readonly name: string;
+  /** Called after each estimator update during PRE_COPY; must not throw. */
+  decide(snapshot: PolicySnapshot): Decision;
+  /** Forget per-migration state (the orchestrator calls it when a migration starts). */
+  reset?(): void;
+}
+
+export interface DefaultPolicyOptions {
+  /** Abort when dirty rate >= throughput for this long. Default 3000 ms. */
+  nonConvergenceWindowMs?: number;
+  /** Abort when PRE_COPY has lasted this long without a switchover. Default Infinity. */
+  precopyBudgetMs?: number;
+}
+
+export interface StepwisePolicyOptions extends DefaultPolicyOptions {
+  /** How much the limit rises per step, ms. Default: the snapshot's downtimeLimitMs (so 1x, 2x, 3x...). */
+  stepMs?: number;
+  /** Time spent at each limit before raising it. Default 2000 ms. */
+  stepIntervalMs?: number;
+  /** The highest limit accepted, ms. Required. */
+  maxLimitMs: number;
+}
+
+const MIB = 1024 * 1024;
+
+function fmtMs(ms: number): string {
+  return Number.isFinite(ms) ? `${ms.toFixed(1)} ms` : String(ms);
+}
+function fmtBytes(n: number): string {
+  return n >= MIB ? `${(n / MIB).toFixed(1)} MiB` : `${n} B`;
+}
+function fmtRate(bytesPerMs: number): string {
+  return Number.isFinite(bytesPerMs) ? `${(bytesPerMs / 1000).toFixed(1)} MB/s` : String(bytesPerMs);
+}
+
+/** The numbers of a snapshot, for a decision made against `limitMs`. */
+export function decisionNumbers(s: PolicySnapshot, limitMs: number): DecisionNumbers {
+  const p = s.prediction;
+  return {
+    limitMs,
+    downtimeMs: p.downtimeMs,
+    lowMs: p.lowMs,
+    highMs: p.highMs,
+    lowerBoundMs: p.lowerBoundMs,
+    stopCopyBytes: p.stopCopyBytes,
+    floorBytes: p.floorBytes,
+    initialBytes: s.initialBytes,
+    dirtyBytes: s.dirtyBytes,
+    rateBytesPerMs: p.rateBytesPerMs,
+    bestRateBytesPerMs: p.bestRateBytesPerMs,
+    dirtyRateBytesPerMs: p.dirtyRateBytesPerMs,
+    compressionRatio: p.compressionRatio,
+    elapsedMs: s.elapsedMs,
+    bytesRead: s.bytesRead,
+    wireBytes: s.wireBytes,
+  };
+}
+
+function decision(action: DecisionAction, reason: DecisionReason, message: string, numbers: DecisionNumbers): Decision {
+  return { action, reason, message, numbers };
+}
+
+/**
+ * The abort checks shared by the built-ins, in order: budget, lower bound, non-convergence.
+ * `divergingSince` is the policy's memory of when dirty rate >= throughput began (NaN when not).
+ */
+function abortChecks(
+  s: PolicySnapshot,
+  limitMs: number,
+  n: DecisionNumbers,
+  budgetMs: number,
+  windowMs: number,
+  state: { divergingSince: number },
+  checkConvergence: boolean,
+): Decision | null {
+  const p = s.prediction;
+  if (s.elapsedMs >= budgetMs) {
+    return decision('abort', 'precopy-budget', `PRE_COPY ran ${fmtMs(s.elapsedMs)}, over its budget of ${fmtMs(budgetMs)}; predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`, { ...n, budgetMs });
+  }
+  // Only on valid, confident numbers: an unmeasured rate or an unreadable size proves nothing.
+  if (p.valid && p.confident && p.lowerBoundMs > limitMs) {
+    return decision(
+      'abort',
+      'lower-bound-above-limit',
+      `downtime cannot meet the limit ${fmtMs(limitMs)}: even with zero dirtying ${fmtBytes(p.floorBytes)} of stop-copy data at the best measured ${fmtRate(p.bestRateBytesPerMs)} plus fixed costs take ${fmtMs(p.lowerBoundMs)}`,
+      n,
+    );
+  }
+  const diverging = p.confident && p.dirtyRateBytesPerMs > 0 && p.dirtyRateBytesPerMs >= p.rateBytesPerMs;
+  if (!diverging) {
+    state.divergingSince = NaN;
+  } else if (Number.isNaN(state.divergingSince)) {
+    state.divergingSince = s.elapsedMs;
+  }
+  if (checkConvergence && diverging && s.elapsedMs - state.divergingSince >= windowMs) {
+    return decision(
+      'abort',
+      'not-converging',
+      `PRE_COPY does not converge: the devices dirty ${fmtRate(p.dirtyRateBytesPerMs)}, at or above the throughput ${fmtRate(p.rateBytesPerMs)}, for ${fmtMs(s.elapsedMs - state.divergingSince)}; predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`,
+      { ...n, divergingMs: s.elapsedMs - state.divergingSince, windowMs },
+    );
+  }
+  return null;
+}
+
+/** The gates before a switchover can be considered; null when all pass. */
+function gateChecks(s: PolicySnapshot, n: DecisionNumbers): Decision | null {
+  const p = s.prediction;
+  if (s.queryFailed) {
+    return decision('continue', 'query-failed', `a size query failed (${s.queryFailures} so far); waiting for a good one before any switchover`, { ...n, queryFailures: s.queryFailures });
+  }
+  if (!s.initialSent) {
+    return decision('continue', 'initial-pending', `initial PRE_COPY data not yet sent: ${fmtBytes(s.initialBytes)} left`, n);
+  }
+  if ((s.switchoverAckRequired ?? true) && !s.switchoverAcked) {
+    return decision('continue', 'ack-pending', `waiting for the destination to acknowledge the initial data (epoch ${s.epoch})`, { ...n, epoch: s.epoch });
+  }
+  if (!p.valid) {
+    return decision('continue', 'prediction-invalid', 'no stop-copy size known yet', n);
+  }
+  return null;
+}
+
+function fitsMessage(s: PolicySnapshot, limitMs: number): string {
+  const p = s.prediction;
+  return `predicted downtime ${fmtMs(p.downtimeMs)} (band ${fmtMs(p.lowMs)}..${fmtMs(p.highMs)}): ${fmtBytes(p.stopCopyBytes)} at ${fmtRate(p.rateBytesPerMs)} plus ${fmtMs(p.fixedMs.total)} fixed, limit ${fmtMs(limitMs)}`;
+}
+
+function positive(name: string, v: number | undefined, dflt: number): number {
+  const x = v ?? dflt;
+  if (!(x > 0)) throw migError(ErrorCodes.USAGE, `${name} must be a positive number, got ${String(v)}`);
+  return x;
+}
+
+export class DefaultSwitchoverPolicy implements SwitchoverPolicy {
+  readonly name: string = 'default';
+  protected readonly nonConvergenceWindowMs: number;
+  protected readonly precopyBudgetMs: number;
+  protected readonly state = { divergingSince: NaN };
+
+  constructor(options: DefaultPolicyOptions = {}) {
+    this.nonConvergenceWindowMs = positive('nonConvergenceWindowMs', options.nonConvergenceWindowMs, 3000);
+    this.precopyBudgetMs = positive('precopyBudgetMs', options.precopyBudgetMs, Infinity);
+  }
+
+  reset(): void {
+    this.state.divergingSince = NaN;
+  }
+
+  decide(s: PolicySnapshot): Decision {
+    const limit = s.downtimeLimitMs;
+    const n = decisionNumbers(s, limit);
+    const abort = abortChecks(s, limit, n, this.precopyBudgetMs, this.nonConvergenceWindowMs, this.state, true);
+    if (abort) return abort;
+    const gate = gateChecks(s, n);
+    if (gate) return gate;
+    if (s.prediction.highMs <= limit) return decision('switchover', 'within-limit', fitsMessage(s, limit), n);
+    return decision('continue', 'above-limit', fitsMessage(s, limit), n);
+  }
+}
+
+/**
+ * Raise the limit by `stepMs` every `stepIntervalMs` spent above it, up to `maxLimitMs`; abort when
+ * at the maximum for a whole interval (or at once when the lower bound exceeds the maximum).
+ * Non-convergence does not abort here: raising the limit is this policy's answer to it.
+ */
+export class StepwiseSwitchoverPolicy implements SwitchoverPolicy {
+  readonly name: string = 'stepwise';
+  private readonly stepMs: number | undefined;
+  private readonly stepIntervalMs: number;
+  private readonly maxLimitMs: number;
+  private readonly precopyBudgetMs: number;
+  private readonly state = { divergingSince: NaN };
+  /** The limit in force (NaN until the first decision). */
+  private current: number;
+  /** elapsedMs when the current limit took effect. */
+  private since: number;
+
+  constructor(options: StepwisePolicyOptions) {
+    this.maxLimitMs = positive('maxLimitMs', options.maxLimitMs, NaN);
+    this.stepMs = options.stepMs === undefined ? undefined : positive('stepMs', options.stepMs, NaN);
+    this.stepIntervalMs = positive('stepIntervalMs', options.stepIntervalMs, 2000);
+    this.precopyBudgetMs = positive('precopyBudgetMs', options.precopyBudgetMs, Infinity);
+    this.current = NaN;
+    this.since = 0;
+  }
+
+  /** The limit currently in force (NaN before the first decision). */
+  get currentLimitMs(): number {
+    return this.current;
+  }
+
+  reset(): void {
+    this.current = NaN;
+    this.since = 0;
+    this.state.divergingSince = NaN;
+  }
+
+  decide(s: PolicySnapshot): Decision {
+    if (Number.isNaN(this.current)) {
+      this.current = Math.min(s.downtimeLimitMs, this.maxLimitMs);
+      this.since = s.elapsedMs;
+    }
+    const limit = this.current;
+    const n = { ...decisionNumbers(s, limit), maxLimitMs: this.maxLimitMs };
+    // The lower bound is judged against the maximum: a raise could still make room below it.
+    const abort = abortChecks(s, this.maxLimitMs, n, this.precopyBudgetMs, Infinity, this.state, false);
+    if (abort) return abort;
+    const gate = gateChecks(s, n);
+    if (gate) return gate;
+    if (s.prediction.highMs <= limit) return decision('switchover', 'within-limit', fitsMessage(s, limit), n);
+    if (s.elapsedMs - this.since < this.stepIntervalMs) return decision('continue', 'above-limit', fitsMessage(s, limit), n);
+    if (limit >= this.maxLimitMs) {
+      return decision('abort', 'max-limit-exceeded', `at the maximum limit ${fmtMs(limit)} for ${fmtMs(s.elapsedMs - this.since)} and still ${fitsMessage(s, limit)}`, n);
+    }
+    const step = this.stepMs ?? s.downtimeLimitMs;
+    this.current = Math.min(this.maxLimitMs, limit + step);
+    this.since = s.elapsedMs;
+    return decision('continue', 'limit-raised', `limit raised from ${fmtMs(limit)} to ${fmtMs(this.current)}; ${fitsMessage(s, limit)}`, { ...n, limitMs: this.current, previousLimitMs: limit });
+  }
+}
+
+/** The MigError an orchestrator raises for an 'abort' decision (code VFIO_MIG_ERR_POLICY_ABORT). */
+export function policyAbortError(d: Decision, phase = 'precopy'): MigError {
+  return migError(ErrorCodes.POLICY_ABORT, `${d.reason}: ${d.message}`, { phase, detail: { reason: d.reason, ...d.numbers } });
+}
+
+export interface TokenBucketOptions {
+  /** Sustained rate, bytes per second. */
+  bytesPerSecond: number;
+  /** Bytes that may go at once after an idle period. Default max(64 KiB, 50 ms worth). */
+  burstBytes?: number;
+  /** Clock in ms (tests). Default performance.now. */
+  now?: () => number;
+}
+
+/**
+ * Token bucket on wire bytes. take(n) reserves n bytes and returns how long to wait before sending
+ * them; reservations beyond the bucket become debt, so the long-run rate is bytesPerSecond whatever
+ * the chunk sizes. One bucket shared by several channels caps their sum (sharing the link).
+ */
+export class TokenBucket {
+  readonly bytesPerMs: number;
+  readonly burstBytes: number;
+  private readonly now: () => number;
+  private tokens: number;
+  private last: number;
+
+  constructor(options: TokenBucketOptions) {
+    const bps = options.bytesPerSecond;
+    if (!(bps > 0) || !Number.isFinite(bps)) throw migError(ErrorCodes.USAGE, `bytesPerSecond must be a positive number, got ${String(bps)}`);
+    this.bytesPerMs = bps / 1000;
+    this.burstBytes = options.burstBytes ?? Math.max(64 * 1024, bps / 20);
+    if (!(this.burstBytes > 0)) throw migError(ErrorCodes.USAGE, `burstBytes must be positive, got ${String(options.burstBytes)}`);
+    this.now = options.now ?? (() => performance.now());
+    this.tokens = this.burstBytes;
+    this.last = this.now();
+  }
+
+  /** Reserve `bytes`; returns the delay in ms before they may be sent (0: now). */
+  take(bytes: number): number {
+    const now = this.now();
+    this.tokens = Math.min(this.burstBytes, this.tokens + (now - this.last) * this.bytesPerMs);
+    this.last = now;
+    this.tokens -= bytes;
+    return this.tokens >= 0 ? 0 : -this.tokens / this.bytesPerMs;
+  }
+}
+
+/**
+ * A byte Transform that passes chunks through no faster than the bucket allows (the bucket may be
+ * shared between several limiters). Backpressure holds: the next chunk is not accepted before the
+ * current one's delay has passed.
+ */
+export function createBandwidthLimiter(bucket: TokenBucket | TokenBucketOptions): Transform {
+  const b = bucket instanceof TokenBucket ? bucket : new TokenBucket(bucket);
+  let timer: NodeJS.Timeout | null = null;
+  return new Transform({
+    transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+      const delay = b.take(chunk.length);
+      if (delay <= 0) {
+        cb(null, chunk);
+        return;
+      }
+      timer = setTimeout(() => {
+        timer = null;
+        cb(null, chunk);
+      }, Math.ceil(delay));
+    },
+    destroy(err: Error | null, cb: (error: Error | null) => void): void {
+      if (timer) clearTimeout(timer);
+      timer = null;
+      cb(err);
+    },
+  });
+}

@@ -1,0 +1,841 @@
+/**
+ * PRE_COPY estimator: turns the kernel's byte counts into time.
+ *
+ * Pure arithmetic fed by the caller (no I/O of its own): the orchestrator reports what it queried
+ * (VFIO_MIG_GET_PRECOPY_INFO, VFIO_DEVICE_FEATURE_MIG_DATA_SIZE), what it read from each device and
+ * what it put on the wire; the estimator keeps a local view of the remaining bytes between queries,
+ * measures rates with exponentially weighted averages over a sliding window of samples, and predicts
+ * the downtime a switchover would cost now, with a confidence band.
+ *
+ * Rules it implements (spec §3.10/§3.11, QEMU hw/vfio/migration.c):
+ * - initial, dirty and stop-copy bytes are kept apart: MIG_DATA_SIZE already includes the PRE_COPY
+ *   data not yet read, so the two are never added (QEMU double-counted them before 9.2).
+ * - Between queries the local view is decremented by the bytes read (initial first, then dirty;
+ *   stop-copy by every byte), floored at 0: the counters are estimates and reads may exceed them.
+ * - A failed query, or a value that is negative or above Number.MAX_SAFE_INTEGER, is a failure that
+ *   is visible ('query-failed' event, `queryFailed` in the snapshot) and pessimistic: the prediction
+ *   becomes invalid (no switchover on it) and the initial data counts as not yet sent.
+ * - VFIO_PRECOPY_INFO_REINIT restarts the initial-data accounting and clears the destination's
+ *   switchover acknowledgement (a new epoch: an ack for an older epoch no longer counts).
+ *
+ * One estimator covers every device of a migration (devices share the link): per-device counters and
+ * generation rates, one wire.
+ */
+import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import { migError, ErrorCodes, type MigError } from '../fsm/errors.js';
+import type { PrecopyInfo } from '../fsm/types.js';
+
+/** Fixed (size-independent) costs of a switchover, in milliseconds. */
+export type FixedCostKind =
+  /** Source: from PRE_COPY to STOP_COPY (through PRE_COPY_P2P where used), all devices. */
+  | 'enterStopCopy'
+  /** Destination: RESUMING -> STOP, where the driver validates the state it received. */
+  | 'destValidate'
+  /** Destination: STOP -> RUNNING (through RUNNING_P2P where used). */
+  | 'destResume'
+  /** One-way latency of the link: the last byte's flight time plus the final acknowledgement. */
+  | 'linkLatency';
+
+export const FIXED_COST_KINDS: readonly FixedCostKind[] = ['enterStopCopy', 'destValidate', 'destResume', 'linkLatency'];
+
+export interface PrecopyEstimatorOptions {
+  /** Devices covered (indices 0..devices-1). Default 1. */
+  devices?: number;
+  /** Clock in milliseconds (tests pass a scripted one). Default performance.now. */
+  now?: () => number;
+  /** Samples kept per measurement (the sliding window). Default 32. */
+  window?: number;
+  /** Weight of the newest sample in the exponential average (0 < alpha <= 1). Default 0.25. */
+  alpha?: number;
+  /** Never re-query a device more often than this. Default 50 ms. */
+  minQueryIntervalMs?: number;
+  /** Re-query a device at least this often. Default 1000 ms. */
+  maxQueryIntervalMs?: number;
+  /** Re-query early (after minQueryIntervalMs) once this many bytes were read since the last query. Default 64 MiB. */
+  requeryBytes?: number;
+  /** Width of the confidence band in standard deviations. Default 2. */
+  bandSigmas?: number;
+  /** Smallest relative half-width of the rate band (drift the variance cannot see). Default 0.05. */
+  minRelativeBand?: number;
+  /** Rate samples (per measurement in use) needed before the prediction is `confident`. Default 3. */
+  minSamples?: number;
+  /** A pause longer than this between two reads (or two wire writes) starts a new measurement streak. Default 5000 ms. */
+  idleGapMs?: number;
+  /** Raw bytes per ms assumed before anything was measured (prediction not confident). Default 100_000 (100 MB/s). */
+  priorRateBytesPerMs?: number;
+  /** Fixed costs assumed until measured. Default 0 each. */
+  fixedCosts?: Partial<Record<FixedCostKind, number>>;
+}
+
+/** What predict() returns. Times in ms, rates in bytes per ms. */
+export interface Prediction {
+  /** False while any device's stop-copy size is unknown or its last query failed: never switch over on it. */
+  valid: boolean;
+  /** True once every rate in use has at least `minSamples` samples (else priors fill in). */
+  confident: boolean;
+  /** Predicted downtime of a switchover now: fixed costs + stop-copy bytes at the effective rate. Infinity when invalid. */
+  downtimeMs: number;
+  /** Lower edge of the confidence band. */
+  lowMs: number;
+  /** Upper edge of the confidence band (what a switchover decision should use). Infinity when invalid. */
+  highMs: number;
+  /**
+   * Lower bound of the downtime even if PRE_COPY ran on with zero dirtying: the stop-copy bytes PRE_COPY
+   * can never send (`floorBytes`) at the best measured rate, plus the fixed costs' lower edges.
+   */
+  lowerBoundMs: number;
+  /** Remaining stop-copy bytes, all devices (local view: last query minus bytes read since). */
+  stopCopyBytes: number;
+  /** Stop-copy bytes beyond the PRE_COPY counters: sum over devices of max(0, stopCopy - initial - dirty). */
+  floorBytes: number;
+  /** Effective raw rate used: the slower of device generation and wire (raw = wire rate x compression ratio). */
+  rateBytesPerMs: number;
+  /** Best measured effective raw rate (used by lowerBoundMs). */
+  bestRateBytesPerMs: number;
+  /** Slowest per-device generation rate measured (NaN when none). */
+  generationRateBytesPerMs: number;
+  /** Wire throughput in wire (compressed) bytes per ms (NaN when not measured). */
+  wireRateBytesPerMs: number;
+  /** Raw bytes per wire byte (1 without compression). */
+  compressionRatio: number;
+  /** Bytes the devices dirty per ms (0 when not measured). */
+  dirtyRateBytesPerMs: number;
+  /** Time to move the stop-copy bytes at the effective rate. */
+  transferMs: number;
+  /** Fixed costs in use (measured means or priors) and their sum. */
+  fixedMs: Record<FixedCostKind, number> & { total: number };
+}
+
+/** The estimator's numbers at one moment: what a switchover policy is fed (see PolicySnapshot). */
+export interface EstimatorSnapshot {
+  /** Clock value of the snapshot. */
+  nowMs: number;
+  /** Since the estimator was created (or `restartClock()`): the PRE_COPY time so far. */
+  elapsedMs: number;
+  /** Remaining initial / dirty / stop-copy bytes, summed over devices (local view). */
+  initialBytes: number;
+  dirtyBytes: number;
+  stopCopyBytes: number;
+  /** Every device's initial data was read (and its precopy counters are trustworthy). */
+  initialSent: boolean;
+  /** The destination acknowledged loading the initial data of the current epoch. */
+  switchoverAcked: boolean;
+  /** Initial-data epoch: 0 at start, +1 on each REINIT. */
+  epoch: number;
+  /** Raw bytes read from the devices, all phases. */
+  bytesRead: number;
+  /** Wire bytes written (after compression) and the raw bytes they carried. */
+  wireBytes: number;
+  wireRawBytes: number;
+  /** A device's last query failed (precopy info or stop-copy size). */
+  queryFailed: boolean;
+  /** Failed queries so far. */
+  queryFailures: number;
+  /** REINITs seen so far. */
+  reinits: number;
+  dirtyRateBytesPerMs: number;
+  /** Effective raw throughput (prediction.rateBytesPerMs). */
+  throughputBytesPerMs: number;
+  prediction: Prediction;
+}
+
+export interface QueryFailedEvent {
+  kind: 'precopy-info' | 'stop-copy-size';
+  device: number;
+  error: MigError;
+  /** Consecutive failures of this kind on this device. */
+  consecutive: number;
+}
+export interface ReinitEvent {
+  device: number;
+  epoch: number;
+  initialBytes: number;
+}
+export interface InitialSentEvent {
+  device: number;
+  epoch: number;
+  /** True when every device's initial data is now sent. */
+  all: boolean;
+}
+
+export interface PrecopyEstimatorEvents {
+  'query-failed': [QueryFailedEvent];
+  reinit: [ReinitEvent];
+  'initial-sent': [InitialSentEvent];
+}
+
+/**
+ * Exponentially weighted ratio estimator over a ring of (amount, duration) samples.
+ * mean = sum(w*amount) / sum(w*duration), w = (1-alpha)^age: long samples weigh more than short
+ * ones (a 1 MiB read timed at 20 us says little). Variance is of the per-sample rates around it.
+ */
+export class RateWindow {
+  private readonly amounts: Float64Array;
+  private readonly durations: Float64Array;
+  private readonly decay: number;
+  private head: number;
+  private size: number;
+  /** Samples added since creation (not capped by the window). */
+  total: number;
+
+  constructor(window: number, alpha: number) {
+    this.amounts = new Float64Array(window);
+    this.durations = new Float64Array(window);
+    this.decay = 1 - alpha;
+    this.head = 0;
+    this.size = 0;
+    this.total = 0;
+  }
+
+  get count(): number {
+    return this.size;
+  }
+
+  add(amount: number, durationMs: number): void {
+    if (!(durationMs > 0) || !Number.isFinite(amount) || !Number.isFinite(durationMs)) return;
+    this.amounts[this.head] = amount;
+    this.durations[this.head] = durationMs;
+    this.head = (this.head + 1) % this.amounts.length;
+    if (this.size < this.amounts.length) this.size++;
+    this.total++;
+  }
+
+  clear(): void {
+    this.size = 0;
+    this.head = 0;
+  }
+
+  /** Weighted mean rate (amount per ms), NaN when empty. */
+  mean(): number {
+    return this.stats().mean;
+  }
+
+  /**
+   * mean, the relative standard error of the mean (std / sqrt(effective n) / mean), and the best
+   * rate among samples of at least `minDurationMs`.
+   */
+  stats(minDurationMs = 0): { mean: number; relErr: number; best: number } {
+    const n = this.amounts.length;
+    let w = 1;
+    let sa = 0;
+    let sd = 0;
+    let best = NaN;
+    for (let i = 0; i < this.size; i++) {
+      const k = (this.head - 1 - i + n) % n;
+      sa += w * this.amounts[k];
+      sd += w * this.durations[k];
+      if (this.durations[k] >= minDurationMs) {
+        const r = this.amounts[k] / this.durations[k];
+        if (!(r <= best)) best = r;
+      }
+      w *= this.decay;
+    }
+    if (this.size === 0 || sd <= 0) return { mean: NaN, relErr: NaN, best };
+    const mean = sa / sd;
+    // Weighted variance of per-sample rates (weight w*duration) and Kish's effective sample size.
+    w = 1;
+    let sv = 0;
+    let sw = 0;
+    let sw2 = 0;
+    for (let i = 0; i < this.size; i++) {
+      const k = (this.head - 1 - i + n) % n;
+      const wd = w * this.durations[k];
+      const r = this.amounts[k] / this.durations[k];
+      sv += wd * (r - mean) * (r - mean);
+      sw += wd;
+      sw2 += wd * wd;
+      w *= this.decay;
+    }
+    const variance = sv / sw;
+    const nEff = (sw * sw) / sw2;
+    const relErr = mean > 0 ? Math.sqrt(variance / nEff) / mean : this.size > 1 ? Infinity : 0;
+    return { mean, relErr, best };
+  }
+}
+
+/** Exponentially weighted mean and variance of plain values (fixed costs). */
+class ValueWindow {
+  private readonly values: Float64Array;
+  private readonly decay: number;
+  private head = 0;
+  private size = 0;
+
+  constructor(window: number, alpha: number) {
+    this.values = new Float64Array(window);
+    this.decay = 1 - alpha;
+  }
+
+  get count(): number {
+    return this.size;
+  }
+
+  add(v: number): void {
+    this.values[this.head] = v;
+    this.head = (this.head + 1) % this.values.length;
+    if (this.size < this.values.length) this.size++;
+  }
+
+  stats(): { mean: number; std: number; min: number } {
+    const n = this.values.length;
+    let w = 1;
+    let s = 0;
+    let sw = 0;
+    let min = Infinity;
+    for (let i = 0; i < this.size; i++) {
+      const v = this.values[(this.head - 1 - i + n) % n];
+      s += w * v;
+      sw += w;
+      if (v < min) min = v;
+      w *= this.decay;
+    }
+    const mean = s / sw;
+    w = 1;
+    let sv = 0;
+    for (let i = 0; i < this.size; i++) {
+      const v = this.values[(this.head - 1 - i + n) % n];
+      sv += w * (v - mean) * (v - mean);
+      w *= this.decay;
+    }
+    return { mean, std: Math.sqrt(sv / sw), min };
+  }
+}
+
+/** Per-device counters (the local view) and measurements. */
+interface DeviceView {
+  initial: number;
+  dirty: number;
+  stopCopy: number;
+  /** A stop-copy size was ever accepted. */
+  stopCopyKnown: boolean;
+  precopyValid: boolean;
+  stopCopyValid: boolean;
+  precopyFailures: number;
+  stopCopyFailures: number;
+  initialSent: boolean;
+  /** Clock of the last accepted precopy query, -1 before the first. */
+  lastQueryAt: number;
+  /** Clock of the last attempted query (accepted or failed), -1 before the first. */
+  lastAttemptAt: number;
+  /** Initial and dirty bytes reported by the last accepted query (for the dirty rate). */
+  initialAtQuery: number;
+  dirtyAtQuery: number;
+  /** Bytes read since the last accepted precopy query, and those that went beyond initial data. */
+  readSinceQuery: number;
+  readBeyondInitialSinceQuery: number;
+  /** Clock of the last read of the current streak, -1 when no streak. */
+  lastReadAt: number;
+  generation: RateWindow;
+  /** Bytes dirtied per ms, sampled between queries. */
+  dirtying: RateWindow;
+}
+
+const DEFAULTS = {
+  window: 32,
+  alpha: 0.25,
+  minQueryIntervalMs: 50,
+  maxQueryIntervalMs: 1000,
+  requeryBytes: 64 * 1024 * 1024,
+  bandSigmas: 2,
+  minRelativeBand: 0.05,
+  minSamples: 3,
+  idleGapMs: 5000,
+  priorRateBytesPerMs: 100_000,
+};
+
+/** Samples shorter than this are not trusted for the "best measured rate". */
+const BEST_RATE_MIN_SAMPLE_MS = 10;
+
+/**
+ * Validate a kernel-reported byte count: an integer in [0, MAX_SAFE_INTEGER]. u64 values above 2^53
+ * (QEMU checks INT64_MAX) cannot be represented exactly and mean a driver bug: reject them.
+ */
+function checkCount(name: string, value: unknown): number | MigError {
+  if (typeof value === 'bigint') {
+    if (value < 0n || value > BigInt(Number.MAX_SAFE_INTEGER)) {
+      return migError('EOVERFLOW', `${name} ${value} is outside 0..Number.MAX_SAFE_INTEGER`, { detail: { [name]: value.toString() } });
+    }
+    return Number(value);
+  }
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > Number.MAX_SAFE_INTEGER) {
+    return migError('EOVERFLOW', `${name} ${String(value)} is not an integer in 0..Number.MAX_SAFE_INTEGER`, { detail: { [name]: value } });
+  }
+  return value;
+}
+
+function toMigError(kind: string, err: unknown): MigError {
+  if (typeof err === 'object' && err !== null && typeof (err as { code?: unknown }).code === 'string') {
+    const e = err as { code: string; message?: string };
+    return migError(e.code, `${kind} query failed: ${e.message ?? e.code}`, { cause: err });
+  }
+  return migError(ErrorCodes.PROTOCOL, `${kind} query failed: ${String(err)}`, { cause: err });
+}
+
+export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
+  readonly devices: number;
+  private readonly now: () => number;
+  private readonly opts: typeof DEFAULTS;
+  private readonly priors: Record<FixedCostKind, number>;
+  private readonly views: DeviceView[];
+  private readonly wire: RateWindow;
+  private readonly ratio: RateWindow;
+  private readonly fixed: Record<FixedCostKind, ValueWindow>;
+  private startedAt: number;
+  private lastWireAt: number;
+  private epochValue: number;
+  private ackedEpoch: number;
+  private reinitCount: number;
+  private failures: number;
+  private totalRead: number;
+  private totalWire: number;
+  private totalWireRaw: number;
+
+  constructor(options: PrecopyEstimatorOptions = {}) {
+    super();
+    const devices = options.devices ?? 1;
+    if (!Number.isInteger(devices) || devices < 1) {
+      throw migError(ErrorCodes.USAGE, `devices must be a positive integer, got ${devices}`);
+    }
+    const alpha = options.alpha ?? DEFAULTS.alpha;
+    if (!(alpha > 0 && alpha <= 1)) throw migError(ErrorCodes.USAGE, `alpha must be in (0, 1], got ${alpha}`);
+    this.devices = devices;
+    this.now = options.now ?? (() => performance.now());
+    this.opts = { ...DEFAULTS };
+    for (const key of Object.keys(DEFAULTS) as (keyof typeof DEFAULTS)[]) {
+      const v = options[key];
+      if (v !== undefined) {
+        if (typeof v !== 'number' || !(v >= 0)) throw migError(ErrorCodes.USAGE, `${key} must be a non-negative number, got ${String(v)}`);
+        this.opts[key] = v;
+      }
+    }
+    this.opts.alpha = alpha;
+    this.opts.window = Math.max(1, Math.floor(this.opts.window));
+    this.priors = { enterStopCopy: 0, destValidate: 0, destResume: 0, linkLatency: 0, ...options.fixedCosts };
+    const w = this.opts.window;
+    this.views = [];
+    for (let d = 0; d < devices; d++) {
+      this.views.push({
+        initial: 0,
+        dirty: 0,
+        stopCopy: 0,
+        stopCopyKnown: false,
+        precopyValid: true,
+        stopCopyValid: true,
+        precopyFailures: 0,
+        stopCopyFailures: 0,
+        initialSent: false,
+        lastQueryAt: -1,
+        lastAttemptAt: -1,
+        initialAtQuery: 0,
+        dirtyAtQuery: 0,
+        readSinceQuery: 0,
+        readBeyondInitialSinceQuery: 0,
+        lastReadAt: -1,
+        generation: new RateWindow(w, alpha),
+        dirtying: new RateWindow(w, alpha),
+      });
+    }
+    this.wire = new RateWindow(w, alpha);
+    this.ratio = new RateWindow(w, alpha);
+    this.fixed = {
+      enterStopCopy: new ValueWindow(w, alpha),
+      destValidate: new ValueWindow(w, alpha),
+      destResume: new ValueWindow(w, alpha),
+      linkLatency: new ValueWindow(w, alpha),
+    };
+    this.startedAt = this.now();
+    this.lastWireAt = -1;
+    this.epochValue = 0;
+    this.ackedEpoch = -1;
+    this.reinitCount = 0;
+    this.failures = 0;
+    this.totalRead = 0;
+    this.totalWire = 0;
+    this.totalWireRaw = 0;
+  }
+
+  /** Initial-data epoch: 0 at start, +1 on every REINIT (any device). */
+  get epoch(): number {
+    return this.epochValue;
+  }
+
+  /** Restart the elapsed-time clock (call when PRE_COPY starts, if the estimator was created earlier). */
+  restartClock(): void {
+    this.startedAt = this.now();
+  }
+
+  private view(device: number): DeviceView {
+    const v = this.views[device];
+    if (v === undefined) throw migError(ErrorCodes.USAGE, `device ${device} is not in 0..${this.devices - 1}`);
+    return v;
+  }
+
+  /**
+   * True when `device` should be queried now (both VFIO_MIG_GET_PRECOPY_INFO and MIG_DATA_SIZE):
+   * never queried; or at least minQueryIntervalMs since the last attempt and either maxQueryIntervalMs
+   * passed, the local PRE_COPY view reached 0 (the device may hold more: mlx5 only produces new
+   * dirty data when queried), `requeryBytes` were read, or the last query failed.
+   */
+  queryDue(device = 0): boolean {
+    const v = this.view(device);
+    if (v.lastAttemptAt < 0) return true;
+    const since = this.now() - v.lastAttemptAt;
+    if (since < this.opts.minQueryIntervalMs) return false;
+    if (since >= this.opts.maxQueryIntervalMs) return true;
+    if (!v.precopyValid || !v.stopCopyValid) return true;
+    if (v.initial + v.dirty === 0) return true;
+    return v.readSinceQuery >= this.opts.requeryBytes;
+  }
+
+  /** Milliseconds until queryDue(device) can next become true (0 when due now). */
+  nextQueryInMs(device = 0): number {
+    if (this.queryDue(device)) return 0;
+    const v = this.view(device);
+    const since = this.now() - v.lastAttemptAt;
+    const early = v.initial + v.dirty === 0 || v.readSinceQuery >= this.opts.requeryBytes;
+    return Math.max(0, (early ? this.opts.minQueryIntervalMs : this.opts.maxQueryIntervalMs) - since);
+  }
+
+  /**
+   * Feed a VFIO_MIG_GET_PRECOPY_INFO result. Returns false when a value is out of range (negative,
+   * fractional, above MAX_SAFE_INTEGER): that is handled as a failed query.
+   */
+  updatePrecopyInfo(info: PrecopyInfo | { initialBytes: number | bigint; dirtyBytes: number | bigint; reinit?: boolean }, device = 0): boolean {
+    const v = this.view(device);
+    const initial = checkCount('initialBytes', info.initialBytes);
+    if (typeof initial !== 'number') return this.precopyInfoFailed(initial, device);
+    const dirty = checkCount('dirtyBytes', info.dirtyBytes);
+    if (typeof dirty !== 'number') return this.precopyInfoFailed(dirty, device);
+    const now = this.now();
+    if (info.reinit === true) {
+      // REINIT: initial data restarts at a fresh value and dirty is relative to it; the old
+      // dirty baseline means nothing, and the destination must acknowledge the new initial data.
+      this.epochValue++;
+      this.reinitCount++;
+      v.initialSent = false;
+      v.initial = initial;
+      v.dirty = dirty;
+      v.initialAtQuery = initial;
+      v.dirtyAtQuery = dirty;
+      v.lastQueryAt = now;
+      v.lastAttemptAt = now;
+      v.readSinceQuery = 0;
+      v.readBeyondInitialSinceQuery = 0;
+      v.precopyValid = true;
+      v.precopyFailures = 0;
+      this.emit('reinit', { device, epoch: this.epochValue, initialBytes: initial });
+      if (initial === 0) this.markInitialSent(v, device);
+      return true;
+    }
+    if (v.lastQueryAt >= 0 && v.precopyValid) {
+      // Bytes the device dirtied since the last query: growth of dirty_bytes plus what was read of
+      // it meanwhile (reads beyond the initial data drained dirty data).
+      // Only between two queries past the initial data: drivers such as mlx5 report dirty_bytes 0
+      // while initial data remains, so a jump right after it would be a backlog, not a rate.
+      const dt = now - v.lastQueryAt;
+      const dirtied = Math.max(0, dirty - v.dirtyAtQuery + v.readBeyondInitialSinceQuery);
+      if (dt > 0 && v.initialAtQuery === 0 && initial === 0) v.dirtying.add(dirtied, dt);
+    }
+    v.initial = initial;
+    v.dirty = dirty;
+    v.initialAtQuery = initial;
+    v.dirtyAtQuery = dirty;
+    v.lastQueryAt = now;
+    v.lastAttemptAt = now;
+    v.readSinceQuery = 0;
+    v.readBeyondInitialSinceQuery = 0;
+    v.precopyValid = true;
+    v.precopyFailures = 0;
+    if (initial === 0) this.markInitialSent(v, device);
+    return true;
+  }
+
+  /**
+   * A VFIO_MIG_GET_PRECOPY_INFO query failed. Pessimistic and visible: emits 'query-failed', and
+   * until the next good query (or a temporary end of stream) the device's initial data counts as
+   * not sent, so no switchover happens on a number nobody could read. Always returns false.
+   */
+  precopyInfoFailed(err: unknown, device = 0): false {
+    const v = this.view(device);
+    v.precopyValid = false;
+    v.precopyFailures++;
+    v.lastAttemptAt = this.now();
+    this.failures++;
+    this.emit('query-failed', { kind: 'precopy-info', device, error: toMigError('precopy info', err), consecutive: v.precopyFailures });
+    return false;
+  }
+
+  /** Feed a VFIO_DEVICE_FEATURE_MIG_DATA_SIZE result. Returns false (a failed query) when out of range. */
+  updateStopCopySize(bytes: number | bigint, device = 0): boolean {
+    const v = this.view(device);
+    const n = checkCount('stopCopyBytes', bytes);
+    if (typeof n !== 'number') return this.stopCopySizeFailed(n, device);
+    v.stopCopy = n;
+    v.stopCopyKnown = true;
+    v.stopCopyValid = true;
+    v.stopCopyFailures = 0;
+    v.lastAttemptAt = this.now();
+    return true;
+  }
+
+  /**
+   * A MIG_DATA_SIZE query failed. Pessimistic and visible: emits 'query-failed' and the prediction
+   * is invalid (downtime Infinity) until the next good query; QEMU's equivalent is its blind 100 GiB.
+   */
+  stopCopySizeFailed(err: unknown, device = 0): false {
+    const v = this.view(device);
+    v.stopCopyValid = false;
+    v.stopCopyFailures++;
+    v.lastAttemptAt = this.now();
+    this.failures++;
+    this.emit('query-failed', { kind: 'stop-copy-size', device, error: toMigError('stop-copy size', err), consecutive: v.stopCopyFailures });
+    return false;
+  }
+
+  /**
+   * `bytes` (> 0) were read from `device`'s saving session. Decrements the local view (initial first,
+   * then dirty; stop-copy by all of it; floored at 0) and, when `durationMs` is given or the previous
+   * read belongs to the same streak, samples the device's generation rate. Call recordEmpty() when a
+   * read finds no data, so the pause is not taken for slowness.
+   */
+  recordRead(bytes: number, opts: { device?: number; durationMs?: number } = {}): void {
+    if (!(bytes > 0)) return;
+    const device = opts.device ?? 0;
+    const v = this.view(device);
+    const now = this.now();
+    const hadInitial = v.initial > 0;
+    const fromInitial = Math.min(v.initial, bytes);
+    v.initial -= fromInitial;
+    const rest = bytes - fromInitial;
+    v.dirty -= Math.min(v.dirty, rest);
+    // Every byte read is a byte STOP_COPY will not have to move (the size includes unread PRE_COPY data).
+    v.stopCopy -= Math.min(v.stopCopy, bytes);
+    v.readSinceQuery += bytes;
+    v.readBeyondInitialSinceQuery += rest;
+    this.totalRead += bytes;
+    if (opts.durationMs !== undefined) {
+      v.generation.add(bytes, opts.durationMs);
+    } else if (v.lastReadAt >= 0 && now - v.lastReadAt <= this.opts.idleGapMs) {
+      v.generation.add(bytes, now - v.lastReadAt);
+    }
+    v.lastReadAt = now;
+    // QEMU sends INIT_DATA_SENT once its local initial count reaches 0 by reading.
+    if (hadInitial && v.initial === 0 && v.precopyValid) this.markInitialSent(v, device);
+  }
+
+  /**
+   * A read of `device` found no data (ENOMSG, or 0 in PRE_COPY for mtty-like drivers): the PRE_COPY
+   * counters are 0 for now (the kernel only reports a temporary end when both are), the read streak
+   * and the wire streak end (the pause that follows is the device having nothing, not slowness).
+   */
+  recordEmpty(device = 0): void {
+    const v = this.view(device);
+    v.initial = 0;
+    v.dirty = 0;
+    v.lastReadAt = -1;
+    this.lastWireAt = -1;
+    v.precopyValid = true;
+    if (!v.initialSent) this.markInitialSent(v, device);
+  }
+
+  /** End the current read and wire streaks without touching the counters (the caller paused on purpose). */
+  markIdle(): void {
+    for (const v of this.views) v.lastReadAt = -1;
+    this.lastWireAt = -1;
+  }
+
+  /**
+   * `wireBytes` left for the link (after compression), carrying `rawBytes` of device data (records'
+   * framing counts as wire bytes only). Call it when the transport accepted them (write callback);
+   * the interval since the previous call in the same streak samples the wire throughput.
+   */
+  recordWire(wireBytes: number, rawBytes: number, opts: { durationMs?: number } = {}): void {
+    if (!(wireBytes > 0) || !(rawBytes >= 0)) return;
+    const now = this.now();
+    this.totalWire += wireBytes;
+    this.totalWireRaw += rawBytes;
+    if (rawBytes > 0) this.ratio.add(rawBytes, wireBytes);
+    if (opts.durationMs !== undefined) {
+      this.wire.add(wireBytes, opts.durationMs);
+    } else if (this.lastWireAt >= 0 && now - this.lastWireAt <= this.opts.idleGapMs) {
+      this.wire.add(wireBytes, now - this.lastWireAt);
+    }
+    this.lastWireAt = now;
+  }
+
+  /** A fixed cost was measured (e.g. a MigrationCore 'arc' event's ms, or the destination's validation time it reported). */
+  recordFixedCost(kind: FixedCostKind, ms: number): void {
+    const w = this.fixed[kind];
+    if (w === undefined) throw migError(ErrorCodes.USAGE, `unknown fixed cost kind ${String(kind)}`);
+    if (!(ms >= 0) || !Number.isFinite(ms)) return;
+    w.add(ms);
+  }
+
+  /**
+   * The destination acknowledged loading the initial data (switchover-ack). An ack for an older
+   * epoch (sent before a REINIT it had not seen) is ignored. Returns whether it counted.
+   */
+  acknowledgeSwitchover(epoch = this.epochValue): boolean {
+    if (epoch !== this.epochValue) return false;
+    this.ackedEpoch = epoch;
+    return true;
+  }
+
+  /** Every device's initial data is sent (and no device's precopy query is currently failing). */
+  get initialSent(): boolean {
+    return this.views.every((v) => v.initialSent && v.precopyValid);
+  }
+
+  get switchoverAcked(): boolean {
+    return this.ackedEpoch === this.epochValue;
+  }
+
+  private markInitialSent(v: DeviceView, device: number): void {
+    if (v.initialSent) return;
+    v.initialSent = true;
+    this.emit('initial-sent', { device, epoch: this.epochValue, all: this.initialSent });
+  }
+
+  /** The downtime a switchover would cost now. */
+  predict(): Prediction {
+    const o = this.opts;
+    const k = o.bandSigmas;
+    let stopCopyBytes = 0;
+    let floorBytes = 0;
+    let valid = true;
+    let confident = true;
+    // Devices produce their STOP_COPY data in parallel; the link is shared: the transfer takes the
+    // longest of each device at its own generation rate and all bytes at the wire's raw rate.
+    let genMs = 0;
+    let genMsLow = 0;
+    let genMsHigh = 0;
+    let genMsBest = 0;
+    let slowestGen = NaN;
+    for (const v of this.views) {
+      if (!v.stopCopyKnown || !v.stopCopyValid) valid = false;
+      stopCopyBytes += v.stopCopy;
+      floorBytes += Math.max(0, v.stopCopy - v.initial - v.dirty);
+      const s = v.generation.stats(BEST_RATE_MIN_SAMPLE_MS);
+      if (v.generation.count < o.minSamples || !(s.mean > 0)) {
+        if (v.stopCopy > 0) confident = false;
+        continue;
+      }
+      if (!(s.mean >= slowestGen)) slowestGen = s.mean;
+      const rel = Math.max(o.minRelativeBand, k * s.relErr);
+      genMs = Math.max(genMs, v.stopCopy / s.mean);
+      genMsLow = Math.max(genMsLow, v.stopCopy / (s.mean * (1 + rel)));
+      genMsHigh = Math.max(genMsHigh, rel >= 1 ? (v.stopCopy > 0 ? Infinity : 0) : v.stopCopy / (s.mean * (1 - rel)));
+      const best = Math.max(s.mean * (1 + rel), Number.isFinite(s.best) ? s.best : 0);
+      genMsBest = Math.max(genMsBest, Math.max(0, v.stopCopy - v.initial - v.dirty) / best);
+    }
+    const ws = this.wire.stats(BEST_RATE_MIN_SAMPLE_MS);
+    const rs = this.ratio.stats();
+    const ratio = rs.mean > 0 ? rs.mean : 1;
+    const ratioRel = Number.isFinite(rs.relErr) ? rs.relErr : 0;
+    let wireMs: number;
+    let wireMsLow: number;
+    let wireMsHigh: number;
+    let wireMsBest: number;
+    if (this.wire.count >= o.minSamples && ws.mean > 0) {
+      const raw = ws.mean * ratio;
+      const rel = Math.max(o.minRelativeBand, k * Math.sqrt(ws.relErr * ws.relErr + ratioRel * ratioRel));
+      wireMs = stopCopyBytes / raw;
+      wireMsLow = stopCopyBytes / (raw * (1 + rel));
+      wireMsHigh = rel >= 1 ? (stopCopyBytes > 0 ? Infinity : 0) : stopCopyBytes / (raw * (1 - rel));
+      const best = Math.max(raw * (1 + rel), Number.isFinite(ws.best) ? ws.best * ratio : 0);
+      wireMsBest = floorBytes / best;
+    } else {
+      // Nothing measured on the wire yet: the prior rate, with a wide band (x4 either way).
+      if (stopCopyBytes > 0) confident = false;
+      const p = o.priorRateBytesPerMs;
+      wireMs = stopCopyBytes / p;
+      wireMsLow = stopCopyBytes / (p * 4);
+      wireMsHigh = (stopCopyBytes * 4) / p;
+      wireMsBest = 0; // an unmeasured link proves nothing about a lower bound
+    }
+    const transferMs = Math.max(genMs, wireMs);
+    const transferLow = Math.max(genMsLow, wireMsLow);
+    const transferHigh = Math.max(genMsHigh, wireMsHigh);
+    const transferBest = Math.max(genMsBest, wireMsBest);
+
+    const fixedMs = { enterStopCopy: 0, destValidate: 0, destResume: 0, linkLatency: 0, total: 0 };
+    let fixedLow = 0;
+    let fixedHigh = 0;
+    let fixedVar = 0;
+    for (const kind of FIXED_COST_KINDS) {
+      const w = this.fixed[kind];
+      if (w.count === 0) {
+        fixedMs[kind] = this.priors[kind];
+        fixedLow += this.priors[kind];
+        continue;
+      }
+      const s = w.stats();
+      fixedMs[kind] = s.mean;
+      fixedLow += Math.min(s.min, Math.max(0, s.mean - k * s.std));
+      fixedVar += s.std * s.std;
+    }
+    fixedMs.total = fixedMs.enterStopCopy + fixedMs.destValidate + fixedMs.destResume + fixedMs.linkLatency;
+    fixedHigh = fixedMs.total + k * Math.sqrt(fixedVar);
+    fixedLow = Math.min(fixedLow, fixedMs.total);
+
+    const rateBytesPerMs = transferMs > 0 ? stopCopyBytes / transferMs : this.effectiveRate(ws.mean * ratio, slowestGen);
+    const bestRateBytesPerMs = transferBest > 0 ? floorBytes / transferBest : rateBytesPerMs;
+    // Devices dirty independently: the total rate is the sum.
+    let dirtyRateBytesPerMs = 0;
+    for (const v of this.views) if (v.dirtying.count > 0) dirtyRateBytesPerMs += v.dirtying.mean();
+    return {
+      valid,
+      confident,
+      downtimeMs: valid ? fixedMs.total + transferMs : Infinity,
+      lowMs: valid ? fixedLow + transferLow : Infinity,
+      highMs: valid ? fixedHigh + transferHigh : Infinity,
+      lowerBoundMs: fixedLow + transferBest,
+      stopCopyBytes,
+      floorBytes,
+      rateBytesPerMs,
+      bestRateBytesPerMs,
+      generationRateBytesPerMs: slowestGen,
+      wireRateBytesPerMs: this.wire.count > 0 ? ws.mean : NaN,
+      compressionRatio: ratio,
+      dirtyRateBytesPerMs,
+      transferMs,
+      fixedMs,
+    };
+  }
+
+  private effectiveRate(wireRaw: number, gen: number): number {
+    const a = wireRaw > 0 ? wireRaw : this.opts.priorRateBytesPerMs;
+    return gen > 0 ? Math.min(a, gen) : a;
+  }
+
+  /** All the numbers at once: what a switchover policy is fed (spread it into a PolicySnapshot). */
+  snapshot(): EstimatorSnapshot {
+    const prediction = this.predict();
+    const nowMs = this.now();
+    let initialBytes = 0;
+    let dirtyBytes = 0;
+    for (const v of this.views) {
+      initialBytes += v.initial;
+      dirtyBytes += v.dirty;
+    }
+    return {
+      nowMs,
+      elapsedMs: nowMs - this.startedAt,
+      initialBytes,
+      dirtyBytes,
+      stopCopyBytes: prediction.stopCopyBytes,
+      initialSent: this.initialSent,
+      switchoverAcked: this.switchoverAcked,
+      epoch: this.epochValue,
+      bytesRead: this.totalRead,
+      wireBytes: this.totalWire,
+      wireRawBytes: this.totalWireRaw,
+      queryFailed: this.views.some((v) => !v.precopyValid || !v.stopCopyValid),
+      queryFailures: this.failures,
+      reinits: this.reinitCount,
+      dirtyRateBytesPerMs: prediction.dirtyRateBytesPerMs,
+      throughputBytesPerMs: prediction.rateBytesPerMs,
+      prediction,
+    };
+  }
+}

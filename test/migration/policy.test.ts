@@ -1,0 +1,288 @@
+import { describe, it, expect } from 'vitest';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createHash } from 'node:crypto';
+import {
+  DefaultSwitchoverPolicy,
+  StepwiseSwitchoverPolicy,
+  TokenBucket,
+  createBandwidthLimiter,
+  policyAbortError,
+  type PolicySnapshot,
+  type SwitchoverPolicy,
+  type Decision,
+} from '../../src/migration/policy.js';
+import { PrecopyEstimator, type Prediction } from '../../src/streams/estimator.js';
+import { MigError } from '../../src/fsm/errors.js';
+
+const MIB = 1024 * 1024;
+
+function prediction(p: Partial<Prediction> = {}): Prediction {
+  return {
+    valid: true,
+    confident: true,
+    downtimeMs: 100,
+    lowMs: 90,
+    highMs: 110,
+    lowerBoundMs: 50,
+    stopCopyBytes: 10 * MIB,
+    floorBytes: 5 * MIB,
+    rateBytesPerMs: 100_000,
+    bestRateBytesPerMs: 120_000,
+    generationRateBytesPerMs: 200_000,
+    wireRateBytesPerMs: 100_000,
+    compressionRatio: 1,
+    dirtyRateBytesPerMs: 10_000,
+    transferMs: 100,
+    fixedMs: { enterStopCopy: 0, destValidate: 0, destResume: 0, linkLatency: 0, total: 0 },
+    ...p,
+  };
+}
+
+/** A synthetic estimator state: everything ready for a switchover unless overridden. */
+function snap(over: Partial<PolicySnapshot> = {}, p: Partial<Prediction> = {}): PolicySnapshot {
+  const pred = prediction(p);
+  return {
+    nowMs: 0,
+    elapsedMs: 1000,
+    initialBytes: 0,
+    dirtyBytes: MIB,
+    stopCopyBytes: pred.stopCopyBytes,
+    initialSent: true,
+    switchoverAcked: true,
+    epoch: 0,
+    bytesRead: 100 * MIB,
+    wireBytes: 100 * MIB,
+    wireRawBytes: 100 * MIB,
+    queryFailed: false,
+    queryFailures: 0,
+    reinits: 0,
+    dirtyRateBytesPerMs: pred.dirtyRateBytesPerMs,
+    throughputBytesPerMs: pred.rateBytesPerMs,
+    prediction: pred,
+    downtimeLimitMs: 300,
+    ...over,
+  };
+}
+
+describe('DefaultSwitchoverPolicy', () => {
+  it('switches over when initial data is sent, acked, and the upper band fits the limit', () => {
+    const d = new DefaultSwitchoverPolicy().decide(snap());
+    expect(d.action).toBe('switchover');
+    expect(d.reason).toBe('within-limit');
+    expect(d.numbers.limitMs).toBe(300);
+    expect(d.numbers.highMs).toBe(110);
+    expect(d.message).toMatch(/110\.0 ms/);
+  });
+
+  it('uses the upper edge of the band, not the mean', () => {
+    const d = new DefaultSwitchoverPolicy().decide(snap({}, { downtimeMs: 250, highMs: 320 }));
+    expect(d.action).toBe('continue');
+    expect(d.reason).toBe('above-limit');
+  });
+
+  it('waits for the initial data, the acknowledgement, good queries and a known size', () => {
+    const p = new DefaultSwitchoverPolicy();
+    expect(p.decide(snap({ initialSent: false, initialBytes: 3 * MIB })).reason).toBe('initial-pending');
+    expect(p.decide(snap({ switchoverAcked: false })).reason).toBe('ack-pending');
+    expect(p.decide(snap({ switchoverAcked: false, switchoverAckRequired: false })).action).toBe('switchover');
+    expect(p.decide(snap({ queryFailed: true, queryFailures: 2 })).reason).toBe('query-failed');
+    expect(p.decide(snap({}, { valid: false, downtimeMs: Infinity, highMs: Infinity })).reason).toBe('prediction-invalid');
+    for (const d of [p.decide(snap({ initialSent: false })), p.decide(snap({ queryFailed: true }))]) expect(d.action).toBe('continue');
+  });
+
+  it('aborts early when even the lower bound exceeds the limit, naming the numbers', () => {
+    const d = new DefaultSwitchoverPolicy().decide(snap({ initialSent: false }, { lowerBoundMs: 450, highMs: 900, floorBytes: 40 * MIB }));
+    expect(d.action).toBe('abort');
+    expect(d.reason).toBe('lower-bound-above-limit');
+    expect(d.message).toMatch(/450\.0 ms/);
+    expect(d.message).toMatch(/40\.0 MiB/);
+    expect(d.message).toMatch(/300\.0 ms/);
+    expect(d.numbers.lowerBoundMs).toBe(450);
+    const err = policyAbortError(d);
+    expect(err).toBeInstanceOf(MigError);
+    expect(err.code).toBe('VFIO_MIG_ERR_POLICY_ABORT');
+    expect(err.phase).toBe('precopy');
+    expect(err.detail).toMatchObject({ reason: 'lower-bound-above-limit', lowerBoundMs: 450, limitMs: 300 });
+  });
+
+  it('never aborts on the lower bound of an unconfident or invalid prediction', () => {
+    const p = new DefaultSwitchoverPolicy();
+    expect(p.decide(snap({}, { confident: false, lowerBoundMs: 450, highMs: 900 })).action).toBe('continue');
+    expect(p.decide(snap({ queryFailed: true }, { valid: false, lowerBoundMs: 450, highMs: Infinity })).action).toBe('continue');
+  });
+
+  it('aborts when the dirty rate stays at or above the throughput for the whole window', () => {
+    const p = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 2000 });
+    const diverging = { dirtyRateBytesPerMs: 150_000, rateBytesPerMs: 100_000, highMs: 900, lowerBoundMs: 100 };
+    expect(p.decide(snap({ elapsedMs: 1000 }, diverging)).reason).toBe('above-limit');
+    expect(p.decide(snap({ elapsedMs: 2500 }, diverging)).reason).toBe('above-limit');
+    // Converging for a moment resets the window.
+    expect(p.decide(snap({ elapsedMs: 2600 }, { ...diverging, dirtyRateBytesPerMs: 50_000 })).reason).toBe('above-limit');
+    expect(p.decide(snap({ elapsedMs: 4000 }, diverging)).reason).toBe('above-limit');
+    const d = p.decide(snap({ elapsedMs: 6000 }, diverging));
+    expect(d.action).toBe('abort');
+    expect(d.reason).toBe('not-converging');
+    expect(d.numbers.divergingMs).toBe(2000);
+    expect(d.message).toMatch(/150\.0 MB\/s/);
+    p.reset();
+    expect(p.decide(snap({ elapsedMs: 7000 }, diverging)).action).toBe('continue');
+  });
+
+  it('aborts when the PRE_COPY budget is spent', () => {
+    const p = new DefaultSwitchoverPolicy({ precopyBudgetMs: 10_000 });
+    expect(p.decide(snap({ elapsedMs: 9999 }, { highMs: 900 })).action).toBe('continue');
+    const d = p.decide(snap({ elapsedMs: 10_000 }, { highMs: 900 }));
+    expect(d.action).toBe('abort');
+    expect(d.reason).toBe('precopy-budget');
+    expect(d.numbers.budgetMs).toBe(10_000);
+  });
+
+  it('rejects bad options', () => {
+    expect(() => new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 0 })).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_USAGE' }));
+  });
+});
+
+describe('StepwiseSwitchoverPolicy', () => {
+  it('raises the limit stepwise up to the maximum, switches over when the prediction fits, else aborts', () => {
+    const p = new StepwiseSwitchoverPolicy({ maxLimitMs: 900, stepIntervalMs: 1000 });
+    const high = { highMs: 650, lowerBoundMs: 100 };
+    const seq: Decision[] = [];
+    for (const t of [0, 500, 1000, 1500, 2000]) seq.push(p.decide(snap({ elapsedMs: t }, high)));
+    expect(seq.map((d) => d.reason)).toEqual(['above-limit', 'above-limit', 'limit-raised', 'above-limit', 'limit-raised']);
+    expect(seq[2].numbers.limitMs).toBe(600);
+    expect(seq[2].numbers.previousLimitMs).toBe(300);
+    expect(p.currentLimitMs).toBe(900);
+    expect(p.decide(snap({ elapsedMs: 2100 }, high))).toMatchObject({ action: 'switchover', reason: 'within-limit' });
+  });
+
+  it('aborts at the maximum after a full interval, and at once when the lower bound exceeds the maximum', () => {
+    const p = new StepwiseSwitchoverPolicy({ maxLimitMs: 600, stepMs: 300, stepIntervalMs: 1000 });
+    const high = { highMs: 2000, lowerBoundMs: 100 };
+    expect(p.decide(snap({ elapsedMs: 0 }, high)).reason).toBe('above-limit');
+    expect(p.decide(snap({ elapsedMs: 1000 }, high)).reason).toBe('limit-raised');
+    expect(p.decide(snap({ elapsedMs: 1999 }, high)).reason).toBe('above-limit');
+    const d = p.decide(snap({ elapsedMs: 2000 }, high));
+    expect(d).toMatchObject({ action: 'abort', reason: 'max-limit-exceeded' });
+    expect(d.numbers.maxLimitMs).toBe(600);
+    const q = new StepwiseSwitchoverPolicy({ maxLimitMs: 600 });
+    // 500 > 300 (the user limit) but <= 600: not a reason to abort yet.
+    expect(q.decide(snap({}, { highMs: 2000, lowerBoundMs: 500 })).action).toBe('continue');
+    expect(q.decide(snap({}, { highMs: 2000, lowerBoundMs: 700 }))).toMatchObject({ action: 'abort', reason: 'lower-bound-above-limit' });
+  });
+
+  it('does not abort on non-convergence: raising the limit is its answer', () => {
+    const p = new StepwiseSwitchoverPolicy({ maxLimitMs: 3000, stepIntervalMs: 1000 });
+    const diverging = { dirtyRateBytesPerMs: 200_000, rateBytesPerMs: 100_000, highMs: 800, lowerBoundMs: 100 };
+    const reasons = [0, 5000, 10_000].map((t) => p.decide(snap({ elapsedMs: t }, diverging)).reason);
+    expect(reasons).toEqual(['above-limit', 'limit-raised', 'limit-raised']);
+  });
+});
+
+describe('a VMM policy and the estimator together', () => {
+  it('a custom object implementing SwitchoverPolicy is fed the estimator snapshot', () => {
+    const seen: PolicySnapshot[] = [];
+    const custom: SwitchoverPolicy = {
+      name: 'always-after-initial',
+      decide(s) {
+        seen.push(s);
+        return { action: s.initialSent ? 'switchover' : 'continue', reason: s.initialSent ? 'within-limit' : 'initial-pending', message: '', numbers: { ...new DefaultSwitchoverPolicy().decide(s).numbers } };
+      },
+    };
+    let t = 0;
+    const est = new PrecopyEstimator({ now: () => t });
+    est.updatePrecopyInfo({ initialBytes: MIB, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(2 * MIB);
+    expect(custom.decide({ ...est.snapshot(), downtimeLimitMs: 300 }).action).toBe('continue');
+    t += 10;
+    est.recordRead(MIB);
+    expect(custom.decide({ ...est.snapshot(), downtimeLimitMs: 300 }).action).toBe('switchover');
+    expect(seen[1].stopCopyBytes).toBe(MIB);
+  });
+
+  it('the default policy re-arms on REINIT through the estimator epoch', () => {
+    let t = 0;
+    const est = new PrecopyEstimator({ now: () => t });
+    const policy = new DefaultSwitchoverPolicy();
+    est.updatePrecopyInfo({ initialBytes: MIB, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(2 * MIB);
+    for (let i = 0; i < 8; i++) {
+      t += 1;
+      est.recordRead(MIB / 8);
+      est.recordWire(MIB / 8, MIB / 8);
+    }
+    est.acknowledgeSwitchover();
+    expect(policy.decide({ ...est.snapshot(), downtimeLimitMs: 300 }).action).toBe('switchover');
+    est.updatePrecopyInfo({ initialBytes: MIB, dirtyBytes: 0, reinit: true });
+    expect(policy.decide({ ...est.snapshot(), downtimeLimitMs: 300 }).reason).toBe('initial-pending');
+    est.recordRead(MIB);
+    expect(policy.decide({ ...est.snapshot(), downtimeLimitMs: 300 }).reason).toBe('ack-pending');
+    est.acknowledgeSwitchover(est.epoch);
+    expect(policy.decide({ ...est.snapshot(), downtimeLimitMs: 300 }).action).toBe('switchover');
+  });
+});
+
+describe('bandwidth cap', () => {
+  it('the token bucket allows a burst, then delays to hold the long-run rate', () => {
+    let t = 0;
+    const b = new TokenBucket({ bytesPerSecond: 1_000_000, burstBytes: 100_000, now: () => t });
+    expect(b.take(100_000)).toBe(0);
+    // 1 MB/s = 1000 bytes per ms: 50 000 bytes of debt wait 50 ms.
+    expect(b.take(50_000)).toBe(50);
+    t += 50;
+    expect(b.take(10_000)).toBe(10);
+    // Idle refills up to the burst, never beyond.
+    t += 10_000;
+    expect(b.take(100_000)).toBe(0);
+    expect(b.take(1000)).toBe(1);
+  });
+
+  it('one bucket shared by two channels caps their sum', () => {
+    let t = 0;
+    const b = new TokenBucket({ bytesPerSecond: 1_000_000, burstBytes: 1000, now: () => t });
+    let sent = 0;
+    // Two channels alternate 10 KB chunks, each waiting what the bucket says.
+    const ready = [0, 0];
+    while (t < 1000) {
+      const ch = ready[0] <= ready[1] ? 0 : 1;
+      t = Math.max(t, ready[ch]);
+      ready[ch] = t + b.take(10_000);
+      sent += 10_000;
+    }
+    // About 1 MB in 1 s (plus the burst and one chunk in flight per channel).
+    expect(sent).toBeGreaterThanOrEqual(990_000);
+    expect(sent).toBeLessThanOrEqual(1_031_000);
+  });
+
+  it('the limiter Transform passes every byte through, in order', async () => {
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < 16; i++) chunks.push(Buffer.alloc(64 * 1024, i));
+    const src = createHash('sha256');
+    for (const c of chunks) src.update(c);
+    const dst = createHash('sha256');
+    let bytes = 0;
+    // 16 MB/s with a 256 KiB burst: about 50 ms for 1 MiB.
+    await pipeline(
+      Readable.from(chunks),
+      createBandwidthLimiter({ bytesPerSecond: 16_000_000, burstBytes: 256 * 1024 }),
+      new Writable({
+        write(c: Buffer, _e, cb) {
+          dst.update(c);
+          bytes += c.length;
+          cb();
+        },
+      }),
+    );
+    expect(bytes).toBe(MIB);
+    expect(dst.digest('hex')).toBe(src.digest('hex'));
+  });
+
+  it('destroying the limiter while it waits does not hang', async () => {
+    const lim = createBandwidthLimiter({ bytesPerSecond: 1000, burstBytes: 1 });
+    lim.write(Buffer.alloc(10_000));
+    const closed = new Promise((r) => lim.on('close', r));
+    lim.destroy();
+    await closed;
+    expect(lim.destroyed).toBe(true);
+  });
+});

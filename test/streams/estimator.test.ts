@@ -1,0 +1,387 @@
+import { describe, it, expect } from 'vitest';
+import { PrecopyEstimator, RateWindow, type QueryFailedEvent, type ReinitEvent, type InitialSentEvent } from '../../src/streams/estimator.js';
+import { MigError } from '../../src/fsm/errors.js';
+
+const MIB = 1024 * 1024;
+
+/** A scripted clock: tests move time by hand. */
+function clock(start = 1000): { now: () => number; advance: (ms: number) => void } {
+  let t = start;
+  return { now: () => t, advance: (ms) => (t += ms) };
+}
+
+/** Feed `n` reads of `bytes` each, `ms` apart, and mirror them on the wire with `ratio` compression. */
+function stream(est: PrecopyEstimator, c: ReturnType<typeof clock>, n: number, bytes: number, ms: number, ratio = 1, device = 0): void {
+  for (let i = 0; i < n; i++) {
+    c.advance(ms);
+    est.recordRead(bytes, { device });
+    est.recordWire(Math.round(bytes / ratio), bytes);
+  }
+}
+
+describe('PrecopyEstimator: counters', () => {
+  it('never adds stop-copy and PRE_COPY bytes: the stop-copy size already includes unread PRE_COPY data', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 8 * MIB, dirtyBytes: 2 * MIB, reinit: false });
+    est.updateStopCopySize(12 * MIB);
+    const s = est.snapshot();
+    expect(s.stopCopyBytes).toBe(12 * MIB);
+    expect(s.prediction.stopCopyBytes).toBe(12 * MIB);
+    expect(s.initialBytes).toBe(8 * MIB);
+    expect(s.dirtyBytes).toBe(2 * MIB);
+    // Only the part PRE_COPY can never send is the floor.
+    expect(s.prediction.floorBytes).toBe(2 * MIB);
+  });
+
+  it('decrements the local view between queries: initial first, then dirty, stop-copy by every byte, floored at 0', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 3 * MIB, dirtyBytes: 2 * MIB, reinit: false });
+    est.updateStopCopySize(6 * MIB);
+    est.recordRead(2 * MIB);
+    let s = est.snapshot();
+    expect([s.initialBytes, s.dirtyBytes, s.stopCopyBytes]).toEqual([1 * MIB, 2 * MIB, 4 * MIB]);
+    est.recordRead(2 * MIB);
+    s = est.snapshot();
+    expect([s.initialBytes, s.dirtyBytes, s.stopCopyBytes]).toEqual([0, 1 * MIB, 2 * MIB]);
+    // Reads may exceed what was reported ("do not trust the counter"): floors at 0, never negative.
+    est.recordRead(5 * MIB);
+    s = est.snapshot();
+    expect([s.initialBytes, s.dirtyBytes, s.stopCopyBytes]).toEqual([0, 0, 0]);
+    expect(s.bytesRead).toBe(9 * MIB);
+  });
+
+  it('marks the initial data sent when the local view reaches 0, once per epoch, with an event', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    const events: InitialSentEvent[] = [];
+    est.on('initial-sent', (e) => events.push(e));
+    est.updatePrecopyInfo({ initialBytes: MIB, dirtyBytes: 0, reinit: false });
+    expect(est.initialSent).toBe(false);
+    est.recordRead(MIB / 2);
+    expect(est.initialSent).toBe(false);
+    est.recordRead(MIB / 2);
+    expect(est.initialSent).toBe(true);
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 100, reinit: false });
+    expect(events).toEqual([{ device: 0, epoch: 0, all: true }]);
+  });
+
+  it('a temporary end of stream (recordEmpty) zeroes the PRE_COPY counters but not the stop-copy size', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: MIB, dirtyBytes: MIB, reinit: false });
+    est.updateStopCopySize(4 * MIB);
+    est.recordEmpty();
+    const s = est.snapshot();
+    expect([s.initialBytes, s.dirtyBytes, s.stopCopyBytes]).toEqual([0, 0, 4 * MIB]);
+    expect(s.initialSent).toBe(true);
+  });
+
+  it('accepts bigint u64 values and rejects overflow, negatives and fractions as visible failed queries', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    const failed: QueryFailedEvent[] = [];
+    est.on('query-failed', (e) => failed.push(e));
+    expect(est.updatePrecopyInfo({ initialBytes: 5n, dirtyBytes: 0n })).toBe(true);
+    expect(est.updateStopCopySize(BigInt(Number.MAX_SAFE_INTEGER))).toBe(true);
+    expect(est.updateStopCopySize(2n ** 64n - 1n)).toBe(false);
+    expect(est.updateStopCopySize(Number.MAX_SAFE_INTEGER + 2)).toBe(false);
+    expect(est.updatePrecopyInfo({ initialBytes: -1, dirtyBytes: 0 })).toBe(false);
+    expect(est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 1.5 })).toBe(false);
+    expect(failed.map((f) => [f.kind, f.error.code, f.consecutive])).toEqual([
+      ['stop-copy-size', 'EOVERFLOW', 1],
+      ['stop-copy-size', 'EOVERFLOW', 2],
+      ['precopy-info', 'EOVERFLOW', 1],
+      ['precopy-info', 'EOVERFLOW', 2],
+    ]);
+    expect(failed[0].error).toBeInstanceOf(MigError);
+    const s = est.snapshot();
+    expect(s.queryFailed).toBe(true);
+    expect(s.queryFailures).toBe(4);
+    // Pessimistic, never 0: the prediction is unusable for a switchover.
+    expect(s.prediction.valid).toBe(false);
+    expect(s.prediction.downtimeMs).toBe(Infinity);
+    expect(s.prediction.highMs).toBe(Infinity);
+    expect(s.initialSent).toBe(false);
+  });
+
+  it('a failed stop-copy query keeps the prediction invalid until a good query arrives', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(MIB);
+    expect(est.predict().valid).toBe(true);
+    const err = Object.assign(new Error('ioctl failed'), { code: 'EIO' });
+    expect(est.stopCopySizeFailed(err)).toBe(false);
+    expect(est.predict().valid).toBe(false);
+    expect(est.predict().highMs).toBe(Infinity);
+    c.advance(100);
+    expect(est.queryDue()).toBe(true);
+    est.updateStopCopySize(MIB);
+    expect(est.predict().valid).toBe(true);
+    expect(est.snapshot().queryFailed).toBe(false);
+  });
+
+  it('a failed precopy query counts the initial data as not sent until a good query', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    const failed: QueryFailedEvent[] = [];
+    est.on('query-failed', (e) => failed.push(e));
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    expect(est.initialSent).toBe(true);
+    est.precopyInfoFailed(Object.assign(new Error('bad state'), { code: 'EINVAL' }));
+    expect(est.initialSent).toBe(false);
+    expect(failed[0].error.code).toBe('EINVAL');
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 10, reinit: false });
+    expect(est.initialSent).toBe(true);
+  });
+
+  it('REINIT restarts the initial-data accounting and re-arms the switchover acknowledgement', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    const reinits: ReinitEvent[] = [];
+    est.on('reinit', (e) => reinits.push(e));
+    est.updatePrecopyInfo({ initialBytes: MIB, dirtyBytes: 0, reinit: false });
+    est.recordRead(MIB);
+    expect(est.initialSent).toBe(true);
+    expect(est.acknowledgeSwitchover(0)).toBe(true);
+    expect(est.switchoverAcked).toBe(true);
+    c.advance(100);
+    est.updatePrecopyInfo({ initialBytes: 2 * MIB, dirtyBytes: 0, reinit: true });
+    expect(reinits).toEqual([{ device: 0, epoch: 1, initialBytes: 2 * MIB }]);
+    const s = est.snapshot();
+    expect(s.initialSent).toBe(false);
+    expect(s.switchoverAcked).toBe(false);
+    expect(s.epoch).toBe(1);
+    expect(s.reinits).toBe(1);
+    expect(s.initialBytes).toBe(2 * MIB);
+    // An ack for the old epoch (in flight before the destination saw the new data) does not count.
+    expect(est.acknowledgeSwitchover(0)).toBe(false);
+    expect(est.switchoverAcked).toBe(false);
+    est.recordRead(2 * MIB);
+    expect(est.initialSent).toBe(true);
+    expect(est.acknowledgeSwitchover()).toBe(true);
+    expect(est.switchoverAcked).toBe(true);
+  });
+
+  it('re-queries at a bounded rate', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, minQueryIntervalMs: 50, maxQueryIntervalMs: 1000, requeryBytes: 8 * MIB });
+    expect(est.queryDue()).toBe(true);
+    est.updatePrecopyInfo({ initialBytes: 16 * MIB, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(32 * MIB);
+    expect(est.queryDue()).toBe(false);
+    expect(est.nextQueryInMs()).toBe(1000);
+    est.recordRead(8 * MIB);
+    // Enough bytes read, but never before the minimum interval.
+    expect(est.queryDue()).toBe(false);
+    expect(est.nextQueryInMs()).toBe(50);
+    c.advance(50);
+    expect(est.queryDue()).toBe(true);
+    est.updatePrecopyInfo({ initialBytes: 8 * MIB, dirtyBytes: 0, reinit: false });
+    c.advance(999);
+    expect(est.queryDue()).toBe(false);
+    c.advance(1);
+    expect(est.queryDue()).toBe(true);
+    // A view drained to 0 asks for a query after the minimum interval (mlx5 only makes new data on query).
+    est.updatePrecopyInfo({ initialBytes: MIB, dirtyBytes: 0, reinit: false });
+    est.recordRead(MIB);
+    c.advance(49);
+    expect(est.queryDue()).toBe(false);
+    c.advance(1);
+    expect(est.queryDue()).toBe(true);
+  });
+});
+
+describe('PrecopyEstimator: rates and prediction', () => {
+  it('predicts downtime from the stop-copy bytes at the wire rate when the wire is the slower', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(100 * MIB);
+    // 1 MiB every 10 ms: 104857.6 bytes/ms, steady.
+    stream(est, c, 20, MIB, 10);
+    est.updateStopCopySize(50 * MIB);
+    const p = est.predict();
+    expect(p.valid).toBe(true);
+    expect(p.confident).toBe(true);
+    expect(p.rateBytesPerMs).toBeCloseTo(MIB / 10, 3);
+    expect(p.transferMs).toBeCloseTo(500, 6);
+    expect(p.downtimeMs).toBeCloseTo(500, 6);
+    // Steady samples: the band is the minimum relative band (5%).
+    expect(p.lowMs).toBeCloseTo(500 / 1.05, 3);
+    expect(p.highMs).toBeCloseTo(500 / 0.95, 3);
+    expect(p.lowMs).toBeLessThan(p.downtimeMs);
+    expect(p.highMs).toBeGreaterThan(p.downtimeMs);
+  });
+
+  it('the wire is measured after compression: raw rate = wire rate x ratio', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(40 * MIB);
+    // Reads are timed separately and fast (device 4 MiB per ms); the wire carries 1/4 of the raw bytes.
+    for (let i = 0; i < 10; i++) est.recordRead(MIB, { durationMs: 0.25 });
+    for (let i = 0; i < 10; i++) est.recordWire(MIB / 4, MIB, { durationMs: 10 });
+    const p = est.predict();
+    expect(p.compressionRatio).toBeCloseTo(4, 9);
+    expect(p.wireRateBytesPerMs).toBeCloseTo(MIB / 40, 6);
+    expect(p.rateBytesPerMs).toBeCloseTo(MIB / 10, 6);
+    expect(p.stopCopyBytes).toBe(30 * MIB);
+    expect(p.downtimeMs).toBeCloseTo(300, 6);
+  });
+
+  it('the device generation rate limits when it is the slower, per device, with a shared wire', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, devices: 2 });
+    for (const d of [0, 1]) {
+      est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false }, d);
+    }
+    est.updateStopCopySize(10 * MIB, 0);
+    est.updateStopCopySize(10 * MIB, 1);
+    // Device 0 generates 1 MiB per 100 ms; device 1 1 MiB per ms; the wire 1 MiB per 5 ms.
+    for (let i = 0; i < 5; i++) {
+      est.recordRead(MIB, { device: 0, durationMs: 100 });
+      est.recordRead(MIB, { device: 1, durationMs: 1 });
+      est.recordWire(MIB, MIB, { durationMs: 5 });
+      est.recordWire(MIB, MIB, { durationMs: 5 });
+    }
+    const p = est.predict();
+    // Device 0 has 5 MiB left at 1 MiB/100 ms = 500 ms; all 10 MiB on the wire = 50 ms.
+    expect(p.stopCopyBytes).toBe(10 * MIB);
+    expect(p.transferMs).toBeCloseTo(500, 6);
+    expect(p.generationRateBytesPerMs).toBeCloseTo(MIB / 100, 6);
+  });
+
+  it('adds the fixed costs (arcs, destination validation and resume, link latency) and widens the band by their variance', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, fixedCosts: { destValidate: 20 } });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(10 * MIB);
+    stream(est, c, 10, MIB, 10);
+    // 10 MiB already read: the stop-copy view is 0 now.
+    est.updateStopCopySize(10 * MIB);
+    expect(est.predict().fixedMs.destValidate).toBe(20);
+    expect(est.predict().downtimeMs).toBeCloseTo(120, 6);
+    est.recordFixedCost('enterStopCopy', 4);
+    est.recordFixedCost('enterStopCopy', 6);
+    est.recordFixedCost('destValidate', 30);
+    est.recordFixedCost('destResume', 2);
+    est.recordFixedCost('linkLatency', 1);
+    const p = est.predict();
+    expect(p.fixedMs.destValidate).toBe(30);
+    expect(p.fixedMs.enterStopCopy).toBeGreaterThan(4);
+    expect(p.fixedMs.enterStopCopy).toBeLessThan(6);
+    expect(p.fixedMs.total).toBeCloseTo(p.fixedMs.enterStopCopy + 33, 9);
+    expect(p.downtimeMs).toBeCloseTo(p.fixedMs.total + 100, 6);
+    expect(p.highMs).toBeGreaterThan(p.fixedMs.total + 100 / 0.95);
+  });
+
+  it('a noisy rate widens the band; a steady one keeps it at the minimum', () => {
+    const c = clock();
+    const noisy = new PrecopyEstimator({ now: c.now });
+    noisy.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    noisy.updateStopCopySize(100 * MIB);
+    for (let i = 0; i < 16; i++) {
+      noisy.recordRead(MIB, { durationMs: 0.1 });
+      noisy.recordWire(MIB, MIB, { durationMs: i % 2 === 0 ? 4 : 16 });
+    }
+    const p = noisy.predict();
+    const rel = p.highMs / p.downtimeMs - 1;
+    expect(rel).toBeGreaterThan(0.1);
+    expect(p.lowMs).toBeLessThan(p.downtimeMs);
+  });
+
+  it('is not confident and uses the prior rate before anything is measured', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, priorRateBytesPerMs: 1000 });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(10_000);
+    const p = est.predict();
+    expect(p.confident).toBe(false);
+    expect(p.downtimeMs).toBe(10);
+    expect(p.highMs).toBe(40);
+    expect(p.lowMs).toBe(2.5);
+    // An unmeasured link proves no lower bound.
+    expect(p.lowerBoundMs).toBe(0);
+  });
+
+  it('measures the dirty rate from dirty growth plus what was read, between queries past the initial data', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: MIB, dirtyBytes: 0, reinit: false });
+    c.advance(100);
+    est.recordRead(MIB);
+    // The first query after the initial data: a backlog, not a rate sample.
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 5 * MIB, reinit: false });
+    expect(est.predict().dirtyRateBytesPerMs).toBe(0);
+    c.advance(100);
+    est.recordRead(2 * MIB);
+    // 2 MiB read, dirty went 5 -> 4: 1 MiB new dirt in 100 ms.
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 4 * MIB, reinit: false });
+    expect(est.predict().dirtyRateBytesPerMs).toBeCloseTo(MIB / 100, 6);
+    expect(est.snapshot().dirtyRateBytesPerMs).toBeCloseTo(MIB / 100, 6);
+  });
+
+  it('the lower bound counts only bytes PRE_COPY can never send, at the best measured rate', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 40 * MIB, reinit: false });
+    est.updateStopCopySize(60 * MIB);
+    for (let i = 0; i < 10; i++) est.recordWire(MIB, MIB, { durationMs: 10 });
+    const p = est.predict();
+    expect(p.floorBytes).toBe(20 * MIB);
+    // 20 MiB at the best rate (mean x 1.05 with steady samples, or the best sample): about 190 ms.
+    expect(p.lowerBoundMs).toBeCloseTo(200 / 1.05, 3);
+    expect(p.lowerBoundMs).toBeLessThan(p.downtimeMs);
+  });
+
+  it('a pause longer than the idle gap, or an empty read, starts a new streak instead of a slow sample', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, idleGapMs: 1000 });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(10 * MIB);
+    stream(est, c, 5, MIB, 10);
+    const before = est.predict().rateBytesPerMs;
+    est.recordEmpty();
+    c.advance(500);
+    est.recordRead(MIB);
+    est.recordWire(MIB, MIB);
+    c.advance(2000);
+    est.recordRead(MIB);
+    est.recordWire(MIB, MIB);
+    expect(est.predict().rateBytesPerMs).toBeCloseTo(before, 6);
+  });
+
+  it('rejects bad options and device indices with a usage error', () => {
+    expect(() => new PrecopyEstimator({ devices: 0 })).toThrow(/devices/);
+    expect(() => new PrecopyEstimator({ alpha: 0 })).toThrow(/alpha/);
+    expect(() => new PrecopyEstimator({ window: -1 })).toThrow(/window/);
+    const est = new PrecopyEstimator();
+    expect(() => est.recordRead(1, { device: 1 })).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_USAGE' }));
+  });
+});
+
+describe('RateWindow', () => {
+  it('weights recent samples more and forgets samples beyond the window', () => {
+    const w = new RateWindow(4, 0.5);
+    for (let i = 0; i < 4; i++) w.add(100, 1);
+    expect(w.mean()).toBeCloseTo(100, 9);
+    w.add(200, 1);
+    // weights 1, .5, .25, .125 over 200, 100, 100, 100.
+    expect(w.mean()).toBeCloseTo((200 + 50 + 25 + 12.5) / 1.875, 9);
+    for (let i = 0; i < 4; i++) w.add(300, 1);
+    expect(w.count).toBe(4);
+    expect(w.mean()).toBeCloseTo(300, 9);
+    expect(w.stats().relErr).toBe(0);
+  });
+
+  it('ignores samples without a positive duration', () => {
+    const w = new RateWindow(4, 0.5);
+    w.add(100, 0);
+    w.add(100, NaN);
+    expect(w.count).toBe(0);
+    expect(w.mean()).toBeNaN();
+  });
+});
