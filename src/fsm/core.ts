@@ -226,10 +226,12 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
         recovery: 'none',
       });
     }
+    // Driver resets seen from here on stop this walk (they are applied when the lock is released).
+    this.#walkInterrupted = false;
     // The real state, never the cached one: a reset may have moved the device since.
     const start = await this.driver.getState();
     this.#state = start;
-    this.#syncSession(start);
+    if (!this.#walkInterrupted) this.#syncSession(start);
     if (start === DeviceState.ERROR) {
       throw migError('EINVAL', `device is in ERROR; only reset() leaves it (requested ${stateName(target)})`, {
         target,
@@ -244,7 +246,6 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
       // Blocked request (STOP_COPY -> PRE_COPY*): EINVAL, nothing changes.
       throw migError('EINVAL', (err as Error).message, { target, state: start, recovery: 'none', cause: err });
     }
-    this.#walkInterrupted = false;
     try {
       return await this.#walk(start, path);
     } catch (failure) {
@@ -258,6 +259,9 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
     let opened: Session | null = null;
     for (let i = 0; i < path.length; i++) {
       const to = path[i];
+      // A driver-initiated reset landed since the walk began: the device is at RUNNING now, so the
+      // rest of the path no longer starts where the table assumes. Stop; the reset is applied at unlock.
+      if (this.#walkInterrupted) throw new WalkInterrupted(from);
       const t0 = performance.now();
       let result: Session | null;
       try {
@@ -270,9 +274,6 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
       this.emit('arc', { from, to, ms });
       opened = this.#arcSessionEffect(from, to, result ?? null);
       from = to;
-      // A driver-initiated reset landed during this arc: the device is at RUNNING now, so the
-      // rest of the path no longer starts where the table assumes. Stop; the reset is applied at unlock.
-      if (this.#walkInterrupted && i < path.length - 1) throw new WalkInterrupted(from);
     }
     return opened;
   }
@@ -316,9 +317,10 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
       });
     }
     const detail: Record<string, unknown> = {};
-    let state = await this.#readBack(detail);
-    let recovery: RecoveryOutcome = 'none';
     const interrupted = failure instanceof WalkInterrupted || this.#walkInterrupted;
+    // After a driver reset the session ends for reason 'reset', at unlock; do not pre-empt it here.
+    let state = await this.#readBack(detail, !interrupted);
+    let recovery: RecoveryOutcome = 'none';
     if (interrupted) {
       // The driver reset the device under the walk: it rests at RUNNING with sessions ended, which
       // is what every recovery would end in anyway.
@@ -376,11 +378,11 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
   }
 
   /** The device's state after a failure, from the driver; undefined when even that read fails. */
-  async #readBack(detail: Record<string, unknown>): Promise<DeviceState | undefined> {
+  async #readBack(detail: Record<string, unknown>, sync = true): Promise<DeviceState | undefined> {
     try {
       const state = await this.driver.getState();
       this.#state = state;
-      this.#syncSession(state);
+      if (sync) this.#syncSession(state);
       return state;
     } catch (err) {
       detail.getStateError = err;

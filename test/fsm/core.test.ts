@@ -548,6 +548,20 @@ describe('MigrationCore: resets', () => {
     expect(await core.setState(STOP_COPY)).not.toBeNull();
   });
 
+  it('a driver-initiated reset before the first arc: no arc runs, the session ends for the reset', async () => {
+    const { driver, core } = await coreAt(0x7, PRE_COPY);
+    const s = core.session!;
+    const events = record(core);
+    driver.onGetState = () => driver.resetSelf();
+    const err = await rejection(core.setState(STOP_COPY));
+    expect(err.code).toBe('ECANCELED');
+    expect(err.arc).toBeUndefined();
+    expect(err.state).toBe(RUNNING);
+    expect(driver.log).toEqual(['SELF-RESET']);
+    expect(s.disabled).toBe(true);
+    expect(events).toEqual(['failed ECANCELED', `close #${s.id} reset`, 'reset deferred']);
+  });
+
   it('ignores the driver echoing its own reset event during core.reset()', async () => {
     const { driver, core } = await coreAt(0x7, STOP_COPY);
     const original = driver.reset.bind(driver);

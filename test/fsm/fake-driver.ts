@@ -95,8 +95,14 @@ export class FakeDriver extends EventEmitter implements MigrationDriver {
     return release;
   }
 
+  /** Runs inside the next getState() call, before it answers (then is cleared). */
+  onGetState: (() => void) | null = null;
+
   async getState(): Promise<DeviceState> {
     this.getStateCalls++;
+    const hook = this.onGetState;
+    this.onGetState = null;
+    hook?.();
     if (this.getStateCalls === this.failGetStateAt) {
       throw migError('EIO', 'get state failed');
     }
