@@ -229,7 +229,16 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
     // Driver resets seen from here on stop this walk (they are applied when the lock is released).
     this.#walkInterrupted = false;
     // The real state, never the cached one: a reset may have moved the device since.
-    const start = await this.driver.getState();
+    let start: DeviceState;
+    try {
+      start = await this.driver.getState();
+    } catch (err) {
+      throw migError(errnoName(err) ?? 'EIO', `cannot read the device state: ${err instanceof Error ? err.message : String(err)}`, {
+        target,
+        recovery: 'none',
+        cause: err,
+      });
+    }
     this.#state = start;
     if (!this.#walkInterrupted) this.#syncSession(start);
     if (start === DeviceState.ERROR) {
@@ -451,23 +460,27 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
 
   /** The deferred_reset unlock routine: apply resets that arrived meanwhile, then hand the lock on. */
   async #unlock(): Promise<void> {
-    while (this.#resetRequests.length > 0 || this.#driverResetPending) {
-      const requests = this.#resetRequests.splice(0);
-      this.#driverResetPending = false;
-      if (requests.length === 0) {
-        this.#applyReset(true);
-        continue;
+    try {
+      while (this.#resetRequests.length > 0 || this.#driverResetPending) {
+        const requests = this.#resetRequests.splice(0);
+        this.#driverResetPending = false;
+        if (requests.length === 0) {
+          this.#applyReset(true);
+          continue;
+        }
+        try {
+          await this.#resetDriver();
+          this.#applyReset(true);
+          for (const r of requests) r.resolve();
+        } catch (err) {
+          for (const r of requests) r.reject(err);
+        }
       }
-      try {
-        await this.#resetDriver();
-        this.#applyReset(true);
-        for (const r of requests) r.resolve();
-      } catch (err) {
-        for (const r of requests) r.reject(err);
-      }
+    } finally {
+      // Even when an event listener threw above: a stuck lock would hang every later call.
+      const next = this.#waiters.shift();
+      if (next) next(); // the lock passes straight to the next caller, in arrival order
+      else this.#locked = false;
     }
-    const next = this.#waiters.shift();
-    if (next) next(); // the lock passes straight to the next caller, in arrival order
-    else this.#locked = false;
   }
 }

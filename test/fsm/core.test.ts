@@ -318,6 +318,48 @@ describe('MigrationCore: a failure at every arc of every path', () => {
     expect(driver.getStateCalls).toBe(2);
   });
 
+  it('a state that cannot be read before the walk fails the call without an arc', async () => {
+    const { driver, core } = await coreAt(0x7, RUNNING);
+    driver.failGetStateAt = driver.getStateCalls + 1;
+    const err = await rejection(core.setState(STOP));
+    expect(err.code).toBe('EIO');
+    expect(err.target).toBe(STOP);
+    expect(driver.log).toEqual([]);
+    expect(core.busy).toBe(false);
+    await core.setState(STOP);
+    expect(core.state).toBe(STOP);
+  });
+
+  it('a throwing event listener fails that call but never wedges the lock', async () => {
+    const { driver, core } = await coreAt(0x7, RUNNING);
+    let armed = true;
+    core.on('arc', () => {
+      if (armed) {
+        armed = false;
+        throw new Error('listener bug');
+      }
+    });
+    const err = await rejection(core.setState(STOP));
+    expect(err.code).toBe('EIO');
+    expect(core.busy).toBe(false);
+    // A throwing 'reset' listener during a deferred reset: the queued call behind it still runs.
+    const release = driver.gate(RUNNING_P2P, STOP);
+    await core.setState(RUNNING_P2P).catch(() => undefined);
+    const a = core.setState(STOP);
+    await settle();
+    const r = core.reset();
+    const b = core.setState(RUNNING_P2P);
+    core.once('reset', () => {
+      throw new Error('reset listener bug');
+    });
+    release();
+    await a.catch(() => undefined);
+    await r.catch(() => undefined);
+    await b;
+    expect(core.state).toBe(RUNNING_P2P);
+    expect(core.busy).toBe(false);
+  });
+
   it('keeps the cause and errno of the driver error', async () => {
     const { driver, core } = await coreAt(0x3, RUNNING);
     driver.fail(RUNNING_P2P, STOP, { code: 'ENOTCONN' });
