@@ -155,6 +155,59 @@ describe('checkFeatureRequest: the kernel order of checks (§2.1)', () => {
     expect(code(() => checkFeatureRequest(encodeFeature({ index: 1, get: true, payload: Buffer.alloc(8) }), table))).toBe('ENOTTY');
   });
 
+  it('structured fuzz: each check wins over every later one', () => {
+    const request = fc.record({
+      argsz: fc.oneof(fc.integer({ min: 0, max: 7 }), fc.integer({ min: 8, max: 24 }), fc.constant(0xffffffff)),
+      index: fc.constantFrom(0, 1, 2, 9, 12, 13, 0xffff),
+      get: fc.boolean(),
+      set: fc.boolean(),
+      probe: fc.boolean(),
+      junk: fc.constantFrom(0, 0x80000, 0x80000000),
+      len: fc.integer({ min: 0, max: 24 }),
+      flags: fc.constantFrom(0, 0x1, 0x3, 0x7),
+    });
+    fc.assert(
+      fc.property(request, (q) => {
+        const buf = encodeFeature({ index: q.index, get: q.get, set: q.set, probe: q.probe, extraFlags: q.junk, argsz: q.argsz, payload: Buffer.alloc(q.len) });
+        const c = code(() => checkFeatureRequest(buf, migrationFeatureTable(q.flags)));
+        if (q.argsz < 8 || q.junk !== 0 || (q.get && q.set && !q.probe)) {
+          expect(c).toBe('EINVAL');
+          return;
+        }
+        const known = q.flags !== 0 && [1, 2, 9].includes(q.index);
+        const precopyV2 = q.index === 12;
+        if (!known && !precopyV2) {
+          expect(c).toBe('ENOTTY');
+          return;
+        }
+        if (precopyV2 && !(q.flags & 0x4)) {
+          expect(c).toBe('EINVAL');
+          return;
+        }
+        const canGet = q.index !== 12;
+        const canSet = q.index === 2 || q.index === 12;
+        if ((q.get && !canGet) || (q.set && !canSet)) {
+          expect(c).toBe('EINVAL');
+          return;
+        }
+        // PROBE never reads the payload: no EFAULT, whatever argsz claims.
+        if (q.probe) {
+          expect(c).toBeUndefined();
+          return;
+        }
+        if (!q.get && !q.set) {
+          expect(c).toBe('EINVAL');
+          return;
+        }
+        const min = q.index === 12 ? 0 : 8;
+        if (q.argsz - 8 < min) expect(c).toBe('EINVAL');
+        else if (q.len < min) expect(c).toBe('EFAULT');
+        else expect(c).toBeUndefined();
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
   it('fuzz: every random request either passes or fails with EINVAL, ENOTTY or EFAULT in a consistent way', () => {
     fc.assert(
       fc.property(fc.uint8Array({ minLength: 0, maxLength: 32 }), (bytes) => {
