@@ -342,7 +342,12 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
           await this.#walk(state, transitionPath(state, back, this.flags));
           recovery = 'recovered';
         } catch (err) {
-          detail.recoveryError = err instanceof ArcFailure ? err.cause : err;
+          detail.recoveryError =
+            err instanceof ArcFailure
+              ? err.cause
+              : err instanceof WalkInterrupted
+                ? migError('ECANCELED', `the device was reset during the recovery walk, at ${stateName(err.at)}`)
+                : err;
           if (err instanceof ArcFailure) detail.recoveryArc = { from: err.from, to: err.to };
         }
       }

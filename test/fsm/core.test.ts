@@ -604,6 +604,25 @@ describe('MigrationCore: resets', () => {
     expect(events).toEqual(['failed ECANCELED', `close #${s.id} reset`, 'reset deferred']);
   });
 
+  it('a driver-initiated reset during a recovery walk ends the recovery', async () => {
+    const { driver, core } = await coreAt(0x7, RUNNING, 'recover');
+    driver.fail(STOP, STOP_COPY, { code: 'EIO', times: 1 });
+    const release = driver.gate(STOP, RUNNING_P2P); // only the way back uses this arc
+    const events = record(core);
+    const set = core.setState(STOP_COPY);
+    await settle();
+    driver.resetSelf();
+    release();
+    const err = await rejection(set);
+    expect(err.code).toBe('EIO');
+    expect(err.recovery).toBe('failed');
+    expect((err.detail?.recoveryError as MigError).code).toBe('ECANCELED');
+    expect(err.state).toBe(RUNNING);
+    expect(driver.log).toEqual(['RUNNING>RUNNING_P2P', 'RUNNING_P2P>STOP', 'STOP>STOP_COPY!', 'SELF-RESET', 'STOP>RUNNING_P2P']);
+    expect(events.slice(-2)).toEqual(['failed EIO', 'reset deferred']);
+    expect(core.state).toBe(RUNNING);
+  });
+
   it('ignores the driver echoing its own reset event during core.reset()', async () => {
     const { driver, core } = await coreAt(0x7, STOP_COPY);
     const original = driver.reset.bind(driver);
