@@ -1,0 +1,85 @@
+/**
+ * The summary both sides return, and the progress and decision events they emit.
+ */
+import type { MigrationPhase } from './control.js';
+
+export interface DeviceSummary {
+  /** Device bytes (raw, before compression) moved for this device. */
+  bytes: number;
+  /** Bytes sent during PRE_COPY (the rest moved in STOP_COPY). */
+  precopyBytes: number;
+  /** Destination's RESUMING -> STOP validation time, ms. */
+  validateMs: number | null;
+  /** Source digest equalled the destination's after loading (null: the driver has no digest). */
+  verified: boolean | null;
+}
+
+export interface MigrationSummary {
+  ok: true;
+  role: 'source' | 'destination';
+  /** Every device's digest was compared and equal (false when a device offers no digest). */
+  verified: boolean;
+  /** Raw device bytes moved. */
+  bytes: number;
+  /** Bytes on the wire (after framing and compression). */
+  wireBytes: number;
+  /** bytes / wireBytes. */
+  compressionRatio: number;
+  durationMs: number;
+  /**
+   * Source: from the first device leaving RUNNING at switchover (the P2P step) until the
+   * destination's "running" message arrived (includes one return-path latency). Destination: from
+   * the "switchover" control record to its devices RUNNING (excludes the forward latency).
+   */
+  downtimeMs: number;
+  /** The estimator's prediction when the switchover was decided (null: no prediction was made). */
+  predictedDowntimeMs: number | null;
+  precopyRounds: number;
+  /** bytes / durationMs, in MB/s (decimal). */
+  throughputMBps: number;
+  /** Milliseconds per phase, as this side saw them. */
+  phases: Partial<Record<MigrationPhase, number>>;
+  devices: DeviceSummary[];
+}
+
+export interface ProgressEvent {
+  phase: MigrationPhase;
+  /** Raw device bytes moved so far. */
+  bytes: number;
+  wireBytes: number;
+  /** Wire rate over the last interval, bytes/s. */
+  rate: number;
+  /** PRE_COPY round (1-based; 0 before PRE_COPY). */
+  round: number;
+  /** Latest predicted downtime, ms (null while unknown). */
+  predictedDowntimeMs: number | null;
+  /** Remaining bytes the estimator knows of (initial + dirty, or stop-copy size), or null. */
+  remainingBytes: number | null;
+  elapsedMs: number;
+}
+
+export interface DecisionEvent {
+  /** 'continue' | 'switchover' | 'abort'. */
+  action: string;
+  /** The policy's reason word ('within-limit', 'ack-pending', 'not-converging', ...). */
+  reason: string;
+  /** One sentence naming the numbers. */
+  message: string;
+  /** The estimator's numbers behind the decision. */
+  numbers: Record<string, unknown>;
+}
+
+export interface PhaseEvent {
+  phase: MigrationPhase;
+  elapsedMs: number;
+}
+
+export interface MigrationEvents {
+  progress: [ProgressEvent];
+  decision: [DecisionEvent];
+  phase: [PhaseEvent];
+}
+
+export function throughputMBps(bytes: number, ms: number): number {
+  return ms > 0 ? bytes / 1e6 / (ms / 1000) : 0;
+}
