@@ -226,8 +226,6 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
         recovery: 'none',
       });
     }
-    // Driver resets seen from here on stop this walk (they are applied when the lock is released).
-    this.#walkInterrupted = false;
     // The real state, never the cached one: a reset may have moved the device since.
     let start: DeviceState;
     try {
@@ -326,9 +324,9 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
       });
     }
     const detail: Record<string, unknown> = {};
-    const interrupted = failure instanceof WalkInterrupted || this.#walkInterrupted;
     // After a driver reset the session ends for reason 'reset', at unlock; do not pre-empt it here.
-    let state = await this.#readBack(detail, !interrupted);
+    let state = await this.#readBack(detail, !this.#walkInterrupted);
+    const interrupted = failure instanceof WalkInterrupted || this.#walkInterrupted;
     let recovery: RecoveryOutcome = 'none';
     if (interrupted) {
       // The driver reset the device under the walk: it rests at RUNNING with sessions ended, which
@@ -338,7 +336,6 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
       const back = recoverTo ?? start;
       if (state !== undefined && state !== DeviceState.ERROR) {
         try {
-          this.#walkInterrupted = false;
           await this.#walk(state, transitionPath(state, back, this.flags));
           recovery = 'recovered';
         } catch (err) {
@@ -458,6 +455,8 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
   async #lock(): Promise<void> {
     if (!this.#locked) {
       this.#locked = true;
+      // Driver resets from here on belong to this holder: they stop its walk and are applied at unlock.
+      this.#walkInterrupted = false;
       return;
     }
     await new Promise<void>((resolve) => this.#waiters.push(resolve));
@@ -484,6 +483,7 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
     } finally {
       // Even when an event listener threw above: a stuck lock would hang every later call.
       const next = this.#waiters.shift();
+      this.#walkInterrupted = false; // every reset so far was applied above
       if (next) next(); // the lock passes straight to the next caller, in arrival order
       else this.#locked = false;
     }

@@ -604,6 +604,17 @@ describe('MigrationCore: resets', () => {
     expect(events).toEqual(['failed ECANCELED', `close #${s.id} reset`, 'reset deferred']);
   });
 
+  it('a driver-initiated reset right after setState is called (lock taken, walk not started) stops the walk', async () => {
+    const { driver, core } = await coreAt(0x1, RUNNING);
+    const set = core.setState(STOP);
+    driver.resetSelf();
+    const err = await rejection(set);
+    expect(err.code).toBe('ECANCELED');
+    expect(driver.log).toEqual(['SELF-RESET']);
+    expect(core.state).toBe(RUNNING);
+    expect(driver.state).toBe(RUNNING);
+  });
+
   it('a driver-initiated reset during a recovery walk ends the recovery', async () => {
     const { driver, core } = await coreAt(0x7, RUNNING, 'recover');
     driver.fail(STOP, STOP_COPY, { code: 'EIO', times: 1 });

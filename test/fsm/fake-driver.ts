@@ -63,6 +63,10 @@ export class FakeDriver extends EventEmitter implements MigrationDriver {
   /** Contract violations seen (a step from the wrong state, a non-base arc, overlapping steps). */
   readonly violations: string[] = [];
   delayMs = 0;
+  /** Event-loop turns (setImmediate) each step takes, so other callers can run in between. */
+  yieldTurns = 0;
+  /** How many self-resets landed while a step was in flight. */
+  resetsDuringStep = 0;
   /** Do not disable the session on a closing arc (the core must do it). */
   forgetDisable = false;
   /** Return a stray session from a non-opening arc. */
@@ -124,6 +128,7 @@ export class FakeDriver extends EventEmitter implements MigrationDriver {
       }
       if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
       else await Promise.resolve();
+      for (let i = 0; i < this.yieldTurns; i++) await new Promise((r) => setImmediate(r));
       const fault = this.faults.get(key);
       if (fault && (fault.times ?? Infinity) > 0) {
         if (fault.times !== undefined) fault.times--;
@@ -169,7 +174,10 @@ export class FakeDriver extends EventEmitter implements MigrationDriver {
   /** An FLR / hot reset reaching the driver on its own: notify now, apply after an arc in flight. */
   resetSelf(): void {
     this.log.push('SELF-RESET');
-    if (this.#inStep) this.#deferredReset = true;
+    if (this.#inStep) {
+      this.#deferredReset = true;
+      this.resetsDuringStep++;
+    }
     else this.#doReset();
     this.emit('reset');
   }
