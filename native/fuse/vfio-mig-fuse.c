@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -540,11 +541,31 @@ static int handle_node_message(void)
 	return 1;
 }
 
+static volatile sig_atomic_t quit_signal;
+
 static void on_signal(int sig)
 {
-	(void)sig;
+	quit_signal = sig;
 	quit_flag = 1;
 	if (sig_pipe[1] >= 0) { int e = errno; (void)!write(sig_pipe[1], "x", 1); errno = e; }
+}
+
+/*
+ * auto_unmount's fusermount3 watchdog is our child and holds a socket that libfuse keeps open in
+ * this process until exit. Close our descriptors so it sees the end now, then reap it (bounded):
+ * left to exit after us, it would be reparented to a pid 1 that may never reap it.
+ */
+static void reap_watchdog(void)
+{
+	for (int fd = 3; fd < 1024; fd++) (void)close(fd);
+	for (int i = 0; i < 200; i++) {
+		pid_t p = waitpid(-1, NULL, WNOHANG);
+		if (p < 0) return; /* no children left */
+		if (p == 0) {
+			struct timespec ts = { 0, 5 * 1000 * 1000 };
+			nanosleep(&ts, NULL);
+		}
+	}
 }
 
 /* Bigger pipe/socket buffers: a 1 MiB reply then passes in a few system calls. */
@@ -558,14 +579,15 @@ static void grow_buffer(int fd, int is_input)
 int main(int argc, char **argv)
 {
 	const char *mountpoint = NULL;
-	int auto_unmount = 1;
+	int auto_unmount = 1, remove_dir = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "-d")) debug = 1;
 		else if (!strcmp(argv[i], "--no-auto-unmount")) auto_unmount = 0;
+		else if (!strcmp(argv[i], "--rmdir")) remove_dir = 1;
 		else if (argv[i][0] != '-' && !mountpoint) mountpoint = argv[i];
-		else { LOG("usage: %s [-d] [--no-auto-unmount] MOUNTPOINT", argv[0]); return 2; }
+		else { LOG("usage: %s [-d] [--no-auto-unmount] [--rmdir] MOUNTPOINT", argv[0]); return 2; }
 	}
-	if (!mountpoint) { LOG("usage: %s [-d] [--no-auto-unmount] MOUNTPOINT", argv[0]); return 2; }
+	if (!mountpoint) { LOG("usage: %s [-d] [--no-auto-unmount] [--rmdir] MOUNTPOINT", argv[0]); return 2; }
 
 	/* The owner dying must unmount us: SIGTERM on parent death, and EOF on stdin below. */
 	pid_t parent = getppid();
@@ -622,9 +644,9 @@ int main(int argc, char **argv)
 			rc = 1;
 			break;
 		}
-		if (pfd[2].revents) break;
+		if (pfd[2].revents) { DBG("signal %d", (int)quit_signal); break; }
 		if (pfd[1].revents & (POLLIN | POLLHUP | POLLERR)) {
-			if (!handle_node_message()) break;
+			if (!handle_node_message()) { DBG("node closed the pipe or asked to exit"); break; }
 		}
 		if (pfd[0].revents & POLLIN) {
 			int res = fuse_session_receive_buf(se, &fbuf);
@@ -632,7 +654,8 @@ int main(int argc, char **argv)
 			if (res <= 0) { if (res < 0) { LOG("receive: %s", strerror(-res)); rc = 1; } break; }
 			fuse_session_process_buf(se, &fbuf);
 		} else if (pfd[0].revents & (POLLERR | POLLHUP)) {
-			break; /* unmounted from outside */
+			DBG("unmounted from outside");
+			break;
 		}
 	}
 	DBG("exiting");
@@ -640,5 +663,8 @@ int main(int argc, char **argv)
 	fuse_session_unmount(se);
 	fuse_session_destroy(se);
 	free(fbuf.mem);
+	/* The private mount directory goes with us, even when our owner died first. */
+	if (remove_dir) (void)rmdir(mountpoint);
+	reap_watchdog();
 	return rc;
 }

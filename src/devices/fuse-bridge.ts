@@ -109,10 +109,11 @@ export interface FuseExportOptions {
    */
   deviceState?: () => DeviceState;
   /**
-   * How the stream ended, once: 'eos' (the first STOP_COPY end handed to a reader) or 'disabled'
-   * (the session answered ENODEV).
+   * How the stream ended, once: 'eos' (the first STOP_COPY end, before it is handed to the reader:
+   * a returned promise delays that first 0 until it settles, so an owner that must record the end
+   * before its reader sees EOF can do so) or 'disabled' (the session answered ENODEV; not awaited).
    */
-  onEnd?: (kind: 'eos' | 'disabled') => void;
+  onEnd?: (kind: 'eos' | 'disabled') => void | Promise<void>;
 }
 
 type Req = {
@@ -152,6 +153,7 @@ export class FuseSessionFile extends EventEmitter {
   #endReported = false;
   #watching = false;
   #watchWake: (() => void) | null = null;
+  #idleWaiters: (() => void)[] = [];
 
   constructor(bridge: FuseBridge, sid: number, name: string, session: Session, opts: FuseExportOptions) {
     super();
@@ -195,6 +197,15 @@ export class FuseSessionFile extends EventEmitter {
     this.#bridge._wake(this.sid);
     void this.unlink();
     this.#bridge._forget(this);
+  }
+
+  /**
+   * Resolves once no read or write is queued or running: every write(2) that returned before the
+   * call has reached the session (a FUSE write returns only after the session took the bytes).
+   */
+  idle(): Promise<void> {
+    if (!this.#busy) return Promise.resolve();
+    return new Promise((res) => this.#idleWaiters.push(res));
   }
 
   /** The stream is woken from outside (state change): cut poll watcher backoffs short. */
@@ -249,13 +260,14 @@ export class FuseSessionFile extends EventEmitter {
       }
     }
     this.#busy = false;
+    for (const w of this.#idleWaiters.splice(0)) w();
   }
 
-  #end(kind: 'eos' | 'disabled'): void {
-    if (this.#endReported) return;
+  #end(kind: 'eos' | 'disabled'): Promise<void> {
+    if (this.#endReported) return Promise.resolve();
     this.#endReported = true;
     this.emit('end', kind);
-    this.#opts.onEnd?.(kind);
+    return Promise.resolve(this.#opts.onEnd?.(kind)).catch(() => undefined);
   }
 
   #precopyOf(state: DeviceState | undefined): boolean | undefined {
@@ -299,7 +311,7 @@ export class FuseSessionFile extends EventEmitter {
           backoff = Math.min(backoff * 2, WAIT_MAX_MS);
           continue;
         }
-        if (isErrno(err, 'ENODEV')) this.#end('disabled');
+        if (isErrno(err, 'ENODEV')) void this.#end('disabled');
         // ENOMSG (PRE_COPY temporary end) and every other errno reach the reader as they are.
         return this.#bridge._reply(r, -errnoOf(err));
       }
@@ -316,7 +328,7 @@ export class FuseSessionFile extends EventEmitter {
           return this.#bridge._reply(r, -ERRNO.ENOMSG);
         } catch (err) {
           if (isErrno(err, 'ENODEV')) {
-            this.#end('disabled');
+            void this.#end('disabled');
             return this.#bridge._reply(r, -ERRNO.ENODEV);
           }
           if (!isErrno(err, 'EINVAL')) return this.#bridge._reply(r, -errnoOf(err));
@@ -328,7 +340,7 @@ export class FuseSessionFile extends EventEmitter {
       }
       // STOP_COPY permanent end of stream: 0 now and forever (until the session is disabled).
       this.#ended = true;
-      this.#end('eos');
+      await this.#end('eos');
       return this.#bridge._reply(r, 0);
     }
   }
@@ -347,7 +359,7 @@ export class FuseSessionFile extends EventEmitter {
         data = data.subarray(n);
       }
     } catch (err) {
-      if (isErrno(err, 'ENODEV')) this.#end('disabled');
+      if (isErrno(err, 'ENODEV')) void this.#end('disabled');
       // Bytes the device took stay counted (write(2) reports progress before an error); the
       // writer retries the rest and then sees the device's errno.
       if (done === 0) return this.#bridge._reply(r, -errnoOf(err));
@@ -487,7 +499,7 @@ export class FuseBridge extends EventEmitter {
     }
     if (!existsSync('/dev/fuse')) throw migError(ErrorCodes.UNSUPPORTED, '/dev/fuse is absent');
     const mountpoint = await fsp.mkdtemp(join(opts.dir ?? tmpdir(), 'vfio-mig-fuse-'));
-    const args = [mountpoint];
+    const args = ['--rmdir', mountpoint];
     if (opts.debug) args.unshift('-d');
     const child = spawn(server, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     const bridge = new FuseBridge(mountpoint, child);
@@ -501,6 +513,11 @@ export class FuseBridge extends EventEmitter {
       throw err;
     }
     return bridge;
+  }
+
+  /** The server's process id. */
+  get pid(): number | undefined {
+    return this.#child.pid;
   }
 
   /** Files served now. */
