@@ -278,8 +278,12 @@ export class MigrationCore extends EventEmitter<MigrationCoreEvents> {
       }
       const ms = performance.now() - t0;
       this.#state = to;
-      this.emit('arc', { from, to, ms });
-      opened = this.#arcSessionEffect(from, to, result ?? null);
+      try {
+        this.emit('arc', { from, to, ms });
+      } finally {
+        // The arc happened: its session bookkeeping must not depend on a listener behaving.
+        opened = this.#arcSessionEffect(from, to, result ?? null);
+      }
       from = to;
     }
     return opened;

@@ -342,6 +342,15 @@ describe('MigrationCore: a failure at every arc of every path', () => {
     const err = await rejection(core.setState(STOP));
     expect(err.code).toBe('EIO');
     expect(core.busy).toBe(false);
+    // The session of an arc whose 'arc' listener threw is still tracked.
+    await core.setState(RUNNING);
+    armed = true;
+    const err2 = await rejection(core.setState(PRE_COPY));
+    expect(err2.code).toBe('EIO');
+    expect(core.session).toBe(driver.session);
+    expect(core.session?.disabled).toBe(false);
+    await core.setState(RUNNING_P2P);
+    expect(driver.session).toBeNull();
     // A throwing 'reset' listener during a deferred reset: the queued call behind it still runs.
     const release = driver.gate(RUNNING_P2P, STOP);
     await core.setState(RUNNING_P2P).catch(() => undefined);
