@@ -1,0 +1,143 @@
+/**
+ * The device host's 'fuse' fd kind: a SimDevice in a child process whose sessions reach this
+ * process as FUSE files, read and written here through their fds as a VMM uses the kernel's.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { constants as fsc, existsSync, fstatSync, readlinkSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DeviceState as S } from '../../src/fsm/states.js';
+import { ERRNO } from '../../src/fsm/errors.js';
+import { transitionPath } from '../../src/fsm/path.js';
+import type { MigrationDriver, Session } from '../../src/fsm/types.js';
+import { spawnDeviceHost } from '../../src/devices/host.js';
+import type { HostedDevice } from '../../src/devices/host.js';
+import { mountedPaths } from '../../src/devices/fuse-bridge.js';
+import { FUSE, readOutcome, reportSkip, writeAllFd } from './fuse-helpers.js';
+
+const TESTS = 3;
+reportSkip('fuse-host.test.ts', TESTS);
+
+const FACTORY = fileURLToPath(new URL('./fuse-sim-factory.ts', import.meta.url));
+const MiB = 1 << 20;
+const ENOMSG = -ERRNO.ENOMSG;
+const ENODEV = -ERRNO.ENODEV;
+
+const hosts: HostedDevice[] = [];
+afterEach(async () => {
+  await Promise.all(hosts.splice(0).map((h) => h.close()));
+});
+
+async function host(options: Record<string, unknown>): Promise<HostedDevice> {
+  const h = await spawnDeviceHost({ device: { module: FACTORY, export: 'createDevice' }, options, fdKind: 'fuse' });
+  hosts.push(h);
+  return h;
+}
+
+async function goTo(dev: MigrationDriver, target: S): Promise<Session | null> {
+  let session: Session | null = null;
+  let cur = await dev.getState();
+  for (const hop of transitionPath(cur, target, dev.flags)) {
+    session = await dev.step(cur, hop);
+    cur = hop;
+  }
+  return session;
+}
+
+function fdOf(s: Session | null): number {
+  if (!s || s.fd === null) throw new Error('expected an fd-backed session');
+  return s.fd;
+}
+
+/** Read until the first non-data result; chunks go to `sink`. */
+async function pass(fd: number, sink?: (b: Buffer) => Promise<void>): Promise<{ bytes: number; end: number }> {
+  const buf = Buffer.allocUnsafe(MiB);
+  let bytes = 0;
+  for (;;) {
+    const n = await readOutcome(fd, buf);
+    if (n <= 0) return { bytes, end: n };
+    bytes += n;
+    if (sink) await sink(Buffer.from(buf.subarray(0, n)));
+  }
+}
+
+/** The FUSE mount an fd's file lives on (the name may be unlinked already: " (deleted)"). */
+function mountOf(fd: number): string {
+  return dirname(readlinkSync(`/proc/self/fd/${fd}`));
+}
+
+describe.skipIf(!FUSE.ok)("device host with fdKind 'fuse': SimDevice sessions as FUSE files", () => {
+  it('migrates with both sessions as FUSE files: ENOMSG at PRE_COPY ends, 0 forever at STOP_COPY, digest verifies', async () => {
+    const size = 4 * MiB;
+    const src = await host({ size, seed: 21 });
+    const dst = await host({ size, seed: 21 });
+    const out = fdOf(await goTo(dst, S.RESUMING));
+    const ss = await goTo(src, S.PRE_COPY);
+    const inFd = fdOf(ss);
+    expect(fstatSync(inFd).isFile()).toBe(true); // a FUSE file, not a FIFO
+    const sink = (b: Buffer): Promise<void> => writeAllFd(out, b);
+    const p1 = await pass(inFd, sink);
+    expect(p1.bytes).toBeGreaterThan(size);
+    expect(p1.end).toBe(ENOMSG);
+    // Precopy info goes over the control channel and is exact: nothing is held in between.
+    expect(await (ss as { precopyInfo(): Promise<unknown> }).precopyInfo()).toMatchObject({ initialBytes: 0, dirtyBytes: 0 });
+    await src.call('dirtyPages', 30);
+    const p2 = await pass(inFd, sink);
+    expect(p2.bytes).toBeGreaterThan(0);
+    expect(p2.end).toBe(ENOMSG);
+    await goTo(src, S.STOP_COPY);
+    expect((await pass(inFd, sink)).end).toBe(0);
+    expect(await readOutcome(inFd, Buffer.alloc(16))).toBe(0);
+    expect(await readOutcome(inFd, Buffer.alloc(16))).toBe(0);
+    await goTo(src, S.STOP);
+    await goTo(dst, S.STOP);
+    expect(await dst.digest()).toBe(await src.digest());
+    const mounts = [mountOf(inFd), mountOf(out)];
+    expect(mounts[0]).not.toBe(mounts[1]); // one private mount per host
+    for (const m of mounts) expect(mountedPaths().has(m)).toBe(true);
+    await src.close();
+    await dst.close();
+    // Closing a host unmounts its FUSE directory and removes it.
+    for (const m of mounts) {
+      expect(mountedPaths().has(m)).toBe(false);
+      expect(existsSync(m)).toBe(false);
+    }
+  });
+
+  it('a reset mid-stream surfaces ENODEV on the fds; positioned and wrong-direction access is refused', async () => {
+    const src = await host({ size: 8 * MiB, seed: 3 });
+    const dst = await host({ size: 8 * MiB, seed: 3 });
+    const inFd = fdOf(await goTo(src, S.PRE_COPY));
+    const out = fdOf(await goTo(dst, S.RESUMING));
+    const buf = Buffer.allocUnsafe(MiB);
+    expect(await readOutcome(inFd, buf)).toBe(MiB);
+    await writeAllFd(out, buf);
+    const { read, write } = await import('node:fs');
+    const io = (f: (cb: (e: NodeJS.ErrnoException | null) => void) => void): Promise<string | null> =>
+      new Promise((res) => f((e) => res(e ? (e.code ?? null) : null)));
+    expect(await io((cb) => read(inFd, buf, 0, 16, 0, cb))).toBe('ESPIPE');
+    expect(await io((cb) => write(out, buf, 0, 16, 0, cb))).toBe('ESPIPE');
+    expect(await io((cb) => write(inFd, buf, 0, 16, null, cb))).toBe('EBADF');
+    expect(await io((cb) => read(out, buf, 0, 16, null, cb))).toBe('EBADF');
+    await src.reset();
+    await dst.reset();
+    expect(await readOutcome(inFd, buf)).toBe(ENODEV);
+    await expect(writeAllFd(out, buf)).rejects.toMatchObject({ code: 'ENODEV' });
+  });
+
+  it('the STOP_COPY end is known to the hosted session before its reader sees 0', async () => {
+    const src = await host({ size: MiB, seed: 8, flags: 0x1 });
+    const s = await goTo(src, S.STOP_COPY);
+    const fd = fdOf(s);
+    expect(fstatSync(fd).mode & fsc.S_IFMT).toBe(fsc.S_IFREG);
+    const { end, bytes } = await pass(fd);
+    expect(bytes).toBeGreaterThan(MiB);
+    expect(end).toBe(0);
+    // host.ts turns an EOF without a notice into a transport error; here the notice came first.
+    expect((s as unknown as { eofError(): unknown }).eofError()).toBeNull();
+  });
+});
+
+it.runIf(!FUSE.ok)(`FUSE unavailable, ${TESTS} FUSE device-host tests skipped: ${FUSE.reason}`, () => {
+  expect(FUSE.ok).toBe(false);
+});
