@@ -6,3 +6,11 @@ export { PageGenerator, PAGE_SIZE, SIM_PROFILES, warmPagePools } from './sim-pag
 export type { SimProfile } from './sim-pages.js';
 export { MttyDevice, MttyPort, MTTY_MAGIC, MTTY_HEADER_SIZE, MTTY_PORT_SIZE, mttyDataSize, writeMttyHeader } from './mtty-device.js';
 export type { MttyDeviceOptions } from './mtty-device.js';
+export { FuseBridge, FuseSessionFile, FUSE_MAX_IO, fuseAvailability, fuseServerPath, mountedPaths } from './fuse-bridge.js';
+export type { FuseBridgeOptions, FuseExportOptions } from './fuse-bridge.js';
+export { FuseProvider } from './host-fuse.js';
+export { spawnDeviceHost, HostedDevice, HostedSavingSession, HostedResumingSession } from './host.js';
+export type { DeviceHostOptions, HostedSession } from './host.js';
+export { FifoProvider } from './host-fifo.js';
+export type { FdKind, FdProvider, FdProviderOptions, ExportedSession, SessionHooks, SessionOutcome } from './host-fifo.js';
+export type { HostDeviceSpec } from './host-protocol.js';
