@@ -1,0 +1,106 @@
+// Question: how fast does the project's SavingStream read a saving session served as a FUSE data fd
+// (kernel-faithful semantics, issue 8), against `dd bs=1M` reading the same kind of file?
+//
+// A SimDevice ('zero' profile: the device itself costs least, so the file path is what is measured)
+// runs in a device host child with fdKind 'fuse' and is moved to STOP_COPY; this process gets the
+// saving session's FUSE fd. Ours: createSavingStream(session) consumed to its end. Baseline: dd with
+// that same fd as its input (`dd of=/dev/null bs=1M` reading fd 0, which is the file). Both read
+// through the same C server and the same Node bridge in the child, so the ratio is the reader's
+// overhead; the dd figure is the ceiling of the FUSE file itself on this machine.
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { pathToFileURL, fileURLToPath } from 'node:url';
+import { createSavingStream, fuseAvailability, spawnDeviceHost, transitionPath } from '../dist/index.js';
+import { MiB, mbps, median, result } from './lib.mjs';
+
+export const names = ['fd-read-fuse'];
+
+const DIST = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+
+// The host child loads its device from a module; this one needs no file on disk.
+const FACTORY = `data:text/javascript,${encodeURIComponent(
+  `import { SimDevice } from ${JSON.stringify(pathToFileURL(DIST).href)};\n` +
+    'export function createDevice(o) { return new SimDevice(o); }\n',
+)}`;
+
+async function stopCopySession(size) {
+  const host = await spawnDeviceHost({
+    device: { module: FACTORY, export: 'createDevice' },
+    options: { size, profile: 'zero', seed: 1 },
+    fdKind: 'fuse',
+  });
+  let session = null;
+  let cur = await host.getState();
+  for (const hop of transitionPath(cur, 3 /* STOP_COPY */, host.flags)) {
+    session = (await host.step(cur, hop)) ?? session;
+    cur = hop;
+  }
+  return { host, session };
+}
+
+async function readOurs(size) {
+  const { host, session } = await stopCopySession(size);
+  try {
+    const stream = createSavingStream(session, { chunkSize: MiB });
+    const t0 = performance.now();
+    let bytes = 0;
+    for await (const chunk of stream) bytes += chunk.length;
+    return { ms: performance.now() - t0, bytes, path: stream.path };
+  } finally {
+    await host.close();
+  }
+}
+
+async function readDd(size) {
+  const { host, session } = await stopCopySession(size);
+  try {
+    const t0 = performance.now();
+    const child = spawn('dd', ['of=/dev/null', 'bs=1M'], { stdio: [session.fd, 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (s) => (err += s));
+    const code = await new Promise((res, rej) => {
+      child.once('error', rej);
+      child.once('close', res);
+    });
+    const ms = performance.now() - t0;
+    if (code !== 0) throw new Error(`dd exited ${code}: ${err.trim()}`);
+    const m = /^(\d+) bytes/m.exec(err);
+    return { ms, bytes: m ? Number(m[1]) : NaN };
+  } finally {
+    await host.close();
+  }
+}
+
+export default async function run({ quick, log = () => {} }) {
+  const avail = fuseAvailability();
+  if (!avail.ok) {
+    log(`skipped: ${avail.reason}`);
+    return [];
+  }
+  if (!existsSync('/bin/dd') && !existsSync('/usr/bin/dd')) {
+    log('skipped: dd not found');
+    return [];
+  }
+  const size = quick ? 64 * MiB : 384 * MiB;
+  const runs = quick ? 1 : 3;
+  const ours = [];
+  const dd = [];
+  // Interleaved, so drift (page cache, CPU frequency) hits both alike.
+  for (let i = 0; i < runs; i++) {
+    ours.push(await readOurs(size));
+    dd.push(await readDd(size));
+  }
+  if (ours[0].bytes !== dd[0].bytes) throw new Error(`byte counts differ: ours ${ours[0].bytes}, dd ${dd[0].bytes}`);
+  const oursMbps = median(ours.map((o) => mbps(o.bytes, o.ms)));
+  const ddMbps = median(dd.map((o) => mbps(o.bytes, o.ms)));
+  log(`${(ours[0].bytes / MiB).toFixed(0)} MiB STOP_COPY stream, SimDevice 'zero', device host fdKind 'fuse', ${runs} run(s) each; SavingStream path '${ours[0].path}'`);
+  return [
+    result('fd-read-fuse', oursMbps, 'MB/s', 'dd bs=1M on the same FUSE file', ddMbps, {
+      bytes: ours[0].bytes,
+      runs,
+      oursMs: ours.map((o) => Math.round(o.ms)),
+      ddMs: dd.map((o) => Math.round(o.ms)),
+    }),
+  ];
+}
