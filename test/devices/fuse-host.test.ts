@@ -13,9 +13,13 @@ import type { MigrationDriver, Session } from '../../src/fsm/types.js';
 import { spawnDeviceHost } from '../../src/devices/host.js';
 import type { HostedDevice } from '../../src/devices/host.js';
 import { mountedPaths } from '../../src/devices/fuse-bridge.js';
+import { createSavingStream } from '../../src/streams/saving-stream.js';
+import { createResumingStream } from '../../src/streams/resuming-stream.js';
+import { pipeline } from 'node:stream/promises';
+import type { ResumingSession, SavingSession } from '../../src/fsm/types.js';
 import { FUSE, readOutcome, reportSkip, writeAllFd } from './fuse-helpers.js';
 
-const TESTS = 3;
+const TESTS = 4;
 reportSkip('fuse-host.test.ts', TESTS);
 
 const FACTORY = fileURLToPath(new URL('./fuse-sim-factory.ts', import.meta.url));
@@ -102,6 +106,34 @@ describe.skipIf(!FUSE.ok)("device host with fdKind 'fuse': SimDevice sessions as
       expect(mountedPaths().has(m)).toBe(false);
       expect(existsSync(m)).toBe(false);
     }
+  });
+
+  it("SavingStream -> ResumingStream over the FUSE fds: PRE_COPY empty streaks cross, STOP_COPY ends the stream, digest verifies", async () => {
+    const size = 6 * MiB;
+    const src = await host({ size, seed: 31 });
+    const dst = await host({ size, seed: 31 });
+    const rs = (await goTo(dst, S.RESUMING)) as ResumingSession;
+    const ss = (await goTo(src, S.PRE_COPY)) as SavingSession;
+    const saving = createSavingStream(ss);
+    const resuming = createResumingStream(rs);
+    expect(saving.path).toBe('fs'); // a FUSE stream file: fs.read with position null
+    expect(resuming.path).toBe('fs');
+    const events: string[] = [];
+    let empties = 0;
+    saving.on('precopy-data', () => events.push('data'));
+    saving.on('precopy-empty', () => {
+      events.push('empty');
+      empties++;
+      // First temporary end: the guest dirties pages; second: switch over to STOP_COPY.
+      if (empties === 1) void src.call('dirtyPages', 25);
+      else if (empties === 2) void goTo(src, S.STOP_COPY);
+    });
+    await pipeline(saving, resuming);
+    expect(events).toEqual(['empty', 'data', 'empty', 'data']); // STOP_COPY has its own bytes after the last empty streak
+    expect(await readOutcome(fdOf(ss), Buffer.alloc(16))).toBe(0); // still 0: the permanent end
+    await goTo(src, S.STOP);
+    await goTo(dst, S.STOP);
+    expect(await dst.digest()).toBe(await src.digest());
   });
 
   it('a reset mid-stream surfaces ENODEV on the fds; positioned and wrong-direction access is refused', async () => {
