@@ -93,8 +93,12 @@ abstract class MethodSessionBase {
     return migError('ENODEV', `session ${this.id} is disabled`);
   }
 
-  /** Run `fn` after earlier calls settled; reject at once when disabled or closed. */
-  protected _call<T>(fn: (signal: AbortSignal) => Promise<T> | T): Promise<T> {
+  /**
+   * Run `fn` after earlier queued calls settled (`queued`, like read/write under the file's
+   * position lock) or at once (an ioctl such as GET_PRECOPY_INFO does not wait for a blocked read);
+   * reject when disabled or closed.
+   */
+  protected _call<T>(fn: (signal: AbortSignal) => Promise<T> | T, queued = true): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const settle = (err: Error): void => {
         this._pending.delete(settle);
@@ -117,7 +121,8 @@ abstract class MethodSessionBase {
           settle(this._disabledOnce ? this._enodev() : (err as Error));
         }
       };
-      this._tail = this._tail.then(run, run);
+      if (queued) this._tail = this._tail.then(run, run);
+      else void run();
     });
   }
 }
@@ -137,7 +142,7 @@ export class MethodSavingSession extends MethodSessionBase implements SavingSess
   }
 
   precopyInfo(): Promise<PrecopyInfo> {
-    return this._call((signal) => this._backend.precopyInfo(signal));
+    return this._call((signal) => this._backend.precopyInfo(signal), false);
   }
 }
 

@@ -199,6 +199,7 @@ export class SimSaver implements SavingBackend {
   async read(buf: Buffer, signal: AbortSignal): Promise<number> {
     const f = this._opts.faults;
     if (this._readFailed) throw this._readFailed; // sticky, like mlx5's error state
+    if (buf.length === 0) return 0; // read(2) of 0 bytes
     if (f.stallRead && !this._stalled && this._bytesRead >= (f.stallRead.afterBytes ?? 0)) {
       this._stalled = true;
       await sleepUnlessAborted(f.stallRead.ms, signal);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { DeviceState as S } from '../../src/fsm/states.js';
 import { SimDevice, type SimDeviceOptions } from '../../src/devices/sim-device.js';
-import { META_BYTES, REC_HEADER_BYTES } from '../../src/devices/sim-format.js';
+import { END_BYTES, META_BYTES, REC_HEADER_BYTES } from '../../src/devices/sim-format.js';
 import { drain, resuming, saving, writeAll } from './sim-helpers.js';
 
 const P = 4096;
@@ -130,6 +130,9 @@ describe('SimDevice faults', () => {
       return n;
     });
     await new Promise((r) => setTimeout(r, 30));
+    expect(done).toBe(false);
+    // GET_PRECOPY_INFO is an ioctl: it does not wait behind the blocked read.
+    expect((await s.precopyInfo()).initialBytes).toBe((await dev.stopCopySize()) - END_BYTES);
     expect(done).toBe(false);
     expect(await p).toBe(1000);
     expect(await s.read(Buffer.alloc(10))).toBe(10);
