@@ -16,3 +16,15 @@ export { CompressionPool, sharedCompressionPool, validateZstdLevel, DEFAULT_ZSTD
 export type { CompressionPoolOptions, CompressOptions, CompressResult } from './compression-pool.js';
 export { PrecopyEstimator, RateWindow, FIXED_COST_KINDS } from './estimator.js';
 export type { PrecopyEstimatorOptions, Prediction, EstimatorSnapshot, FixedCostKind, QueryFailedEvent, ReinitEvent, InitialSentEvent, PrecopyEstimatorEvents } from './estimator.js';
+export { SavingStream, createSavingStream } from './saving-stream.js';
+export type { SavingStreamOptions, PrecopyEmptyEvent, PrecopyDataEvent } from './saving-stream.js';
+export { ResumingStream, createResumingStream } from './resuming-stream.js';
+export type { ResumingStreamOptions } from './resuming-stream.js';
+export { FdSource, createFdSource } from './fd-source.js';
+export type { FdSourceOptions } from './fd-source.js';
+export { FdSink, createFdSink } from './fd-sink.js';
+export type { FdSinkOptions } from './fd-sink.js';
+export { fdKind } from './fd-kind.js';
+export { DEFAULT_CHUNK_SIZE } from './chunk-source.js';
+export type { ChunkSourceOptions } from './chunk-source.js';
+export type { ChunkSinkOptions } from './chunk-sink.js';

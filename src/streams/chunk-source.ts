@@ -1,0 +1,343 @@
+/**
+ * The Readable under SavingStream and FdSource: bytes in chunks of `chunkSize`, from one of two
+ * backends chosen by the subclass:
+ *
+ * - pull: one outstanding async `pull(buf)` at a time (a method-backed session's `read`, or
+ *   `fs.read(fd, ..., position: null)` on the threadpool for character devices and FUSE files).
+ *   Zero reads and failures go to overridable verdict hooks (end, retry with backoff, or an error).
+ * - epoll: `net.Socket({fd})` with an `onread` user buffer for pipes, FIFOs and sockets
+ *   (node-streams-performance.md A3: about 1.7x `fs.read` on a pipe, no threadpool, destroy never
+ *   waits on a blocked read). Returning false from `onread` stops reading (backpressure).
+ *
+ * Buffer ownership: every chunk pushed downstream belongs to the consumer from then on; this class
+ * never writes into a buffer after pushing it. Buffers reused here never leave: the epoll path's
+ * read buffer (libuv writes into it, we copy out of it within the callback) and the pull path's
+ * spare buffer after a short read (its bytes were copied out).
+ */
+import { Readable } from 'node:stream';
+import net from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { migError, ErrorCodes, isErrno, MigError } from '../fsm/errors.js';
+import { Backoff, ioError, type BackoffOptions } from './retry.js';
+
+export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
+/** Largest single read on the epoll path: 256 KiB matched a 1 MiB pipe best (A3) and stays L2-hot. */
+const SOCKET_READ_SIZE = 256 * 1024;
+
+export interface ChunkSourceOptions extends BackoffOptions {
+  /** Bytes per chunk pushed downstream (default 1 MiB). */
+  chunkSize?: number;
+  /** Readable highWaterMark in bytes (default 2 chunks): the cap on bytes queued inside this stream. */
+  highWaterMark?: number;
+  /** Aborting destroys the stream with VFIO_MIG_ERR_ABORTED. */
+  signal?: AbortSignal;
+  /**
+   * Called for every read that returned data: `bytes`, and `ms` the read took (pull path) or the time
+   * since the previous delivery or resume (epoll path). The PRE_COPY estimator measures the device's
+   * generation rate with it. Must not throw.
+   */
+  onRead?: (bytes: number, ms: number) => void;
+}
+
+/** What the pull loop does after a 0-byte read or a failed pull. */
+export type PullVerdict = 'end' | 'retry' | MigError;
+
+/** Backend states. */
+const IDLE = 0;
+const PULLING = 1;
+const SOCKET_READING = 2;
+const SOCKET_PAUSED = 3;
+const DONE = 4;
+
+export abstract class ChunkSource extends Readable {
+  /** Bytes delivered downstream so far. */
+  bytesRead: number;
+  readonly chunkSize: number;
+  protected readonly backoff: Backoff;
+  #onRead: ((bytes: number, ms: number) => void) | null;
+  #state: number;
+  #pull: ((buf: Buffer) => Promise<number>) | null;
+  /** The pending pull, so a subclass can release its fd only after it settles. */
+  #inflight: Promise<number> | null;
+  /** A chunk buffer that did not leave (short read, or a zero/failed read): reused by the next pull. */
+  #spare: Buffer | null;
+  #timer: NodeJS.Timeout | null;
+  #wake: (() => void) | null;
+  #socket: net.Socket | null;
+  /** Chunk being filled on the epoll path, and its fill level. */
+  #chunk: Buffer | null;
+  #fill: number;
+  #flushScheduled: boolean;
+  #lastDelivery: number;
+  #signal: AbortSignal | null;
+  #onAbort: (() => void) | null;
+
+  constructor(opts: ChunkSourceOptions = {}) {
+    const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    if (!Number.isInteger(chunkSize) || chunkSize < 1) {
+      throw migError(ErrorCodes.USAGE, `chunkSize must be a positive integer, got ${String(chunkSize)}`);
+    }
+    super({ highWaterMark: opts.highWaterMark ?? 2 * chunkSize });
+    this.bytesRead = 0;
+    this.chunkSize = chunkSize;
+    this.backoff = new Backoff(opts);
+    this.#onRead = opts.onRead ?? null;
+    this.#state = IDLE;
+    this.#pull = null;
+    this.#inflight = null;
+    this.#spare = null;
+    this.#timer = null;
+    this.#wake = null;
+    this.#socket = null;
+    this.#chunk = null;
+    this.#fill = 0;
+    this.#flushScheduled = false;
+    this.#lastDelivery = 0;
+    this.#signal = opts.signal ?? null;
+    this.#onAbort = null;
+    if (this.#signal) {
+      const signal = this.#signal;
+      this.#onAbort = () => this.destroy(migError(ErrorCodes.ABORTED, 'aborted', { cause: signal.reason }));
+      if (signal.aborted) process.nextTick(this.#onAbort);
+      else signal.addEventListener('abort', this.#onAbort, { once: true });
+    }
+  }
+
+  /** The pull in flight, if any (settles; never rejects). */
+  protected get inflight(): Promise<void> | null {
+    return this.#inflight === null ? null : this.#inflight.then(noop, noop);
+  }
+
+  /** Serve this stream from an async pull function (one call outstanding at a time). */
+  protected usePull(pull: (buf: Buffer) => Promise<number>): void {
+    this.#pull = pull;
+  }
+
+  /**
+   * Serve this stream from an epoll-capable fd (pipe, FIFO, socket). libuv sets O_NONBLOCK on the
+   * fd's open file description and closes the fd (when > 2) when the stream is destroyed: the fd
+   * passes to this stream.
+   */
+  protected useSocket(fd: number): void {
+    const readBuf = Buffer.allocUnsafeSlow(Math.min(this.chunkSize, SOCKET_READ_SIZE));
+    const sock = new net.Socket({
+      fd,
+      readable: true,
+      writable: false,
+      manualStart: true,
+      onread: { buffer: readBuf, callback: (n: number, buf: Buffer) => this.#onSocketRead(n, buf) },
+    } as net.SocketConstructorOpts);
+    this.#socket = sock;
+    this.#state = SOCKET_PAUSED;
+    sock.on('end', () => this.#onSocketEof());
+    sock.on('error', (err) => this.destroy(this.mapSocketError(err)));
+  }
+
+  /** Verdict for a 0-byte pull (default: end of stream). */
+  protected onZeroRead(): Promise<PullVerdict> {
+    return Promise.resolve('end');
+  }
+
+  /** Verdict for a failed pull (default: EAGAIN retries, anything else is a typed error). */
+  protected onPullError(err: unknown): Promise<PullVerdict> {
+    if (isErrno(err, 'EAGAIN')) return Promise.resolve('retry');
+    return Promise.resolve(ioError(err, 'read'));
+  }
+
+  /** On the epoll path's EOF: an error to fail with instead of ending, or null to end. */
+  protected onSocketEnd(): Promise<MigError | null> {
+    return Promise.resolve(null);
+  }
+
+  /** Typed error for an epoll read failure. */
+  protected mapSocketError(err: unknown): MigError {
+    return ioError(err, 'read');
+  }
+
+  /** Called before each delivery with the bytes just read (SavingStream's 'precopy-data'). */
+  protected beforeDeliver(_bytes: number): void {}
+
+  override _read(): void {
+    switch (this.#state) {
+      case IDLE:
+        if (this.#pull !== null) void this.#pullLoop();
+        return;
+      case SOCKET_PAUSED:
+        this.#state = SOCKET_READING;
+        this.#lastDelivery = performance.now();
+        // Socket.read(0) restarts libuv reading (readStart) when a user onread buffer is set.
+        this.#socket!.read(0);
+        return;
+      default:
+        return;
+    }
+  }
+
+  async #pullLoop(): Promise<void> {
+    this.#state = PULLING;
+    try {
+      for (;;) {
+        if (this.destroyed) return;
+        const buf = this.#spare ?? Buffer.allocUnsafeSlow(this.chunkSize);
+        this.#spare = null;
+        const t0 = performance.now();
+        let n = 0;
+        let failed = false;
+        let failure: unknown;
+        try {
+          const p = this.#pull!(buf);
+          this.#inflight = p;
+          n = await p;
+        } catch (err) {
+          failed = true;
+          failure = err;
+        } finally {
+          this.#inflight = null;
+        }
+        if (this.destroyed) return;
+        if (!failed && n > 0) {
+          const ms = performance.now() - t0;
+          this.backoff.reset();
+          let out: Buffer;
+          if (n >= buf.length >>> 1) {
+            // Fast path: the chunk buffer itself leaves; the next pull allocates a new one.
+            out = n === buf.length ? buf : buf.subarray(0, n);
+          } else {
+            // Slow path: short read. Copy out so a small chunk does not pin a whole chunk buffer.
+            out = Buffer.allocUnsafe(n);
+            buf.copy(out, 0, 0, n);
+            this.#spare = buf;
+          }
+          this.#deliver(out, ms);
+          if (!this.push(out)) {
+            this.#state = IDLE;
+            return;
+          }
+          continue;
+        }
+        this.#spare = buf;
+        const verdict = failed ? await this.onPullError(failure) : await this.onZeroRead();
+        if (this.destroyed) return;
+        if (verdict === 'end') {
+          this.#state = DONE;
+          this.push(null);
+          return;
+        }
+        if (verdict !== 'retry') {
+          this.#state = DONE;
+          this.destroy(verdict);
+          return;
+        }
+        await this.#sleep(this.backoff.next());
+      }
+    } catch (err) {
+      // A hook threw: fail the stream rather than leave it hanging.
+      this.destroy(ioError(err, 'read'));
+    } finally {
+      if (this.#state === PULLING) this.#state = IDLE;
+    }
+  }
+
+  #deliver(out: Buffer, ms: number): void {
+    this.bytesRead += out.length;
+    this.beforeDeliver(out.length);
+    if (this.#onRead !== null) this.#onRead(out.length, ms);
+  }
+
+  #onSocketRead(n: number, buf: Buffer): boolean {
+    if (this.destroyed) return false;
+    let more = true;
+    let off = 0;
+    // libuv reuses `buf` for the next read: copy every byte out now (coalescing into chunkSize
+    // chunks, which the consumer owns). Measured faster than exact-size copies per read and safe,
+    // unlike pushing views of a reused ring.
+    while (off < n) {
+      if (this.#chunk === null) {
+        this.#chunk = Buffer.allocUnsafeSlow(this.chunkSize);
+        this.#fill = 0;
+      }
+      const k = Math.min(n - off, this.#chunk.length - this.#fill);
+      buf.copy(this.#chunk, this.#fill, off, off + k);
+      this.#fill += k;
+      off += k;
+      if (this.#fill === this.#chunk.length) more = this.#flushChunk() && more;
+    }
+    if (this.#fill > 0 && !this.#flushScheduled) {
+      // Push a partial chunk once libuv has drained what is readable now (check phase runs after poll).
+      this.#flushScheduled = true;
+      setImmediate(() => {
+        this.#flushScheduled = false;
+        if (!this.destroyed && this.#fill > 0) {
+          if (!this.#flushChunk() && this.#state === SOCKET_READING) this.#pauseSocket();
+        }
+      });
+    }
+    if (!more) this.#state = SOCKET_PAUSED;
+    return more;
+  }
+
+  #pauseSocket(): void {
+    this.#state = SOCKET_PAUSED;
+    this.#socket!.pause();
+  }
+
+  /** Push the filled part of the current chunk; returns push()'s verdict. */
+  #flushChunk(): boolean {
+    const chunk = this.#chunk!;
+    const out = this.#fill === chunk.length ? chunk : chunk.subarray(0, this.#fill);
+    this.#chunk = null;
+    this.#fill = 0;
+    const now = performance.now();
+    this.#deliver(out, now - this.#lastDelivery);
+    this.#lastDelivery = now;
+    return this.push(out);
+  }
+
+  #onSocketEof(): void {
+    if (this.destroyed) return;
+    if (this.#fill > 0) this.#flushChunk();
+    this.#state = DONE;
+    this.onSocketEnd().then(
+      (err) => {
+        if (this.destroyed) return;
+        if (err) this.destroy(err);
+        else this.push(null);
+      },
+      (err: unknown) => this.destroy(ioError(err, 'read')),
+    );
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.#wake = resolve;
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        this.#wake = null;
+        resolve();
+      }, ms);
+    });
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.#state = DONE;
+    if (this.#timer !== null) {
+      clearTimeout(this.#timer);
+      this.#timer = null;
+    }
+    if (this.#wake !== null) {
+      const wake = this.#wake;
+      this.#wake = null;
+      wake();
+    }
+    if (this.#signal !== null && this.#onAbort !== null) this.#signal.removeEventListener('abort', this.#onAbort);
+    // Never wait for a pending read: an idle pipe or a device may never answer. The epoll socket
+    // closes at once; a pending pull is left to settle and its result dropped.
+    if (this.#socket !== null) this.#socket.destroy();
+    this.#chunk = null;
+    this.#spare = null;
+    cb(err);
+  }
+}
+
+function noop(): void {}
+

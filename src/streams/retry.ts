@@ -1,0 +1,52 @@
+/**
+ * Shared helpers of the data-path streams: bounded exponential backoff and the mapping of any I/O
+ * failure to a typed MigError.
+ */
+import { migError, errnoName, MigError } from '../fsm/errors.js';
+
+export interface BackoffOptions {
+  /** First delay in ms (default 1). */
+  backoffMin?: number;
+  /** Ceiling in ms (default 100). */
+  backoffMax?: number;
+}
+
+/** Bounded exponential backoff: doubles per consecutive retry, resets on progress (sonic-boom's rule). */
+export class Backoff {
+  readonly min: number;
+  readonly max: number;
+  current: number;
+  /** Consecutive retries since the last progress. */
+  retries: number;
+
+  constructor(opts: BackoffOptions = {}) {
+    this.min = Math.max(0, opts.backoffMin ?? 1);
+    this.max = Math.max(this.min, opts.backoffMax ?? 100);
+    this.current = this.min;
+    this.retries = 0;
+  }
+
+  /** The delay to wait now; the next one is doubled up to max. */
+  next(): number {
+    const d = this.current;
+    this.current = Math.min(this.max, Math.max(1, this.current * 2));
+    this.retries++;
+    return d;
+  }
+
+  reset(): void {
+    this.current = this.min;
+    this.retries = 0;
+  }
+}
+
+/**
+ * A typed error for an I/O failure: keeps the errno name as `code` (ENOMSG recognised by number),
+ * attaches the original as `cause`. MigErrors pass through unchanged.
+ */
+export function ioError(err: unknown, what: string, detail?: Record<string, unknown>): MigError {
+  if (err instanceof MigError) return err;
+  const code = errnoName(err) ?? 'EIO';
+  const msg = err instanceof Error ? err.message : String(err);
+  return migError(code, `${what}: ${msg}`, { cause: err, ...(detail ? { detail } : {}) });
+}

@@ -1,0 +1,215 @@
+import { describe, it, expect } from 'vitest';
+import { Writable, PassThrough } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { once } from 'node:events';
+import pump from 'pump';
+import { createSavingStream, SavingStream } from '../../src/streams/saving-stream.js';
+import { MigError, ErrorCodes } from '../../src/fsm/errors.js';
+import { MiB, ScriptedSaving, errnoError, pattern, sha } from './fd-fixtures.js';
+
+/** Collect a readable's chunks (and the event order). */
+async function collect(s: SavingStream): Promise<{ chunks: Buffer[]; events: string[] }> {
+  const chunks: Buffer[] = [];
+  const events: string[] = [];
+  s.on('precopy-empty', () => events.push('precopy-empty'));
+  s.on('precopy-data', () => events.push('precopy-data'));
+  s.on('end', () => events.push('end'));
+  s.on('error', () => events.push('error'));
+  s.on('close', () => events.push('close'));
+  await new Promise<void>((resolve) => {
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('close', () => resolve());
+  });
+  return { chunks, events };
+}
+
+describe('SavingStream over a method-backed session', () => {
+  it('reads STOP_COPY to its 0-byte end in chunks of chunkSize, bytes intact', async () => {
+    const size = 3 * MiB + 12345;
+    const session = new ScriptedSaving({ available: size });
+    const s = createSavingStream(session, { chunkSize: 256 * 1024 });
+    expect(s.path).toBe('method');
+    expect(s.readableHighWaterMark).toBe(512 * 1024);
+    const { chunks, events } = await collect(s);
+    expect(events).toEqual(['end', 'close']);
+    expect(chunks.every((c) => c.length <= 256 * 1024)).toBe(true);
+    expect(s.bytesRead).toBe(size);
+    expect(sha(...chunks)).toBe(sha(pattern(0, size)));
+    expect(session.closed).toBe(false); // not ours unless autoClose
+  });
+
+  it('works with stream.pipeline and pump', async () => {
+    const size = 2 * MiB + 7;
+    const a = new ScriptedSaving({ available: size });
+    const outA: Buffer[] = [];
+    await pipeline(createSavingStream(a), new Writable({ write: (c: Buffer, _e, cb) => (outA.push(c), cb()) }));
+    expect(sha(...outA)).toBe(sha(pattern(0, size)));
+
+    const b = new ScriptedSaving({ available: size, maxRead: 100_000 });
+    const outB: Buffer[] = [];
+    await new Promise<void>((resolve, reject) =>
+      pump(createSavingStream(b), new PassThrough(), new Writable({ write: (c: Buffer, _e, cb) => (outB.push(c), cb()) }), (err) =>
+        err ? reject(err) : resolve(),
+      ),
+    );
+    expect(sha(...outB)).toBe(sha(pattern(0, size)));
+  });
+
+  it('copies short reads out of the chunk buffer (a small chunk never pins a whole chunk buffer)', async () => {
+    const session = new ScriptedSaving({ available: 1 * MiB, maxRead: 1000 });
+    const { chunks } = await collect(createSavingStream(session, { chunkSize: 64 * 1024 }));
+    expect(chunks.every((c) => c.length === 1000 || c.length === MiB % 1000)).toBe(true);
+    expect(chunks.every((c) => c.buffer.byteLength < 64 * 1024)).toBe(true);
+  });
+
+  it('treats ENOMSG (recognised by number) as the PRE_COPY temporary end: one event per empty streak, then data, then the end', async () => {
+    const session = new ScriptedSaving({ available: 100_000, phase: 'PRE_COPY' });
+    let empties = 0;
+    session.onEmpty = () => {
+      empties++;
+      // Streak 1 lasts 3 empty polls, then new dirty data; streak 2 lasts 2, then STOP_COPY.
+      if (empties === 3) session.add(50_000);
+      if (empties === 5) {
+        session.phase = 'STOP_COPY';
+        session.add(20_000);
+      }
+    };
+    const s = createSavingStream(session, { backoffMin: 1, backoffMax: 4 });
+    const payloads: unknown[] = [];
+    s.on('precopy-empty', (ev) => payloads.push(ev));
+    const { chunks, events } = await collect(s);
+    expect(events).toEqual(['precopy-empty', 'precopy-data', 'precopy-empty', 'precopy-data', 'end', 'close']);
+    expect(payloads[0]).toEqual({ bytesRead: 100_000, initialBytes: 0, dirtyBytes: 0 });
+    expect(payloads[1]).toEqual({ bytesRead: 150_000, initialBytes: 0, dirtyBytes: 0 });
+    expect(sha(...chunks)).toBe(sha(pattern(0, 170_000)));
+  });
+
+  it('treats a 0 read while precopyInfo() still answers as a temporary end (mtty-like drivers)', async () => {
+    const session = new ScriptedSaving({ available: 4096, phase: 'PRE_COPY', emptyMode: 'zero' });
+    let empties = 0;
+    session.onEmpty = () => {
+      if (++empties === 4) {
+        session.phase = 'STOP_COPY';
+        session.add(4096);
+      }
+    };
+    const { chunks, events } = await collect(createSavingStream(session, { backoffMin: 1, backoffMax: 2 }));
+    expect(events).toEqual(['precopy-empty', 'precopy-data', 'end', 'close']);
+    expect(sha(...chunks)).toBe(sha(pattern(0, 8192)));
+  });
+
+  it('backs off exponentially while empty, bounded by backoffMax, and resets on progress', async () => {
+    const session = new ScriptedSaving({ available: 10, phase: 'PRE_COPY' });
+    const stamps: number[] = [];
+    session.onEmpty = () => {
+      stamps.push(performance.now());
+      if (stamps.length === 8) session.phase = 'STOP_COPY';
+    };
+    const s = createSavingStream(session, { backoffMin: 2, backoffMax: 16 });
+    await collect(s);
+    const gaps = stamps.slice(1).map((t, i) => t - stamps[i]!);
+    // 2, 4, 8, 16, 16, 16 ms (timers never fire early); the total stays bounded.
+    expect(gaps[0]!).toBeGreaterThanOrEqual(1.5);
+    expect(gaps[3]!).toBeGreaterThanOrEqual(15);
+    expect(Math.max(...gaps)).toBeLessThan(200);
+  });
+
+  it('retries EAGAIN with backoff and reports each data read through onRead', async () => {
+    const session = new ScriptedSaving({ available: 300_000, maxRead: 100_000 });
+    session.faults.push(errnoError('EAGAIN', 11), errnoError('EAGAIN', 11));
+    const reads: Array<[number, number]> = [];
+    const { chunks, events } = await collect(createSavingStream(session, { onRead: (b, ms) => reads.push([b, ms]) }));
+    expect(events).toEqual(['end', 'close']);
+    expect(sha(...chunks)).toBe(sha(pattern(0, 300_000)));
+    expect(reads.map((r) => r[0])).toEqual([100_000, 100_000, 100_000]);
+    expect(reads.every((r) => r[1] >= 0)).toBe(true);
+  });
+
+  it('a reset mid-stream destroys the stream with a typed ENODEV, error before close', async () => {
+    const session = new ScriptedSaving({ available: 10 * MiB, maxRead: 64 * 1024 });
+    const s = createSavingStream(session, { chunkSize: 64 * 1024 });
+    let got = 0;
+    s.on('data', (c: Buffer) => {
+      got += c.length;
+      if (got >= MiB && !session.disabled) session.disable();
+    });
+    const events: string[] = [];
+    s.on('error', () => events.push('error'));
+    s.on('close', () => events.push('close'));
+    const closed = new Promise((r) => s.on('close', r));
+    const [err] = (await once(s, 'error')) as [MigError];
+    await closed;
+    expect(err).toBeInstanceOf(MigError);
+    expect(err.code).toBe('ENODEV');
+    expect(err.errno).toBe(19);
+    expect((err.cause as NodeJS.ErrnoException).code).toBe('ENODEV');
+    expect(events).toEqual(['error', 'close']);
+    expect(s.bytesRead).toBeLessThan(10 * MiB);
+  });
+
+  it('a 0 read on a disabled session is ENODEV, not the end', async () => {
+    const session = new ScriptedSaving({ available: 0 });
+    session.disable();
+    // ScriptedSaving.read would throw ENODEV; make it answer 0 like an fd at EOF instead.
+    session.read = () => Promise.resolve(0);
+    const s = createSavingStream(session);
+    s.resume();
+    const [err] = (await once(s, 'error')) as [MigError];
+    expect(err.code).toBe('ENODEV');
+  });
+
+  it('any other error destroys the stream with its code and cause', async () => {
+    const session = new ScriptedSaving({ available: MiB });
+    const cause = errnoError('EIO', 5);
+    session.faults.push(cause);
+    const s = createSavingStream(session);
+    s.resume();
+    const [err] = (await once(s, 'error')) as [MigError];
+    expect(err).toBeInstanceOf(MigError);
+    expect(err.code).toBe('EIO');
+    expect(err.cause).toBe(cause);
+  });
+
+  it('a slow consumer slows the session reads (bounded by highWaterMark)', async () => {
+    const session = new ScriptedSaving({ available: 64 * MiB, maxRead: 64 * 1024 });
+    const s = createSavingStream(session, { chunkSize: 64 * 1024, highWaterMark: 256 * 1024 });
+    const sink = new Writable({
+      highWaterMark: 64 * 1024,
+      write: (_c: Buffer, _e, cb) => setTimeout(cb, 5),
+    });
+    s.pipe(sink);
+    await new Promise((r) => setTimeout(r, 150));
+    const consumed = session.offset - s.readableLength - sink.writableLength;
+    // What was read but not consumed is within the two highWaterMarks plus one chunk in flight.
+    expect(session.offset - consumed).toBeLessThanOrEqual(256 * 1024 + 64 * 1024 + 2 * 64 * 1024);
+    expect(session.offset).toBeLessThan(8 * MiB);
+    s.destroy();
+    await once(s, 'close');
+  });
+
+  it('destroy() during a pending read closes at once; autoClose closes the session after the read settles', async () => {
+    const session = new ScriptedSaving({ available: MiB });
+    session.hold = true;
+    const s = createSavingStream(session, { autoClose: true });
+    s.resume();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(session.reads).toBe(1);
+    s.destroy();
+    await once(s, 'close');
+    expect(session.closed).toBe(false);
+    session.release();
+    await new Promise((r) => setTimeout(r, 5));
+    expect(session.closed).toBe(true);
+  });
+
+  it('an AbortSignal destroys the stream with VFIO_MIG_ERR_ABORTED, also while polling an empty PRE_COPY', async () => {
+    const session = new ScriptedSaving({ available: 0, phase: 'PRE_COPY' });
+    const ac = new AbortController();
+    const s = createSavingStream(session, { signal: ac.signal, backoffMin: 50, backoffMax: 1000 });
+    s.resume();
+    await once(s, 'precopy-empty');
+    ac.abort();
+    const [err] = (await once(s, 'error')) as [MigError];
+    expect(err.code).toBe(ErrorCodes.ABORTED);
+  });
+});
