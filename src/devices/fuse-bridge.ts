@@ -290,6 +290,7 @@ export class FuseSessionFile extends EventEmitter {
 
   async #read(r: Req): Promise<void> {
     const session = this.session as SavingSession;
+    if (r.arg <= 0) return this.#bridge._reply(r, 0); // read(2) of 0 bytes: nothing to ask the device
     const blocking = (r.flags & fsc.O_NONBLOCK) === 0;
     let backoff = WAIT_MIN_MS;
     let confirming = false;
