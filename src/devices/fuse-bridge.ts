@@ -77,7 +77,8 @@ export function fuseAvailability(): { ok: boolean; reason: string } {
   if (process.platform !== 'linux') return { ok: false, reason: 'FUSE data fds need Linux' };
   if (!existsSync('/dev/fuse')) return { ok: false, reason: '/dev/fuse is absent' };
   if (!fuseServerPath()) {
-    return { ok: false, reason: `the FUSE server is not built (${DEFAULT_SERVER}); install libfuse3-dev and run npm run build` };
+    const p = process.env.VFIO_MIG_FUSE_SERVER || DEFAULT_SERVER;
+    return { ok: false, reason: `the FUSE server is not built (${p}); install libfuse3-dev and run npm run build` };
   }
   return { ok: true, reason: '' };
 }
