@@ -14,7 +14,7 @@
  */
 import { Writable } from 'node:stream';
 import net from 'node:net';
-import { migError, ErrorCodes, isErrno, MigError } from '../fsm/errors.js';
+import { migError, ErrorCodes, isErrno, type MigError } from '../fsm/errors.js';
 import { Backoff, ioError, type BackoffOptions } from './retry.js';
 
 export interface ChunkSinkOptions extends BackoffOptions {
@@ -71,7 +71,7 @@ export abstract class ChunkSink extends Writable {
   protected useSocket(fd: number): void {
     const sock = new net.Socket({ fd, readable: false, writable: true });
     this.#socket = sock;
-    sock.on('error', (err) => this.destroy(this.mapWriteError(err)));
+    sock.on('error', (err) => void this.settleWriteError(err).then((e) => this.destroy(e)));
   }
 
   /** Typed error for a failed write. */
@@ -79,11 +79,16 @@ export abstract class ChunkSink extends Writable {
     return ioError(err, 'write');
   }
 
+  /** Typed error for a failed epoll write; a subclass may wait for context before deciding. */
+  protected settleWriteError(err: unknown): Promise<MigError> {
+    return Promise.resolve(this.mapWriteError(err));
+  }
+
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     const sock = this.#socket;
     if (sock !== null) {
       sock.write(chunk, (err) => {
-        if (err) return cb(this.mapWriteError(err));
+        if (err) return void this.settleWriteError(err).then(cb);
         this.bytesWritten += chunk.length;
         cb();
       });
@@ -91,7 +96,7 @@ export abstract class ChunkSink extends Writable {
     }
     this.#writeAll(chunk).then(
       () => cb(),
-      (err: unknown) => cb(err instanceof MigError ? err : this.mapWriteError(err)),
+      (err: unknown) => void this.settleWriteError(err).then(cb),
     );
   }
 
@@ -100,7 +105,7 @@ export abstract class ChunkSink extends Writable {
     if (sock === null) {
       void this.#writeList(chunks).then(
         () => cb(),
-        (err: unknown) => cb(err instanceof MigError ? err : this.mapWriteError(err)),
+        (err: unknown) => void this.settleWriteError(err).then(cb),
       );
       return;
     }
@@ -113,7 +118,7 @@ export abstract class ChunkSink extends Writable {
       if (i < chunks.length - 1) sock.write(c);
       else {
         sock.write(c, (err) => {
-          if (err) return cb(this.mapWriteError(err));
+          if (err) return void this.settleWriteError(err).then(cb);
           this.bytesWritten += total;
           cb();
         });
@@ -137,7 +142,7 @@ export abstract class ChunkSink extends Writable {
         this.#inflight = p;
         n = await p;
       } catch (err) {
-        if (!isErrno(err, 'EAGAIN')) throw this.mapWriteError(err);
+        if (!isErrno(err, 'EAGAIN')) throw err;
         n = 0;
       } finally {
         this.#inflight = null;

@@ -20,6 +20,8 @@ import { fdKind, isEpollKind, reopenFifo, type FdKind } from './fd-kind.js';
 export interface FdSinkOptions extends ChunkSinkOptions {
   /** Close the fd when the stream closes (default true). Never closes fds 0-2. */
   autoClose?: boolean;
+  /** 'auto' (default) picks by fd kind; 'fs' forces the threadpool fs path (e.g. a blocking fd another API must keep using blocking). */
+  io?: 'auto' | 'fs';
 }
 
 /** `fs.write` at the current file position (`position: null`), as a promise of bytes accepted. */
@@ -43,7 +45,7 @@ export class FdSink extends ChunkSink {
     this.fd = fd;
     this.kind = kind;
     let epollFd: number | null = null;
-    if (isEpollKind(kind)) epollFd = autoClose ? fd : kind === 'fifo' ? reopenFifo(fd, 'w') : null;
+    if (isEpollKind(kind) && opts.io !== 'fs') epollFd = autoClose ? fd : kind === 'fifo' ? reopenFifo(fd, 'w') : null;
     if (epollFd !== null) {
       this.path = 'epoll';
       this.#closeFd = false; // libuv closes epollFd (ours or, with autoClose, the caller's)

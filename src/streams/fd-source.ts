@@ -21,6 +21,8 @@ import { fdKind, isEpollKind, reopenFifo, type FdKind } from './fd-kind.js';
 export interface FdSourceOptions extends ChunkSourceOptions {
   /** Close the fd when the stream closes (default true). Never closes fds 0-2. */
   autoClose?: boolean;
+  /** 'auto' (default) picks by fd kind; 'fs' forces the threadpool fs path (e.g. a blocking fd another API must keep using blocking). */
+  io?: 'auto' | 'fs';
 }
 
 /** `fs.read` at the current file position (`position: null`), as a promise. */
@@ -45,7 +47,7 @@ export class FdSource extends ChunkSource {
     this.fd = fd;
     this.kind = kind;
     let epollFd: number | null = null;
-    if (isEpollKind(kind)) epollFd = autoClose ? fd : kind === 'fifo' ? reopenFifo(fd, 'r') : null;
+    if (isEpollKind(kind) && opts.io !== 'fs') epollFd = autoClose ? fd : kind === 'fifo' ? reopenFifo(fd, 'r') : null;
     if (epollFd !== null) {
       this.path = 'epoll';
       // libuv owns epollFd now (it closes it unless it is 0-2). With autoClose the caller's fd is

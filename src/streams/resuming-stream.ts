@@ -21,17 +21,25 @@ import { ioError } from './retry.js';
 export interface ResumingStreamOptions extends ChunkSinkOptions {
   /** Close the session (session.close()) when this stream closes (default false: the caller owns it). */
   autoClose?: boolean;
+  /**
+   * fd-backed sessions: how long an EPIPE waits for the session to report itself disabled before it
+   * is reported as EPIPE (default 200 ms). A device host closes the fd and tells of the reset over
+   * its control channel; the two race.
+   */
+  disableGraceMs?: number;
 }
 
 export class ResumingStream extends ChunkSink {
   readonly session: ResumingSession;
   readonly path: 'method' | 'epoll' | 'fs';
   readonly #autoClose: boolean;
+  readonly #graceMs: number;
 
   constructor(session: ResumingSession, opts: ResumingStreamOptions = {}) {
     super(opts);
     this.session = session;
     this.#autoClose = opts.autoClose ?? false;
+    this.#graceMs = opts.disableGraceMs ?? 200;
     const fd = session.fd;
     if (fd === null) {
       this.path = 'method';
@@ -58,6 +66,14 @@ export class ResumingStream extends ChunkSink {
       });
     }
     return ioError(err, `write resuming session ${this.session.id}`, { bytesWritten: this.bytesWritten });
+  }
+
+  protected override async settleWriteError(err: unknown): Promise<MigError> {
+    if (isErrno(err, 'EPIPE') || isErrno(err, 'ECONNRESET')) {
+      const until = Date.now() + this.#graceMs;
+      while (!this.session.disabled && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+    }
+    return this.mapWriteError(err);
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
