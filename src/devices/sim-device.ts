@@ -1,7 +1,7 @@
 /**
  * SimDevice: a RAM-backed device with dirty tracking, behaving like a kernel variant driver.
  *
- * State of any size (4 KiB to tens of TiB) that is never held in memory: each 4 KiB page is a pure
+ * State of any size (4 KiB to 1 TiB) that is never held in memory: each 4 KiB page is a pure
  * function of (seed, index, version) (sim-pages.ts), only the versions of pages ever dirtied are
  * stored (sim-memory.ts), and the stream (sim-format.ts) is generated into the reader's buffer
  * (sim-saver.ts) and verified as it is written (sim-loader.ts).
@@ -52,7 +52,7 @@ export interface SimFaults {
 }
 
 export interface SimDeviceOptions {
-  /** State size in bytes: a positive multiple of 4096. */
+  /** State size in bytes: a positive multiple of 4096, at most 1 TiB. */
   size: number;
   /** Migration capability word: 0x1, 0x3, 0x5 or 0x7 (default 0x7). */
   flags?: number;
@@ -70,6 +70,9 @@ export interface SimDeviceOptions {
 }
 
 const WORKLOAD_TICK_MS = 10;
+/** Largest state: 1 TiB. */
+export const SIM_MAX_SIZE = 1024 ** 4;
+const MAX_SIZE = SIM_MAX_SIZE;
 const FORMAT_VERSION = '1.0';
 
 export class SimDevice extends EventEmitter implements MigrationDriver {
@@ -95,8 +98,9 @@ export class SimDevice extends EventEmitter implements MigrationDriver {
   constructor(opts: SimDeviceOptions) {
     super();
     const size = opts.size;
-    if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE_SIZE !== 0 || size / PAGE_SIZE > 0x100000000) {
-      throw migError(ErrorCodes.USAGE, `size must be a positive multiple of ${PAGE_SIZE} up to 16 TiB (got ${size})`);
+    // 1 TiB bounds the per-page bitmaps (dirty on the source, received on the destination) at 32 MiB.
+    if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE_SIZE !== 0 || size > MAX_SIZE) {
+      throw migError(ErrorCodes.USAGE, `size must be a positive multiple of ${PAGE_SIZE} up to 1 TiB (got ${size})`);
     }
     const flags = opts.flags ?? 0x7;
     if (!VALID_FLAG_WORDS.includes(flags)) throw migError(ErrorCodes.USAGE, `invalid migration flags 0x${flags.toString(16)}`);

@@ -316,7 +316,7 @@ export class SimSaver implements SavingBackend {
       while (word !== 0 && count < RUN_PAGES) {
         const bit = 31 - Math.clz32(word & -word);
         word &= ~(1 << bit);
-        const index = (w << 5) | bit;
+        const index = w * 32 + bit; // not (w << 5): indices reach 2^32 - 1
         this._idx[count] = index;
         this._ver[count] = mem.version(index);
         count++;

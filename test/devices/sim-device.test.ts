@@ -25,6 +25,8 @@ describe('SimDevice arcs', () => {
     expect(() => new SimDevice({ size: P, profile: 'nope' as never })).toThrow(/profile/);
     expect(() => new SimDevice({ size: P, seed: -1 })).toThrow(/seed/);
     expect(() => new SimDevice({ size: P, dirtyRate: -5 })).toThrow(/dirtyRate/);
+    expect(() => new SimDevice({ size: 1024 ** 4 + P })).toThrow(/1 TiB/);
+    expect(new SimDevice({ size: 1024 ** 4 }).pageCount).toBe(2 ** 28);
   });
 
   it('refuses a non-base arc and a wrong `from` with EINVAL, state unchanged', async () => {
