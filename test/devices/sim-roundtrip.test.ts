@@ -87,3 +87,33 @@ describe('SimDevice save -> resume', () => {
     expect(b.digest()).not.toBe(a.digest());
   });
 });
+
+describe('SimDevice migration under a live workload', () => {
+  it('pages dirtied by the timer while PRE_COPY streams are all carried', async () => {
+    const size = 8 << 20;
+    const src = new SimDevice({ size, seed: 42, dirtyRate: 40 << 20 }); // ~10000 pages/s
+    const dst = new SimDevice({ size, seed: 42 });
+    await goTo(dst, S.RESUMING);
+    const out = resuming(dst.session);
+    const rand = rng(9);
+    const s = saving(await goTo(src, S.PRE_COPY));
+    const t0 = performance.now();
+    let passes = 0;
+    while (performance.now() - t0 < 150) {
+      await drain(s, (c) => writeRandomly(out, c, rand), { chunk: 256 << 10 });
+      passes++;
+      await new Promise((r) => setTimeout(r, 15)); // let the workload dirty more
+    }
+    expect(passes).toBeGreaterThan(2);
+    await goTo(src, S.PRE_COPY_P2P); // still running: still dirtying
+    await new Promise((r) => setTimeout(r, 20));
+    await goTo(src, S.STOP_COPY);
+    const stopped = src.digest();
+    await drain(s, (c) => writeRandomly(out, c, rand));
+    await goTo(dst, S.STOP);
+    expect(src.digest()).toBe(stopped);
+    expect(dst.digest()).toBe(stopped);
+    expect(src.dirtiedPages).toBeGreaterThan(100);
+    src.close();
+  });
+});
