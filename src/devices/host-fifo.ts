@@ -126,8 +126,8 @@ const S_CLOSED = 2;
 
 /**
  * Saving: device session -> FIFO. The pump reads one chunk from the session, writes it to a
- * net.Socket on the FIFO's write end (epoll, non-blocking) and reads the next only after 'drain'
- * when write() returned false: at most one chunk plus the pipe buffer is ever in flight.
+ * net.Socket on the FIFO's write end (epoll, non-blocking) and reads the next chunk only after the
+ * write callback ran: at most one chunk plus the pipe buffer is ever in flight.
  */
 class FifoSaving implements ExportedSession {
   readonly path: string;
@@ -137,8 +137,8 @@ class FifoSaving implements ExportedSession {
   #state = S_IDLE;
   #sock: Socket | null = null;
   #waiter = new Waiter();
-  /** Bytes written to the socket whose write callback has not run, split by precopy class, oldest first. */
-  #inflight: { initial: number; dirty: number }[] = [];
+  /** The chunk taken from the device and not yet fully in the pipe, split by precopy class. */
+  #current: { n: number; initial: number; dirty: number; handed: boolean } | null = null;
 
   constructor(path: string, session: SavingSession, hooks: SessionHooks, chunkSize: number) {
     this.path = path;
@@ -155,7 +155,7 @@ class FifoSaving implements ExportedSession {
       // The parent already holds the read end, so a non-blocking open of the write end succeeds at once.
       fd = openSync(this.path, fsc.O_WRONLY | fsc.O_NONBLOCK);
     } catch (err) {
-      this.#fail(asMigError(err, 'open of the saving FIFO failed'));
+      void this.#settleThenClose({ kind: 'error', error: asMigError(err, 'open of the saving FIFO failed') });
       return;
     }
     // Both ends are open: the name is no longer needed, and no temp file outlives a crash.
@@ -164,17 +164,18 @@ class FifoSaving implements ExportedSession {
     this.#sock = sock;
     // EPIPE: the parent closed its fd (it is done with the session); nothing more to do.
     sock.on('error', () => this.close());
-    this.#pump().catch((err) => this.#fail(asMigError(err, 'saving pump failed')));
+    this.#pump().catch((err) => this.#settleThenClose({ kind: 'error', error: asMigError(err, 'saving pump failed') }));
   }
 
   pending(): { initialBytes: number; dirtyBytes: number } {
-    let initialBytes = 0;
-    let dirtyBytes = 0;
-    for (const c of this.#inflight) {
-      initialBytes += c.initial;
-      dirtyBytes += c.dirty;
-    }
-    return { initialBytes, dirtyBytes };
+    const c = this.#current;
+    if (!c) return { initialBytes: 0, dirtyBytes: 0 };
+    // libuv's write queue holds the unwritten tail of the chunk (a live count); the chunk's
+    // initial bytes come before its dirty bytes, so the tail is dirty first.
+    const handle = (this.#sock as unknown as { _handle?: { writeQueueSize?: number } } | null)?._handle;
+    const rest = c.handed ? Math.min(c.n, handle?.writeQueueSize ?? c.n) : c.n;
+    const dirtyBytes = Math.min(rest, c.dirty);
+    return { initialBytes: rest - dirtyBytes, dirtyBytes };
   }
 
   drain(): Promise<void> {
@@ -191,6 +192,7 @@ class FifoSaving implements ExportedSession {
     this.#waiter.wake();
     this.#sock?.destroy();
     this.#sock = null;
+    this.#current = null;
     unlinkQuietly(this.path);
   }
 
@@ -235,47 +237,30 @@ class FifoSaving implements ExportedSession {
       }
       backoff = POLL_MIN_MS;
       const initial = precopy ? Math.min(n, initialBefore) : 0;
-      const entry = { initial, dirty: precopy ? n - initial : 0 };
-      this.#inflight.push(entry);
+      const current = { n, initial, dirty: precopy ? n - initial : 0, handed: false };
+      this.#current = current;
       const sock = this.#sock;
       if (!sock) return;
-      const ok = sock.write(buf.subarray(0, n), () => {
-        const i = this.#inflight.indexOf(entry);
-        if (i >= 0) this.#inflight.splice(i, 1);
+      await new Promise<void>((resolve) => {
+        // The callback runs once every byte reached the pipe, or with EPIPE ('error' closes us).
+        sock.write(buf.subarray(0, n), () => resolve());
+        current.handed = true;
       });
-      if (!ok) await this.#drained(sock);
+      if (this.#current === current) this.#current = null;
     }
   }
 
-  #drained(sock: Socket): Promise<void> {
-    return new Promise((resolve) => {
-      const done = (): void => {
-        sock.off('drain', done);
-        sock.off('close', done);
-        resolve();
-      };
-      sock.on('drain', done);
-      sock.on('close', done);
-    });
-  }
-
-  /** STOP_COPY end of stream: flush, tell the parent it is a true end, then close so it reads EOF. */
+  /** STOP_COPY end of stream: tell the parent it is a true end, then close so it reads EOF. */
   async #finish(): Promise<void> {
-    const sock = this.#sock;
-    if (sock && sock.writableLength > 0) await this.#drained(sock);
     await this.#hooks.settle({ kind: 'eos' });
     if (this.#state !== S_RUNNING) return;
-    // end() lets libuv finish queued writes, then the fd is closed.
-    sock?.end(() => this.close());
+    // Every chunk's write callback ran: nothing is queued, closing the fd is the EOF.
+    this.close();
   }
 
   async #settleThenClose(outcome: SessionOutcome): Promise<void> {
     await this.#hooks.settle(outcome);
     this.close();
-  }
-
-  #fail(error: MigError): void {
-    void this.#settleThenClose({ kind: 'error', error });
   }
 }
 

@@ -1,0 +1,323 @@
+/**
+ * Device host with a small kernel-like driver (host-fixture-driver.ts) in a real child process:
+ * sessions are real FIFOs read and written here with plain net/fs code.
+ */
+import { describe, it, expect, afterEach } from 'vitest';
+import { once } from 'node:events';
+import { Socket } from 'node:net';
+import { readSync, existsSync, readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { createHash } from 'node:crypto';
+import { DeviceState } from '../../src/fsm/states.js';
+import { ErrorCodes } from '../../src/fsm/errors.js';
+import type { MigError } from '../../src/fsm/errors.js';
+import { spawnDeviceHost } from '../../src/devices/host.js';
+import type { HostedDevice, HostedSavingSession, HostedResumingSession } from '../../src/devices/host.js';
+
+const FIXTURE = fileURLToPath(new URL('./host-fixture-driver.ts', import.meta.url));
+const S = DeviceState;
+
+const hosts: HostedDevice[] = [];
+afterEach(async () => {
+  await Promise.all(hosts.splice(0).map((h) => h.close()));
+});
+
+async function fixture(options: Record<string, unknown>, chunkSize?: number): Promise<HostedDevice> {
+  const h = await spawnDeviceHost({ device: { module: FIXTURE, export: 'createDevice' }, options, chunkSize });
+  hosts.push(h);
+  return h;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Read a saving fd with a plain net.Socket until EOF; the socket owns the fd from then on. */
+function readAll(session: HostedSavingSession, onChunk?: (b: Buffer) => void): Promise<{ bytes: number; hash: string; eof: MigError | null }> {
+  return new Promise((resolve, reject) => {
+    const sock = new Socket({ fd: session.takeFd(), readable: true, writable: false });
+    const h = createHash('sha256');
+    let bytes = 0;
+    sock.on('data', (b: Buffer) => {
+      bytes += b.length;
+      h.update(b);
+      onChunk?.(b);
+    });
+    sock.on('end', () => {
+      resolve({ bytes, hash: h.digest('hex'), eof: session.eofError() });
+      sock.destroy();
+    });
+    sock.on('error', reject);
+  });
+}
+
+describe('device host: fixture driver over FIFOs', () => {
+  it('saves through the saving FIFO; the fd is not seekable (ESPIPE)', async () => {
+    const dev = await fixture({ size: 1 << 20, seed: 7 });
+    expect(dev.identity()).toMatchObject({ kind: 'fixture', flags: 0x5 });
+    expect(dev.flags).toBe(0x5);
+    expect(await dev.getState()).toBe(S.RUNNING);
+    expect(await dev.step(S.RUNNING, S.STOP)).toBeNull();
+    const s = (await dev.step(S.STOP, S.STOP_COPY)) as HostedSavingSession;
+    expect(s.direction).toBe('saving');
+    expect(typeof s.fd).toBe('number');
+    expect(() => readSync(s.fd as number, Buffer.alloc(16), 0, 16, 0)).toThrow(expect.objectContaining({ code: 'ESPIPE' }));
+    const got = await readAll(s);
+    expect(got.bytes).toBe(16 + (1 << 20));
+    expect(got.eof).toBeNull();
+    expect('sha256:' + got.hash).toBe('sha256:' + (await dev.digest()));
+    await dev.step(S.STOP_COPY, S.STOP);
+    expect(s.disabled).toBe(true);
+    s.close();
+  });
+
+  it.each(['enomsg', 'zero'] as const)('PRE_COPY (temporary end %s) then STOP_COPY into a second host through FIFOs: digests equal', async (precopyEmpty) => {
+    const size = 3 << 20;
+    const precopyBytes = 1 << 20;
+    const a = await fixture({ size, seed: 3, precopyBytes, precopyEmpty, maxRead: 100_000 }, 256 << 10);
+    const b = await fixture({ size, seed: 3 });
+    const ss = (await a.step(S.RUNNING, S.PRE_COPY)) as HostedSavingSession;
+    expect(await b.step(S.RUNNING, S.STOP)).toBeNull();
+    const rs = (await b.step(S.STOP, S.RESUMING)) as HostedResumingSession;
+    expect(rs.direction).toBe('resuming');
+    expect(() => readSync(rs.fd as number, Buffer.alloc(1), 0, 1, 0)).toThrow(expect.objectContaining({ code: 'ESPIPE' }));
+    const src = new Socket({ fd: ss.takeFd(), readable: true, writable: false });
+    const dst = new Socket({ fd: rs.takeFd(), readable: false, writable: true });
+    let got = 0;
+    let ended = false;
+    src.on('data', (c: Buffer) => (got += c.length));
+    src.on('end', () => (ended = true));
+    src.pipe(dst);
+    // Initial data arrives; then the device is at its temporary end and the fd just has no data.
+    await waitFor(async () => got === 16 + precopyBytes && (await ss.precopyInfo()).initialBytes === 0);
+    await new Promise((r) => setTimeout(r, 120));
+    expect(ended).toBe(false);
+    expect(got).toBe(16 + precopyBytes);
+    expect(ss.disabled).toBe(false);
+    await a.step(S.PRE_COPY, S.STOP_COPY);
+    await once(dst, 'close');
+    expect(ended).toBe(true);
+    expect(got).toBe(16 + size);
+    expect(ss.eofError()).toBeNull();
+    await a.step(S.STOP_COPY, S.STOP);
+    expect(ss.disabled).toBe(true);
+    await b.step(S.RESUMING, S.STOP);
+    expect(rs.disabled).toBe(true);
+    expect(await b.digest()).toBe(await a.digest());
+  });
+
+  it('precopyInfo counts bytes the child took from the device but the parent could not read yet', async () => {
+    const precopyBytes = 2 << 20;
+    const a = await fixture({ size: 4 << 20, precopyBytes }, 256 << 10);
+    const ss = (await a.step(S.RUNNING, S.PRE_COPY)) as HostedSavingSession;
+    // Nobody reads: the child fills the pipe, holds one more chunk and stops (backpressure).
+    await waitFor(async () => ((await a.call('savedBytes')) as number) > 0);
+    await new Promise((r) => setTimeout(r, 100));
+    const taken = (await a.call('savedBytes')) as number;
+    const info = await ss.precopyInfo();
+    const inPipe = 16 + precopyBytes - info.initialBytes;
+    // The estimate misses only what sits in the pipe buffer (64 KiB by default).
+    expect(inPipe).toBeGreaterThan(0);
+    expect(inPipe).toBeLessThanOrEqual(1 << 20);
+    // Bounded: the child does not read the device ahead of the pipe by more than one chunk plus the pipe.
+    expect(taken).toBeLessThanOrEqual(inPipe + 2 * (256 << 10));
+    expect(info.dirtyBytes).toBe(0);
+    // Drain it with the method-backed read: EAGAIN while nothing is ready, never ENOMSG or EOF.
+    let got = 0;
+    const buf = Buffer.alloc(1 << 16);
+    while (got < 16 + precopyBytes) {
+      try {
+        got += await ss.read(buf);
+      } catch (err) {
+        expect((err as MigError).code).toBe('EAGAIN');
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    }
+    expect(got).toBe(16 + precopyBytes);
+    await waitFor(async () => (await ss.precopyInfo()).initialBytes === 0);
+    await expect(ss.read(buf)).rejects.toMatchObject({ code: 'EAGAIN' });
+    // STOP_COPY: the rest, then 0 (the true end) from read().
+    await a.step(S.PRE_COPY, S.STOP_COPY);
+    for (;;) {
+      try {
+        const n = await ss.read(buf);
+        if (n === 0) break;
+        got += n;
+      } catch (err) {
+        expect((err as MigError).code).toBe('EAGAIN');
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    }
+    expect(got).toBe(16 + (4 << 20));
+    await a.step(S.STOP_COPY, S.STOP);
+    await expect(ss.read(buf)).rejects.toMatchObject({ code: 'ENODEV' });
+    await expect(ss.precopyInfo()).rejects.toMatchObject({ code: 'ENODEV' });
+  });
+
+  it('method-backed write(): RESUMING -> STOP loads bytes still sitting in the pipe buffer', async () => {
+    const size = 1 << 20;
+    const a = await fixture({ size, seed: 11 });
+    const b = await fixture({ size, seed: 11 });
+    await a.step(S.RUNNING, S.STOP);
+    const ss = (await a.step(S.STOP, S.STOP_COPY)) as HostedSavingSession;
+    await b.step(S.RUNNING, S.STOP);
+    const rs = (await b.step(S.STOP, S.RESUMING)) as HostedResumingSession;
+    const src = new Socket({ fd: ss.takeFd(), readable: true, writable: false });
+    for await (const chunk of src as AsyncIterable<Buffer>) {
+      let rest = chunk;
+      while (rest.length > 0) rest = rest.subarray(await rs.write(rest));
+    }
+    // The resuming fd is still open (no EOF for the child): the arc must first drain the pipe.
+    await b.step(S.RESUMING, S.STOP);
+    expect(await b.digest()).toBe(await a.digest());
+    await expect(rs.write(Buffer.alloc(1))).rejects.toMatchObject({ code: 'ENODEV' });
+    rs.close();
+    rs.close();
+  });
+
+  it('RESUMING -> STOP on an incomplete image fails EINVAL and stays in RESUMING', async () => {
+    const b = await fixture({ size: 1 << 20 });
+    await b.step(S.RUNNING, S.STOP);
+    const rs = (await b.step(S.STOP, S.RESUMING)) as HostedResumingSession;
+    const hdr = Buffer.alloc(16);
+    hdr.writeUInt32LE(0x54534f48, 0);
+    hdr.writeBigUInt64LE(BigInt(1 << 20), 8);
+    expect(await rs.write(hdr)).toBe(16);
+    await expect(b.step(S.RESUMING, S.STOP)).rejects.toMatchObject({ code: 'EINVAL' });
+    expect(await b.getState()).toBe(S.RESUMING);
+    expect(rs.disabled).toBe(false);
+  });
+
+  it.each(['async', 'explicit'] as const)('a reset (%s) mid-stream disables the session before the parent reads EOF: ENODEV, not the end', async (kind) => {
+    const size = 8 << 20;
+    const a = await fixture({ size, precopyBytes: size, maxRead: 32 << 10 }, 64 << 10);
+    const resets: number[] = [];
+    a.on('reset', () => resets.push(Date.now()));
+    const ss = (await a.step(S.RUNNING, S.PRE_COPY)) as HostedSavingSession;
+    let fired = false;
+    const got = await readAll(ss, () => {
+      if (fired) return;
+      fired = true;
+      if (kind === 'async') void a.call('resetSoon', 0);
+      else void a.reset();
+    });
+    expect(got.bytes).toBeGreaterThan(0);
+    expect(got.bytes).toBeLessThan(16 + size);
+    expect(got.eof).toMatchObject({ code: 'ENODEV' });
+    expect(ss.disabled).toBe(true);
+    expect(await a.getState()).toBe(S.RUNNING);
+    await expect(ss.precopyInfo()).rejects.toMatchObject({ code: 'ENODEV' });
+    // Only the device's own reset is news to the parent; an explicit reset() is not echoed.
+    expect(resets).toHaveLength(kind === 'async' ? 1 : 0);
+    // The device works on: a new saving session streams from the start.
+    const s2 = (await a.step(S.RUNNING, S.PRE_COPY)) as HostedSavingSession;
+    expect(s2.id).not.toBe(ss.id);
+    await a.step(S.PRE_COPY, S.STOP_COPY);
+    const all = await readAll(s2);
+    expect(all.bytes).toBe(16 + size);
+    expect(all.eof).toBeNull();
+  });
+
+  it('a bad stream written into the resuming FIFO: the next write and RESUMING -> STOP fail with the device\'s EFAULT', async () => {
+    const b = await fixture({ size: 1 << 20 });
+    await b.step(S.RUNNING, S.STOP);
+    const rs = (await b.step(S.STOP, S.RESUMING)) as HostedResumingSession;
+    const garbage = Buffer.alloc(64 << 10, 0xab);
+    let err: MigError | null = null;
+    for (let i = 0; i < 200 && !err; i++) {
+      try {
+        await rs.write(garbage);
+      } catch (e) {
+        err = e as MigError;
+      }
+    }
+    expect(err).toMatchObject({ code: 'EFAULT' });
+    expect(rs.error).toMatchObject({ code: 'EFAULT' });
+    await expect(rs.write(garbage)).rejects.toMatchObject({ code: 'EFAULT' });
+    await expect(b.step(S.RESUMING, S.STOP)).rejects.toMatchObject({ code: 'EFAULT' });
+    expect(await b.getState()).toBe(S.RESUMING);
+    // A reset abandons the rejected image, as with the kernel's drivers.
+    await b.reset();
+    expect(await b.getState()).toBe(S.RUNNING);
+    expect(rs.disabled).toBe(true);
+  });
+
+  it('a device write error mid-stream reaches a net.Socket writer as EPIPE and the arc as the device\'s EIO', async () => {
+    const size = 2 << 20;
+    const a = await fixture({ size, seed: 5 });
+    const b = await fixture({ size, seed: 5, failWriteAt: 1 << 20 });
+    await a.step(S.RUNNING, S.STOP);
+    const ss = (await a.step(S.STOP, S.STOP_COPY)) as HostedSavingSession;
+    await b.step(S.RUNNING, S.STOP);
+    const rs = (await b.step(S.STOP, S.RESUMING)) as HostedResumingSession;
+    const src = new Socket({ fd: ss.takeFd(), readable: true, writable: false });
+    const dst = new Socket({ fd: rs.takeFd(), readable: false, writable: true });
+    src.pipe(dst);
+    const [werr] = (await once(dst, 'error')) as [NodeJS.ErrnoException];
+    expect(werr.code).toBe('EPIPE');
+    src.destroy();
+    await waitFor(() => rs.error !== null);
+    expect(rs.error).toMatchObject({ code: 'EIO' });
+    await expect(b.step(S.RESUMING, S.STOP)).rejects.toMatchObject({ code: 'EIO' });
+    expect(await b.getState()).toBe(S.RESUMING);
+  });
+
+  it('killing the child fails pending and later calls with VFIO_MIG_ERR_TRANSPORT, and an open session\'s EOF says so', async () => {
+    const a = await fixture({ size: 4 << 20, precopyBytes: 1 << 10 });
+    const ss = (await a.step(S.RUNNING, S.PRE_COPY)) as HostedSavingSession;
+    const reading = readAll(ss);
+    const pending = a.call('stall', 30_000);
+    const exited = once(a, 'exit');
+    process.kill(a.pid, 'SIGKILL');
+    await expect(pending).rejects.toMatchObject({ code: ErrorCodes.TRANSPORT });
+    await expect(a.getState()).rejects.toMatchObject({ code: ErrorCodes.TRANSPORT });
+    await expect(a.step(S.PRE_COPY, S.STOP_COPY)).rejects.toMatchObject({ code: ErrorCodes.TRANSPORT });
+    await expect(ss.precopyInfo()).rejects.toMatchObject({ code: ErrorCodes.TRANSPORT });
+    const got = await reading;
+    expect(got.eof).toMatchObject({ code: ErrorCodes.TRANSPORT });
+    const [info] = (await exited) as [{ signal: string }];
+    expect(info.signal).toBe('SIGKILL');
+    expect(existsSync(a.dir)).toBe(false);
+    await a.close();
+  });
+
+  it('close() leaves no child process, no temp files and no open session fds', async () => {
+    const a = await fixture({ size: 1 << 20, precopyBytes: 1 << 19 });
+    const b = await fixture({ size: 1 << 20 });
+    const ss = (await a.step(S.RUNNING, S.PRE_COPY)) as HostedSavingSession;
+    await b.step(S.RUNNING, S.STOP);
+    const rs = (await b.step(S.STOP, S.RESUMING)) as HostedResumingSession;
+    // Both ends open: the FIFO names are gone already.
+    await waitFor(() => readdirSync(a.dir).length === 0 && readdirSync(b.dir).length === 0);
+    expect(a.sessions).toHaveLength(1);
+    const pids = [a.pid, b.pid];
+    const dirs = [a.dir, b.dir];
+    await Promise.all([a.close(), b.close(), a.close()]);
+    for (const pid of pids) expect(alive(pid)).toBe(false);
+    for (const dir of dirs) expect(existsSync(dir)).toBe(false);
+    expect(ss.fd).toBeNull();
+    expect(rs.fd).toBeNull();
+    await expect(a.getState()).rejects.toMatchObject({ code: ErrorCodes.TRANSPORT });
+  });
+
+  it('reports device errors with their codes and rejects unknown methods and devices', async () => {
+    const a = await fixture({ size: 1 << 16 });
+    await expect(a.step(S.STOP, S.RESUMING)).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(a.call('noSuchMethod')).rejects.toMatchObject({ code: ErrorCodes.USAGE });
+    await expect(spawnDeviceHost({ device: { module: FIXTURE, export: 'nope' } })).rejects.toMatchObject({ code: ErrorCodes.USAGE });
+    expect(await a.stopCopySize()).toBe(16 + (1 << 16));
+  });
+});
+
+async function waitFor(cond: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
+  const t0 = Date.now();
+  while (!(await cond())) {
+    if (Date.now() - t0 > ms) throw new Error('waitFor: timed out');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
