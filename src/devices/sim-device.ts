@@ -47,8 +47,11 @@ export interface SimFaults {
   /** Saving: once `resetAfterBytes` bytes were read the device resets itself asynchronously:
    *  state RUNNING, sessions disabled (ENODEV), 'reset' emitted. */
   resetAfterBytes?: number;
-  /** Saving: once `afterBytes` (default 0) bytes were read, the next read waits `ms` (Infinity: until disabled). */
-  stallRead?: { afterBytes?: number; ms: number };
+  /**
+   * Saving: once `afterBytes` (default 0) bytes were read, the next read waits `ms` (Infinity, or null
+   * as JSON carries it from a device host: until the session is disabled).
+   */
+  stallRead?: { afterBytes?: number; ms: number | null };
 }
 
 export interface SimDeviceOptions {

@@ -34,7 +34,7 @@ export interface SaverFaults {
   readError?: { afterBytes: number; code?: string };
   flipByte?: { offset: number; mask?: number };
   resetAfterBytes?: number;
-  stallRead?: { afterBytes?: number; ms: number };
+  stallRead?: { afterBytes?: number; ms: number | null };
 }
 
 export interface SaverOptions {
@@ -202,7 +202,7 @@ export class SimSaver implements SavingBackend {
     if (buf.length === 0) return 0; // read(2) of 0 bytes
     if (f.stallRead && !this._stalled && this._bytesRead >= (f.stallRead.afterBytes ?? 0)) {
       this._stalled = true;
-      await sleepUnlessAborted(f.stallRead.ms, signal);
+      await sleepUnlessAborted(f.stallRead.ms ?? Infinity, signal); // null: JSON's Infinity
     }
     let limit = buf.length;
     if (f.readError) {

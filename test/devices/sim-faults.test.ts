@@ -139,7 +139,7 @@ describe('SimDevice faults', () => {
   });
 
   it('a read stalled forever is woken with ENODEV when the arc ends the session', async () => {
-    const dev = new SimDevice({ size: 64 * P, faults: { stallRead: { ms: Infinity } } });
+    const dev = new SimDevice({ size: 64 * P, faults: { stallRead: { ms: null } } });
     const s = saving(await dev.step(S.RUNNING, S.PRE_COPY));
     const p = s.read(Buffer.alloc(100));
     const q = s.read(Buffer.alloc(100)); // queued behind it
