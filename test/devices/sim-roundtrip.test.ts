@@ -29,7 +29,7 @@ async function migrate(src: SimDevice, dst: SimDevice, seed: number, dirty: numb
   const chunk = 1024 + Math.floor(rand() * 300000);
   let session: Session | null;
   if (src.flags & 0x4) {
-    session = await goTo(src, src.flags & 0x2 ? S.PRE_COPY : S.PRE_COPY);
+    session = await goTo(src, S.PRE_COPY);
     const s = saving(session);
     await drain(s, sink, { chunk });
     src.dirtyPages(dirty);
