@@ -9,23 +9,14 @@
 // overhead; the dd figure is the ceiling of the FUSE file itself on this machine.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { pathToFileURL, fileURLToPath } from 'node:url';
 import { createSavingStream, fuseAvailability, spawnDeviceHost, transitionPath } from '../dist/index.js';
 import { MiB, mbps, median, result } from './lib.mjs';
 
 export const names = ['fd-read-fuse'];
 
-const DIST = fileURLToPath(new URL('../dist/index.js', import.meta.url));
-
-// The host child loads its device from a module; this one needs no file on disk.
-const FACTORY = `data:text/javascript,${encodeURIComponent(
-  `import { SimDevice } from ${JSON.stringify(pathToFileURL(DIST).href)};\n` +
-    'export function createDevice(o) { return new SimDevice(o); }\n',
-)}`;
-
 async function stopCopySession(size) {
   const host = await spawnDeviceHost({
-    device: { module: FACTORY, export: 'createDevice' },
+    device: 'sim',
     options: { size, profile: 'zero', seed: 1 },
     fdKind: 'fuse',
   });

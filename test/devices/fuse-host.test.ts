@@ -5,7 +5,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { constants as fsc, existsSync, fstatSync, readlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { DeviceState as S } from '../../src/fsm/states.js';
 import { ERRNO } from '../../src/fsm/errors.js';
 import { transitionPath } from '../../src/fsm/path.js';
@@ -19,10 +18,9 @@ import { pipeline } from 'node:stream/promises';
 import type { ResumingSession, SavingSession } from '../../src/fsm/types.js';
 import { FUSE, readOutcome, reportSkip, writeAllFd } from './fuse-helpers.js';
 
-const TESTS = 4;
+const TESTS = 5;
 reportSkip('fuse-host.test.ts', TESTS);
 
-const FACTORY = fileURLToPath(new URL('./fuse-sim-factory.ts', import.meta.url));
 const MiB = 1 << 20;
 const ENOMSG = -ERRNO.ENOMSG;
 const ENODEV = -ERRNO.ENODEV;
@@ -32,8 +30,8 @@ afterEach(async () => {
   await Promise.all(hosts.splice(0).map((h) => h.close()));
 });
 
-async function host(options: Record<string, unknown>): Promise<HostedDevice> {
-  const h = await spawnDeviceHost({ device: { module: FACTORY, export: 'createDevice' }, options, fdKind: 'fuse' });
+async function host(options: Record<string, unknown>, device: 'sim' | 'mtty' = 'sim'): Promise<HostedDevice> {
+  const h = await spawnDeviceHost({ device, options, fdKind: 'fuse' });
   hosts.push(h);
   return h;
 }
@@ -131,6 +129,27 @@ describe.skipIf(!FUSE.ok)("device host with fdKind 'fuse': SimDevice sessions as
     await pipeline(saving, resuming);
     expect(events).toEqual(['empty', 'data', 'empty', 'data']); // STOP_COPY has its own bytes after the last empty streak
     expect(await readOutcome(fdOf(ss), Buffer.alloc(16))).toBe(0); // still 0: the permanent end
+    await goTo(src, S.STOP);
+    await goTo(dst, S.STOP);
+    expect(await dst.digest()).toBe(await src.digest());
+  });
+
+  it('MttyDevice (answers 0 at the PRE_COPY end): ENOMSG on the FUSE file, then STOP_COPY ends it; ports arrive', async () => {
+    const src = await host({ ports: 2 }, 'mtty');
+    const dst = await host({ ports: 2 }, 'mtty');
+    const fresh = await src.digest();
+    await src.call('guestWrite', 1, [0x41, 0x42, 0x43]);
+    expect(await src.digest()).not.toBe(fresh); // the guest changed port 1: the stream must carry it
+    const out = fdOf(await goTo(dst, S.RESUMING));
+    const inFd = fdOf(await goTo(src, S.PRE_COPY));
+    const sink = (b: Buffer): Promise<void> => writeAllFd(out, b);
+    const p1 = await pass(inFd, sink);
+    expect(p1.bytes).toBe(24); // mtty's header is its PRE_COPY data
+    expect(p1.end).toBe(ENOMSG); // the driver said 0; the data fd says ENOMSG
+    await goTo(src, S.STOP_COPY);
+    const p2 = await pass(inFd, sink);
+    expect(p2.bytes).toBe(2 * 36);
+    expect(p2.end).toBe(0);
     await goTo(src, S.STOP);
     await goTo(dst, S.STOP);
     expect(await dst.digest()).toBe(await src.digest());
