@@ -90,6 +90,15 @@ function errnoOf(err: unknown): number {
   return n ?? ERRNO.EIO;
 }
 
+/** errno name for a number, also for names the project's ERRNO table lacks (EEXIST, ENOENT). */
+function errnoNameOf(n: number): string {
+  const abs = Math.abs(n);
+  const known = errnoName({ errno: abs });
+  if (known && known !== String(abs)) return known;
+  for (const [name, v] of Object.entries(osConstants.errno as Record<string, number>)) if (v === abs) return name;
+  return 'EIO';
+}
+
 export interface FuseBridgeOptions {
   /** Parent of the private mount directory (default os.tmpdir()). */
   dir?: string;
@@ -691,7 +700,7 @@ export class FuseBridge extends EventEmitter {
         this.#acks.delete(id);
         if (!a) return;
         if (arg === 0) a.resolve();
-        else a.reject(migError(errnoName({ errno: arg }) ?? 'EIO', `FUSE server refused request (errno ${-arg})`, { errno: -arg }));
+        else a.reject(migError(errnoNameOf(arg), `FUSE server refused the request: ${errnoNameOf(arg)}`, { errno: -arg }));
         return;
       }
       case OP_OPENED:

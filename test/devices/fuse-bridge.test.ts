@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { constants as fsc, existsSync, promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +19,7 @@ import { SimDevice } from '../../src/devices/sim-device.js';
 import { resuming, saving } from './sim-helpers.js';
 import { FUSE, perl, readOutcome, reportSkip, sleep, writeAllFd } from './fuse-helpers.js';
 
-const TESTS = 8;
+const TESTS = 10;
 reportSkip('fuse-bridge.test.ts', TESTS);
 
 const MiB = 1 << 20;
@@ -270,6 +271,83 @@ describe.skipIf(!FUSE.ok)('FUSE data fds: a SimDevice served by an in-process br
     }
     f.close();
     src.close();
+  });
+
+  it('names: duplicates and bad names refused; an unlinked file keeps its open fds; a closed file says ENODEV', async () => {
+    const src = new SimDevice({ size: MiB, seed: 12 });
+    const dst = new SimDevice({ size: MiB, seed: 12 });
+    const ss = saving(await goTo(src, S.STOP_COPY));
+    const rs = resuming(await goTo(dst, S.RESUMING));
+    const f = await bridge.exportSaving(ss, { name: 'dev0-saving' });
+    await expect(bridge.exportSaving(ss, { name: 'dev0-saving' })).rejects.toMatchObject({ code: 'EEXIST' });
+    await expect(bridge.exportSaving(ss, { name: 'a/b' })).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_USAGE' });
+    await expect(bridge.exportSaving(rs as never)).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_USAGE' });
+    expect(await fsp.readdir(bridge.mountpoint)).toContain('dev0-saving');
+    const openEvent = once(f, 'open'); // the server's OPENED note arrives on its own channel
+    const fh = await fsp.open(f.path, 'r');
+    await openEvent;
+    const opened = f.opens;
+    await f.unlink();
+    expect(await fsp.readdir(bridge.mountpoint)).not.toContain('dev0-saving');
+    await expect(fsp.open(f.path, 'r')).rejects.toMatchObject({ code: 'ENOENT' });
+    try {
+      expect(opened).toBe(1);
+      expect(await readOutcome(fh.fd, Buffer.alloc(4096))).toBe(4096); // the fd outlives the name
+      f.close();
+      expect(await readOutcome(fh.fd, Buffer.alloc(4096))).toBe(ENODEV);
+    } finally {
+      await fh.close();
+    }
+    src.close();
+    dst.close();
+  });
+
+  it('reads larger than 1 MiB are split into sequential requests in order; a blocked reader stalls no other file', async () => {
+    let ready = false;
+    const stuck = await bridge.exportSaving(
+      new MethodSavingSession({
+        read() {
+          if (!ready) throw migError('EAGAIN', 'not yet');
+          return 0;
+        },
+        precopyInfo() {
+          throw migError('EINVAL', 'STOP_COPY');
+        },
+      }),
+    );
+    const stuckFh = await fsp.open(stuck.path, 'r');
+    const blocked = readOutcome(stuckFh.fd, Buffer.alloc(64)); // waits in the bridge (EAGAIN, blocking fd)
+    const size = 3 * MiB;
+    const a = new SimDevice({ size, seed: 40 });
+    const b = new SimDevice({ size, seed: 40 });
+    const fa = await bridge.exportSaving(saving(await goTo(a, S.STOP_COPY)));
+    const fb = await bridge.exportResuming(resuming(await goTo(b, S.RESUMING)));
+    const inFh = await fsp.open(fa.path, 'r');
+    const outFh = await fsp.open(fb.path, fsc.O_WRONLY);
+    try {
+      const big = Buffer.allocUnsafe(3 * MiB + 12345);
+      let total = 0;
+      for (;;) {
+        const n = await readOutcome(inFh.fd, big);
+        expect(n).toBeGreaterThanOrEqual(0);
+        if (n === 0) break;
+        total += n;
+        await writeAllFd(outFh.fd, big.subarray(0, n)); // 3 MiB writes: split the same way
+      }
+      expect(total).toBeGreaterThan(size);
+      await goTo(b, S.STOP);
+      expect(b.digest()).toBe(a.digest());
+      ready = true;
+      expect(await blocked).toBe(0);
+    } finally {
+      ready = true;
+      await stuckFh.close();
+      await inFh.close();
+      await outFh.close();
+    }
+    stuck.close();
+    fa.close();
+    fb.close();
   });
 
   it('unmounts and removes its directory on close, and after its server was killed', async () => {
