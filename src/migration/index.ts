@@ -1,3 +1,15 @@
 export {};
 export { DefaultSwitchoverPolicy, StepwiseSwitchoverPolicy, TokenBucket, createBandwidthLimiter, policyAbortError, decisionNumbers } from './policy.js';
 export type { SwitchoverPolicy, PolicySnapshot, Decision, DecisionAction, DecisionReason, DecisionNumbers, DefaultPolicyOptions, StepwisePolicyOptions, TokenBucketOptions } from './policy.js';
+export { migrate, SourceMigration, resolvePolicy } from './source.js';
+export type { MigrateOptions, PolicyChoice } from './source.js';
+export { receive, DestinationMigration } from './destination.js';
+export type { ReceiveOptions } from './destination.js';
+export { save, restore } from './checkpoint.js';
+export type { SaveOptions, RestoreOptions } from './checkpoint.js';
+export { checkP2PSet, enterP2P, enterStopCopy, resumeAll, rollbackAll, resetAll, stepAll } from './p2p.js';
+export { CONTROL_PROTOCOL_VERSION, FrameParser, encodeFrame, parseForwardMessage, parseReturnMessage, compatibilityProblem } from './control.js';
+export type { ForwardMessage, ReturnMessage, MigrationPhase, ControlFeatures } from './control.js';
+export { parseCompression } from './wire.js';
+export type { Compression } from './wire.js';
+export type { MigrationSummary, DeviceSummary, ProgressEvent, DecisionEvent, PhaseEvent, MigrationEvents } from './summary.js';

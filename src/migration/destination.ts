@@ -1,0 +1,458 @@
+/**
+ * The destination side of a live migration: `receive(opts)`.
+ *
+ * It reads the source's record stream, refuses incompatible device tables before the source touches
+ * a device, moves its devices to RESUMING and answers 'ready', loads DATA records into each device's
+ * resuming session, acknowledges the initial PRE_COPY data (switchover-ack) once every byte before
+ * the source's 'initial-sent' was accepted by the devices, and on 'commit' validates every device
+ * (RESUMING -> STOP), compares digests, answers 'validated', resumes the set (P2P-ordered) and
+ * answers 'running'.
+ *
+ * Any failure before 'validated' resets every device (the only way out of RESUMING that will not
+ * validate) and, when the transport still works, tells the source, which then resumes its devices.
+ */
+import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import type { Duplex, Readable, Writable } from 'node:stream';
+import type { MigrationCore } from '../fsm/core.js';
+import { ErrorCodes, type MigError, migError } from '../fsm/errors.js';
+import { DeviceState } from '../fsm/states.js';
+import type { ResumingSession } from '../fsm/types.js';
+import { RecordDecoder } from '../streams/record-decoder.js';
+import { createResumingStream } from '../streams/resuming-stream.js';
+import { RecordType, type DecodedObject, type StreamHeader } from '../streams/wire-format.js';
+import {
+  CONTROL_PROTOCOL_VERSION,
+  compatibilityProblem,
+  encodeFrame,
+  parseForwardMessage,
+  type ControlFeatures,
+  type MigrationPhase,
+  type ReturnMessage,
+} from './control.js';
+import { FailureLatch, asPhaseError } from './latch.js';
+import { resetAll, resumeAll, stepAll } from './p2p.js';
+import { digestOf } from './wire.js';
+import { throughputMBps, type DeviceSummary, type MigrationEvents, type MigrationSummary } from './summary.js';
+
+export interface ReceiveOptions {
+  /** The devices to load, in the source's device-table order. */
+  devices: readonly MigrationCore[];
+  /**
+   * A connected Duplex, or a function that yields one (e.g. the first connection of a listener). A
+   * plain Readable (a checkpoint file) works too: there is no return path to answer on.
+   */
+  transport: Duplex | Readable | (() => Promise<Duplex | Readable>);
+  signal?: AbortSignal;
+  /** Fail with VFIO_MIG_ERR_STALLED after this long without progress, ms. Default 15000. */
+  stallTimeoutMs?: number;
+  /** Largest record payload accepted, bytes. Default 16 MiB. */
+  maxPayload?: number;
+  /** Progress event period, ms. Default 250. */
+  progressMs?: number;
+}
+
+const FEATURES: ControlFeatures = { switchoverAck: true, digest: true };
+
+interface DeviceLoad {
+  core: MigrationCore;
+  session: ResumingSession | null;
+  stream: Writable | null;
+  /** The last write's completion: all bytes before it are in the device. */
+  lastWrite: Promise<void>;
+  bytes: number;
+  rounds: number;
+  digest: string | null;
+  validateMs: number | null;
+  verified: boolean | null;
+}
+
+export class DestinationMigration extends EventEmitter<MigrationEvents> {
+  readonly done: Promise<MigrationSummary>;
+  #phase: MigrationPhase;
+  readonly #opts: ReceiveOptions;
+  readonly #latch: FailureLatch;
+  readonly #devs: DeviceLoad[];
+  #transport: Duplex | Readable | null;
+  #t0: number;
+  #phaseAt: number;
+  #phases: Partial<Record<MigrationPhase, number>>;
+  #lastProgressAt: number;
+  #switchAt: number;
+  #validated: boolean;
+  #resumed: boolean;
+  #decoder: RecordDecoder | null;
+  #downtimeMs: number;
+
+  constructor(opts: ReceiveOptions) {
+    super();
+    this.#opts = opts;
+    this.#phase = 'connect';
+    this.#latch = new FailureLatch();
+    this.#devs = opts.devices.map((core) => ({
+      core,
+      session: null,
+      stream: null,
+      lastWrite: Promise.resolve(),
+      bytes: 0,
+      rounds: 0,
+      digest: null,
+      validateMs: null,
+      verified: null,
+    }));
+    this.#transport = null;
+    this.#t0 = performance.now();
+    this.#phaseAt = this.#t0;
+    this.#phases = {};
+    this.#lastProgressAt = this.#t0;
+    this.#switchAt = 0;
+    this.#validated = false;
+    this.#resumed = false;
+    this.#decoder = null;
+    this.#downtimeMs = 0;
+    this.done = this.#run();
+    this.done.catch(() => {});
+  }
+
+  get phase(): MigrationPhase {
+    return this.#phase;
+  }
+
+  abort(reason = 'aborted by the caller'): void {
+    this.#latch.fail(migError(ErrorCodes.ABORTED, reason, { phase: this.#phase }));
+  }
+
+  async #run(): Promise<MigrationSummary> {
+    const opts = this.#opts;
+    const stallMs = opts.stallTimeoutMs ?? 15_000;
+    const onAbort = () => this.abort(`aborted: ${String(opts.signal?.reason ?? 'AbortSignal')}`);
+    const stallTimer = setInterval(() => {
+      if (performance.now() - this.#lastProgressAt > stallMs) {
+        this.#latch.fail(migError(ErrorCodes.STALLED, `no progress for ${stallMs} ms in phase ${this.#phase}`, { phase: this.#phase, detail: { stallTimeoutMs: stallMs } }));
+      }
+    }, Math.min(250, Math.max(10, stallMs / 4)));
+    const progressTimer = setInterval(() => this.#emitProgress(), opts.progressMs ?? 250);
+    try {
+      if (opts.devices.length === 0) throw migError(ErrorCodes.USAGE, 'receive: no devices');
+      if (opts.signal?.aborted) onAbort();
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      const t = typeof opts.transport === 'function' ? await this.#latch.guard(opts.transport()) : opts.transport;
+      this.#transport = t;
+      this.#progress();
+      this.#setPhase('handshake');
+      const decoder = new RecordDecoder({ maxPayload: opts.maxPayload });
+      this.#decoder = decoder;
+      t.on('error', (err) => this.#lost(err));
+      // A socket closing before the commit is a lost source; a file (a Readable) just ends, and the
+      // decoder says whether it ended early (TRUNCATED).
+      if ((t as Duplex).writable === true) t.on('close', () => this.#lost());
+      t.pipe(decoder);
+      const summary = await this.#latch.guard(this.#consume(decoder));
+      return summary;
+    } catch (e) {
+      throw await this.#cleanup(e);
+    } finally {
+      clearInterval(stallTimer);
+      clearInterval(progressTimer);
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  #lost(err?: unknown): void {
+    if (this.#phase === 'complete') return;
+    // After 'running' the devices are ours: a source that hangs up before STREAM_END changes nothing.
+    if (this.#resumed) return;
+    this.#latch.fail(
+      migError(ErrorCodes.TRANSPORT, `transport from the source lost in phase ${this.#phase}${err instanceof Error ? `: ${err.message}` : ''}`, {
+        phase: this.#phase,
+        cause: err,
+      }),
+    );
+  }
+
+  /** Read every record and act on it; resolves with the summary at STREAM_END. */
+  async #consume(decoder: RecordDecoder): Promise<MigrationSummary> {
+    let header: StreamHeader | null = null;
+    let helloSeen = false;
+    try {
+      for await (const obj of decoder as AsyncIterable<DecodedObject>) {
+        this.#latch.check();
+        this.#progress();
+        switch (obj.type) {
+          case RecordType.STREAM_HEADER:
+            header = obj.header;
+            break;
+          case RecordType.DATA: {
+            if (!helloSeen) throw migError(ErrorCodes.PROTOCOL, 'DATA before the handshake', { phase: this.#phase });
+            await this.#load(obj.device, obj.payload);
+            break;
+          }
+          case RecordType.ROUND:
+            if (this.#devs[obj.device]) this.#devs[obj.device].rounds = Math.max(this.#devs[obj.device].rounds, obj.round + 1);
+            break;
+          case RecordType.DEVICE_END: {
+            const d = this.#devs[obj.device];
+            if (d?.stream) {
+              const s = d.stream;
+              d.lastWrite = d.lastWrite.then(
+                () =>
+                  new Promise<void>((resolve, reject) => {
+                    s.once('error', reject);
+                    s.end(() => resolve());
+                  }),
+              );
+              d.lastWrite.catch(() => {});
+            }
+            break;
+          }
+          case RecordType.CONTROL: {
+            const msg = parseForwardMessage(obj.message, this.#devs.length);
+            switch (msg.type) {
+              case 'hello':
+                if (header === null) throw migError(ErrorCodes.PROTOCOL, 'hello before the stream header', { phase: 'handshake' });
+                await this.#handshake(header, msg.version, msg.features);
+                helloSeen = true;
+                break;
+              case 'initial-sent': {
+                // Every byte before this record must be in the devices before the ack (QEMU's
+                // switchover-ack: the destination approves once the initial data is loaded).
+                const epoch = msg.epoch;
+                await this.#latch.guard(Promise.all(this.#devs.map((d) => d.lastWrite)));
+                this.#reply({ type: 'switchover-ack', epoch, loadedBytes: this.#devs.reduce((s, d) => s + d.bytes, 0) });
+                break;
+              }
+              case 'reinit':
+                break;
+              case 'switchover':
+                this.#switchAt = performance.now();
+                this.#setPhase('stop-copy');
+                break;
+              case 'digest':
+                this.#devs[msg.device].digest = msg.digest;
+                break;
+              case 'commit':
+                await this.#commit();
+                break;
+              case 'abort':
+                throw migError(msg.code, `source aborted in phase ${msg.phase}: ${msg.message}`, { phase: msg.phase });
+            }
+            break;
+          }
+          case RecordType.STREAM_END: {
+            if (!this.#resumed) {
+              throw migError(ErrorCodes.PROTOCOL, 'STREAM_END before the migration committed', { phase: this.#phase });
+            }
+            return this.#summary();
+          }
+        }
+      }
+    } catch (err) {
+      // The decoder's typed errors (CORRUPT, TRUNCATED, DIGEST, LIMIT) arrive here.
+      throw asPhaseError(err, this.#phase);
+    }
+    if (this.#resumed) return this.#summary();
+    throw migError(ErrorCodes.TRANSPORT, `the source's stream ended in phase ${this.#phase}`, { phase: this.#phase });
+  }
+
+  /** Compare the device tables, then RESUMING on every device, then 'ready'. */
+  async #handshake(header: StreamHeader, version: number, features: ControlFeatures): Promise<void> {
+    const refuse = (code: string, message: string, device?: number): never => {
+      this.#reply({ type: 'refuse', code, message, ...(device !== undefined ? { device } : {}) });
+      throw migError(code, `refused the source: ${message}`, { phase: 'handshake', device });
+    };
+    if (version !== CONTROL_PROTOCOL_VERSION) {
+      refuse(ErrorCodes.UNSUPPORTED, `control protocol ${version} (this destination speaks ${CONTROL_PROTOCOL_VERSION})`);
+    }
+    if (header.devices.length !== this.#devs.length) {
+      refuse(ErrorCodes.INCOMPATIBLE, `the source sends ${header.devices.length} device(s), this destination has ${this.#devs.length}`);
+    }
+    for (let i = 0; i < this.#devs.length; i++) {
+      const problem = compatibilityProblem(header.devices[i].identity, this.#devs[i].core.identity());
+      if (problem !== null) refuse(ErrorCodes.INCOMPATIBLE, `device ${i} (${header.devices[i].name}): ${problem}`, i);
+    }
+    void features;
+    this.#setPhase('setup');
+    try {
+      await this.#latch.guard(stepAll(this.#opts.devices, () => DeviceState.RESUMING));
+    } catch (err) {
+      const e = asPhaseError(err, 'setup');
+      refuse(e.code, `could not enter RESUMING: ${e.message}`, e.device);
+    }
+    for (const d of this.#devs) {
+      const s = d.core.session;
+      if (s === null || s.direction !== 'resuming') {
+        refuse('EIO', 'a device opened no resuming session');
+        return;
+      }
+      d.session = s;
+      const stream = createResumingStream(s, {});
+      stream.on('error', (err: unknown) => this.#latch.fail(asPhaseError(err, this.#phase)));
+      d.stream = stream;
+    }
+    this.#reply({ type: 'ready', version: CONTROL_PROTOCOL_VERSION, features: FEATURES });
+    this.#setPhase('precopy');
+  }
+
+  /** One DATA record into its device's resuming stream, honouring the stream's backpressure. */
+  async #load(device: number, payload: Buffer): Promise<void> {
+    const d = this.#devs[device];
+    const s = d?.stream;
+    if (!s) throw migError(ErrorCodes.PROTOCOL, `DATA for device ${device}, which has no resuming session`, { phase: this.#phase, device });
+    d.bytes += payload.length;
+    const written = new Promise<void>((resolve, reject) => {
+      s.write(payload, (err) => (err ? reject(err) : resolve()));
+    });
+    written.catch(() => {});
+    d.lastWrite = written;
+    if (s.writableNeedDrain) {
+      await this.#latch.guard(
+        new Promise<void>((resolve, reject) => {
+          const onDrain = () => {
+            s.off('error', onErr);
+            resolve();
+          };
+          const onErr = (err: unknown) => {
+            s.off('drain', onDrain);
+            reject(err);
+          };
+          s.once('drain', onDrain);
+          s.once('error', onErr);
+        }),
+      );
+    }
+  }
+
+  /** Drain, validate every device (RESUMING -> STOP), verify digests, acknowledge, resume. */
+  async #commit(): Promise<void> {
+    await this.#latch.guard(Promise.all(this.#devs.map((d) => d.lastWrite)));
+    const drainedAt = performance.now();
+    this.#setPhase('validate');
+    await this.#latch.guard(
+      Promise.all(
+        this.#devs.map(async (d, i) => {
+          const t = performance.now();
+          try {
+            await d.core.setState(DeviceState.STOP);
+          } catch (err) {
+            const e = asPhaseError(err, 'validate');
+            e.device ??= i;
+            throw e;
+          }
+          d.validateMs = performance.now() - t;
+        }),
+      ),
+    );
+    let verified = true;
+    for (let i = 0; i < this.#devs.length; i++) {
+      const d = this.#devs[i];
+      const mine = await digestOf(d.core);
+      if (mine === null || d.digest === null) {
+        d.verified = null;
+        verified = false;
+        continue;
+      }
+      d.verified = mine === d.digest;
+      if (!d.verified) {
+        throw migError(ErrorCodes.DIGEST, `device ${i}: state digest after loading ${mine.slice(0, 16)}... differs from the source's ${d.digest.slice(0, 16)}...`, {
+          phase: 'validate',
+          device: i,
+        });
+      }
+    }
+    this.#reply({ type: 'validated', validateMs: this.#devs.map((d) => d.validateMs ?? 0), verified, bytes: this.#devs.map((d) => d.bytes) });
+    this.#validated = true;
+    this.#setPhase('resume');
+    const t = performance.now();
+    await this.#latch.guard(resumeAll(this.#opts.devices));
+    this.#resumed = true;
+    this.#downtimeMs = performance.now() - (this.#switchAt || drainedAt);
+    this.#reply({ type: 'running', resumeMs: performance.now() - t, drainMs: drainedAt - (this.#switchAt || drainedAt) });
+  }
+
+  #summary(): MigrationSummary {
+    this.#setPhase('complete');
+    const durationMs = performance.now() - this.#t0;
+    const bytes = this.#devs.reduce((s, d) => s + d.bytes, 0);
+    const wireBytes = this.#decoder?.bytesIn ?? 0;
+    const devices: DeviceSummary[] = this.#devs.map((d) => ({ bytes: d.bytes, precopyBytes: 0, validateMs: d.validateMs, verified: d.verified }));
+    const t = this.#transport as Duplex | null;
+    if (t?.writable === true) t.end();
+    return {
+      ok: true,
+      role: 'destination',
+      verified: this.#devs.every((d) => d.verified === true),
+      bytes,
+      wireBytes,
+      compressionRatio: wireBytes > 0 ? bytes / wireBytes : 1,
+      durationMs,
+      downtimeMs: this.#downtimeMs,
+      predictedDowntimeMs: null,
+      precopyRounds: Math.max(0, ...this.#devs.map((d) => d.rounds)),
+      throughputMBps: throughputMBps(bytes, durationMs),
+      phases: this.#phases,
+      devices,
+    };
+  }
+
+  #reply(msg: ReturnMessage): void {
+    const t = this.#transport as Duplex | null;
+    // A checkpoint file has no return path: a Readable has no `writable`.
+    if (t === null || t.destroyed || t.writable !== true) return;
+    t.write(encodeFrame(msg));
+  }
+
+  #setPhase(phase: MigrationPhase): void {
+    const now = performance.now();
+    this.#phases[this.#phase] = (this.#phases[this.#phase] ?? 0) + (now - this.#phaseAt);
+    this.#phase = phase;
+    this.#phaseAt = now;
+    this.#progress();
+    this.emit('phase', { phase, elapsedMs: now - this.#t0 });
+  }
+
+  #progress(): void {
+    this.#lastProgressAt = performance.now();
+  }
+
+  #emitProgress(): void {
+    if (this.#phase === 'connect' || this.#phase === 'complete') return;
+    this.emit('progress', {
+      phase: this.#phase,
+      bytes: this.#devs.reduce((s, d) => s + d.bytes, 0),
+      wireBytes: this.#decoder?.bytesIn ?? 0,
+      rate: 0,
+      round: Math.max(0, ...this.#devs.map((d) => d.rounds)),
+      predictedDowntimeMs: null,
+      remainingBytes: null,
+      elapsedMs: performance.now() - this.#t0,
+    });
+  }
+
+  /** Reset every device (unless they already run the migrated state) and tell the source. */
+  async #cleanup(e: unknown): Promise<MigError> {
+    const err = asPhaseError(this.#latch.error ?? e, this.#phase);
+    this.#latch.fail(err);
+    if (!this.#validated) {
+      const fromSource = err.message.startsWith('source aborted');
+      if (!fromSource) this.#reply({ type: 'error', code: err.code, message: err.message, phase: (err.phase ?? this.#phase) as MigrationPhase });
+      for (const d of this.#devs) d.stream?.destroy();
+      await resetAll(this.#opts.devices);
+      err.recovery = 'reset';
+    } else {
+      err.recovery = 'none';
+    }
+    this.#decoder?.destroy();
+    const t = this.#transport as Duplex | null;
+    if (t !== null && !t.destroyed) {
+      // Let the error frame leave before the socket closes.
+      if (t.writable === true) t.end();
+      setTimeout(() => t.destroy(), 200).unref();
+    }
+    return err;
+  }
+}
+
+/** Receive a live migration into `opts.devices` from the source at the other end of `opts.transport`. */
+export function receive(opts: ReceiveOptions): DestinationMigration {
+  return new DestinationMigration(opts);
+}

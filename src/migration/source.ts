@@ -1,0 +1,654 @@
+/**
+ * The source side of a live migration: `migrate(opts)`.
+ *
+ * Phases (each failure names the one it happened in):
+ *   connect -> handshake (device table; the destination refuses incompatible devices and answers
+ *   'ready' only once its devices are in RESUMING: no source device has left RUNNING before) ->
+ *   precopy (PRE_COPY streaming under the switchover policy, switchover-ack from the destination,
+ *   re-armed on REINIT) -> switchover (every device to its P2P state, then every device to
+ *   STOP_COPY) -> stop-copy (drain every saving session to its end, send digests, commit) ->
+ *   validate (the destination's RESUMING -> STOP succeeded for every device: 'validated') ->
+ *   resume (the destination is RUNNING: 'running') -> complete.
+ *
+ * Nothing is lost: until 'validated' arrives every failure returns every source device to RUNNING
+ * (P2P-ordered) with its state intact, and tells the destination to reset its devices. After it, the
+ * source devices go STOP_COPY -> STOP, outside the downtime.
+ */
+import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import type { Duplex, Readable, Writable } from 'node:stream';
+import type { TransportOptions } from '../transport/types.js';
+import type { MigrationCore } from '../fsm/core.js';
+import { ErrorCodes, type MigError, migError } from '../fsm/errors.js';
+import { DeviceState } from '../fsm/states.js';
+import type { SavingSession, Session } from '../fsm/types.js';
+import { PrecopyEstimator } from '../streams/estimator.js';
+import { createSavingStream } from '../streams/saving-stream.js';
+import { RecordType, ROUND_FLAG_EMPTY } from '../streams/wire-format.js';
+import {
+  CONTROL_PROTOCOL_VERSION,
+  FrameParser,
+  parseReturnMessage,
+  type ControlFeatures,
+  type ForwardMessage,
+  type MigrationPhase,
+  type ReturnMessage,
+} from './control.js';
+import { FailureLatch, asPhaseError, sleep } from './latch.js';
+import { checkP2PSet, enterP2P, enterStopCopy, hasPrecopy, resumeAll, rollbackAll, stepAll } from './p2p.js';
+import { digestOf, openForward, openTransport, parseCompression, type Compression, type ForwardWriter } from './wire.js';
+import { DefaultSwitchoverPolicy, StepwiseSwitchoverPolicy, policyAbortError, type SwitchoverPolicy } from './policy.js';
+import {
+  throughputMBps,
+  type DecisionEvent,
+  type DeviceSummary,
+  type MigrationEvents,
+  type MigrationSummary,
+  type ProgressEvent,
+} from './summary.js';
+
+export interface MigrateOptions {
+  /** The devices to migrate, in device-table order (the destination lists its devices in the same order). */
+  devices: readonly MigrationCore[];
+  /**
+   * A connected Duplex, or a transport URL (`unix:PATH`, `tcp:HOST:PORT`, `tls:HOST:PORT`, `fd:N`).
+   * A plain Writable (or `file:PATH`) only with `checkpoint`.
+   */
+  transport: Duplex | Writable | string;
+  /** Options for connectTransport() when `transport` is a URL (tls certificates, timeouts). */
+  transportOptions?: TransportOptions;
+  /**
+   * One-way checkpoint (save): no return path, no PRE_COPY; the devices go through STOP_COPY, the
+   * stream ends with their digests, and the devices return to RUNNING afterwards. `save()` sets it.
+   */
+  checkpoint?: boolean;
+  /** Device names for the stream's device table (default dev0, dev1, ...). */
+  names?: readonly string[];
+  /** 'none' (default), 'zstd', 'zstd:LEVEL' or { zstd: LEVEL }. */
+  compression?: Compression;
+  /** Downtime limit given to the policy, ms. Default 300. */
+  downtimeLimitMs?: number;
+  /** A SwitchoverPolicy object, or 'default' / 'stepwise'. */
+  policy?: PolicyChoice;
+  /** Bandwidth cap on the wire bytes, bytes per second (0 or absent: none). */
+  bandwidth?: number;
+  signal?: AbortSignal;
+  /** Fail with VFIO_MIG_ERR_STALLED after this long without progress, ms. Default 15000. */
+  stallTimeoutMs?: number;
+  /** Migrate a multi-device set although a device lacks P2P (its DMA into a stopped peer is not quiesced). */
+  acceptP2PRisk?: boolean;
+  /** Use PRE_COPY on devices that support it. Default true. */
+  precopy?: boolean;
+  /** Policy and progress period in PRE_COPY, ms. Default 100. */
+  tickMs?: number;
+  /** Progress event period outside PRE_COPY, ms. Default 250. */
+  progressMs?: number;
+  /** Bytes per device read (and per DATA record). Default 256 KiB. */
+  chunkSize?: number;
+}
+
+/** A policy object, or the name of a built-in one ('stepwise' raises the limit up to 4x). */
+export type PolicyChoice = SwitchoverPolicy | 'default' | 'stepwise';
+
+export function resolvePolicy(p: PolicyChoice | undefined, limitMs: number): SwitchoverPolicy {
+  if (p === undefined || p === 'default') return new DefaultSwitchoverPolicy();
+  if (p === 'stepwise') return new StepwiseSwitchoverPolicy({ maxLimitMs: 4 * limitMs });
+  if (typeof p === 'object' && p !== null && typeof p.decide === 'function') return p;
+  throw migError(ErrorCodes.USAGE, `unknown policy ${String(p)}: expected 'default', 'stepwise' or a SwitchoverPolicy`);
+}
+
+/**
+ * Device read size. Smaller than the streams' 1 MiB default: the estimator samples the generation
+ * and wire rates per read, and a small state needs a few dozen samples for a tight band.
+ */
+const DEFAULT_CHUNK = 256 * 1024;
+/** Device reads are batched into generation-rate samples of at least this much read time. */
+const GEN_SAMPLE_MS = 2;
+/** Reads and wire batches smaller than this are counted but not used as rate samples. */
+const MIN_SAMPLE_BYTES = 64 * 1024;
+
+const FEATURES: ControlFeatures = { switchoverAck: true, digest: true };
+
+interface DeviceRun {
+  core: MigrationCore;
+  session: SavingSession | null;
+  stream: Readable | null;
+  pump: Promise<void> | null;
+  bytes: number;
+  precopyBytes: number;
+  rounds: number;
+  precopy: boolean;
+}
+
+/** A running source migration: events while it runs, `done` for its summary. */
+export class SourceMigration extends EventEmitter<MigrationEvents> {
+  /** Resolves with the summary; rejects with a MigError naming the phase (`phase`, `code`, `cause`). */
+  readonly done: Promise<MigrationSummary>;
+  #phase: MigrationPhase;
+  readonly #opts: MigrateOptions;
+  readonly #latch: FailureLatch;
+  readonly #devs: DeviceRun[];
+  readonly #est: PrecopyEstimator;
+  #transport: Duplex | Writable | null;
+  #w: ForwardWriter | null;
+  #waiters: { type: ReturnMessage['type']; resolve: (m: ReturnMessage) => void }[];
+  #received: ReturnMessage[];
+  #t0: number;
+  #phaseAt: number;
+  #phases: Partial<Record<MigrationPhase, number>>;
+  #lastProgressAt: number;
+  #validated: boolean;
+  /** The destination reported its devices RUNNING. */
+  #running: boolean;
+  #switching: boolean;
+  #predicted: number | null;
+  #downStart: number;
+  #lastRateAt: number;
+  #lastRateBytes: number;
+  #rate: number;
+
+  constructor(opts: MigrateOptions) {
+    super();
+    this.#opts = opts;
+    this.#phase = 'connect';
+    this.#latch = new FailureLatch();
+    this.#devs = opts.devices.map((core) => ({
+      core,
+      session: null,
+      stream: null,
+      pump: null,
+      bytes: 0,
+      precopyBytes: 0,
+      rounds: 0,
+      precopy: opts.precopy !== false && hasPrecopy(core),
+    }));
+    this.#est = new PrecopyEstimator({ devices: Math.max(1, opts.devices.length) });
+    this.#transport = null;
+    this.#w = null;
+    this.#waiters = [];
+    this.#received = [];
+    this.#t0 = performance.now();
+    this.#phaseAt = this.#t0;
+    this.#phases = {};
+    this.#lastProgressAt = this.#t0;
+    this.#validated = false;
+    this.#running = false;
+    this.#switching = false;
+    this.#predicted = null;
+    this.#downStart = 0;
+    this.#lastRateAt = this.#t0;
+    this.#lastRateBytes = 0;
+    this.#rate = 0;
+    this.done = this.#run();
+    // The caller observes `done`; keep an ignored copy from counting as unhandled meanwhile.
+    this.done.catch(() => {});
+  }
+
+  get phase(): MigrationPhase {
+    return this.#phase;
+  }
+
+  /** Abort the migration (as the AbortSignal does): devices go back to RUNNING if not yet committed. */
+  abort(reason = 'aborted by the caller'): void {
+    this.#latch.fail(migError(ErrorCodes.ABORTED, reason, { phase: this.#phase }));
+  }
+
+  // ---- the run ---------------------------------------------------------------------------------
+
+  async #run(): Promise<MigrationSummary> {
+    const opts = this.#opts;
+    const stallMs = opts.stallTimeoutMs ?? 15_000;
+    const onAbort = () => this.abort(`aborted: ${String(opts.signal?.reason ?? 'AbortSignal')}`);
+    const stallTimer = setInterval(() => {
+      if (performance.now() - this.#lastProgressAt > stallMs) {
+        this.#latch.fail(migError(ErrorCodes.STALLED, `no progress for ${stallMs} ms in phase ${this.#phase}`, { phase: this.#phase, detail: { stallTimeoutMs: stallMs } }));
+      }
+    }, Math.min(250, Math.max(10, stallMs / 4)));
+    // PRE_COPY reports progress on its own ticks; the other phases on this timer.
+    const progressTimer = setInterval(() => {
+      if (this.#phase !== 'precopy' && this.#phase !== 'connect') this.#emitProgress(this.#predicted, null);
+    }, opts.progressMs ?? 250);
+    try {
+      if (opts.devices.length === 0) throw migError(ErrorCodes.USAGE, 'migrate: no devices');
+      if (opts.signal?.aborted) onAbort();
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      checkP2PSet(opts.devices, opts.acceptP2PRisk === true);
+      const compression = parseCompression(opts.compression ?? 'none');
+      const limitMs = opts.downtimeLimitMs ?? 300;
+      if (!(limitMs > 0)) throw migError(ErrorCodes.USAGE, `downtimeLimitMs must be positive, got ${limitMs}`);
+      const policy = resolvePolicy(opts.policy, limitMs);
+      policy.reset?.();
+      this.#latch.check();
+
+      const checkpoint = opts.checkpoint === true;
+      this.#transport = await this.#latch.guard(openTransport(opts.transport, opts.transportOptions));
+      this.#watchTransport(this.#transport, checkpoint);
+      this.#progress();
+
+      this.#setPhase('handshake');
+      const identities = opts.devices.map((c) => c.identity());
+      this.#w = openForward(this.#transport, {
+        devices: identities.map((identity, i) => ({ name: opts.names?.[i] ?? `dev${i}`, identity })),
+        compression,
+        bandwidth: opts.bandwidth ?? 0,
+        onWire: (wire, raw, durationMs) => {
+          if (durationMs !== undefined && wire >= MIN_SAMPLE_BYTES) this.#est.recordWire(wire, raw, { durationMs });
+          else this.#unsampled(() => this.#est.recordWire(wire, raw));
+          this.#progress();
+        },
+      }, (err) => this.#latch.fail(asPhaseError(err, this.#phase)));
+      await this.#send({
+        type: 'hello',
+        version: CONTROL_PROTOCOL_VERSION,
+        features: FEATURES,
+        devices: identities,
+        precopy: this.#devs.map((d) => d.precopy),
+      });
+      if (!checkpoint) {
+        const reply = await this.#expect('ready', 'refuse');
+        if (reply.type === 'refuse') {
+          throw migError(reply.code, `destination refused: ${reply.message}`, { phase: 'handshake', device: reply.device });
+        }
+      }
+
+      // Devices without PRE_COPY have no PRE_COPY data: their counters are 0 from the start.
+      for (let i = 0; i < this.#devs.length; i++) if (!this.#devs[i].precopy) this.#est.recordEmpty(i);
+      this.#est.on('initial-sent', (e) => {
+        if (e.all) this.#sendSoon({ type: 'initial-sent', epoch: e.epoch });
+      });
+      this.#est.on('reinit', (e) => this.#sendSoon({ type: 'reinit', device: e.device, epoch: e.epoch }));
+      this.#est.on('query-failed', (e) => {
+        this.emit('decision', { action: 'continue', reason: 'query-failed', message: e.error.message, numbers: { device: e.device, consecutive: e.consecutive } });
+      });
+
+      if (!checkpoint && this.#devs.some((d) => d.precopy)) {
+        this.#setPhase('precopy');
+        await this.#precopy(policy, limitMs);
+      }
+
+      this.#setPhase('switchover');
+      this.#switching = true;
+      this.#downStart = performance.now();
+      await this.#send({ type: 'switchover' });
+      const cores = opts.devices;
+      const tStop = performance.now();
+      await this.#latch.guard(enterP2P(cores));
+      await this.#latch.guard(enterStopCopy(cores));
+      this.#est.recordFixedCost('enterStopCopy', performance.now() - tStop);
+
+      this.#setPhase('stop-copy');
+      for (let i = 0; i < this.#devs.length; i++) {
+        const d = this.#devs[i];
+        if (d.pump === null) this.#startPump(i, this.#savingSession(d.core, null));
+      }
+      await this.#latch.guard(Promise.all(this.#devs.map((d) => d.pump)));
+      for (let i = 0; i < this.#devs.length; i++) {
+        const digest = await this.#latch.guard(digestOf(this.#devs[i].core));
+        if (digest !== null) await this.#send({ type: 'digest', device: i, digest });
+      }
+      await this.#send({ type: 'commit' });
+      if (checkpoint) return await this.#finishCheckpoint();
+
+      this.#setPhase('validate');
+      const validated = await this.#expect('validated');
+      if (validated.type !== 'validated') throw migError(ErrorCodes.PROTOCOL, 'expected validated');
+      this.#validated = true;
+      // The destination holds the state now: the source may leave STOP_COPY (outside the downtime).
+      const toStop = stepAll(cores, () => DeviceState.STOP);
+      toStop.catch(() => {});
+
+      this.#setPhase('resume');
+      const running = await this.#expect('running');
+      const downtimeMs = performance.now() - this.#downStart;
+      if (running.type !== 'running') throw migError(ErrorCodes.PROTOCOL, 'expected running');
+      this.#running = true;
+      await this.#latch.guard(toStop);
+      // The destination runs the devices: a transport that fails now loses nothing.
+      await this.#w.finish(this.#devs.reduce((s, d) => s + d.bytes, 0)).catch(() => {});
+      this.#setPhase('complete');
+
+      const durationMs = performance.now() - this.#t0;
+      const bytes = this.#devs.reduce((s, d) => s + d.bytes, 0);
+      const wireBytes = this.#w.wireBytes;
+      const devices: DeviceSummary[] = this.#devs.map((d, i) => ({
+        bytes: d.bytes,
+        precopyBytes: d.precopyBytes,
+        validateMs: validated.validateMs[i] ?? null,
+        verified: validated.verified,
+      }));
+      this.#transport.end();
+      return {
+        ok: true,
+        role: 'source',
+        verified: validated.verified,
+        bytes,
+        wireBytes,
+        compressionRatio: wireBytes > 0 ? bytes / wireBytes : 1,
+        durationMs,
+        downtimeMs,
+        predictedDowntimeMs: this.#predicted,
+        precopyRounds: Math.max(0, ...this.#devs.map((d) => d.rounds)),
+        throughputMBps: throughputMBps(bytes, durationMs),
+        phases: this.#phases,
+        devices,
+      };
+    } catch (e) {
+      throw await this.#rollback(e);
+    } finally {
+      clearInterval(stallTimer);
+      clearInterval(progressTimer);
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Checkpoint: the stream is complete on its medium, then the devices run again. */
+  async #finishCheckpoint(): Promise<MigrationSummary> {
+    const w = this.#w as ForwardWriter;
+    const t = this.#transport as Writable;
+    const bytes = this.#devs.reduce((s, d) => s + d.bytes, 0);
+    await this.#latch.guard(w.finish(bytes));
+    const closed = new Promise<void>((resolve, reject) => {
+      t.once('finish', resolve);
+      t.once('error', reject);
+    });
+    t.end();
+    await this.#latch.guard(closed);
+    this.#validated = true; // the checkpoint is written: nothing to roll back any more
+    this.#setPhase('resume');
+    await this.#latch.guard(resumeAll(this.#opts.devices));
+    const downtimeMs = performance.now() - this.#downStart;
+    this.#setPhase('complete');
+    const durationMs = performance.now() - this.#t0;
+    return {
+      ok: true,
+      role: 'source',
+      verified: false,
+      bytes,
+      wireBytes: w.wireBytes,
+      compressionRatio: w.wireBytes > 0 ? bytes / w.wireBytes : 1,
+      durationMs,
+      downtimeMs,
+      predictedDowntimeMs: null,
+      precopyRounds: 0,
+      throughputMBps: throughputMBps(bytes, durationMs),
+      phases: this.#phases,
+      devices: this.#devs.map((d) => ({ bytes: d.bytes, precopyBytes: 0, validateMs: null, verified: null })),
+    };
+  }
+
+  /** PRE_COPY: open every PRE_COPY device's saving session, stream, and ask the policy every tick. */
+  async #precopy(policy: SwitchoverPolicy, limitMs: number): Promise<void> {
+    const tick = this.#opts.tickMs ?? 100;
+    this.#est.restartClock();
+    let lastKey = '';
+    for (let i = 0; i < this.#devs.length; i++) {
+      const d = this.#devs[i];
+      if (!d.precopy) continue;
+      const session = await this.#latch.guard(d.core.setState(DeviceState.PRE_COPY));
+      this.#startPump(i, this.#savingSession(d.core, session));
+    }
+    for (;;) {
+      await this.#latch.guard(this.#query());
+      const snap = this.#est.snapshot();
+      const decision = policy.decide({ ...snap, downtimeLimitMs: limitMs });
+      this.#emitProgress(snap.prediction.valid ? snap.prediction.downtimeMs : null, snap.initialBytes + snap.dirtyBytes);
+      const key = `${decision.action}/${decision.reason}`;
+      if (decision.action !== 'continue' || key !== lastKey) {
+        lastKey = key;
+        this.emit('decision', { action: decision.action, reason: decision.reason, message: decision.message, numbers: decision.numbers } satisfies DecisionEvent);
+      }
+      if (decision.action === 'switchover') {
+        this.#predicted = snap.prediction.downtimeMs;
+        return;
+      }
+      if (decision.action === 'abort') throw policyAbortError(decision, 'precopy');
+      await this.#latch.guard(sleep(tick));
+    }
+  }
+
+  /** Query precopy info and stop-copy size of the devices whose estimator view is due. */
+  async #query(): Promise<void> {
+    await Promise.all(
+      this.#devs.map(async (d, i) => {
+        if (!this.#est.queryDue(i)) return;
+        const s = d.session;
+        if (d.precopy && s !== null && !s.disabled) {
+          try {
+            this.#est.updatePrecopyInfo(await s.precopyInfo(), i);
+          } catch (err) {
+            this.#est.precopyInfoFailed(err, i);
+          }
+        }
+        try {
+          this.#est.updateStopCopySize(await d.core.stopCopySize(), i);
+        } catch (err) {
+          this.#est.stopCopySizeFailed(err, i);
+        }
+      }),
+    );
+  }
+
+  #savingSession(core: MigrationCore, opened: Session | null): SavingSession {
+    const s = opened ?? core.session;
+    if (s === null || s.direction !== 'saving') {
+      throw migError('EIO', 'the device opened no saving session', { state: core.state });
+    }
+    return s;
+  }
+
+  /** Stream one device's saving session into DATA records until its STOP_COPY end of stream. */
+  #startPump(i: number, session: SavingSession): void {
+    const d = this.#devs[i];
+    d.session = session;
+    // The read's own duration samples the device's generation rate (not the gaps between reads).
+    let readMs: number | undefined;
+    const stream = createSavingStream(session, {
+      chunkSize: this.#opts.chunkSize ?? DEFAULT_CHUNK,
+      onRead: (_bytes, ms) => {
+        readMs = ms;
+      },
+    });
+    d.stream = stream;
+    // Generation samples: reads batched until their own durations add up to GEN_SAMPLE_MS. One read
+    // takes a fraction of a millisecond and its timing is mostly event-loop noise.
+    const batch = { bytes: 0, ms: 0 };
+    const flushReads = () => {
+      if (batch.bytes === 0) return;
+      const { bytes, ms } = batch;
+      batch.bytes = 0;
+      batch.ms = 0;
+      if (ms >= GEN_SAMPLE_MS && bytes >= MIN_SAMPLE_BYTES) this.#est.recordRead(bytes, { device: i, durationMs: ms });
+      else this.#unsampled(() => this.#est.recordRead(bytes, { device: i }));
+    };
+    stream.on('precopy-empty', (e: { bytesRead: number; initialBytes?: number; dirtyBytes?: number }) => {
+      flushReads();
+      this.#est.recordEmpty(i);
+      d.rounds++;
+      this.#sendSoon(null, {
+        type: RecordType.ROUND,
+        device: i,
+        round: d.rounds - 1,
+        roundFlags: ROUND_FLAG_EMPTY,
+        bytes: d.bytes,
+        initialBytes: e.initialBytes ?? 0,
+        dirtyBytes: e.dirtyBytes ?? 0,
+      });
+    });
+    const pump = (async () => {
+      const w = this.#w as ForwardWriter;
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        this.#latch.check();
+        // The record is queued before the estimator hears of the read, so an 'initial-sent' control
+        // it may trigger follows the data it speaks of.
+        const accepted = w.data(i, chunk);
+        d.bytes += chunk.length;
+        if (!this.#switching) d.precopyBytes += chunk.length;
+        batch.bytes += chunk.length;
+        batch.ms += readMs ?? 0;
+        readMs = undefined;
+        if (batch.ms >= GEN_SAMPLE_MS) flushReads();
+        this.#progress();
+        await accepted;
+      }
+      flushReads();
+      await w.record({ type: RecordType.DEVICE_END, device: i });
+    })();
+    pump.catch((err) => this.#latch.fail(asPhaseError(err, this.#phase)));
+    d.pump = pump;
+  }
+
+  /**
+   * Count bytes without sampling a rate: a short read or a small control record says nothing about
+   * throughput, and the estimator would otherwise time it against the previous call (a pause).
+   */
+  #unsampled(fn: () => void): void {
+    this.#est.markIdle();
+    fn();
+    this.#est.markIdle();
+  }
+
+  // ---- control -------------------------------------------------------------------------------
+
+  #send(msg: ForwardMessage): Promise<void> {
+    return this.#latch.guard((this.#w as ForwardWriter).control(msg));
+  }
+
+  /** Queue a control message or record from an event handler (order kept; failures go to the latch). */
+  #sendSoon(msg: ForwardMessage | null, record?: Parameters<ForwardWriter['record']>[0]): void {
+    const w = this.#w;
+    if (w === null || this.#latch.error) return;
+    const p = msg ? w.control(msg) : w.record(record as Parameters<ForwardWriter['record']>[0]);
+    p.catch((err: unknown) => this.#latch.fail(asPhaseError(err, this.#phase)));
+  }
+
+  #watchTransport(t: Duplex | Writable, checkpoint: boolean): void {
+    const lost = (err?: unknown) => {
+      if (this.#phase === 'complete' || this.#running || (checkpoint && err === undefined)) return;
+      this.#latch.fail(
+        migError(ErrorCodes.TRANSPORT, `transport to the destination lost in phase ${this.#phase}${err instanceof Error ? `: ${err.message}` : ''}`, {
+          phase: this.#phase,
+          cause: err,
+        }),
+      );
+    };
+    t.on('error', lost);
+    t.on('close', () => lost());
+    if (checkpoint) return;
+    const parser = new FrameParser();
+    t.on('data', (chunk: Buffer) => {
+      let values: unknown[];
+      try {
+        values = parser.push(chunk);
+        for (const v of values) this.#onReturn(parseReturnMessage(v));
+      } catch (err) {
+        this.#latch.fail(asPhaseError(err, this.#phase));
+      }
+    });
+    t.on('end', () => lost());
+  }
+
+  #onReturn(msg: ReturnMessage): void {
+    this.#progress();
+    if (msg.type === 'switchover-ack') {
+      this.#est.acknowledgeSwitchover(msg.epoch);
+      return;
+    }
+    if (msg.type === 'error') {
+      this.#latch.fail(migError(msg.code, `destination failed in phase ${msg.phase}: ${msg.message}`, { phase: msg.phase }));
+      return;
+    }
+    if (msg.type === 'validated') {
+      for (const ms of msg.validateMs) this.#est.recordFixedCost('destValidate', ms);
+    }
+    const i = this.#waiters.findIndex((w) => w.type === msg.type);
+    if (i >= 0) this.#waiters.splice(i, 1)[0].resolve(msg);
+    else this.#received.push(msg);
+  }
+
+  /** Wait for the next return message of one of `types`. */
+  #expect(...types: ReturnMessage['type'][]): Promise<ReturnMessage> {
+    const i = this.#received.findIndex((m) => types.includes(m.type));
+    if (i >= 0) return Promise.resolve(this.#received.splice(i, 1)[0]);
+    return this.#latch.guard(
+      new Promise<ReturnMessage>((resolve) => {
+        for (const type of types) {
+          this.#waiters.push({
+            type,
+            resolve: (m) => {
+              this.#waiters = this.#waiters.filter((w) => !types.includes(w.type));
+              resolve(m);
+            },
+          });
+        }
+      }),
+    );
+  }
+
+  // ---- bookkeeping -------------------------------------------------------------------------
+
+  #setPhase(phase: MigrationPhase): void {
+    const now = performance.now();
+    this.#phases[this.#phase] = (this.#phases[this.#phase] ?? 0) + (now - this.#phaseAt);
+    this.#phase = phase;
+    this.#phaseAt = now;
+    this.#progress();
+    this.emit('phase', { phase, elapsedMs: now - this.#t0 });
+    if (phase !== 'precopy') this.#emitProgress(this.#predicted, null);
+  }
+
+  #progress(): void {
+    this.#lastProgressAt = performance.now();
+  }
+
+  #emitProgress(predicted: number | null, remaining: number | null): void {
+    const now = performance.now();
+    const wireBytes = this.#w?.wireBytes ?? 0;
+    if (now - this.#lastRateAt >= 200) {
+      this.#rate = ((wireBytes - this.#lastRateBytes) * 1000) / (now - this.#lastRateAt);
+      this.#lastRateAt = now;
+      this.#lastRateBytes = wireBytes;
+    }
+    const ev: ProgressEvent = {
+      phase: this.#phase,
+      bytes: this.#devs.reduce((s, d) => s + d.bytes, 0),
+      wireBytes,
+      rate: this.#rate,
+      round: Math.max(0, ...this.#devs.map((d) => d.rounds)) + (this.#phase === 'precopy' ? 1 : 0),
+      predictedDowntimeMs: predicted,
+      remainingBytes: remaining,
+      elapsedMs: now - this.#t0,
+    };
+    this.emit('progress', ev);
+  }
+
+  /** Undo everything: source devices back to RUNNING, the destination told to reset, the error named. */
+  async #rollback(e: unknown): Promise<MigError> {
+    const err = asPhaseError(this.#latch.error ?? e, this.#phase);
+    this.#latch.fail(err);
+    const phase = (err.phase ?? this.#phase) as MigrationPhase;
+    if (!this.#validated) {
+      const w = this.#w;
+      if (w !== null && this.#transport !== null && !this.#transport.destroyed) {
+        // Best effort: a destination that still listens resets at once instead of at transport loss.
+        await Promise.race([w.control({ type: 'abort', code: err.code, message: err.message, phase }).catch(() => {}), sleep(200)]);
+      }
+      for (const d of this.#devs) d.stream?.destroy();
+      const outcome = await rollbackAll(this.#opts.devices);
+      const failed = outcome.filter((o) => o.error !== undefined);
+      err.recovery = failed.length === 0 ? 'recovered' : 'failed';
+      err.detail = { ...err.detail, rollback: outcome.map((o) => ({ device: o.device, state: o.state, error: o.error instanceof Error ? o.error.message : undefined })) };
+    } else {
+      err.recovery = 'none';
+    }
+    await Promise.allSettled(this.#devs.map((d) => d.pump));
+    this.#w?.destroy();
+    this.#transport?.destroy();
+    return err;
+  }
+}
+
+/** Start a live migration of `opts.devices` to the destination at the other end of `opts.transport`. */
+export function migrate(opts: MigrateOptions): SourceMigration {
+  return new SourceMigration(opts);
+}
+

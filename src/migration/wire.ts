@@ -1,0 +1,192 @@
+/**
+ * The orchestrator's use of the data path: the forward record stream onto a transport (encoder,
+ * optional bandwidth cap, wire accounting), compression options, transports given as URLs, and the
+ * device digests used for verification.
+ */
+import { once } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import os from 'node:os';
+import type { Duplex, Readable, Writable } from 'node:stream';
+import type { TransportOptions } from '../transport/types.js';
+import type { MigrationCore } from '../fsm/core.js';
+import { ErrorCodes, migError } from '../fsm/errors.js';
+import { RecordEncoder } from '../streams/record-encoder.js';
+import { DEFAULT_ZSTD_LEVEL } from '../streams/compression-pool.js';
+import { RecordType, type RecordInput, type WireDevice } from '../streams/wire-format.js';
+import { connectTransport } from '../transport/index.js';
+import { createBandwidthLimiter } from './policy.js';
+import type { ForwardMessage } from './control.js';
+
+/** Wire samples are taken over at least this long. */
+const SAMPLE_MS = 20;
+/** A pause this long between chunks ends a busy streak. */
+const IDLE_MS = 20;
+
+/** 'none', 'zstd', 'zstd:LEVEL', or { zstd: LEVEL }. */
+export type Compression = 'none' | 'zstd' | `zstd:${number}` | { zstd: number } | string;
+
+/** The zstd level, or false for no compression. Throws VFIO_MIG_ERR_USAGE on anything else. */
+export function parseCompression(c: Compression): number | false {
+  if (typeof c === 'object' && c !== null) {
+    if (!Number.isInteger(c.zstd)) throw migError(ErrorCodes.USAGE, `bad zstd level ${String(c.zstd)}`);
+    return c.zstd;
+  }
+  if (c === 'none' || c === '') return false;
+  if (c === 'zstd') return DEFAULT_ZSTD_LEVEL;
+  const m = /^zstd:(-?\d+)$/.exec(c);
+  if (m) {
+    const level = Number(m[1]);
+    if (level < -7 || level > 19) throw migError(ErrorCodes.USAGE, `zstd level ${level} is outside -7..19`);
+    return level;
+  }
+  throw migError(ErrorCodes.USAGE, `unknown compression '${c}': expected none, zstd or zstd:LEVEL`);
+}
+
+/** A connected Duplex for a URL, or the caller's stream as is. */
+export async function openTransport<T extends Duplex | Writable>(t: T | string, opts: TransportOptions = {}): Promise<T | Duplex> {
+  if (typeof t !== 'string') return t;
+  return connectTransport(t, opts);
+}
+
+/** The device's state digest when its driver offers one (SimDevice, MttyDevice, HostedDevice), else null. */
+export async function digestOf(core: MigrationCore): Promise<string | null> {
+  const d = core.driver as { digest?: () => string | Promise<string> };
+  return typeof d.digest === 'function' ? await d.digest() : null;
+}
+
+export interface ForwardOptions {
+  devices: WireDevice[];
+  compression: number | false;
+  /** Bytes per second on the wire; 0 = no cap. */
+  bandwidth: number;
+  /**
+   * Called as wire bytes leave for the transport, with the raw device bytes they carried
+   * (approximately) and, for samples of a busy streak, the milliseconds they took.
+   */
+  onWire?: (wireBytes: number, rawBytes: number, durationMs: number | undefined) => void;
+  /** Digest algorithm of DEVICE_END records (the decoder verifies). Default 'sha256'. */
+  digest?: string | null;
+}
+
+/** The forward record stream of one migration. */
+export interface ForwardWriter {
+  /** Queue a DATA record; resolves when the encoder accepted it (backpressure). */
+  data(device: number, payload: Buffer): Promise<void>;
+  /** Queue a CONTROL record. */
+  control(msg: ForwardMessage): Promise<void>;
+  /** Queue any record. */
+  record(rec: RecordInput): Promise<void>;
+  /** STREAM_END, then wait until every byte was handed to the transport (which stays open). */
+  finish(totalBytes: number): Promise<void>;
+  /** Wire bytes handed to the transport so far (stream header included). */
+  readonly wireBytes: number;
+  destroy(): void;
+}
+
+/**
+ * Encoder -> (bandwidth cap) -> transport. The transport is not ended by the stream: its other
+ * direction carries the destination's acknowledgements, and a socket without half-open support
+ * would close both.
+ */
+export function openForward(transport: Writable, opts: ForwardOptions, onError: (err: unknown) => void): ForwardWriter {
+  const enc = new RecordEncoder({
+    devices: opts.devices,
+    sender: { program: 'vfio-mig', host: os.hostname(), pid: process.pid },
+    compression: opts.compression === false ? false : { level: opts.compression },
+    digest: opts.digest === undefined ? 'sha256' : opts.digest,
+    readableHighWaterMark: 8 * 1024 * 1024,
+  });
+  let out: Readable = enc;
+  if (opts.bandwidth > 0) {
+    const limiter = createBandwidthLimiter({ bytesPerSecond: opts.bandwidth });
+    enc.pipe(limiter);
+    limiter.on('error', onError);
+    out = limiter;
+  }
+  enc.on('error', onError);
+  let wireBytes = 0;
+  let rawSeen = 0;
+  // Wire throughput samples: bytes leaving within one busy streak, reported every SAMPLE_MS with
+  // the streak time they took. Single chunks leave in bursts microseconds apart; sampled one by
+  // one their rates would be noise, and an idle pause is not slowness.
+  let acc = 0;
+  let accRaw = 0;
+  let streakAt = -1;
+  let lastAt = -1;
+  const flush = (until: number) => {
+    if (acc > 0) opts.onWire?.(acc, accRaw, streakAt >= 0 && until > streakAt ? until - streakAt : undefined);
+    acc = 0;
+    accRaw = 0;
+  };
+  out.on('data', (chunk: Buffer) => {
+    const now = performance.now();
+    wireBytes += chunk.length;
+    if (lastAt >= 0 && now - lastAt > IDLE_MS) {
+      flush(lastAt);
+      streakAt = now;
+    } else if (streakAt < 0) {
+      streakAt = now;
+    }
+    lastAt = now;
+    acc += chunk.length;
+    accRaw += enc.dataBytes - rawSeen;
+    rawSeen = enc.dataBytes;
+    if (now - streakAt >= SAMPLE_MS) {
+      flush(now);
+      streakAt = now;
+    }
+  });
+  out.pipe(transport, { end: false });
+  let error: unknown = null;
+  enc.once('error', (err) => (error = err));
+
+  const write = (rec: RecordInput): Promise<void> => {
+    if (error !== null) return Promise.reject(error);
+    if (enc.destroyed) return Promise.reject(migError(ErrorCodes.TRANSPORT, 'the forward stream is closed'));
+    if (enc.write(rec)) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const onDrain = () => {
+        enc.off('error', onErr);
+        enc.off('close', onClose);
+        resolve();
+      };
+      const onErr = (err: unknown) => {
+        enc.off('drain', onDrain);
+        enc.off('close', onClose);
+        reject(err);
+      };
+      const onClose = () => {
+        enc.off('drain', onDrain);
+        enc.off('error', onErr);
+        reject(migError(ErrorCodes.TRANSPORT, 'the forward stream closed'));
+      };
+      enc.once('drain', onDrain);
+      enc.once('error', onErr);
+      enc.once('close', onClose);
+    });
+  };
+
+  return {
+    data: (device, payload) => write({ type: RecordType.DATA, device, payload }),
+    control: (message) => write({ type: RecordType.CONTROL, message }),
+    record: write,
+    async finish(totalBytes: number): Promise<void> {
+      await write({ type: RecordType.STREAM_END, bytes: totalBytes });
+      const ended = once(out, 'end');
+      enc.end();
+      await ended;
+      // Every byte is in the transport's queue; wait until it has been handed to the kernel.
+      if (transport.writableLength > 0) {
+        await new Promise<void>((resolve, reject) => transport.write(Buffer.alloc(0), (err) => (err ? reject(err) : resolve())));
+      }
+    },
+    get wireBytes() {
+      return wireBytes;
+    },
+    destroy() {
+      out.unpipe(transport);
+      enc.destroy();
+      if (out !== enc) out.destroy();
+    },
+  };
+}

@@ -1,0 +1,91 @@
+/**
+ * migrate() and receive() in one process over a real unix socket: phases, P2P ordering from the
+ * drivers' arc logs, devices without PRE_COPY, switchover-ack, summaries and events.
+ */
+import { describe, it, expect } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DeviceState } from '../../src/fsm/states.js';
+import { receive } from '../../src/migration/destination.js';
+import { migrate, type MigrateOptions } from '../../src/migration/source.js';
+import type { DecisionEvent } from '../../src/migration/summary.js';
+import { listenTransport } from '../../src/transport/index.js';
+import { MiB, makeSims } from '../e2e/helpers.js';
+
+const S = DeviceState;
+
+async function pairRun(n: number, size: number, flags: (i: number) => number, opts: Partial<MigrateOptions> = {}, dirtyRate = 0) {
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-orch-'));
+  const src = makeSims(n, { size, dirtyRate }, (i) => ({ flags: flags(i) }));
+  const dst = makeSims(n, { size }, (i) => ({ flags: flags(i) }));
+  const listener = await listenTransport(`unix:${join(dir, 'o.sock')}`);
+  try {
+    const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
+    const run = migrate({ devices: src.cores, transport: listener.url, downtimeLimitMs: 1000, ...opts });
+    const decisions: DecisionEvent[] = [];
+    run.on('decision', (d) => decisions.push(d));
+    const [s, d] = await Promise.all([run.done, incoming.done]);
+    return { s, d, src, dst, decisions };
+  } finally {
+    await listener.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('migrate/receive in one process', () => {
+  it('moves one PRE_COPY device with a workload, switchover after the ack, verified', async () => {
+    const { s, d, src, dst, decisions } = await pairRun(1, 16 * MiB, () => 7, { compression: 'zstd' }, 4 * MiB);
+    expect(s.verified).toBe(true);
+    expect(d.verified).toBe(true);
+    expect(s.precopyRounds).toBeGreaterThanOrEqual(1);
+    expect(s.devices[0].precopyBytes).toBeGreaterThanOrEqual(16 * MiB);
+    expect(s.compressionRatio).toBeGreaterThan(1);
+    expect(decisions.at(-1)?.action).toBe('switchover');
+    expect(decisions.some((x) => x.reason === 'within-limit')).toBe(true);
+    expect(dst.sims[0].digest()).toBe(src.sims[0].digest());
+    expect(await dst.cores[0].getState()).toBe(S.RUNNING);
+    expect(await src.cores[0].getState()).toBe(S.STOP);
+    // Source arcs: RUNNING->PRE_COPY, ->PRE_COPY_P2P, ->STOP_COPY, ->STOP.
+    expect(src.arcs.map(([, , to]) => to)).toEqual([S.PRE_COPY, S.PRE_COPY_P2P, S.STOP_COPY, S.STOP]);
+    expect(dst.arcs.map(([, , to]) => to)).toEqual([S.RUNNING_P2P, S.STOP, S.RESUMING, S.STOP, S.RUNNING_P2P, S.RUNNING]);
+    src.close();
+    dst.close();
+  });
+
+  it('many devices: every device reaches its P2P state before any stops, on both sides', async () => {
+    // Device 2 has no PRE_COPY: it goes RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY at switchover.
+    const { s, src, dst } = await pairRun(3, 4 * MiB, (i) => (i === 2 ? 0x3 : 0x7));
+    expect(s.verified).toBe(true);
+    const firstStop = src.arcs.findIndex(([, , to]) => to === S.STOP_COPY || to === S.STOP);
+    const p2p = src.arcs.map(([dev, , to], i) => ({ dev, to, i })).filter((a) => a.to === S.PRE_COPY_P2P || a.to === S.RUNNING_P2P);
+    expect(new Set(p2p.map((a) => a.dev))).toEqual(new Set([0, 1, 2]));
+    expect(Math.max(...p2p.map((a) => a.i))).toBeLessThan(firstStop);
+    expect(src.arcs.filter(([dev]) => dev === 2).map(([, , to]) => to)).toEqual([S.RUNNING_P2P, S.STOP, S.STOP_COPY, S.STOP]);
+    // Destination resume: RUNNING_P2P for all before RUNNING for any.
+    const firstRunning = dst.arcs.findIndex(([, , to]) => to === S.RUNNING);
+    const lastP2P = Math.max(...dst.arcs.map(([, , to], i) => (to === S.RUNNING_P2P ? i : -1)));
+    expect(lastP2P).toBeLessThan(firstRunning);
+    for (let i = 0; i < 3; i++) expect(dst.sims[i].digest()).toBe(src.sims[i].digest());
+    src.close();
+    dst.close();
+  });
+
+  it('a set with a device lacking P2P is refused unless the risk is accepted', async () => {
+    await expect(pairRun(2, 4 * MiB, (i) => (i === 1 ? 0x5 : 0x7))).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_INCOMPATIBLE', device: 1 });
+    const { s, src, dst } = await pairRun(2, 4 * MiB, (i) => (i === 1 ? 0x5 : 0x7), { acceptP2PRisk: true });
+    expect(s.verified).toBe(true);
+    src.close();
+    dst.close();
+  });
+
+  it('STOP_COPY-only devices migrate without PRE_COPY', async () => {
+    const { s, src, dst } = await pairRun(1, 4 * MiB, () => 0x1);
+    expect(s.verified).toBe(true);
+    expect(s.precopyRounds).toBe(0);
+    expect(s.predictedDowntimeMs).toBeNull();
+    expect(src.arcs.map(([, , to]) => to)).toEqual([S.STOP, S.STOP_COPY, S.STOP]);
+    src.close();
+    dst.close();
+  });
+});
