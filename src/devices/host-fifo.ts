@@ -139,6 +139,7 @@ class FifoSaving implements ExportedSession {
   #waiter = new Waiter();
   /** The chunk taken from the device and not yet fully in the pipe, split by precopy class. */
   #current: { n: number; initial: number; dirty: number; handed: boolean } | null = null;
+  #buf: Buffer | null = null;
 
   constructor(path: string, session: SavingSession, hooks: SessionHooks, chunkSize: number) {
     this.path = path;
@@ -212,7 +213,9 @@ class FifoSaving implements ExportedSession {
           initialBefore = 0;
         }
       }
-      const buf = Buffer.allocUnsafe(this.#chunkSize);
+      // One buffer for the whole session: the next read starts only after the previous chunk's
+      // write callback, when libuv no longer needs it.
+      const buf = (this.#buf ??= Buffer.allocUnsafe(this.#chunkSize));
       let n: number;
       try {
         n = await this.#session.read(buf);
@@ -302,7 +305,9 @@ class FifoResuming implements ExportedSession {
       readable: true,
       writable: false,
       onread: {
-        buffer: () => Buffer.allocUnsafe(this.#chunkSize),
+        // One buffer, reused: reading is stopped (the callback returns false) until the device
+        // took the chunk, so libuv never reads into it while the device still needs it.
+        buffer: Buffer.allocUnsafe(this.#chunkSize),
         callback: (n: number, buf: Uint8Array) => this.#onData(Buffer.from(buf.buffer, buf.byteOffset, n)),
       },
     } as ConstructorParameters<typeof Socket>[0]);
