@@ -157,6 +157,8 @@ export class FuseSessionFile extends EventEmitter {
   #linked = true;
   #opens = 0;
   #queue: Req[] = [];
+  /** The read or write being answered now. */
+  #current: Req | null = null;
   #busy = false;
   /** A STOP_COPY end was handed out: later 0s need no confirmation. */
   #ended = false;
@@ -203,6 +205,8 @@ export class FuseSessionFile extends EventEmitter {
     if (this.#state === F_CLOSED) return;
     this.#state = F_CLOSED;
     for (const r of this.#queue.splice(0)) this.#bridge._reply(r, -ERRNO.ENODEV);
+    // A reader waiting for data wakes to ENODEV, as a disabled kernel fd wakes its sleepers.
+    this.#current?.wake?.();
     this.#watchWake?.();
     this.#bridge._wake(this.sid);
     void this.unlink();
@@ -230,6 +234,7 @@ export class FuseSessionFile extends EventEmitter {
 
   _released(): void {
     if (this.#opens > 0) this.#opens--;
+    if (this.#opens === 0) this.#watchWake?.();
     this.emit('release');
   }
 
@@ -262,12 +267,14 @@ export class FuseSessionFile extends EventEmitter {
     this.#busy = true;
     while (this.#queue.length > 0) {
       const r = this.#queue.shift() as Req;
+      this.#current = r;
       try {
         if (r.op === OP_READ) await this.#read(r);
         else await this.#write(r);
       } catch (err) {
         this.#bridge._reply(r, -errnoOf(err));
       }
+      this.#current = null;
     }
     this.#busy = false;
     for (const w of this.#idleWaiters.splice(0)) w();
@@ -412,7 +419,8 @@ export class FuseSessionFile extends EventEmitter {
     this.#watching = true;
     let backoff = WAIT_MIN_MS;
     try {
-      while (this.#state === F_SERVING) {
+      // Nobody left to wake (every fd closed): stop; the next poll starts a new watch.
+      while (this.#state === F_SERVING && this.#opens > 0) {
         await new Promise<void>((res) => {
           const timer = setTimeout(() => done(), backoff);
           const done = (): void => {

@@ -237,6 +237,12 @@ describe.skipIf(!FUSE.ok)('FUSE data fds: a SimDevice served by an in-process br
       ready = true;
       expect(await pending).toBe(100);
       expect(await readOutcome(nb.fd, Buffer.alloc(100))).toBe(100);
+      // A reader waiting for data when the file is closed (disabled) wakes to ENODEV.
+      ready = false;
+      const waiting = readOutcome(bl.fd, Buffer.alloc(100));
+      await sleep(30);
+      f.close();
+      expect(await waiting).toBe(ENODEV);
     } finally {
       await nb.close();
       await bl.close();
