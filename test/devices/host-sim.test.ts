@@ -109,8 +109,10 @@ describe('device host: SimDevice', () => {
     await once(sock, 'end');
     expect(ss.eofError()).toMatchObject({ code: 'ENODEV' });
     expect(ss.disabled).toBe(true);
-    expect(bytes).toBeGreaterThanOrEqual(1 << 20);
-    expect(bytes).toBeLessThan(8 << 20);
+    // The device handed out 1 MiB before it reset; what had not reached the pipe by then is gone,
+    // as a kernel data fd returns ENODEV however much the driver had buffered.
+    expect(bytes).toBeGreaterThan(0);
+    expect(bytes).toBeLessThanOrEqual((1 << 20) + (128 << 10));
     await waitFor(() => resets.length === 1);
     expect(core.state).toBe(S.RUNNING);
     expect(core.session).toBeNull();
