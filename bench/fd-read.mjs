@@ -1,0 +1,153 @@
+// Question: how fast do the project's fd readers read a pipe, against `dd` reading the same pipe?
+//
+// The producer is always `dd if=/dev/zero bs=1M` writing a FIFO (a FIFO is a pipe with a name: same
+// kernel code, default 64 KiB capacity), so every reader sees the same data source:
+// - fd-read         createFdSource(fd) (epoll: net.Socket + reused onread buffer), drained by
+//                   stream.pipeline into a null Writable.            Baseline: dd of=/dev/null bs=1M.
+// - fd-read-saving  createSavingStream over an fd-backed session on the FIFO (private reopen).
+// - fd-read-fs      createFdSource(fd, { io: 'fs' }): the threadpool fs.read path (char devices).
+// - fd-read-naive   fs.createReadStream(null, { fd, highWaterMark: 1 MiB }): the naive approach.
+// Each run is timed from spawning the producer to the reader's end; medians over the runs, runs
+// interleaved so drift hits every variant alike, after one untimed warm-up run of each. RSS is this process's maxRSS.
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createFdSource, createSavingStream } from '../dist/index.js';
+import { MiB, GiB, mbps, median, result } from './lib.mjs';
+
+export const names = ['fd-read', 'fd-read-saving', 'fd-read-fs', 'fd-read-naive'];
+
+function nullSink() {
+  return new Writable({ highWaterMark: MiB, write: (_c, _e, cb) => cb() });
+}
+
+function producer(fifo, count) {
+  const child = spawn('dd', ['if=/dev/zero', `of=${fifo}`, 'bs=1M', `count=${count}`, 'status=none'], { stdio: 'ignore' });
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => (code === 0 ? resolve() : reject(new Error(`dd producer exited ${code}`))));
+  });
+}
+
+async function timed(fifo, count, read) {
+  const t0 = performance.now();
+  const produced = producer(fifo, count);
+  const bytes = await read();
+  const ms = performance.now() - t0;
+  await produced;
+  if (bytes !== count * MiB) throw new Error(`read ${bytes} bytes, expected ${count * MiB}`);
+  return { ms, bytes };
+}
+
+const variants = {
+  async 'fd-read'(fifo, count) {
+    const fd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    return timed(fifo, count, async () => {
+      const src = createFdSource(fd);
+      await pipeline(src, nullSink());
+      return src.bytesRead;
+    });
+  },
+  async 'fd-read-saving'(fifo, count) {
+    const fd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    const session = {
+      id: 1,
+      direction: 'saving',
+      fd,
+      disabled: false,
+      read: () => Promise.reject(new Error('unused')),
+      precopyInfo: () => Promise.reject(Object.assign(new Error('EINVAL'), { code: 'EINVAL' })),
+      disable() {},
+      close: () => fs.closeSync(fd),
+    };
+    try {
+      return await timed(fifo, count, async () => {
+        const src = createSavingStream(session);
+        await pipeline(src, nullSink());
+        return src.bytesRead;
+      });
+    } finally {
+      session.close();
+    }
+  },
+  async 'fd-read-fs'(fifo, count) {
+    return timed(fifo, count, async () => {
+      // Blocking open (the fs path must not see EAGAIN): waits for the producer's open.
+      const fd = await openBlocking(fifo);
+      const src = createFdSource(fd, { io: 'fs' });
+      await pipeline(src, nullSink());
+      return src.bytesRead;
+    });
+  },
+  async 'fd-read-naive'(fifo, count) {
+    return timed(fifo, count, async () => {
+      const fd = await openBlocking(fifo);
+      let bytes = 0;
+      const rs = fs.createReadStream(null, { fd, highWaterMark: MiB });
+      rs.on('data', (c) => (bytes += c.length));
+      await pipeline(rs, nullSink());
+      return bytes;
+    });
+  },
+};
+
+/** fs.open on the threadpool (a blocking FIFO open waits for the writer). */
+function openBlocking(fifo) {
+  return new Promise((resolve, reject) => fs.open(fifo, 'r', (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
+async function ddBaseline(fifo, count) {
+  const t0 = performance.now();
+  const child = spawn(
+    'sh',
+    ['-c', `dd if=/dev/zero of="${fifo}" bs=1M count=${count} status=none & dd if="${fifo}" of=/dev/null bs=1M status=none; wait`],
+    { stdio: 'ignore' },
+  );
+  const code = await new Promise((res, rej) => {
+    child.once('error', rej);
+    child.once('close', res);
+  });
+  if (code !== 0) throw new Error(`dd baseline exited ${code}`);
+  return { ms: performance.now() - t0, bytes: count * MiB };
+}
+
+export default async function run({ quick, log = () => {} }) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-mig-bench-'));
+  const fifo = path.join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
+  const size = quick ? 256 * MiB : 2 * GiB;
+  const count = size / MiB;
+  const runs = quick ? 3 : 5;
+  const samples = { dd: [] };
+  for (const name of Object.keys(variants)) samples[name] = [];
+  try {
+    // Warm-up (untimed): JIT, the pipe's pages, the allocator's first mappings.
+    for (const fn of Object.values(variants)) await fn(fifo, 64);
+    for (let i = 0; i < runs; i++) {
+      samples.dd.push(await ddBaseline(fifo, count));
+      for (const [name, fn] of Object.entries(variants)) samples[name].push(await fn(fifo, count));
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const rate = (list) => median(list.map((s) => mbps(s.bytes, s.ms)));
+  const dd = rate(samples.dd);
+  const rssMB = Math.round(process.resourceUsage().maxRSS / 1024);
+  log(`${count} MiB of zeros from dd bs=1M through a FIFO (64 KiB pipe), ${runs} runs each, medians; maxRSS of this process ${rssMB} MB`);
+  const rows = [];
+  for (const name of Object.keys(variants)) {
+    rows.push(
+      result(name, rate(samples[name]), 'MB/s', 'dd of=/dev/null bs=1M on the same pipe', dd, {
+        bytes: size,
+        runs,
+        ms: samples[name].map((s) => Math.round(s.ms)),
+        ddMs: samples.dd.map((s) => Math.round(s.ms)),
+        maxRssMB: rssMB,
+      }),
+    );
+  }
+  return rows;
+}

@@ -1,0 +1,139 @@
+// Question: how fast do the project's fd writers write a pipe, against `dd` writing the same pipe?
+//
+// The consumer is always `dd if=FIFO of=/dev/null bs=1M` (a FIFO is a pipe with a name: same kernel
+// code, default 64 KiB capacity); every writer sends the same bytes (zeros, 1 MiB chunks of one
+// reused buffer: the sinks never hold a chunk past its callback):
+// - fd-write           createFdSink(fd) (epoll: net.Socket), fed by stream.pipeline.
+//                      Baseline: dd if=/dev/zero bs=1M writing the same FIFO.
+// - fd-write-resuming  createResumingStream over an fd-backed session on the FIFO (private reopen).
+// - fd-write-fs        createFdSink(fd, { io: 'fs' }): the threadpool fs.write path (char devices).
+// - fd-write-naive     fs.createWriteStream(null, { fd, highWaterMark: 1 MiB }).
+// Each run is timed from spawning the consumer until it exits; medians over the runs, interleaved,
+// after one untimed warm-up run of each. RSS is this process's maxRSS.
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createFdSink, createResumingStream } from '../dist/index.js';
+import { MiB, GiB, mbps, median, result } from './lib.mjs';
+
+export const names = ['fd-write', 'fd-write-resuming', 'fd-write-fs', 'fd-write-naive'];
+
+const ZEROS = Buffer.alloc(MiB);
+
+function zeros(count) {
+  let left = count;
+  return new Readable({
+    highWaterMark: 2 * MiB,
+    read() {
+      while (left > 0) {
+        left--;
+        if (!this.push(ZEROS)) return;
+      }
+      this.push(null);
+    },
+  });
+}
+
+function consumer(fifo) {
+  const child = spawn('dd', [`if=${fifo}`, 'of=/dev/null', 'bs=1M'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (s) => (err += s));
+  const done = new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => {
+      const m = /^(\d+) bytes/m.exec(err);
+      if (code !== 0) reject(new Error(`dd consumer exited ${code}: ${err.trim()}`));
+      else resolve(m ? Number(m[1]) : NaN);
+    });
+  });
+  return done;
+}
+
+/** Blocking open of the write end on the threadpool: waits for the consumer's open. */
+function openWriter(fifo) {
+  return new Promise((resolve, reject) => fs.open(fifo, 'w', (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
+async function timed(fifo, count, write) {
+  const t0 = performance.now();
+  const consumed = consumer(fifo);
+  const fd = await openWriter(fifo);
+  await write(fd);
+  const bytes = await consumed;
+  const ms = performance.now() - t0;
+  if (bytes !== count * MiB) throw new Error(`consumer read ${bytes} bytes, expected ${count * MiB}`);
+  return { ms, bytes };
+}
+
+const variants = {
+  'fd-write': (fifo, count) => timed(fifo, count, (fd) => pipeline(zeros(count), createFdSink(fd))),
+  'fd-write-resuming': (fifo, count) =>
+    timed(fifo, count, async (fd) => {
+      const session = {
+        id: 2,
+        direction: 'resuming',
+        fd,
+        disabled: false,
+        write: () => Promise.reject(new Error('unused')),
+        disable() {},
+        close: () => fs.closeSync(fd),
+      };
+      await pipeline(zeros(count), createResumingStream(session));
+      session.close(); // the session's fd: closing it gives the consumer EOF
+    }),
+  'fd-write-fs': (fifo, count) => timed(fifo, count, (fd) => pipeline(zeros(count), createFdSink(fd, { io: 'fs' }))),
+  'fd-write-naive': (fifo, count) =>
+    timed(fifo, count, (fd) => pipeline(zeros(count), fs.createWriteStream(null, { fd, highWaterMark: MiB }))),
+};
+
+async function ddBaseline(fifo, count) {
+  const t0 = performance.now();
+  const child = spawn(
+    'sh',
+    ['-c', `dd if="${fifo}" of=/dev/null bs=1M status=none & dd if=/dev/zero of="${fifo}" bs=1M count=${count} status=none; wait`],
+    { stdio: 'ignore' },
+  );
+  const code = await new Promise((res, rej) => {
+    child.once('error', rej);
+    child.once('close', res);
+  });
+  if (code !== 0) throw new Error(`dd baseline exited ${code}`);
+  return { ms: performance.now() - t0, bytes: count * MiB };
+}
+
+export default async function run({ quick, log = () => {} }) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-mig-bench-'));
+  const fifo = path.join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
+  const size = quick ? 256 * MiB : 2 * GiB;
+  const count = size / MiB;
+  const runs = quick ? 3 : 5;
+  const samples = { dd: [] };
+  for (const name of Object.keys(variants)) samples[name] = [];
+  try {
+    for (const fn of Object.values(variants)) await fn(fifo, 64);
+    for (let i = 0; i < runs; i++) {
+      samples.dd.push(await ddBaseline(fifo, count));
+      for (const [name, fn] of Object.entries(variants)) samples[name].push(await fn(fifo, count));
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const rate = (list) => median(list.map((s) => mbps(s.bytes, s.ms)));
+  const dd = rate(samples.dd);
+  const rssMB = Math.round(process.resourceUsage().maxRSS / 1024);
+  log(`${count} MiB of zeros into a FIFO read by dd of=/dev/null bs=1M, ${runs} runs each, medians; maxRSS of this process ${rssMB} MB`);
+  return Object.keys(variants).map((name) =>
+    result(name, rate(samples[name]), 'MB/s', 'dd if=/dev/zero bs=1M into the same pipe', dd, {
+      bytes: size,
+      runs,
+      ms: samples[name].map((s) => Math.round(s.ms)),
+      ddMs: samples.dd.map((s) => Math.round(s.ms)),
+      maxRssMB: rssMB,
+    }),
+  );
+}
