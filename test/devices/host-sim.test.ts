@@ -9,6 +9,8 @@ import { DeviceState } from '../../src/fsm/states.js';
 import { MigrationCore } from '../../src/fsm/core.js';
 import { spawnDeviceHost } from '../../src/devices/host.js';
 import type { HostedDevice, HostedSavingSession, HostedResumingSession } from '../../src/devices/host.js';
+import { pipeline } from 'node:stream/promises';
+import { createSavingStream, createResumingStream } from '../../src/streams/index.js';
 import { MTTY_MAGIC, MTTY_HEADER_SIZE, mttyDataSize } from '../../src/devices/mtty-device.js';
 
 const S = DeviceState;
@@ -79,6 +81,33 @@ describe('device host: SimDevice', () => {
       expect(await b.digest()).toBe(await a.digest());
     },
   );
+
+  it('through the streams layer: SavingStream on the saving fd piped into ResumingStream on the resuming fd', async () => {
+    const opts = { size: 8 << 20, flags: 0x5, seed: 5, profile: 'mixed' };
+    const [a, b] = await Promise.all([host('sim', opts), host('sim', opts)]);
+    const src = new MigrationCore(a);
+    const dst = new MigrationCore(b);
+    const ss = (await src.setState(S.PRE_COPY)) as HostedSavingSession;
+    const rs = (await dst.setState(S.RESUMING)) as HostedResumingSession;
+    const reader = createSavingStream(ss);
+    const writer = createResumingStream(rs);
+    expect(reader.path).toBe('epoll');
+    expect(writer.path).toBe('epoll');
+    const done = pipeline(reader, writer);
+    // The FIFO shows the PRE_COPY temporary end as no data: wait until the host says every
+    // initial byte left the device and the child, then switch over.
+    await waitFor(async () => (await ss.precopyInfo()).initialBytes === 0);
+    const precopyRead = reader.bytesRead;
+    expect(precopyRead).toBeGreaterThan(0);
+    await src.setState(S.STOP_COPY);
+    await done;
+    await dst.setState(S.STOP);
+    await src.setState(S.STOP);
+    expect(await b.digest()).toBe(await a.digest());
+    expect(reader.bytesRead).toBeGreaterThanOrEqual(precopyRead);
+    ss.close();
+    rs.close();
+  });
 
   it('STOP_COPY only (flags 0x1), random content: digests equal', async () => {
     const opts = { size: 4 << 20, flags: 0x1, seed: 7, profile: 'random' };
