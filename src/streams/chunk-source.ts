@@ -10,9 +10,10 @@
  *   waits on a blocked read). Returning false from `onread` stops reading (backpressure).
  *
  * Buffer ownership: every chunk pushed downstream belongs to the consumer from then on; this class
- * never writes into a buffer after pushing it. Buffers reused here never leave: the epoll path's
- * read buffer (libuv writes into it, we copy out of it within the callback) and the pull path's
- * spare buffer after a short read (its bytes were copied out).
+ * never writes into bytes it has pushed. On the epoll path libuv reads straight into the free tail
+ * of the current chunk (no copy) and a partial chunk is pushed as a view of its filled part while
+ * later reads fill the part behind it. On the pull path a buffer is reused only when its bytes
+ * were copied out (a short read).
  */
 import { Readable } from 'node:stream';
 import net from 'node:net';
@@ -21,8 +22,8 @@ import { migError, ErrorCodes, isErrno, MigError } from '../fsm/errors.js';
 import { Backoff, ioError, type BackoffOptions } from './retry.js';
 
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
-/** Largest single read on the epoll path: 256 KiB matched a 1 MiB pipe best (A3) and stays L2-hot. */
-const SOCKET_READ_SIZE = 256 * 1024;
+/** Free space below which a chunk is retired on the epoll path: one read of a default 64 KiB pipe. */
+const MIN_READ_SPACE = 64 * 1024;
 
 export interface ChunkSourceOptions extends BackoffOptions {
   /** Bytes per chunk pushed downstream (default 1 MiB). */
@@ -64,9 +65,12 @@ export abstract class ChunkSource extends Readable {
   #timer: NodeJS.Timeout | null;
   #wake: (() => void) | null;
   #socket: net.Socket | null;
-  /** Chunk being filled on the epoll path, and its fill level. */
+  /** Chunk being filled on the epoll path: bytes [0, start) were pushed, [start, fill) are pending. */
   #chunk: Buffer | null;
+  #start: number;
   #fill: number;
+  /** A chunk with less free space than this is retired (a default pipe read is 64 KiB). */
+  readonly #minReadSpace: number;
   #flushScheduled: boolean;
   #lastDelivery: number;
   #signal: AbortSignal | null;
@@ -90,7 +94,9 @@ export abstract class ChunkSource extends Readable {
     this.#wake = null;
     this.#socket = null;
     this.#chunk = null;
+    this.#start = 0;
     this.#fill = 0;
+    this.#minReadSpace = Math.min(chunkSize, MIN_READ_SPACE);
     this.#flushScheduled = false;
     this.#lastDelivery = 0;
     this.#signal = opts.signal ?? null;
@@ -119,13 +125,13 @@ export abstract class ChunkSource extends Readable {
    * passes to this stream.
    */
   protected useSocket(fd: number): void {
-    const readBuf = Buffer.allocUnsafeSlow(Math.min(this.chunkSize, SOCKET_READ_SIZE));
     const sock = new net.Socket({
       fd,
       readable: true,
       writable: false,
       manualStart: true,
-      onread: { buffer: readBuf, callback: (n: number, buf: Buffer) => this.#onSocketRead(n, buf) },
+      // A buffer function: Node calls it for the first read and after every callback.
+      onread: { buffer: () => this.#nextReadBuffer(), callback: (n: number, buf: Buffer) => this.#onSocketRead(n, buf) },
     } as net.SocketConstructorOpts);
     this.#socket = sock;
     this.#state = SOCKET_PAUSED;
@@ -244,49 +250,59 @@ export abstract class ChunkSource extends Readable {
     if (this.#onRead !== null) this.#onRead(out.length, ms);
   }
 
-  #onSocketRead(n: number, buf: Buffer): boolean {
-    if (this.destroyed) return false;
-    let more = true;
-    let off = 0;
-    // libuv reuses `buf` for the next read: copy every byte out now (coalescing into chunkSize
-    // chunks, which the consumer owns). Measured faster than exact-size copies per read and safe,
-    // unlike pushing views of a reused ring.
-    while (off < n) {
-      if (this.#chunk === null) {
-        this.#chunk = Buffer.allocUnsafeSlow(this.chunkSize);
-        this.#fill = 0;
-      }
-      const k = Math.min(n - off, this.#chunk.length - this.#fill);
-      buf.copy(this.#chunk, this.#fill, off, off + k);
-      this.#fill += k;
-      off += k;
-      if (this.#fill === this.#chunk.length) more = this.#flushChunk() && more;
+  /**
+   * libuv asks for the buffer of its next read: the free tail of the current chunk, so reads land
+   * where the consumer will get them (no copy). A chunk whose free tail is smaller than a pipe read
+   * is retired (its bytes were pushed) and a new one started.
+   */
+  #nextReadBuffer(): Buffer {
+    let chunk = this.#chunk;
+    if (chunk === null || chunk.length - this.#fill < this.#minReadSpace) {
+      chunk = Buffer.allocUnsafeSlow(this.chunkSize);
+      this.#chunk = chunk;
+      this.#start = 0;
+      this.#fill = 0;
     }
-    if (this.#fill > 0 && !this.#flushScheduled) {
-      // Push a partial chunk once libuv has drained what is readable now (check phase runs after poll).
+    return chunk.subarray(this.#fill);
+  }
+
+  #onSocketRead(n: number, _buf: Buffer): boolean {
+    if (this.destroyed) return false;
+    // The bytes are chunk[fill, fill + n): libuv read into the view #nextReadBuffer returned.
+    this.#fill += n;
+    let more = true;
+    if (this.#chunk!.length - this.#fill < this.#minReadSpace) {
+      // Fast path: a full chunk goes downstream whole; the next read starts a new chunk.
+      more = this.#flushChunk();
+    } else if (!this.#flushScheduled) {
+      // Push the partial chunk once libuv has drained what is readable now (the check phase runs
+      // after poll); the rest of the chunk keeps filling behind the part handed out.
       this.#flushScheduled = true;
-      setImmediate(() => {
-        this.#flushScheduled = false;
-        if (!this.destroyed && this.#fill > 0) {
-          if (!this.#flushChunk() && this.#state === SOCKET_READING) this.#pauseSocket();
-        }
-      });
+      setImmediate(this.#flushLater);
     }
     if (!more) this.#state = SOCKET_PAUSED;
     return more;
   }
+
+  readonly #flushLater = (): void => {
+    this.#flushScheduled = false;
+    if (this.destroyed || this.#fill === this.#start) return;
+    if (!this.#flushChunk() && this.#state === SOCKET_READING) this.#pauseSocket();
+  };
 
   #pauseSocket(): void {
     this.#state = SOCKET_PAUSED;
     this.#socket!.pause();
   }
 
-  /** Push the filled part of the current chunk; returns push()'s verdict. */
+  /**
+   * Push chunk[start, fill): the consumer owns those bytes from now on. Later reads only ever
+   * write behind `fill`, never into a view already pushed. Returns push()'s verdict.
+   */
   #flushChunk(): boolean {
     const chunk = this.#chunk!;
-    const out = this.#fill === chunk.length ? chunk : chunk.subarray(0, this.#fill);
-    this.#chunk = null;
-    this.#fill = 0;
+    const out = this.#start === 0 && this.#fill === chunk.length ? chunk : chunk.subarray(this.#start, this.#fill);
+    this.#start = this.#fill;
     const now = performance.now();
     this.#deliver(out, now - this.#lastDelivery);
     this.#lastDelivery = now;
@@ -295,7 +311,7 @@ export abstract class ChunkSource extends Readable {
 
   #onSocketEof(): void {
     if (this.destroyed) return;
-    if (this.#fill > 0) this.#flushChunk();
+    if (this.#chunk !== null && this.#fill > this.#start) this.#flushChunk();
     this.#state = DONE;
     this.onSocketEnd().then(
       (err) => {
