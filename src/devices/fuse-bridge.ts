@@ -166,6 +166,8 @@ export class FuseSessionFile extends EventEmitter {
   #watching = false;
   #watchWake: (() => void) | null = null;
   #idleWaiters: (() => void)[] = [];
+  /** The device's write error: the resume stream is broken, later writes return it. */
+  #writeError: unknown = null;
 
   constructor(bridge: FuseBridge, sid: number, name: string, session: Session, opts: FuseExportOptions) {
     super();
@@ -365,10 +367,18 @@ export class FuseSessionFile extends EventEmitter {
 
   async #write(r: Req): Promise<void> {
     const session = this.session as ResumingSession;
+    // After a device write error the resume stream is broken; every later write answers that
+    // errno (ENODEV once disabled). This also survives the kernel's own retry of a write that
+    // failed with EFAULT (it faults the user pages in and sends the request again), which would
+    // otherwise reach a device already in error and hide its errno behind ENODEV.
+    if (this.#writeError !== null) {
+      return this.#bridge._reply(r, session.disabled ? -ERRNO.ENODEV : -errnoOf(this.#writeError));
+    }
     let data = r.data as Buffer;
     let done = 0;
     try {
-      // A device may accept fewer bytes than given: loop, as a writer's libc would not.
+      // A device may accept fewer bytes than given: loop, so the writer sees a short count only
+      // when the device stopped taking bytes.
       while (data.length > 0) {
         if (this.#state !== F_SERVING) throw migError('ENODEV', 'session file closed');
         const n = await session.write(data);
@@ -378,8 +388,9 @@ export class FuseSessionFile extends EventEmitter {
       }
     } catch (err) {
       if (isErrno(err, 'ENODEV')) void this.#end('disabled');
-      // Bytes the device took stay counted (write(2) reports progress before an error); the
-      // writer retries the rest and then sees the device's errno.
+      else this.#writeError = err;
+      // write(2) reports the progress made before an error; the writer retries the rest and then
+      // gets the device's errno.
       if (done === 0) return this.#bridge._reply(r, -errnoOf(err));
     }
     if (done === 0 && (r.data as Buffer).length > 0) return this.#bridge._reply(r, -ERRNO.EIO);

@@ -19,7 +19,7 @@ import { SimDevice } from '../../src/devices/sim-device.js';
 import { resuming, saving } from './sim-helpers.js';
 import { FUSE, perl, readOutcome, reportSkip, sleep, writeAllFd } from './fuse-helpers.js';
 
-const TESTS = 10;
+const TESTS = 11;
 reportSkip('fuse-bridge.test.ts', TESTS);
 
 const MiB = 1 << 20;
@@ -170,6 +170,29 @@ describe.skipIf(!FUSE.ok)('FUSE data fds: a SimDevice served by an in-process br
       expect(await readOutcome(inFile.fd, buf)).toBe(ENODEV);
       await expect(writeAllFd(outFile.fd, buf)).rejects.toMatchObject({ code: 'ENODEV' });
       expect(ends).toEqual(['disabled']);
+    } finally {
+      await inFile.close();
+      await outFile.close();
+    }
+    fs.close();
+    fr.close();
+  });
+
+  it("a device write error reaches the writer as the device's errno, after the bytes it accepted", async () => {
+    const src = new SimDevice({ size: MiB, seed: 6 });
+    const dst = new SimDevice({ size: MiB, seed: 6, faults: { writeError: { afterBytes: 5000, code: 'EFAULT' } } });
+    const fs = await bridge.exportSaving(saving(await goTo(src, S.STOP_COPY)));
+    const fr = await bridge.exportResuming(resuming(await goTo(dst, S.RESUMING)));
+    const inFile = await fsp.open(fs.path, 'r');
+    const outFile = await fsp.open(fr.path, fsc.O_WRONLY);
+    try {
+      const buf = Buffer.allocUnsafe(64 * 1024);
+      expect(await readOutcome(inFile.fd, buf)).toBe(buf.length);
+      const first = await outFile.write(buf);
+      expect(first.bytesWritten).toBe(5000); // write(2) reports the progress made before the error
+      await expect(outFile.write(buf.subarray(5000))).rejects.toMatchObject({ code: 'EFAULT', errno: -ERRNO.EFAULT });
+      // The stream is broken: later writes keep the device's errno.
+      await expect(outFile.write(buf)).rejects.toMatchObject({ code: 'EFAULT' });
     } finally {
       await inFile.close();
       await outFile.close();
