@@ -1,0 +1,66 @@
+/**
+ * fd:N and fd:R,W: a connection inherited from the process that started us, as a VMM's management
+ * process passes one (a socket, or a pair of pipes: R read, W written).
+ *
+ * Both connect() and listen() wrap the inherited fd(s); listen() yields that one connection once.
+ * The transport takes ownership: the fds are closed when the stream is destroyed. Sockets, pipes and
+ * FIFOs go through net.Socket({ fd }), libuv's epoll path (the fastest here, see
+ * node-streams-performance.md). stdio (0-2) is refused: closing it would break the process.
+ */
+import net from 'node:net';
+import { fstatSync } from 'node:fs';
+import type { Duplex } from 'node:stream';
+import type { TransportListener, TransportOptions, TransportPlugin } from './types.js';
+import { connectError, usageError, withTypedErrors } from './errors.js';
+import { QueueListener } from './listener.js';
+import { PairDuplex } from './pair.js';
+import { parseTransportUrl } from './url.js';
+
+function parseFds(url: string): number[] {
+  const { address } = parseTransportUrl(url);
+  const parts = address.split(',');
+  if (parts.length > 2 || !parts.every((p) => /^\d+$/.test(p))) throw usageError(`bad fd URL '${url}': expected fd:N or fd:R,W`, { url });
+  const fds = parts.map(Number);
+  for (const fd of fds) {
+    if (fd <= 2) throw usageError(`fd ${fd} in '${url}' is stdio; pass the connection on fd 3 or above`, { url });
+  }
+  if (fds.length === 2 && fds[0] === fds[1]) throw usageError(`fd:R,W in '${url}' needs two different fds; use fd:${fds[0]} for a socket`, { url });
+  return fds;
+}
+
+/** Check the fd exists and is a socket, pipe or FIFO (a regular file belongs to file:). */
+function checkStreamFd(fd: number, url: string): void {
+  let st;
+  try {
+    st = fstatSync(fd);
+  } catch (err) {
+    throw connectError(err, url, 'connect');
+  }
+  if (!st.isSocket() && !st.isFIFO()) {
+    throw usageError(`fd ${fd} in '${url}' is not a socket, pipe or FIFO${st.isFile() ? ' (use file: for a checkpoint file)' : ''}`, { url, fd });
+  }
+}
+
+function open(url: string): Duplex {
+  const fds = parseFds(url);
+  for (const fd of fds) checkStreamFd(fd, url);
+  if (fds.length === 1) {
+    return withTypedErrors(new net.Socket({ fd: fds[0], readable: true, writable: true, allowHalfOpen: true }), url);
+  }
+  const r = new net.Socket({ fd: fds[0], readable: true, writable: false });
+  const w = new net.Socket({ fd: fds[1], readable: false, writable: true });
+  return withTypedErrors(new PairDuplex(r, w), url);
+}
+
+export const fdTransport: TransportPlugin = {
+  scheme: 'fd',
+  async connect(url: string, _opts: TransportOptions) {
+    return open(url);
+  },
+  async listen(url: string, opts: TransportOptions): Promise<TransportListener> {
+    const conn = open(url);
+    const listener = new QueueListener(url, parseTransportUrl(url).address, async () => {}, { limit: 1, maxPending: opts.maxPending });
+    listener.push(conn);
+    return listener;
+  },
+};

@@ -1,0 +1,165 @@
+/**
+ * unix:PATH and tcp:HOST:PORT, and the socket plumbing tls: shares.
+ *
+ * Sockets are half-open capable (allowHalfOpen) on both sides: the source ends its forward stream
+ * and still reads the destination's acknowledgement on the return path.
+ */
+import net from 'node:net';
+import { unlink } from 'node:fs/promises';
+import { migError } from '../fsm/errors.js';
+import type { TransportListener, TransportOptions, TransportPlugin } from './types.js';
+import { abortError, connectError, usageError, withTypedErrors } from './errors.js';
+import { QueueListener } from './listener.js';
+import { formatHostPort, parseHostPort, parseTransportUrl } from './url.js';
+
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * Wait for `socket` to reach `event` ('connect' or 'secureConnect'), honouring opts.timeoutMs and
+ * opts.signal; on failure the socket is destroyed and the rejection is a typed MigError.
+ */
+export function whenConnected<T extends net.Socket>(socket: T, url: string, opts: TransportOptions, event: 'connect' | 'secureConnect'): Promise<T> {
+  const signal = opts.signal;
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+  return new Promise<T>((resolve, reject) => {
+    let timer: NodeJS.Timeout | null = null;
+    const cleanup = (): void => {
+      if (timer) clearTimeout(timer);
+      socket.off(event, onReady);
+      socket.off('error', onError);
+      signal?.removeEventListener('abort', onAbort);
+    };
+    const fail = (err: Error): void => {
+      cleanup();
+      socket.destroy();
+      reject(err);
+    };
+    const onReady = (): void => {
+      cleanup();
+      resolve(socket);
+    };
+    const onError = (err: Error): void => fail(connectError(err, url, 'connect'));
+    const onAbort = (): void => fail(abortError(url, 'connect', signal as AbortSignal));
+    if (signal?.aborted) {
+      onAbort();
+      return;
+    }
+    socket.once(event, onReady);
+    socket.once('error', onError);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (timeoutMs > 0) {
+      timer = setTimeout(() => fail(migError('ETIMEDOUT', `connect ${url}: no connection within ${timeoutMs} ms`, { detail: { url, op: 'connect' } })), timeoutMs);
+    }
+  });
+}
+
+/** server.listen(options) as a promise; errors are typed. */
+export function listenServer(server: net.Server, url: string, options: net.ListenOptions, signal?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(abortError(url, 'listen', signal));
+      return;
+    }
+    const onError = (err: Error): void => {
+      server.off('listening', onListening);
+      reject(connectError(err, url, 'listen'));
+    };
+    const onListening = (): void => {
+      server.off('error', onError);
+      resolve();
+    };
+    server.once('error', onError);
+    server.once('listening', onListening);
+    server.listen(options);
+  });
+}
+
+/**
+ * Stop a server listening. Connections already accepted live on: server.close()'s own callback
+ * waits for them all to end, so it is not awaited; one turn of the loop lets libuv close the
+ * listening handle (and unlink a unix socket's file).
+ */
+export function closeServer(server: net.Server): Promise<void> {
+  if (server.listening) server.close();
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** Hand a listening server's connections (event `event`) to a QueueListener. */
+export function serveInto(server: net.Server, listener: QueueListener, event: 'connection' | 'secureConnection', setup: (s: net.Socket) => void): void {
+  server.on(event, (socket: net.Socket) => {
+    setup(socket);
+    listener.push(withTypedErrors(socket, listener.url));
+  });
+  server.on('error', (err) => listener.fail(connectError(err, listener.url, 'accept')));
+}
+
+export function tuneTcp(socket: net.Socket): void {
+  // Control records (acks, switchover) are small and latency-bound; bulk data goes in big writes anyway.
+  socket.setNoDelay(true);
+  // Let the kernel notice a vanished peer (host down, cable cut) on an idle connection.
+  socket.setKeepAlive(true, 15_000);
+}
+
+/** unix:PATH; "unix:@NAME" is Linux's abstract namespace (no file, nothing to clean up). */
+function unixPath(url: string): string {
+  const { address } = parseTransportUrl(url);
+  return address.startsWith('@') ? `\0${address.slice(1)}` : address;
+}
+
+export const unixTransport: TransportPlugin = {
+  scheme: 'unix',
+  async connect(url: string, opts: TransportOptions) {
+    const socket = net.connect({ path: unixPath(url), allowHalfOpen: true });
+    await whenConnected(socket, url, opts, 'connect');
+    return withTypedErrors(socket, url);
+  },
+  async listen(url: string, opts: TransportOptions): Promise<TransportListener> {
+    const path = unixPath(url);
+    const server = net.createServer({ allowHalfOpen: true });
+    try {
+      await listenServer(server, url, { path }, opts.signal);
+    } catch (err) {
+      // A socket file left by a dead process: nobody answers on it, so it is safe to replace.
+      if ((err as { code?: string }).code !== 'EADDRINUSE' || path.startsWith('\0') || !(await isStale(path))) throw err;
+      await unlink(path).catch(() => {});
+      await listenServer(server, url, { path }, opts.signal);
+    }
+    const listener = new QueueListener(url, parseTransportUrl(url).address, () => closeServer(server), { maxPending: opts.maxPending });
+    serveInto(server, listener, 'connection', () => {});
+    return listener;
+  },
+};
+
+/** True when nothing accepts connections on the unix socket at `path`. */
+function isStale(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ path });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(false);
+    });
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'));
+  });
+}
+
+export const tcpTransport: TransportPlugin = {
+  scheme: 'tcp',
+  async connect(url: string, opts: TransportOptions) {
+    const { host, port } = parseHostPort(url, parseTransportUrl(url).address);
+    if (port === 0) throw usageError(`connect ${url}: port 0 is only for listen()`, { url });
+    const socket = net.connect({ host, port, allowHalfOpen: true });
+    await whenConnected(socket, url, opts, 'connect');
+    tuneTcp(socket);
+    return withTypedErrors(socket, url);
+  },
+  async listen(url: string, opts: TransportOptions): Promise<TransportListener> {
+    const { host, port } = parseHostPort(url, parseTransportUrl(url).address);
+    const server = net.createServer({ allowHalfOpen: true });
+    await listenServer(server, url, { host, port }, opts.signal);
+    const real = server.address() as net.AddressInfo;
+    const address = formatHostPort(real.address, real.port);
+    const listener = new QueueListener(`tcp:${address}`, address, () => closeServer(server), { maxPending: opts.maxPending });
+    serveInto(server, listener, 'connection', tuneTcp);
+    return listener;
+  },
+};
