@@ -141,8 +141,11 @@ class FifoSaving implements ExportedSession {
   #current: { n: number; initial: number; dirty: number; handed: boolean } | null = null;
   #buf: Buffer | null = null;
 
-  constructor(path: string, session: SavingSession, hooks: SessionHooks, chunkSize: number) {
+  #onClose: () => void;
+
+  constructor(path: string, session: SavingSession, hooks: SessionHooks, chunkSize: number, onClose: () => void) {
     this.path = path;
+    this.#onClose = onClose;
     this.#session = session;
     this.#hooks = hooks;
     this.#chunkSize = chunkSize;
@@ -195,6 +198,7 @@ class FifoSaving implements ExportedSession {
     this.#sock = null;
     this.#current = null;
     unlinkQuietly(this.path);
+    this.#onClose();
   }
 
   async #pump(): Promise<void> {
@@ -287,8 +291,11 @@ class FifoResuming implements ExportedSession {
   #error: MigError | null = null;
   #idleWaiters: (() => void)[] = [];
 
-  constructor(path: string, fd: number, session: ResumingSession, hooks: SessionHooks, chunkSize: number) {
+  #onClose: () => void;
+
+  constructor(path: string, fd: number, session: ResumingSession, hooks: SessionHooks, chunkSize: number, onClose: () => void) {
     this.path = path;
+    this.#onClose = onClose;
     this.#fd = fd;
     this.#session = session;
     this.#hooks = hooks;
@@ -368,6 +375,7 @@ class FifoResuming implements ExportedSession {
     this.#sock = null;
     unlinkQuietly(this.path);
     this.#checkIdle();
+    this.#onClose();
   }
 
   #onData(chunk: Buffer): boolean {
@@ -442,7 +450,7 @@ export class FifoProvider implements FdProvider {
   async exportSaving(session: SavingSession, hooks: SessionHooks): Promise<ExportedSession> {
     const path = join(this.#opts.dir, `s${session.id}-${++this.#seq}.fifo`);
     await mkfifo(path);
-    const e = new FifoSaving(path, session, hooks, this.#opts.chunkSize);
+    const e: ExportedSession = new FifoSaving(path, session, hooks, this.#opts.chunkSize, () => this.#exported.delete(e));
     this.#exported.add(e);
     return e;
   }
@@ -453,13 +461,12 @@ export class FifoProvider implements FdProvider {
     // Open our read end now (a non-blocking open of a read end never waits for a writer), so the
     // parent's non-blocking open of the write end succeeds at once instead of failing ENXIO.
     const fd = openSync(path, fsc.O_RDONLY | fsc.O_NONBLOCK);
-    const e = new FifoResuming(path, fd, session, hooks, this.#opts.chunkSize);
+    const e: ExportedSession = new FifoResuming(path, fd, session, hooks, this.#opts.chunkSize, () => this.#exported.delete(e));
     this.#exported.add(e);
     return e;
   }
 
   async close(): Promise<void> {
-    for (const e of this.#exported) e.close();
-    this.#exported.clear();
+    for (const e of [...this.#exported]) e.close();
   }
 }

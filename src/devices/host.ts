@@ -147,6 +147,8 @@ function sleep(ms: number): Promise<void> {
 interface HostLink {
   request<K extends Op>(op: K, args: OpMap[K]['args']): Promise<OpMap[K]['result']>;
   note(m: ParentMessage): void;
+  /** The user closed the session: forget it. */
+  closed(id: number): void;
 }
 
 const ST_OPEN = 0;
@@ -237,6 +239,7 @@ abstract class HostedSessionBase {
     this._fd = null;
     this.#wakeSettled();
     this._link.note({ t: 'close', sid: this.id });
+    this._link.closed(this.id);
   }
 
   /** The child's notice (or the host's end): how this session's stream ended. */
@@ -377,6 +380,7 @@ export class HostedDevice extends EventEmitter implements MigrationDriver {
   #gone: MigError | null = null;
   /** Session paths, to wake a saving reader if the child dies before opening its end. */
   #paths = new Map<number, string>();
+  #maxAdopted = 0;
   #exited: Promise<void>;
   #closing: Promise<void> | null = null;
 
@@ -444,8 +448,7 @@ export class HostedDevice extends EventEmitter implements MigrationDriver {
     if (this.#child.connected) this.#child.disconnect();
     await this.#exited;
     clearTimeout(killer);
-    for (const s of this.#sessions.values()) s.close();
-    this.#sessions.clear();
+    for (const s of [...this.#sessions.values()]) s.close();
     rmSync(this.dir, { recursive: true, force: true });
   }
 
@@ -458,7 +461,9 @@ export class HostedDevice extends EventEmitter implements MigrationDriver {
         const error = m.error ? fromWireError(m.error) : undefined;
         const s = this.#sessions.get(m.sid);
         if (s) s._down(m.kind, error);
-        else this.#early.set(m.sid, { kind: m.kind, error });
+        // A notice can overtake the adoption of a session just opened (ids only grow); one for a
+        // session already closed here is dropped.
+        else if (m.sid > this.#maxAdopted) this.#early.set(m.sid, { kind: m.kind, error });
         // The child closes a saving FIFO only after this ack, so our reader's EOF is never ambiguous.
         this.#note({ t: 'ack', sid: m.sid });
         break;
@@ -502,7 +507,15 @@ export class HostedDevice extends EventEmitter implements MigrationDriver {
     } catch (err) {
       openError = sysError(err, `open of session ${ref.id} (${ref.path}) failed`);
     }
-    const link: HostLink = { request: (op, args) => this.#request(op, args), note: (m) => this.#note(m) };
+    const link: HostLink = {
+      request: (op, args) => this.#request(op, args),
+      note: (m) => this.#note(m),
+      closed: (id) => {
+        this.#sessions.delete(id);
+        this.#paths.delete(id);
+      },
+    };
+    this.#maxAdopted = Math.max(this.#maxAdopted, ref.id);
     const s: HostedSession =
       ref.direction === 'saving' ? new HostedSavingSession(ref.id, fd, link) : new HostedResumingSession(ref.id, fd, link);
     this.#sessions.set(ref.id, s);

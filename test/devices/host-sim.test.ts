@@ -117,7 +117,8 @@ describe('device host: SimDevice', () => {
     await a.call('dirtyPages', 10);
     const size = await src.stopCopySize();
     const ss = (await src.setState(S.STOP_COPY)) as HostedSavingSession;
-    expect(await a.stopCopySize()).toBe(size);
+    // The child starts pumping at once: what is left shrinks by what it already took.
+    expect(await a.stopCopySize()).toBeLessThanOrEqual(size);
     const rs = (await dst.setState(S.RESUMING)) as HostedResumingSession;
     const link = connect(ss, rs);
     await link.done;
