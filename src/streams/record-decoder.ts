@@ -200,17 +200,21 @@ export class RecordDecoder extends Transform {
       this.#buffers[0] = first.subarray(n);
       return first.subarray(0, n);
     }
-    // Slow path: the bytes span chunks; one copy into an exactly sized buffer.
+    // Slow path: the bytes span chunks; one copy into an exactly sized buffer. The used chunks are
+    // dropped with one splice (shifting each would be quadratic when a record spans many small chunks).
     const out = Buffer.allocUnsafe(n);
+    const list = this.#buffers;
     let at = 0;
+    let i = 0;
     while (at < n) {
-      const buf = this.#buffers[0]!;
+      const buf = list[i]!;
       const take = Math.min(buf.length, n - at);
       buf.copy(out, at, 0, take);
       at += take;
-      if (take === buf.length) this.#buffers.shift();
-      else this.#buffers[0] = buf.subarray(take);
+      if (take === buf.length) i++;
+      else list[i] = buf.subarray(take);
     }
+    list.splice(0, i);
     return out;
   }
 

@@ -203,8 +203,10 @@ export class RecordEncoder extends Transform {
   }
 
   override _read(size: number): void {
-    // The reader wants more: a write held for readable-side backpressure may proceed.
-    this.#releaseHeld();
+    // The reader wants more: a write held for readable-side backpressure may proceed. Readable calls
+    // _read once (until the next push) as soon as a read would leave it under its highWaterMark, which
+    // can be while readableLength is still just above it: so only the in-flight cap is checked here.
+    this.#releaseHeld(true);
     super._read(size);
   }
 
@@ -221,9 +223,9 @@ export class RecordEncoder extends Transform {
     return this.#inFlight <= this.#maxInFlight && this.readableLength < this.readableHighWaterMark;
   }
 
-  #releaseHeld(): void {
+  #releaseHeld(readerWants = false): void {
     const cb = this.#heldCallback;
-    if (cb !== null && this.#mayAccept()) {
+    if (cb !== null && (readerWants ? this.#inFlight <= this.#maxInFlight : this.#mayAccept())) {
       this.#heldCallback = null;
       cb();
     }

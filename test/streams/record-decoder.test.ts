@@ -1,0 +1,341 @@
+import { describe, it, expect } from 'vitest';
+import { crc32 } from 'node:zlib';
+import { randomBytes } from 'node:crypto';
+import { RecordDecoder } from '../../src/streams/record-decoder.js';
+import { zstd } from '../../src/streams/compression-pool.js';
+import {
+  encodeStreamHeader,
+  encodeRecordHeader,
+  encodeRecord,
+  encodeDeviceEndPayload,
+  encodeStreamEndPayload,
+  Features,
+  RecordFlags,
+  RecordType,
+  RECORD_HEADER_SIZE,
+  STREAM_HEADER_SIZE,
+  type DataRecord,
+  type DecodedObject,
+  type RecordInput,
+} from '../../src/streams/wire-format.js';
+import { ErrorCodes } from '../../src/fsm/errors.js';
+import { byteByByte, craftStream, decodeChunks, devices, encodeAll, mixedData, randomSplit } from './wire-helpers.js';
+
+/** A stream with every record type, two devices, compressed and raw records, and a digest. */
+async function sampleStream(compression: boolean): Promise<{ bytes: Buffer; data: Buffer[] }> {
+  const data = [mixedData(64 * 1024, 3), randomBytes(10_000), Buffer.alloc(70_000), Buffer.from('tiny'), mixedData(200_000, 4)];
+  const records: RecordInput[] = [
+    { type: RecordType.CONTROL, message: { hello: 'world', n: [1, 2] } },
+    { type: RecordType.DATA, device: 0, payload: data[0]! },
+    { type: RecordType.DATA, device: 1, payload: data[1]!, channel: 2 },
+    { type: RecordType.ROUND, device: 0, round: 0, initialBytes: 100, dirtyBytes: 7 },
+    { type: RecordType.DATA, device: 0, payload: data[2]! },
+    { type: RecordType.DATA, device: 1, payload: data[3]! },
+    { type: RecordType.DEVICE_END, device: 1 },
+    { type: RecordType.DATA, device: 0, payload: data[4]! },
+    { type: RecordType.DEVICE_END, device: 0 },
+    { type: RecordType.STREAM_END },
+  ];
+  const { bytes } = await encodeAll(records, { devices: devices(2), compression, digest: 'sha256', sender: { host: 'a' } });
+  return { bytes, data };
+}
+
+function summary(objects: DecodedObject[]): unknown[] {
+  return objects.map((o) => (o.type === RecordType.DATA ? { ...o, flags: 0, payload: o.payload.toString('base64') } : o.type === RecordType.STREAM_HEADER ? o : { ...o, flags: 0 }));
+}
+
+function seqs(objects: DecodedObject[]): number[] {
+  return objects.flatMap((o) => (o.type === RecordType.STREAM_HEADER ? [] : [o.seq]));
+}
+
+describe('RecordDecoder: segmentation', () => {
+  for (const compression of [false, true]) {
+    it(`decodes the same records whole, byte by byte and in random splits (compression ${compression})`, async () => {
+      const { bytes, data } = await sampleStream(compression);
+      const whole = await decodeChunks([bytes]);
+      expect(whole.error).toBeNull();
+      expect(whole.objects.map((o) => o.type)).toEqual([0, 4, 1, 1, 2, 1, 1, 3, 1, 3, 5]);
+      const got = whole.objects.filter((o): o is DataRecord => o.type === RecordType.DATA).map((o) => o.payload);
+      expect(got.map((b) => b.toString('hex'))).toEqual([data[0], data[1], data[2], data[3], data[4]].map((b) => b!.toString('hex')));
+      expect(whole.objects[1]).toMatchObject({ type: RecordType.CONTROL, message: { hello: 'world', n: [1, 2] }, seq: 0 });
+      expect(whole.objects[3]).toMatchObject({ device: 1, channel: 2 });
+      expect(whole.objects[4]).toMatchObject({ type: RecordType.ROUND, device: 0, round: 0, bytes: 65536, initialBytes: 100, dirtyBytes: 7 });
+      expect(whole.objects[10]).toMatchObject({ type: RecordType.STREAM_END, bytes: 64 * 1024 + 10_000 + 70_000 + 4 + 200_000 });
+      expect(whole.dec.header?.sender).toEqual({ host: 'a' });
+      const ref = summary(whole.objects);
+
+      const bbb = await decodeChunks(byteByByte(bytes));
+      expect(bbb.error).toBeNull();
+      expect(summary(bbb.objects)).toEqual(ref);
+      for (const seed of [1, 2, 3, 4, 5]) {
+        const split = await decodeChunks(randomSplit(bytes, seed, seed * 5000));
+        expect(split.error).toBeNull();
+        expect(summary(split.objects)).toEqual(ref);
+      }
+    });
+  }
+
+  it('decodes thousands of records from one chunk, as views into that chunk (zero-copy)', async () => {
+    const n = 3000;
+    const records: RecordInput[] = [];
+    for (let i = 0; i < n; i++) records.push({ type: RecordType.DATA, device: 0, payload: Buffer.from(`record-${i}`) });
+    records.push({ type: RecordType.STREAM_END });
+    const { bytes } = await encodeAll(records, { devices: devices(1) });
+    const dec = new RecordDecoder({ readableHighWaterMark: n + 10 });
+    const out: DecodedObject[] = [];
+    dec.on('data', (o: DecodedObject) => out.push(o));
+    dec.end(bytes);
+    await new Promise((res) => dec.on('end', res));
+    const data = out.filter((o): o is DataRecord => o.type === RecordType.DATA);
+    expect(data.length).toBe(n);
+    expect(data[1234]!.payload.toString()).toBe('record-1234');
+    expect(data.every((d) => d.payload.buffer === bytes.buffer)).toBe(true);
+  });
+
+  it('copies only the records that span chunks', async () => {
+    const a = Buffer.alloc(5000, 1);
+    const b = Buffer.alloc(5000, 2);
+    const { bytes } = await encodeAll(
+      [{ type: RecordType.DATA, device: 0, payload: a }, { type: RecordType.DATA, device: 0, payload: b }, { type: RecordType.STREAM_END }],
+      { devices: devices(1) },
+    );
+    // Cut in the middle of the second payload: the first record lies in chunk 1, the second spans.
+    const cut = bytes.length - 36 - 2500;
+    const c1 = Buffer.from(bytes.subarray(0, cut));
+    const c2 = Buffer.from(bytes.subarray(cut));
+    const { objects, error } = await decodeChunks([c1, c2]);
+    expect(error).toBeNull();
+    const data = objects.filter((o): o is DataRecord => o.type === RecordType.DATA);
+    expect(data[0]!.payload.buffer).toBe(c1.buffer);
+    expect(data[1]!.payload.buffer).not.toBe(c1.buffer);
+    expect(data[1]!.payload.buffer).not.toBe(c2.buffer);
+    expect(data[1]!.payload.equals(b)).toBe(true);
+  });
+});
+
+/** Decode `bytes` whole, byte by byte and in random splits: same error code each way, and nothing at or after `badSeq`. */
+async function expectFailure(bytes: Buffer, code: string, badSeq: number, opts = {}): Promise<DecodedObject[]> {
+  let first: DecodedObject[] | null = null;
+  for (const chunks of [[bytes], byteByByte(bytes), randomSplit(bytes, 9, 700)]) {
+    const { objects, error } = await decodeChunks(chunks, opts);
+    expect(error?.code).toBe(code);
+    expect(seqs(objects).every((s) => s < badSeq)).toBe(true);
+    first ??= objects;
+  }
+  return first!;
+}
+
+describe('RecordDecoder: bad input', () => {
+  const payloads = [Buffer.from('aaaa'), Buffer.from('bbbb'), Buffer.from('cccc'), Buffer.from('dddd')];
+  const good = (): Buffer =>
+    craftStream([
+      ...payloads.map((p) => ({ type: RecordType.DATA, device: 0, payload: p })),
+      { type: RecordType.STREAM_END, payload: encodeStreamEndPayload(16) },
+    ]);
+  const recordOffset = (i: number) => STREAM_HEADER_SIZE + encodeStreamHeader({ features: Features.CRC32, devices: devices(1) }).length - STREAM_HEADER_SIZE + i * (RECORD_HEADER_SIZE + 4);
+
+  it('the unmodified crafted stream decodes', async () => {
+    const { error, objects } = await decodeChunks([good()]);
+    expect(error).toBeNull();
+    expect(seqs(objects)).toEqual([0, 1, 2, 3, 4]);
+  });
+
+  it('a flipped payload byte is CORRUPT; the records before it were emitted, none after', async () => {
+    const b = good();
+    b[recordOffset(2) + RECORD_HEADER_SIZE + 1] ^= 0x40;
+    const objects = await expectFailure(b, ErrorCodes.CORRUPT, 2);
+    expect(seqs(objects)).toEqual([0, 1]);
+  });
+
+  it('a corrupt length is caught by the header crc before it is trusted', async () => {
+    const b = good();
+    b.writeUInt32LE(0x7fffffff, recordOffset(1) + 12);
+    await expectFailure(b, ErrorCodes.CORRUPT, 1);
+  });
+
+  it('a bad sync byte is CORRUPT', async () => {
+    const b = good();
+    b[recordOffset(3)] = 0;
+    await expectFailure(b, ErrorCodes.CORRUPT, 3);
+  });
+
+  it('an oversized length (valid crc) is LIMIT as soon as the header arrives, before any payload', async () => {
+    const head = encodeStreamHeader({ features: Features.CRC32, devices: devices(1) });
+    const rec = encodeRecordHeader({ type: RecordType.DATA, flags: 0, device: 0, channel: 0, seq: 0, payloadLength: 0xfffffff0, rawLength: 0xfffffff0, payloadCrc: 0 });
+    const dec = new RecordDecoder({ maxPayload: 1 << 20 });
+    const err = new Promise<{ code?: string }>((res) => dec.on('error', res));
+    dec.resume();
+    dec.write(Buffer.concat([head, rec]));
+    expect((await err).code).toBe(ErrorCodes.LIMIT);
+    // A compressed record whose raw length exceeds the limit is refused the same way.
+    const rec2 = encodeRecordHeader({ type: RecordType.DATA, flags: RecordFlags.COMPRESSED, device: 0, channel: 0, seq: 0, payloadLength: 10, rawLength: (1 << 20) + 1, payloadCrc: 0 });
+    const zhead = encodeStreamHeader({ features: Features.CRC32 | Features.ZSTD, devices: devices(1) });
+    await expectFailure(Buffer.concat([zhead, rec2, Buffer.alloc(10)]), ErrorCodes.LIMIT, 0, { maxPayload: 1 << 20 });
+  });
+
+  it('an unknown mandatory type is UNSUPPORTED; an unknown optional type is skipped', async () => {
+    const p = Buffer.from('future');
+    const bad = craftStream([
+      { type: RecordType.DATA, device: 0, payload: payloads[0]! },
+      { type: 0x40, payload: p },
+      { type: RecordType.DATA, device: 0, payload: payloads[1]! },
+    ]);
+    await expectFailure(bad, ErrorCodes.UNSUPPORTED, 1);
+    const ok = craftStream([
+      { type: RecordType.DATA, device: 0, payload: payloads[0]! },
+      { type: 0x40, flags: RecordFlags.OPTIONAL, payload: p },
+      { type: RecordType.DATA, device: 0, payload: payloads[1]! },
+      { type: RecordType.STREAM_END, payload: encodeStreamEndPayload(8) },
+    ]);
+    const { error, objects, dec } = await decodeChunks(randomSplit(ok, 4, 20));
+    expect(error).toBeNull();
+    expect(seqs(objects)).toEqual([0, 2, 3]);
+    expect(dec.skippedRecords).toBe(1);
+  });
+
+  it('a skipped optional record is still crc-checked', async () => {
+    const b = craftStream([
+      { type: 0x41, flags: RecordFlags.OPTIONAL, payload: Buffer.from('xyzw') },
+      { type: RecordType.DATA, device: 0, payload: payloads[0]! },
+    ]);
+    b[b.length - RECORD_HEADER_SIZE - 4 - 1] ^= 1; // last byte of the optional record's payload
+    await expectFailure(b, ErrorCodes.CORRUPT, 0);
+  });
+
+  it('a version it does not speak is UNSUPPORTED before anything is emitted', async () => {
+    const b = good();
+    b.writeUInt16LE(2, 4);
+    b.writeUInt32LE(crc32(b.subarray(0, 24)), 24);
+    const { objects, error } = await decodeChunks([b]);
+    expect(error?.code).toBe(ErrorCodes.UNSUPPORTED);
+    expect(objects).toEqual([]);
+  });
+
+  it('unknown record flag bits are UNSUPPORTED', async () => {
+    const b = craftStream([{ type: RecordType.DATA, device: 0, payload: payloads[0]! }]);
+    const at = b.length - 4 - RECORD_HEADER_SIZE;
+    b[at + 2] = 0x80;
+    b.writeUInt32LE(crc32(b.subarray(at, at + 24)), at + 24);
+    await expectFailure(b, ErrorCodes.UNSUPPORTED, 0);
+  });
+
+  it('a lost or repeated record is CORRUPT (sequence)', async () => {
+    const b = good();
+    const lost = Buffer.concat([b.subarray(0, recordOffset(1)), b.subarray(recordOffset(2))]);
+    await expectFailure(lost, ErrorCodes.CORRUPT, 1);
+    const repeated = Buffer.concat([b.subarray(0, recordOffset(2)), b.subarray(recordOffset(1))]);
+    await expectFailure(repeated, ErrorCodes.CORRUPT, 2);
+  });
+
+  it('truncation: mid-record, mid-header, before the header, and without STREAM_END', async () => {
+    const b = good();
+    for (const cut of [recordOffset(2) + 10, recordOffset(2) + RECORD_HEADER_SIZE + 2, 10, STREAM_HEADER_SIZE + 3, 0, recordOffset(2)]) {
+      const { objects, error } = await decodeChunks(cut === 0 ? [] : [b.subarray(0, cut)]);
+      expect(error?.code, `cut ${cut}`).toBe(ErrorCodes.TRUNCATED);
+      expect(seqs(objects).every((s) => s < 2)).toBe(true);
+    }
+    // requireEnd false: a stream may stop between records, but never inside one.
+    const between = await decodeChunks([b.subarray(0, recordOffset(2))], { requireEnd: false });
+    expect(between.error).toBeNull();
+    expect(seqs(between.objects)).toEqual([0, 1]);
+    const inside = await decodeChunks([b.subarray(0, recordOffset(2) + 30)], { requireEnd: false });
+    expect(inside.error?.code).toBe(ErrorCodes.TRUNCATED);
+  });
+
+  it('bytes after STREAM_END are CORRUPT, whether in the same chunk or a later one', async () => {
+    const b = Buffer.concat([good(), Buffer.from([0xa5])]);
+    const same = await decodeChunks([b]);
+    expect(same.error?.code).toBe(ErrorCodes.CORRUPT);
+    const later = await decodeChunks([good(), Buffer.from([1, 2])]);
+    expect(later.error?.code).toBe(ErrorCodes.CORRUPT);
+  });
+
+  it('records for a device outside the table, or after its DEVICE_END, are CORRUPT', async () => {
+    await expectFailure(craftStream([{ type: RecordType.DATA, device: 1, payload: payloads[0]! }]), ErrorCodes.CORRUPT, 0);
+    const after = craftStream([
+      { type: RecordType.DATA, device: 0, payload: payloads[0]! },
+      { type: RecordType.DEVICE_END, device: 0, payload: encodeDeviceEndPayload(4, '', '') },
+      { type: RecordType.DATA, device: 0, payload: payloads[1]! },
+    ]);
+    await expectFailure(after, ErrorCodes.CORRUPT, 2);
+  });
+
+  it('a DEVICE_END or STREAM_END byte count that differs from what arrived is CORRUPT', async () => {
+    const dev = craftStream([
+      { type: RecordType.DATA, device: 0, payload: payloads[0]! },
+      { type: RecordType.DEVICE_END, device: 0, payload: encodeDeviceEndPayload(5, '', '') },
+    ]);
+    await expectFailure(dev, ErrorCodes.CORRUPT, 1);
+    const end = craftStream([
+      { type: RecordType.DATA, device: 0, payload: payloads[0]! },
+      { type: RecordType.STREAM_END, payload: encodeStreamEndPayload(3) },
+    ]);
+    await expectFailure(end, ErrorCodes.CORRUPT, 1);
+  });
+
+  it('a digest mismatch is DIGEST', async () => {
+    const { bytes } = await encodeAll(
+      [{ type: RecordType.DATA, device: 0, payload: Buffer.from('state') }, { type: RecordType.DEVICE_END, device: 0, digest: '00'.repeat(32) }, { type: RecordType.STREAM_END }],
+      { devices: devices(1), digest: 'sha256' },
+    );
+    await expectFailure(bytes, ErrorCodes.DIGEST, 1);
+    // The digest check can be switched off.
+    expect((await decodeChunks([bytes], { verifyDigest: false })).error).toBeNull();
+  });
+
+  it('CONTROL records: invalid JSON is CORRUPT, an oversized one LIMIT before its payload is read', async () => {
+    await expectFailure(craftStream([{ type: RecordType.CONTROL, payload: Buffer.from('{nope') }]), ErrorCodes.CORRUPT, 0);
+    const big = craftStream([{ type: RecordType.CONTROL, payload: Buffer.from(JSON.stringify({ s: 'x'.repeat(2000) })) }]);
+    await expectFailure(big, ErrorCodes.LIMIT, 0, { maxControlBytes: 1000 });
+  });
+
+  it('limits: device table size and the bytes held for a record spanning chunks', async () => {
+    const many = craftStream([], { devices: 9 });
+    await expectFailure(many, ErrorCodes.LIMIT, 0, { maxDevices: 8 });
+    const payload = Buffer.alloc(100_000, 9);
+    const b = craftStream([{ type: RecordType.DATA, device: 0, payload }, { type: RecordType.STREAM_END, payload: encodeStreamEndPayload(100_000) }]);
+    // Whole, the record needs no holding; split, it would have to be held whole: over the limit.
+    expect((await decodeChunks([b], { maxQueuedBytes: 64 * 1024 })).error).toBeNull();
+    const split = await decodeChunks(randomSplit(b, 3, 8192), { maxQueuedBytes: 64 * 1024 });
+    expect(split.error?.code).toBe(ErrorCodes.LIMIT);
+  });
+
+  describe('compressed records', () => {
+    const zhead = () => encodeStreamHeader({ features: Features.CRC32 | Features.ZSTD, devices: devices(1) });
+    const frame = (data: Buffer) => {
+      const out = Buffer.alloc(zstd.compressBound(data.length));
+      return out.subarray(0, new zstd.CCtx().compress(out, data, 1));
+    };
+    const rec = (f: Buffer, rawLength: number, seq = 0) =>
+      Buffer.concat([
+        encodeRecordHeader({ type: RecordType.DATA, flags: RecordFlags.COMPRESSED, device: 0, channel: 0, seq, payloadLength: f.length, rawLength, payloadCrc: crc32(f) }),
+        f,
+      ]);
+
+    it('a frame that expands past its declared raw length is CORRUPT (no decompression bomb)', async () => {
+      const bomb = frame(Buffer.alloc(8 * 1024 * 1024));
+      expect(bomb.length).toBeLessThan(1024);
+      await expectFailure(Buffer.concat([zhead(), rec(bomb, 4096)]), ErrorCodes.CORRUPT, 0);
+    });
+
+    it('a frame smaller than its declared raw length is CORRUPT', async () => {
+      const f = frame(Buffer.alloc(1000, 3));
+      await expectFailure(Buffer.concat([zhead(), rec(f, 2000)]), ErrorCodes.CORRUPT, 0);
+    });
+
+    it('a payload that is not a zstd frame is CORRUPT; the decoder is not poisoned for the next stream', async () => {
+      const junk = Buffer.from('definitely not zstd');
+      await expectFailure(Buffer.concat([zhead(), rec(junk, 100)]), ErrorCodes.CORRUPT, 0);
+      const f = frame(Buffer.alloc(5000, 1));
+      const ok = Buffer.concat([zhead(), rec(f, 5000), ...encodeRecord({ type: RecordType.STREAM_END, seq: 1 }, encodeStreamEndPayload(5000))]);
+      const { error, objects } = await decodeChunks([ok]);
+      expect(error).toBeNull();
+      expect((objects[1] as DataRecord).payload.equals(Buffer.alloc(5000, 1))).toBe(true);
+    });
+
+    it('a compressed record in a stream that did not announce ZSTD is CORRUPT', async () => {
+      const f = frame(Buffer.alloc(5000, 1));
+      await expectFailure(Buffer.concat([encodeStreamHeader({ features: Features.CRC32, devices: devices(1) }), rec(f, 5000)]), ErrorCodes.CORRUPT, 0);
+    });
+  });
+});
