@@ -108,6 +108,8 @@ export interface FuseBridgeOptions {
   debug?: boolean;
 }
 
+export type FuseEndKind = 'eos' | 'disabled' | 'error';
+
 export interface FuseExportOptions {
   /** File name in the mount (default `saving-<sid>` / `resuming-<sid>`); no '/'. */
   name?: string;
@@ -121,9 +123,11 @@ export interface FuseExportOptions {
   /**
    * How the stream ended, once: 'eos' (the first STOP_COPY end, before it is handed to the reader:
    * a returned promise delays that first 0 until it settles, so an owner that must record the end
-   * before its reader sees EOF can do so) or 'disabled' (the session answered ENODEV; not awaited).
+   * before its reader sees EOF can do so), 'disabled' (the session answered ENODEV) or 'error'
+   * (the device failed a read or write with another errno, given as `error`). Only the first
+   * end is reported; 'disabled' and 'error' are not awaited (their errno tells the reader).
    */
-  onEnd?: (kind: 'eos' | 'disabled') => void | Promise<void>;
+  onEnd?: (kind: FuseEndKind, error?: unknown) => void | Promise<void>;
 }
 
 type Req = {
@@ -282,11 +286,11 @@ export class FuseSessionFile extends EventEmitter {
     for (const w of this.#idleWaiters.splice(0)) w();
   }
 
-  #end(kind: 'eos' | 'disabled'): Promise<void> {
+  #end(kind: FuseEndKind, error?: unknown): Promise<void> {
     if (this.#endReported) return Promise.resolve();
     this.#endReported = true;
-    this.emit('end', kind);
-    return Promise.resolve(this.#opts.onEnd?.(kind)).catch(() => undefined);
+    this.emit('end', kind, error);
+    return Promise.resolve(this.#opts.onEnd?.(kind, error)).catch(() => undefined);
   }
 
   #precopyOf(state: DeviceState | undefined): boolean | undefined {
@@ -332,6 +336,7 @@ export class FuseSessionFile extends EventEmitter {
           continue;
         }
         if (isErrno(err, 'ENODEV')) void this.#end('disabled');
+        else if (!isErrno(err, 'ENOMSG')) void this.#end('error', err);
         // ENOMSG (PRE_COPY temporary end) and every other errno reach the reader as they are.
         return this.#bridge._reply(r, -errnoOf(err));
       }
@@ -388,7 +393,10 @@ export class FuseSessionFile extends EventEmitter {
       }
     } catch (err) {
       if (isErrno(err, 'ENODEV')) void this.#end('disabled');
-      else this.#writeError = err;
+      else {
+        this.#writeError = err;
+        void this.#end('error', err);
+      }
       // write(2) reports the progress made before an error; the writer retries the rest and then
       // gets the device's errno.
       if (done === 0) return this.#bridge._reply(r, -errnoOf(err));

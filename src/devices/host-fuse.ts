@@ -13,11 +13,16 @@
  * - the end of a stream is told by the file itself; settle() is still called so the parent's
  *   records match, but no read waits for its ack.
  */
-import { ErrorCodes, migError } from '../fsm/errors.js';
+import { ErrorCodes, MigError, errnoName, migError } from '../fsm/errors.js';
 import type { PrecopyInfo, ResumingSession, SavingSession, Session } from '../fsm/types.js';
 import { FuseBridge } from './fuse-bridge.js';
-import type { FuseBridgeOptions, FuseSessionFile } from './fuse-bridge.js';
+import type { FuseBridgeOptions, FuseEndKind, FuseSessionFile } from './fuse-bridge.js';
 import type { ExportedSession, FdProvider, FdProviderOptions, SessionHooks } from './host-fifo.js';
+
+function asMigError(err: unknown): MigError {
+  if (err instanceof MigError) return err;
+  return migError(errnoName(err) ?? 'EIO', `device session failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+}
 
 class FuseExported implements ExportedSession {
   readonly path: string;
@@ -75,9 +80,15 @@ export class FuseProvider implements FdProvider {
     const opts = {
       name: `${session.direction === 'saving' ? 's' : 'r'}${session.id}`,
       deviceState: hooks.deviceState,
-      // The parent learns of the STOP_COPY end before its reader gets the 0 (host.ts reads an EOF
-      // without a notice as a lost host); ENODEV needs no notice, the errno says it.
-      onEnd: (kind: 'eos' | 'disabled') => (kind === 'eos' ? hooks.settle({ kind }) : void hooks.settle({ kind })),
+      onEnd: (kind: FuseEndKind, error?: unknown): Promise<void> | void => {
+        // The parent learns of the STOP_COPY end before its reader gets the 0 (host.ts reads an
+        // EOF without a notice as a lost host).
+        if (kind === 'eos') return hooks.settle({ kind });
+        // The fd already says ENODEV or the device's errno; the notice keeps the parent's records
+        // (and a failing RESUMING -> STOP) in step with the FIFO provider.
+        if (kind === 'disabled') void hooks.settle({ kind });
+        else void hooks.settle({ kind, error: asMigError(error) });
+      },
     };
     const file =
       session.direction === 'saving'

@@ -7,7 +7,7 @@ export type { SimProfile } from './sim-pages.js';
 export { MttyDevice, MttyPort, MTTY_MAGIC, MTTY_HEADER_SIZE, MTTY_PORT_SIZE, mttyDataSize, writeMttyHeader } from './mtty-device.js';
 export type { MttyDeviceOptions } from './mtty-device.js';
 export { FuseBridge, FuseSessionFile, FUSE_MAX_IO, fuseAvailability, fuseServerPath, mountedPaths } from './fuse-bridge.js';
-export type { FuseBridgeOptions, FuseExportOptions } from './fuse-bridge.js';
+export type { FuseBridgeOptions, FuseEndKind, FuseExportOptions } from './fuse-bridge.js';
 export { FuseProvider } from './host-fuse.js';
 export { spawnDeviceHost, HostedDevice, HostedSavingSession, HostedResumingSession } from './host.js';
 export type { DeviceHostOptions, HostedSession } from './host.js';

@@ -183,6 +183,8 @@ describe.skipIf(!FUSE.ok)('FUSE data fds: a SimDevice served by an in-process br
     const dst = new SimDevice({ size: MiB, seed: 6, faults: { writeError: { afterBytes: 5000, code: 'EFAULT' } } });
     const fs = await bridge.exportSaving(saving(await goTo(src, S.STOP_COPY)));
     const fr = await bridge.exportResuming(resuming(await goTo(dst, S.RESUMING)));
+    const ends: unknown[] = [];
+    fr.on('end', (kind: string, err: { code?: string }) => ends.push([kind, err?.code]));
     const inFile = await fsp.open(fs.path, 'r');
     const outFile = await fsp.open(fr.path, fsc.O_WRONLY);
     try {
@@ -193,6 +195,7 @@ describe.skipIf(!FUSE.ok)('FUSE data fds: a SimDevice served by an in-process br
       await expect(outFile.write(buf.subarray(5000))).rejects.toMatchObject({ code: 'EFAULT', errno: -ERRNO.EFAULT });
       // The stream is broken: later writes keep the device's errno.
       await expect(outFile.write(buf)).rejects.toMatchObject({ code: 'EFAULT' });
+      expect(ends).toEqual([['error', 'EFAULT']]);
     } finally {
       await inFile.close();
       await outFile.close();

@@ -18,7 +18,7 @@ import { pipeline } from 'node:stream/promises';
 import type { ResumingSession, SavingSession } from '../../src/fsm/types.js';
 import { FUSE, readOutcome, reportSkip, writeAllFd } from './fuse-helpers.js';
 
-const TESTS = 5;
+const TESTS = 6;
 reportSkip('fuse-host.test.ts', TESTS);
 
 const MiB = 1 << 20;
@@ -153,6 +153,17 @@ describe.skipIf(!FUSE.ok)("device host with fdKind 'fuse': SimDevice sessions as
     await goTo(src, S.STOP);
     await goTo(dst, S.STOP);
     expect(await dst.digest()).toBe(await src.digest());
+  });
+
+  it("a device write error reaches the writer's write(2) as its errno, and RESUMING -> STOP fails with it", async () => {
+    const src = await host({ size: MiB, seed: 13, flags: 0x1 });
+    const dst = await host({ size: MiB, seed: 13, flags: 0x1, faults: { writeError: { afterBytes: 3000, code: 'EINVAL' } } });
+    const out = fdOf(await goTo(dst, S.RESUMING));
+    const inFd = fdOf(await goTo(src, S.STOP_COPY));
+    const buf = Buffer.allocUnsafe(64 * 1024);
+    expect(await readOutcome(inFd, buf)).toBe(buf.length);
+    await expect(writeAllFd(out, buf)).rejects.toMatchObject({ code: 'EINVAL' });
+    await expect(goTo(dst, S.STOP)).rejects.toMatchObject({ code: 'EINVAL' });
   });
 
   it('a reset mid-stream surfaces ENODEV on the fds; positioned and wrong-direction access is refused', async () => {
