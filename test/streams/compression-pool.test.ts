@@ -1,0 +1,110 @@
+import { describe, it, expect, afterAll } from 'vitest';
+import { crc32 } from 'node:zlib';
+import { randomBytes } from 'node:crypto';
+import { CompressionPool, zstd, validateZstdLevel, MIN_ZSTD_LEVEL, DEFAULT_ZSTD_LEVEL } from '../../src/streams/compression-pool.js';
+import { ErrorCodes } from '../../src/fsm/errors.js';
+import { mixedData } from './wire-helpers.js';
+
+function decompress(frame: Buffer, size: number): Buffer {
+  const out = Buffer.alloc(size);
+  const n = new zstd.DCtx().decompress(out, frame);
+  expect(n).toBe(size);
+  return out;
+}
+
+describe('CompressionPool', () => {
+  const pool = new CompressionPool({ size: 2 });
+  afterAll(() => pool.close());
+
+  it('compresses into independent frames with the crc of the wire bytes', async () => {
+    const data = mixedData(1024 * 1024, 1);
+    for (const level of [-1, 1, 3, 19]) {
+      const r = await pool.compress(data, { level });
+      expect(r.compressed).not.toBeNull();
+      expect(r.compressed!.length).toBeLessThan(data.length * 0.7);
+      expect(r.crc).toBe(crc32(r.compressed!));
+      expect(r.raw).toBe(data);
+      expect(decompress(r.compressed!, data.length).equals(data)).toBe(true);
+    }
+    expect((await pool.compress(data, { crc: false })).crc).toBe(0);
+  });
+
+  it('returns null for data that does not shrink, with the crc of the raw bytes', async () => {
+    const data = randomBytes(300_000);
+    const r = await pool.compress(data);
+    expect(r.compressed).toBeNull();
+    expect(r.raw).toBe(data);
+    expect(r.crc).toBe(crc32(data));
+  });
+
+  it('resolves every job with its own result when many run at once, and respects the in-flight cap', async () => {
+    const small = new CompressionPool({ size: 2, maxInFlightBytes: 1024 * 1024 });
+    try {
+      const inputs = Array.from({ length: 60 }, (_, i) => (i % 3 === 0 ? randomBytes(200_000 + i) : mixedData(100_000 + i * 1000, i)));
+      let maxInFlight = 0;
+      const timer = setInterval(() => (maxInFlight = Math.max(maxInFlight, small.inFlightBytes)), 0);
+      const results = await Promise.all(inputs.map((d) => small.compress(d)));
+      clearInterval(timer);
+      results.forEach((r, i) => {
+        const d = inputs[i]!;
+        const back = r.compressed === null ? r.raw : decompress(r.compressed, d.length);
+        expect(back.equals(d)).toBe(true);
+      });
+      expect(maxInFlight).toBeLessThanOrEqual(1024 * 1024);
+      expect(small.pending).toBe(0);
+      expect(small.inFlightBytes).toBe(0);
+    } finally {
+      await small.close();
+    }
+  });
+
+  it('transfers only buffers that own their whole ArrayBuffer, and gives the bytes back when raw', async () => {
+    const owned = Buffer.allocUnsafeSlow(100_000);
+    randomBytes(100_000).copy(owned);
+    const copy = Buffer.from(owned);
+    const r = await pool.compress(owned, { transfer: true });
+    expect(owned.byteLength).toBe(0);
+    expect(r.compressed).toBeNull();
+    expect(r.raw.equals(copy)).toBe(true);
+
+    const big = Buffer.allocUnsafeSlow(200_000);
+    const view = big.subarray(1000, 150_000);
+    view.fill(7);
+    const rv = await pool.compress(view, { transfer: true });
+    expect(big.byteLength).toBe(200_000); // a view is copied, never detached under its owner
+    expect(rv.compressed).not.toBeNull();
+    const pooled = Buffer.from('a pooled small buffer '.repeat(50));
+    await pool.compress(pooled, { transfer: true });
+    expect(pooled.toString()).toContain('pooled');
+  });
+
+  it('decompresses in a worker to exactly the declared size, else CORRUPT', async () => {
+    const data = mixedData(500_000, 4);
+    const { compressed } = await pool.compress(data);
+    expect((await pool.decompress(compressed!, data.length)).equals(data)).toBe(true);
+    await expect(pool.decompress(compressed!, data.length - 1)).rejects.toMatchObject({ code: ErrorCodes.CORRUPT });
+    await expect(pool.decompress(compressed!, data.length + 1)).rejects.toMatchObject({ code: ErrorCodes.CORRUPT });
+    await expect(pool.decompress(Buffer.from('junk'), 10)).rejects.toMatchObject({ code: ErrorCodes.CORRUPT });
+  });
+
+  it('close() rejects queued and running jobs with ECANCELED and later jobs too', async () => {
+    const p = new CompressionPool({ size: 1, maxInFlightBytes: 1 });
+    const jobs = Array.from({ length: 5 }, () => p.compress(mixedData(1024 * 1024, 2), { level: 19 }));
+    const settled = Promise.allSettled(jobs);
+    await p.close();
+    const out = await settled;
+    expect(out.some((o) => o.status === 'rejected' && (o.reason as { code?: string }).code === 'ECANCELED')).toBe(true);
+    await expect(p.compress(Buffer.alloc(10))).rejects.toMatchObject({ code: 'ECANCELED' });
+    await p.close();
+  });
+
+  it('validates levels: integers from zstd minimum to 19', () => {
+    expect(DEFAULT_ZSTD_LEVEL).toBe(1);
+    expect(validateZstdLevel(-1)).toBe(-1);
+    expect(validateZstdLevel(MIN_ZSTD_LEVEL)).toBe(MIN_ZSTD_LEVEL);
+    for (const bad of [20, 22, 1.5, NaN, MIN_ZSTD_LEVEL - 1]) {
+      expect(() => validateZstdLevel(bad)).toThrow(expect.objectContaining({ code: ErrorCodes.USAGE }));
+    }
+    expect(() => new CompressionPool({ size: 0 })).toThrow(expect.objectContaining({ code: ErrorCodes.USAGE }));
+  });
+});
