@@ -114,6 +114,11 @@ export abstract class ChunkSource extends Readable {
     return this.#inflight === null ? null : this.#inflight.then(noop, noop);
   }
 
+  /** True while the epoll path is reading (data wanted, not paused by backpressure). */
+  protected get awaitingData(): boolean {
+    return this.#state === SOCKET_READING;
+  }
+
   /** Serve this stream from an async pull function (one call outstanding at a time). */
   protected usePull(pull: (buf: Buffer) => Promise<number>): void {
     this.#pull = pull;

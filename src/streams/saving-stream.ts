@@ -25,6 +25,9 @@ import { fdKind, isEpollKind, reopenFifo } from './fd-kind.js';
 import { fdRead } from './fd-source.js';
 import { ioError } from './retry.js';
 
+/** First idle-probe period on the epoll path. */
+const PROBE_MIN_MS = 10;
+
 export interface SavingStreamOptions extends ChunkSourceOptions {
   /** Close the session (session.close()) when this stream closes (default false: the caller owns it). */
   autoClose?: boolean;
@@ -51,12 +54,19 @@ export class SavingStream extends ChunkSource {
   readonly #autoClose: boolean;
   /** Start time of the current PRE_COPY empty streak, or -1 outside one. */
   #emptySince: number;
+  /** Epoll path: idle-probe period in ms (-1: not probing), its timer, bytesRead at the last look. */
+  #probeDelay: number;
+  #probeTimer: NodeJS.Timeout | null;
+  #probeBytes: number;
 
   constructor(session: SavingSession, opts: SavingStreamOptions = {}) {
     super(opts);
     this.session = session;
     this.#autoClose = opts.autoClose ?? false;
     this.#emptySince = -1;
+    this.#probeDelay = -1;
+    this.#probeTimer = null;
+    this.#probeBytes = 0;
     const fd = session.fd;
     if (fd === null) {
       this.path = 'method';
@@ -70,6 +80,8 @@ export class SavingStream extends ChunkSource {
     if (own !== null) {
       this.path = 'epoll';
       this.useSocket(own);
+      this.#probeDelay = PROBE_MIN_MS;
+      this.#armProbe();
     } else {
       this.path = 'fs';
       this.usePull((buf) => fdRead(fd, buf));
@@ -137,15 +149,66 @@ export class SavingStream extends ChunkSource {
   }
 
   protected override async onSocketEnd(): Promise<MigError | null> {
+    // Stop probing first: the stream is ending either way.
+    this.#stopProbe();
     if (this.session.disabled) return this.#disabledError();
-    // The host may have closed the FIFO before our view of the session learned of the reset: ask.
+    // The host may close the FIFO before our view of the session learned why: a control-channel
+    // round trip (precopyInfo) lets every notice sent before the close arrive first.
     try {
       await this.session.precopyInfo();
     } catch (err) {
       if (isErrno(err, 'ENODEV')) return this.#disabledError(err);
     }
+    // A device host's session says what its EOF means (null: the STOP_COPY end).
+    const eofError = (this.session as { eofError?: () => MigError | null }).eofError;
+    if (typeof eofError === 'function') {
+      const e = eofError.call(this.session);
+      return e === null ? null : e.code === 'ENODEV' ? this.#disabledError(e) : e;
+    }
     return this.session.disabled ? this.#disabledError() : null;
   }
+
+  /**
+   * A FIFO shows PRE_COPY's temporary end as silence, not ENOMSG. While the epoll path waits for
+   * data and none came for a whole probe period, ask precopyInfo(): nothing pending means an empty
+   * streak ('precopy-empty'). Periods double up to backoffMax while idle; STOP_COPY (EINVAL) or a
+   * disabled session stop the probing. One timer, no per-chunk cost.
+   */
+  #armProbe(): void {
+    if (this.#probeDelay < 0 || this.destroyed) return;
+    this.#probeTimer = setTimeout(this.#onProbe, this.#probeDelay);
+    this.#probeTimer.unref();
+  }
+
+  #stopProbe(): void {
+    this.#probeDelay = -1;
+    if (this.#probeTimer !== null) clearTimeout(this.#probeTimer);
+    this.#probeTimer = null;
+  }
+
+  readonly #onProbe = (): void => {
+    this.#probeTimer = null;
+    if (this.#probeDelay < 0 || this.destroyed) return;
+    if (this.bytesRead !== this.#probeBytes || !this.awaitingData || this.#emptySince >= 0) {
+      this.#probeBytes = this.bytesRead;
+      this.#probeDelay = this.backoff.min > 0 ? Math.max(PROBE_MIN_MS, this.backoff.min) : PROBE_MIN_MS;
+      this.#armProbe();
+      return;
+    }
+    const seen = this.bytesRead;
+    this.session.precopyInfo().then(
+      (info) => {
+        if (this.#probeDelay < 0 || this.destroyed) return;
+        if (this.bytesRead === seen && this.#emptySince < 0 && info.initialBytes === 0 && info.dirtyBytes === 0) {
+          void this.#empty(info);
+        }
+        this.#probeDelay = Math.min(this.backoff.max, this.#probeDelay * 2);
+        this.#armProbe();
+      },
+      // EINVAL: not PRE_COPY (STOP_COPY has a real end); ENODEV: the EOF that follows reports it.
+      () => this.#stopProbe(),
+    );
+  };
 
   protected override mapSocketError(err: unknown): MigError {
     if (this.session.disabled) return this.#disabledError(err);
@@ -153,6 +216,7 @@ export class SavingStream extends ChunkSource {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.#stopProbe();
     if (this.#autoClose) {
       const pending = this.inflight;
       if (pending === null) this.session.close();
