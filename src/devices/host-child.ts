@@ -5,6 +5,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { isAbsolute } from 'node:path';
+import { rmSync } from 'node:fs';
 import { DeviceState } from '../fsm/states.js';
 import { ErrorCodes, migError } from '../fsm/errors.js';
 import type { MigError } from '../fsm/errors.js';
@@ -73,11 +74,18 @@ class HostChild {
   /** True while an explicit reset() runs: the device's own 'reset' event is then not news to the parent. */
   #resetting = false;
   #shuttingDown = false;
+  #dir: string | null = null;
 
   constructor() {
     process.on('message', (m) => this.#onMessage(m as ParentMessage));
-    // The parent went away: release everything and leave.
-    process.on('disconnect', () => void this.#shutdown().finally(() => process.exit(0)));
+    // The parent went away: release everything and leave. A parent that died without close()
+    // cannot remove the host's directory, so the child does.
+    process.on('disconnect', () =>
+      void this.#shutdown().finally(() => {
+        if (this.#dir) rmSync(this.#dir, { recursive: true, force: true });
+        process.exit(0);
+      }),
+    );
   }
 
   #send(m: ChildMessage): void {
@@ -180,6 +188,7 @@ class HostChild {
     const factory = await loadFactory(a.device);
     const dev = await factory(a.options);
     this.#device = dev;
+    this.#dir = a.dir;
     this.#provider = makeProvider({ dir: a.dir, chunkSize: a.chunkSize });
     this.#state = await dev.getState();
     dev.on?.('reset', () => void this.#onDeviceReset());

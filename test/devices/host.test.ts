@@ -223,6 +223,29 @@ describe('device host: fixture driver over FIFOs', () => {
     expect(all.eof).toBeNull();
   });
 
+  it('disable() in the parent mid-stream: the child stops, the reader sees EOF meaning ENODEV, data calls fail ENODEV', async () => {
+    const size = 8 << 20;
+    const a = await fixture({ size, precopyBytes: size, maxRead: 32 << 10 }, 64 << 10);
+    const ss = (await a.step(S.RUNNING, S.PRE_COPY)) as HostedSavingSession;
+    let disabledAt = -1;
+    const got = await readAll(ss, () => {
+      if (disabledAt >= 0) return;
+      disabledAt = Date.now();
+      ss.disable();
+      ss.disable();
+    });
+    expect(got.eof).toMatchObject({ code: 'ENODEV' });
+    expect(got.bytes).toBeLessThan(16 + size);
+    await expect(ss.precopyInfo()).rejects.toMatchObject({ code: 'ENODEV' });
+    await expect(ss.read(Buffer.alloc(8))).rejects.toMatchObject({ code: 'ENODEV' });
+    // The device stopped handing out data: the child disabled its session too.
+    const taken = (await a.call('savedBytes')) as number;
+    await new Promise((r) => setTimeout(r, 50));
+    expect((await a.call('savedBytes')) as number).toBe(taken);
+    ss.close();
+    expect(a.sessions).toHaveLength(0);
+  });
+
   it('a bad stream written into the resuming FIFO: the next write and RESUMING -> STOP fail with the device\'s EFAULT', async () => {
     const b = await fixture({ size: 1 << 20 });
     await b.step(S.RUNNING, S.STOP);
