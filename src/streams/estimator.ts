@@ -62,6 +62,11 @@ export interface PrecopyEstimatorOptions {
   minSamples?: number;
   /** A pause longer than this between two reads (or two wire writes) starts a new measurement streak. Default 5000 ms. */
   idleGapMs?: number;
+  /**
+   * Stop-copy sizes up to this many bytes need no rate samples of their own for a confident
+   * prediction (an mtty's 60 bytes never yield a rate; their time is noise). Default 1 MiB.
+   */
+  smallStateBytes?: number;
   /** Raw bytes per ms assumed before anything was measured (prediction not confident). Default 100_000 (100 MB/s). */
   priorRateBytesPerMs?: number;
   /** Fixed costs assumed until measured. Default 0 each. */
@@ -72,7 +77,7 @@ export interface PrecopyEstimatorOptions {
 export interface Prediction {
   /** False while any device's stop-copy size is unknown or its last query failed: never switch over on it. */
   valid: boolean;
-  /** True once every rate in use has at least `minSamples` samples (else priors fill in). */
+  /** True once every rate that matters (stop-copy sizes above smallStateBytes) has at least `minSamples` samples; else priors fill in. */
   confident: boolean;
   /** Predicted downtime of a switchover now: fixed costs + stop-copy bytes at the effective rate. Infinity when invalid. */
   downtimeMs: number;
@@ -340,6 +345,7 @@ const DEFAULTS = {
   minRelativeBand: 0.05,
   minSamples: 3,
   idleGapMs: 5000,
+  smallStateBytes: 1024 * 1024,
   priorRateBytesPerMs: 100_000,
 };
 
@@ -717,7 +723,8 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       floorBytes += Math.max(0, v.stopCopy - v.initial - v.dirty);
       const s = v.generation.stats(BEST_RATE_MIN_SAMPLE_MS);
       if (v.generation.count < o.minSamples || !(s.mean > 0)) {
-        if (v.stopCopy > 0) confident = false;
+        // Unmeasured: the wire term (or the prior) stands for it.
+        if (v.stopCopy > o.smallStateBytes) confident = false;
         continue;
       }
       if (!(s.mean >= slowestGen)) slowestGen = s.mean;
@@ -746,7 +753,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       wireMsBest = floorBytes / best;
     } else {
       // Nothing measured on the wire yet: the prior rate, with a wide band (x4 either way).
-      if (stopCopyBytes > 0) confident = false;
+      if (stopCopyBytes > o.smallStateBytes) confident = false;
       const p = o.priorRateBytesPerMs;
       wireMs = stopCopyBytes / p;
       wireMsLow = stopCopyBytes / (p * 4);

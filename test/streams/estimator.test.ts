@@ -295,7 +295,7 @@ describe('PrecopyEstimator: rates and prediction', () => {
 
   it('is not confident and uses the prior rate before anything is measured', () => {
     const c = clock();
-    const est = new PrecopyEstimator({ now: c.now, priorRateBytesPerMs: 1000 });
+    const est = new PrecopyEstimator({ now: c.now, priorRateBytesPerMs: 1000, smallStateBytes: 4096 });
     est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
     est.updateStopCopySize(10_000);
     const p = est.predict();
@@ -305,6 +305,26 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.lowMs).toBe(2.5);
     // An unmeasured link proves no lower bound.
     expect(p.lowerBoundMs).toBe(0);
+  });
+
+  it('a small device needs no rate samples of its own for a confident prediction', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, devices: 2 });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false }, 0);
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false }, 1);
+    est.updateStopCopySize(10 * MIB, 0);
+    // An mtty-like device: 60 bytes of state, never a rate sample.
+    est.updateStopCopySize(60, 1);
+    for (let i = 0; i < 5; i++) {
+      est.recordRead(MIB, { device: 0, durationMs: 1 });
+      est.recordWire(MIB, MIB, { durationMs: 10 });
+    }
+    const p = est.predict();
+    expect(p.confident).toBe(true);
+    expect(p.stopCopyBytes).toBe(5 * MIB + 60);
+    expect(p.transferMs).toBeCloseTo(((5 * MIB + 60) * 10) / MIB, 6);
+    est.updateStopCopySize(2 * MIB, 1);
+    expect(est.predict().confident).toBe(false);
   });
 
   it('measures the dirty rate from dirty growth plus what was read, between queries past the initial data', () => {
