@@ -219,7 +219,18 @@ class HostChild {
     for (const h of this.#sessions.values()) h.exported.wake();
     await this.#reconcile();
     if (!session) return null;
-    return this.#export(session);
+    try {
+      return await this.#export(session);
+    } catch (err) {
+      // The arc happened but its data fd cannot be served: end the session as a failed open
+      // would, and say so (the parent's core reads the state back after a failed arc).
+      session.disable();
+      session.close();
+      throw migError(ErrorCodes.TRANSPORT, `device host: cannot serve session ${session.id}: ${(err as Error)?.message ?? String(err)}`, {
+        cause: err,
+        state: this.#state,
+      });
+    }
   }
 
   async #export(session: Session): Promise<SessionRef> {

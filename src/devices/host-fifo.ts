@@ -78,6 +78,8 @@ export interface FdProviderOptions {
 /** Poll backoff at a PRE_COPY temporary end or EAGAIN: bounded, reset on progress. */
 const POLL_MIN_MS = 1;
 const POLL_MAX_MS = 50;
+/** Resuming: bytes per FIFO read buffer (a default pipe returns at most 64 KiB per read). */
+const READ_SIZE = 256 << 10;
 
 function mkfifo(path: string): Promise<void> {
   // Node has no mkfifo(3): coreutils does it; mode 0600 keeps other users out of the stream.
@@ -272,9 +274,10 @@ class FifoSaving implements ExportedSession {
 }
 
 /**
- * Resuming: FIFO -> device session. A net.Socket with `onread` reads the FIFO into fresh chunks;
- * reading stops while a chunk is being written to the device (one chunk in flight), and partial
- * device writes are looped. A device write error stops the reading, is reported to the parent, and
+ * Resuming: FIFO -> device session. A net.Socket with `onread` reads the FIFO into fresh buffers
+ * of at most READ_SIZE; reading stops while `chunkSize` bytes wait for the device (the byte cap of
+ * this queue), so the pipe keeps flowing while the device writes, and partial device writes are
+ * looped. A device write error stops the reading, is reported to the parent, and
  * the FIFO is closed so the parent's writes fail with EPIPE.
  */
 class FifoResuming implements ExportedSession {
@@ -286,6 +289,10 @@ class FifoResuming implements ExportedSession {
   #state = S_IDLE;
   #sock: Socket | null = null;
   #queue: Buffer[] = [];
+  /** Bytes in #queue (its cap is chunkSize). */
+  #queued = 0;
+  /** Reading is stopped (cap reached, drain, or error); #maybeResume restarts it. */
+  #stopped = false;
   #writing = false;
   #eof = false;
   #error: MigError | null = null;
@@ -312,9 +319,9 @@ class FifoResuming implements ExportedSession {
       readable: true,
       writable: false,
       onread: {
-        // One buffer, reused: reading is stopped (the callback returns false) until the device
-        // took the chunk, so libuv never reads into it while the device still needs it.
-        buffer: Buffer.allocUnsafe(this.#chunkSize),
+        // A fresh buffer per read, sized like a pipe read (64 KiB by default, more only if the
+        // pipe was enlarged): queued chunks are still owned by the device's pending writes.
+        buffer: () => Buffer.allocUnsafe(Math.min(this.#chunkSize, READ_SIZE)),
         callback: (n: number, buf: Uint8Array) => this.#onData(Buffer.from(buf.buffer, buf.byteOffset, n)),
       },
     } as ConstructorParameters<typeof Socket>[0]);
@@ -340,6 +347,7 @@ class FifoResuming implements ExportedSession {
     const sock = this.#sock;
     if (!this.#eof && sock) {
       sock.pause();
+      this.#stopped = true;
       try {
         for (;;) {
           const buf = Buffer.allocUnsafe(this.#chunkSize);
@@ -349,6 +357,7 @@ class FifoResuming implements ExportedSession {
             break;
           }
           this.#queue.push(buf.subarray(0, n));
+          this.#queued += n;
         }
       } catch (err) {
         if (!isErrno(err, 'EAGAIN')) this.#fail(asMigError(err, 'resuming FIFO read failed'));
@@ -360,7 +369,7 @@ class FifoResuming implements ExportedSession {
       this.#checkIdle();
     });
     if (this.#error) throw this.#error;
-    if (!this.#eof && this.#state === S_RUNNING) sock?.resume();
+    this.#maybeResume();
   }
 
   wake(): void {}
@@ -370,6 +379,7 @@ class FifoResuming implements ExportedSession {
     const started = this.#state === S_RUNNING;
     this.#state = S_CLOSED;
     this.#queue.length = 0;
+    this.#queued = 0;
     if (this.#sock) this.#sock.destroy();
     else if (!started) closeSync(this.#fd);
     this.#sock = null;
@@ -381,9 +391,20 @@ class FifoResuming implements ExportedSession {
   #onData(chunk: Buffer): boolean {
     if (this.#state !== S_RUNNING) return false;
     this.#queue.push(chunk);
+    this.#queued += chunk.length;
     this.#kick();
-    // false: stop reading until the device took this chunk (one chunk in flight).
+    if (this.#queued < this.#chunkSize) return true;
+    // false: stop reading until the device took enough (the queue's byte cap).
+    this.#stopped = true;
     return false;
+  }
+
+  /** Read again once the queue is below its cap, unless a drain() is reading the pipe itself. */
+  #maybeResume(): void {
+    if (!this.#stopped || this.#state !== S_RUNNING || this.#eof || this.#error) return;
+    if (this.#queued >= this.#chunkSize || this.#idleWaiters.length > 0) return;
+    this.#stopped = false;
+    this.#sock?.resume();
   }
 
   #kick(): void {
@@ -393,8 +414,7 @@ class FifoResuming implements ExportedSession {
       () => {
         this.#writing = false;
         this.#checkIdle();
-        // Resume reading unless a drain() is reading the pipe itself.
-        if (this.#state === S_RUNNING && !this.#eof && this.#idleWaiters.length === 0) this.#sock?.resume();
+        this.#maybeResume();
       },
       (err) => {
         this.#writing = false;
@@ -412,7 +432,8 @@ class FifoResuming implements ExportedSession {
         if (this.#state !== S_RUNNING) return;
         chunk = chunk.subarray(n);
       }
-      this.#queue.shift();
+      this.#queued -= (this.#queue.shift() as Buffer).length;
+      this.#maybeResume();
     }
   }
 
@@ -426,7 +447,7 @@ class FifoResuming implements ExportedSession {
 
   #fail(error: MigError): void {
     if (this.#error || this.#state === S_CLOSED) return;
-    this.#error = isErrno(error, 'ENODEV') ? error : error;
+    this.#error = error;
     this.#sock?.pause();
     const outcome: SessionOutcome = isErrno(error, 'ENODEV') ? { kind: 'disabled' } : { kind: 'error', error };
     // Tell the parent first (the notice is queued on the control channel before the FIFO closes),
