@@ -1,0 +1,105 @@
+// Parent side of the two-process runs of bench/e2e.mjs and bench/memory.mjs: starts a destination
+// child, then a source child, over a unix socket in a fresh temporary directory, and returns what
+// both reported (see _e2e-peer.mjs). Not run by bench/run.mjs (leading underscore).
+import { fork } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const PEER = fileURLToPath(new URL('./_e2e-peer.mjs', import.meta.url));
+
+/** Fork one peer role; resolves { child, first } once it sent its first message. */
+function start(role, args) {
+  const child = fork(PEER, [role, ...args.map(String)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const messages = [];
+  let waiting = null;
+  let exitError = null;
+  child.on('message', (m) => {
+    if (waiting) {
+      const w = waiting;
+      waiting = null;
+      w.resolve(m);
+    } else messages.push(m);
+  });
+  child.on('exit', (code, signal) => {
+    if (code !== 0) exitError = new Error(`_e2e-peer ${role} exited ${code ?? signal}`);
+    if (waiting) {
+      const w = waiting;
+      waiting = null;
+      w.reject(exitError ?? new Error(`_e2e-peer ${role} exited before reporting`));
+    }
+  });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const next = () => {
+    if (messages.length) return Promise.resolve(messages.shift());
+    if (exitError || child.exitCode !== null) return Promise.reject(exitError ?? new Error(`_e2e-peer ${role} exited before reporting`));
+    return new Promise((resolve, reject) => (waiting = { resolve, reject }));
+  };
+  return { child, next, exited };
+}
+
+async function withDir(prefix, fn) {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  try {
+    return await fn(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * One vfio-mig migration between two processes: { ms, bytes, wireBytes, source, dest } where ms runs
+ * from the source's first device call to the destination's device accepting RESUMING -> STOP, and
+ * source/dest are the children's reports (maxRssKB, digest...). Throws when the digests differ.
+ */
+export function runPair({ size, profile = 'mixed', seed = 7, zstd = 'off' }) {
+  return withDir('bench-e2e-', async (dir) => {
+    const sock = join(dir, 's.sock');
+    const d = start('dest', [sock, size, profile, seed, zstd]);
+    let s = null;
+    try {
+      await d.next(); // listening
+      s = start('source', [sock, size, profile, seed, zstd]);
+      const [src, dst] = await Promise.all([s.next(), d.next()]);
+      await Promise.all([s.exited, d.exited]);
+      if (src.digest !== dst.digest) throw new Error(`digest mismatch: source ${src.digest}, destination ${dst.digest}`);
+      if (src.bytes !== dst.bytes) throw new Error(`byte count mismatch: source ${src.bytes}, destination ${dst.bytes}`);
+      return { ms: dst.tEnd - src.t0, bytes: src.bytes, wireBytes: src.wireBytes, source: src, dest: dst };
+    } finally {
+      d.child.kill('SIGKILL');
+      s?.child.kill('SIGKILL');
+    }
+  });
+}
+
+/** The naive Node pair on the bytes of `file`: fs.createReadStream -> unix socket -> fs.createWriteStream('/dev/null'). */
+export function runNaivePair(file) {
+  return withDir('bench-naive-', async (dir) => {
+    const sock = join(dir, 'n.sock');
+    const d = start('naive-dest', [sock]);
+    let s = null;
+    try {
+      await d.next();
+      s = start('naive-source', [sock, file]);
+      const [src, dst] = await Promise.all([s.next(), d.next()]);
+      await Promise.all([s.exited, d.exited]);
+      return { ms: dst.tEnd - src.t0, bytes: dst.bytes, source: src, dest: dst };
+    } finally {
+      d.child.kill('SIGKILL');
+      s?.child.kill('SIGKILL');
+    }
+  });
+}
+
+/** Write the source device's stream bytes (as runPair's source would send them) to `file`. */
+export async function dumpStream(file, { size, profile = 'mixed', seed = 7 }) {
+  const p = start('dump', [file, size, profile, seed]);
+  try {
+    const m = await p.next();
+    await p.exited;
+    return m.bytes;
+  } finally {
+    p.child.kill('SIGKILL');
+  }
+}
