@@ -55,6 +55,12 @@ my $r = ""; vec($r, fileno($f), 1) = 1;
 my $n = select(my $ro = $r, undef, undef, $ARGV[1]);
 print $n > 0 ? "ready" : "timeout";`;
 
+/** lseek(fd, 0, SEEK_SET): prints "ok" or "err=<errno>". */
+const LSEEK = `
+open(my $f, "<", $ARGV[0]) or die "open: $!";
+my $r = sysseek($f, 0, 0);
+print defined $r ? "ok" : "err=" . ($! + 0);`;
+
 /** A read interrupted by SIGALRM: prints "err=<errno>" or "n=<bytes>". */
 const INTERRUPTED_READ = `
 $SIG{ALRM} = sub {};
@@ -215,6 +221,8 @@ describe.skipIf(!FUSE.ok)('FUSE data fds: a SimDevice served by an in-process br
     const outFile = await fsp.open(fr.path, 'w');
     try {
       await expect(inFile.read(buf, 0, 16, 0)).rejects.toMatchObject({ code: 'ESPIPE' });
+      // lseek(2) (Node has none): a stream file has no position at all.
+      expect((await perl(LSEEK, [fs.path]).done).out).toBe(`err=${ERRNO.ESPIPE}`);
       await expect(outFile.write(buf, 0, 16, 0)).rejects.toMatchObject({ code: 'ESPIPE' });
       await expect(inFile.write(buf, 0, 16)).rejects.toMatchObject({ code: 'EBADF' });
       await expect(outFile.read(buf, 0, 16)).rejects.toMatchObject({ code: 'EBADF' });
