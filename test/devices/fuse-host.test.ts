@@ -93,6 +93,9 @@ describe.skipIf(!FUSE.ok)("device host with fdKind 'fuse': SimDevice sessions as
     expect(await readOutcome(inFd, Buffer.alloc(16))).toBe(0);
     await goTo(src, S.STOP);
     await goTo(dst, S.STOP);
+    // The closing arcs disabled both sessions: their fds now say ENODEV, as the kernel's do.
+    expect(await readOutcome(inFd, Buffer.alloc(16))).toBe(ENODEV);
+    await expect(writeAllFd(out, Buffer.alloc(16))).rejects.toMatchObject({ code: 'ENODEV' });
     expect(await dst.digest()).toBe(await src.digest());
     const mounts = [mountOf(inFd), mountOf(out)];
     expect(mounts[0]).not.toBe(mounts[1]); // one private mount per host
