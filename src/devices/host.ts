@@ -66,7 +66,15 @@ function childCommand(): string[] {
   const dir = dirname(here);
   const js = join(dir, 'host-child.js');
   if (here.endsWith('.js') && existsSync(js)) return [js];
-  return ['--import', tsLoaderUrl(here), join(dir, 'host-child.ts')];
+  return nodeArgsForTs(join(dir, 'host-child.ts'));
+}
+
+/**
+ * Node arguments that run a TypeScript file of this project from source (the loader above), for
+ * tests that need another Node process of their own. Not part of the package's API.
+ */
+export function nodeArgsForTs(file: string): string[] {
+  return ['--import', tsLoaderUrl(fileURLToPath(import.meta.url)), file];
 }
 
 function tsLoaderUrl(anchor: string): string {

@@ -5,16 +5,18 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { once } from 'node:events';
 import { Socket } from 'node:net';
-import { readSync, existsSync, readdirSync } from 'node:fs';
+import { readSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createHash } from 'node:crypto';
 import { DeviceState } from '../../src/fsm/states.js';
 import { ErrorCodes } from '../../src/fsm/errors.js';
 import type { MigError } from '../../src/fsm/errors.js';
-import { spawnDeviceHost } from '../../src/devices/host.js';
+import { spawnDeviceHost, nodeArgsForTs } from '../../src/devices/host.js';
 import type { HostedDevice, HostedSavingSession, HostedResumingSession } from '../../src/devices/host.js';
 
 const FIXTURE = fileURLToPath(new URL('./host-fixture-driver.ts', import.meta.url));
+const ORPHAN_PARENT = fileURLToPath(new URL('./host-orphan-parent.ts', import.meta.url));
 const S = DeviceState;
 
 const hosts: HostedDevice[] = [];
@@ -28,10 +30,15 @@ async function fixture(options: Record<string, unknown>, chunkSize?: number): Pr
   return h;
 }
 
+/** Running (a zombie whose reaper is slow counts as gone: it holds no fds and runs no code). */
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
+  } catch {
+    return false;
+  }
+  try {
+    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
   } catch {
     return false;
   }
@@ -326,6 +333,18 @@ describe('device host: fixture driver over FIFOs', () => {
     expect(ss.fd).toBeNull();
     expect(rs.fd).toBeNull();
     await expect(a.getState()).rejects.toMatchObject({ code: ErrorCodes.TRANSPORT });
+  });
+
+  it('a parent that dies without close(): its host child exits and removes the host directory', async () => {
+    const parent = spawn(process.execPath, nodeArgsForTs(ORPHAN_PARENT).concat(FIXTURE), { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    parent.stdout.setEncoding('utf8');
+    parent.stdout.on('data', (s: string) => (out += s));
+    const [code] = (await once(parent, 'exit')) as [number];
+    expect(code).toBe(0);
+    const { pid, dir } = JSON.parse(out) as { pid: number; dir: string };
+    expect(pid).toBeGreaterThan(0);
+    await waitFor(() => !alive(pid) && !existsSync(dir));
   });
 
   it('reports device errors with their codes and rejects unknown methods and devices', async () => {
