@@ -149,6 +149,27 @@ describe('device host: SimDevice', () => {
     expect(await a.getState()).toBe(S.RUNNING);
   });
 
+  it('cancelling PRE_COPY (-> RUNNING) mid-stream: the reader sees EOF meaning ENODEV; a second PRE_COPY starts over', async () => {
+    const a = await host('sim', { size: 32 << 20, flags: 0x5, generationRate: 64 << 20 }, 256 << 10);
+    const core = new MigrationCore(a);
+    const closes: string[] = [];
+    core.on('session-close', (e) => closes.push(e.reason));
+    const ss = (await core.setState(S.PRE_COPY)) as HostedSavingSession;
+    const sock = new Socket({ fd: ss.takeFd(), readable: true, writable: false });
+    let bytes = 0;
+    sock.on('data', (c: Buffer) => (bytes += c.length));
+    const ended = once(sock, 'end');
+    await waitFor(() => bytes > 0);
+    await core.setState(S.RUNNING);
+    await ended;
+    expect(ss.eofError()).toMatchObject({ code: 'ENODEV' });
+    expect(closes).toEqual(['arc']);
+    expect(bytes).toBeLessThan(32 << 20);
+    const s2 = (await core.setState(S.PRE_COPY)) as HostedSavingSession;
+    expect(s2.id).not.toBe(ss.id);
+    expect((await s2.precopyInfo()).initialBytes).toBeGreaterThan(0);
+  });
+
   it('a write fault in the destination fails RESUMING -> STOP with the device\'s code and leaves it in RESUMING', async () => {
     const opts = { size: 4 << 20, flags: 0x1, seed: 3 };
     const [a, b] = await Promise.all([host('sim', opts), host('sim', { ...opts, faults: { writeError: { afterBytes: 1 << 20, code: 'EFAULT' } } })]);
