@@ -517,7 +517,11 @@ export class FuseBridge extends EventEmitter {
     super();
     this.mountpoint = mountpoint;
     this.#child = child;
-    this.#exited = new Promise((res) => child.once('exit', () => res()));
+    // A failed spawn (EACCES) emits 'error' and never 'exit'.
+    this.#exited = new Promise((res) => {
+      child.once('exit', () => res());
+      child.once('error', () => res());
+    });
     child.stdout.on('data', (chunk: Buffer) => this.#onData(chunk));
     child.stderr.setEncoding('utf8');
     child.stderr.on('data', (s: string) => {

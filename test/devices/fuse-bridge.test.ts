@@ -19,7 +19,7 @@ import { SimDevice } from '../../src/devices/sim-device.js';
 import { resuming, saving } from './sim-helpers.js';
 import { FUSE, perl, readOutcome, reportSkip, sleep, writeAllFd } from './fuse-helpers.js';
 
-const TESTS = 11;
+const TESTS = 12;
 reportSkip('fuse-bridge.test.ts', TESTS);
 
 const MiB = 1 << 20;
@@ -412,6 +412,16 @@ describe.skipIf(!FUSE.ok)('FUSE data fds: a SimDevice served by an in-process br
     await k.close();
     expect(mountedPaths().has(k.mountpoint)).toBe(false);
     expect(existsSync(k.mountpoint)).toBe(false);
+  });
+
+  it('a server that cannot start or dies before mounting fails start() cleanly, leaving no directory', async () => {
+    const dir = await fsp.mkdtemp(join(tmpdir(), 'vfio-mig-fuse-test-'));
+    const notExec = join(dir, 'not-executable');
+    await fsp.writeFile(notExec, '#!/bin/sh\n', { mode: 0o644 });
+    await expect(FuseBridge.start({ dir, serverPath: notExec })).rejects.toMatchObject({ code: 'EACCES' });
+    await expect(FuseBridge.start({ dir, serverPath: '/bin/false' })).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_TRANSPORT' });
+    expect(await fsp.readdir(dir)).toEqual(['not-executable']); // both mount directories removed
+    await fsp.rm(dir, { recursive: true });
   });
 
   it('the server unmounts itself when its owner process dies', async () => {
