@@ -171,6 +171,7 @@ abstract class HostedSessionBase {
   protected _status: number;
   protected _error: MigError | null;
   protected _closed: boolean;
+  protected _hostGone: boolean;
   protected readonly _link: HostLink;
   /** Resolved when the session's outcome is known (a down notice or the host's end). */
   private _settledWaiters: (() => void)[];
@@ -182,6 +183,7 @@ abstract class HostedSessionBase {
     this._status = ST_OPEN;
     this._error = null;
     this._closed = false;
+    this._hostGone = false;
     this._link = link;
     this._settledWaiters = [];
   }
@@ -190,8 +192,13 @@ abstract class HostedSessionBase {
     return this._fd;
   }
 
+  /**
+   * True once disabled by an arc, a reset or disable(), and also once the host died: the device
+   * is gone, as after a hot unplug (the kernel's fds then fail ENODEV), so a consumer never takes
+   * the EOF of a dead host for the end of the stream. `eofError()`/`error` still say TRANSPORT.
+   */
   get disabled(): boolean {
-    return this._status === ST_DISABLED;
+    return this._status === ST_DISABLED || this._hostGone;
   }
 
   /** The device's error (or the host's end) that ended this session, if any. */
@@ -248,6 +255,13 @@ abstract class HostedSessionBase {
     this.#wakeSettled();
     this._link.note({ t: 'close', sid: this.id });
     this._link.closed(this.id);
+  }
+
+  /** The host died: the error of every later call, and disabled from now on. */
+  _gone(err: MigError): void {
+    this._down('error', err);
+    this._hostGone = true;
+    this.#wakeSettled();
   }
 
   /** The child's notice (or the host's end): how this session's stream ended. */
@@ -487,7 +501,7 @@ export class HostedDevice extends EventEmitter implements MigrationDriver {
     if (this.#gone) return;
     this.#gone = err;
     for (const s of this.#sessions.values()) {
-      s._down('error', err);
+      s._gone(err);
       // A FIFO whose writer never opened does not wake an epoll reader at all (Linux reports
       // HUP only after a writer came and went): open and close its write end once, so a reader
       // of a child that died before it opened its end still sees EOF. ENOENT: the child had
@@ -537,7 +551,7 @@ export class HostedDevice extends EventEmitter implements MigrationDriver {
     const early = this.#early.get(ref.id);
     this.#early.delete(ref.id);
     if (early) s._down(early.kind, early.error);
-    if (this.#gone) s._down('error', this.#gone);
+    if (this.#gone) s._gone(this.#gone);
     this.#note({ t: 'opened', sid: ref.id });
     return s;
   }

@@ -358,6 +358,10 @@ describe('device host: fixture driver over FIFOs', () => {
     await expect(ss.precopyInfo()).rejects.toMatchObject({ code: ErrorCodes.TRANSPORT });
     const got = await reading;
     expect(got.eof).toMatchObject({ code: ErrorCodes.TRANSPORT });
+    // The device is gone, as after a hot unplug: a consumer that only asks `disabled` never takes
+    // this EOF for the end of the stream.
+    expect(ss.disabled).toBe(true);
+    expect(ss.error).toMatchObject({ code: ErrorCodes.TRANSPORT });
     const [info] = (await exited) as [{ signal: string }];
     expect(info.signal).toBe('SIGKILL');
     expect(existsSync(a.dir)).toBe(false);
