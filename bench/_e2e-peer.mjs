@@ -32,6 +32,11 @@ import {
 
 const now = () => performance.timeOrigin + performance.now();
 const maxRssKB = () => process.resourceUsage().maxRSS;
+/** CPU milliseconds (user, system) since `from` (a process.cpuUsage() value). */
+const cpuMs = (from) => {
+  const u = process.cpuUsage(from);
+  return { userMs: u.user / 1000, sysMs: u.system / 1000 };
+};
 const MiB = 1024 * 1024;
 
 function send(msg) {
@@ -60,6 +65,7 @@ async function dest([sock, sizeArg, profile, seedArg]) {
   await send({ listening: listener.url });
   const conn = await listener.accept();
   const tAccept = now();
+  const cpu0 = process.cpuUsage();
   await listener.close();
   const resuming = createResumingStream(session);
   const decoder = new RecordDecoder();
@@ -85,7 +91,7 @@ async function dest([sock, sizeArg, profile, seedArg]) {
   const tEnd = now();
   const digest = dev.digest();
   conn.destroy();
-  await send({ done: true, tAccept, tEnd, digest, bytes: resuming.bytesWritten, wireBytes: decoder.bytesIn, records, maxRssKB: maxRssKB() });
+  await send({ done: true, tAccept, tEnd, digest, bytes: resuming.bytesWritten, wireBytes: decoder.bytesIn, records, cpu: cpuMs(cpu0), mem: process.memoryUsage(), maxRssKB: maxRssKB() });
 }
 
 async function source([sock, sizeArg, profile, seedArg, zstd]) {
@@ -94,6 +100,7 @@ async function source([sock, sizeArg, profile, seedArg, zstd]) {
   const core = new MigrationCore(dev);
   const conn = await connectTransport(`unix:${sock}`);
   const t0 = now();
+  const cpu0 = process.cpuUsage();
   const session = await core.setState(DeviceState.STOP_COPY);
   const saving = createSavingStream(session);
   const encoder = new RecordEncoder({ devices: [{ name: 'dev0', identity: core.identity() }], compression: compressionOption(zstd) });
@@ -115,7 +122,7 @@ async function source([sock, sizeArg, profile, seedArg, zstd]) {
   await pipeline(saving, toRecords, encoder, conn);
   const tSent = now();
   await core.setState(DeviceState.STOP);
-  await send({ done: true, t0, tSent, digest: dev.digest(), bytes: saving.bytesRead, wireBytes: encoder.bytesOut, compressedRecords: encoder.compressedRecords, maxRssKB: maxRssKB() });
+  await send({ done: true, t0, tSent, digest: dev.digest(), bytes: saving.bytesRead, wireBytes: encoder.bytesOut, compressedRecords: encoder.compressedRecords, cpu: cpuMs(cpu0), mem: process.memoryUsage(), maxRssKB: maxRssKB() });
 }
 
 async function naiveDest([sock]) {

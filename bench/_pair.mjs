@@ -8,10 +8,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const PEER = fileURLToPath(new URL('./_e2e-peer.mjs', import.meta.url));
+// Extra node flags for the peers, e.g. BENCH_PEER_FLAGS='--cpu-prof --cpu-prof-dir=/tmp/prof' to profile
+// both sides of a run (NODE_OPTIONS refuses --cpu-prof).
+const PEER_FLAGS = (process.env.BENCH_PEER_FLAGS ?? '').split(' ').filter(Boolean);
 
 /** Fork one peer role; resolves { child, first } once it sent its first message. */
 function start(role, args) {
-  const child = fork(PEER, [role, ...args.map(String)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(PEER, [role, ...args.map(String)], { execArgv: PEER_FLAGS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const messages = [];
   let waiting = null;
   let exitError = null;
