@@ -94,6 +94,15 @@ export interface Prediction {
   stopCopyBytes: number;
   /** Stop-copy bytes beyond the PRE_COPY counters: sum over devices of max(0, stopCopy - initial - dirty). */
   floorBytes: number;
+  /**
+   * Bytes the devices are expected to dirty from their last size query until they stop (dirty rate x
+   * (time since the query + time to enter STOP_COPY + time to send what is in flight)).
+   */
+  growthBytes: number;
+  /** Wire bytes queued ahead of STOP_COPY's data (setInFlight()). */
+  inFlightBytes: number;
+  /** Raw-byte equivalent the transfer has to move: stopCopyBytes + growthBytes + inFlightBytes x compressionRatio. */
+  transferBytes: number;
   /** Effective raw rate used: the slower of device generation and wire (raw = wire rate x compression ratio). */
   rateBytesPerMs: number;
   /** Best measured effective raw rate (used by lowerBoundMs). */
@@ -106,7 +115,7 @@ export interface Prediction {
   compressionRatio: number;
   /** Bytes the devices dirty per ms (0 when not measured). */
   dirtyRateBytesPerMs: number;
-  /** Time to move the stop-copy bytes at the effective rate. */
+  /** Time to move transferBytes at the effective rate. */
   transferMs: number;
   /** Fixed costs in use (measured means or priors) and their sum. */
   fixedMs: Record<FixedCostKind, number> & { total: number };
@@ -313,6 +322,8 @@ interface DeviceView {
   stopCopy: number;
   /** A stop-copy size was ever accepted. */
   stopCopyKnown: boolean;
+  /** Clock of the last accepted stop-copy size. */
+  stopCopyAt: number;
   precopyValid: boolean;
   stopCopyValid: boolean;
   precopyFailures: number;
@@ -395,6 +406,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   private totalRead: number;
   private totalWire: number;
   private totalWireRaw: number;
+  private inFlight: number;
 
   constructor(options: PrecopyEstimatorOptions = {}) {
     super();
@@ -425,6 +437,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
         dirty: 0,
         stopCopy: 0,
         stopCopyKnown: false,
+        stopCopyAt: 0,
         precopyValid: true,
         stopCopyValid: true,
         precopyFailures: 0,
@@ -458,6 +471,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     this.totalRead = 0;
     this.totalWire = 0;
     this.totalWireRaw = 0;
+    this.inFlight = 0;
   }
 
   /** Initial-data epoch: 0 at start, +1 on every REINIT (any device). */
@@ -578,6 +592,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     if (typeof n !== 'number') return this.stopCopySizeFailed(n, device);
     v.stopCopy = n;
     v.stopCopyKnown = true;
+    v.stopCopyAt = this.now();
     v.stopCopyValid = true;
     v.stopCopyFailures = 0;
     v.lastAttemptAt = this.now();
@@ -669,6 +684,15 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     this.lastWireAt = now;
   }
 
+  /**
+   * Wire bytes queued now ahead of any new data (the encoder's output buffer, the bandwidth limiter,
+   * the transport's writable buffer): a switchover waits for them. Call it before each decision;
+   * 0 when unknown. Negative or non-finite values are ignored.
+   */
+  setInFlight(wireBytes: number): void {
+    if (wireBytes >= 0 && Number.isFinite(wireBytes)) this.inFlight = wireBytes;
+  }
+
   /** A fixed cost was measured (e.g. a MigrationCore 'arc' event's ms, or the destination's validation time it reported). */
   recordFixedCost(kind: FixedCostKind, ms: number): void {
     const w = this.fixed[kind];
@@ -706,68 +730,11 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   predict(): Prediction {
     const o = this.opts;
     const k = o.bandSigmas;
-    let stopCopyBytes = 0;
-    let floorBytes = 0;
-    let valid = true;
-    let confident = true;
-    // Devices produce their STOP_COPY data in parallel; the link is shared: the transfer takes the
-    // longest of each device at its own generation rate and all bytes at the wire's raw rate.
-    let genMs = 0;
-    let genMsLow = 0;
-    let genMsHigh = 0;
-    let genMsBest = 0;
-    let slowestGen = NaN;
-    for (const v of this.views) {
-      if (!v.stopCopyKnown || !v.stopCopyValid) valid = false;
-      stopCopyBytes += v.stopCopy;
-      floorBytes += Math.max(0, v.stopCopy - v.initial - v.dirty);
-      const s = v.generation.stats(BEST_RATE_MIN_SAMPLE_MS);
-      if (v.generation.count < o.minSamples || !(s.mean > 0)) {
-        // Unmeasured: the wire term (or the prior) stands for it.
-        if (v.stopCopy > o.smallStateBytes) confident = false;
-        continue;
-      }
-      if (!(s.mean >= slowestGen)) slowestGen = s.mean;
-      const rel = Math.max(o.minRelativeBand, k * s.relErr);
-      genMs = Math.max(genMs, v.stopCopy / s.mean);
-      genMsLow = Math.max(genMsLow, v.stopCopy / (s.mean * (1 + rel)));
-      genMsHigh = Math.max(genMsHigh, rel >= 1 ? (v.stopCopy > 0 ? Infinity : 0) : v.stopCopy / (s.mean * (1 - rel)));
-      const best = Math.max(s.mean * (1 + rel), Number.isFinite(s.best) ? s.best : 0);
-      genMsBest = Math.max(genMsBest, Math.max(0, v.stopCopy - v.initial - v.dirty) / best);
-    }
-    const ws = this.wire.stats(BEST_RATE_MIN_SAMPLE_MS);
-    const rs = this.ratio.stats();
-    const ratio = rs.mean > 0 ? rs.mean : 1;
-    const ratioRel = Number.isFinite(rs.relErr) ? rs.relErr : 0;
-    let wireMs: number;
-    let wireMsLow: number;
-    let wireMsHigh: number;
-    let wireMsBest: number;
-    if (this.wire.count >= o.minSamples && ws.mean > 0) {
-      const raw = ws.mean * ratio;
-      const rel = Math.max(o.minRelativeBand, k * Math.sqrt(ws.relErr * ws.relErr + ratioRel * ratioRel));
-      wireMs = stopCopyBytes / raw;
-      wireMsLow = stopCopyBytes / (raw * (1 + rel));
-      wireMsHigh = rel >= 1 ? (stopCopyBytes > 0 ? Infinity : 0) : stopCopyBytes / (raw * (1 - rel));
-      const best = Math.max(raw * (1 + rel), Number.isFinite(ws.best) ? ws.best * ratio : 0);
-      wireMsBest = floorBytes / best;
-    } else {
-      // Nothing measured on the wire yet: the prior rate, with a wide band (x4 either way).
-      if (stopCopyBytes > o.smallStateBytes) confident = false;
-      const p = o.priorRateBytesPerMs;
-      wireMs = stopCopyBytes / p;
-      wireMsLow = stopCopyBytes / (p * 4);
-      wireMsHigh = (stopCopyBytes * 4) / p;
-      wireMsBest = 0; // an unmeasured link proves nothing about a lower bound
-    }
-    const transferMs = Math.max(genMs, wireMs);
-    const transferLow = Math.max(genMsLow, wireMsLow);
-    const transferHigh = Math.max(genMsHigh, wireMsHigh);
-    const transferBest = Math.max(genMsBest, wireMsBest);
+    const now = this.now();
 
+    // Fixed costs first: the time to enter STOP_COPY also decides how much more gets dirtied.
     const fixedMs = { enterStopCopy: 0, destValidate: 0, destResume: 0, linkLatency: 0, total: 0 };
     let fixedLow = 0;
-    let fixedHigh = 0;
     let fixedVar = 0;
     for (const kind of FIXED_COST_KINDS) {
       const w = this.fixed[kind];
@@ -782,14 +749,85 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       fixedVar += s.std * s.std;
     }
     fixedMs.total = fixedMs.enterStopCopy + fixedMs.destValidate + fixedMs.destResume + fixedMs.linkLatency;
-    fixedHigh = fixedMs.total + k * Math.sqrt(fixedVar);
+    const fixedHigh = fixedMs.total + k * Math.sqrt(fixedVar);
     fixedLow = Math.min(fixedLow, fixedMs.total);
 
-    const rateBytesPerMs = transferMs > 0 ? stopCopyBytes / transferMs : this.effectiveRate(ws.mean * ratio, slowestGen);
-    const bestRateBytesPerMs = transferBest > 0 ? floorBytes / transferBest : rateBytesPerMs;
-    // Devices dirty independently: the total rate is the sum.
+    const ws = this.wire.stats(BEST_RATE_MIN_SAMPLE_MS);
+    const rs = this.ratio.stats();
+    const ratio = rs.mean > 0 ? rs.mean : 1;
+    const ratioRel = Number.isFinite(rs.relErr) ? rs.relErr : 0;
+    const wireKnown = this.wire.count >= o.minSamples && ws.mean > 0;
+    // Wire bytes already queued go out before anything STOP_COPY produces; in raw-byte terms.
+    const inFlightRaw = this.inFlight * ratio;
+    const inFlightMs = this.inFlight / (wireKnown ? ws.mean : o.priorRateBytesPerMs);
+
+    let stopCopyBytes = 0;
+    let floorBytes = 0;
+    let growthBytes = 0;
+    let valid = true;
+    let confident = true;
+    // Devices produce their STOP_COPY data in parallel; the link is shared: the transfer takes the
+    // longest of each device at its own generation rate and all bytes at the wire's raw rate.
+    let genMs = 0;
+    let genMsLow = 0;
+    let genMsHigh = 0;
+    let genMsBest = 0;
+    let slowestGen = NaN;
     let dirtyRateBytesPerMs = 0;
-    for (const v of this.views) if (v.dirtying.count > 0) dirtyRateBytesPerMs += v.dirtying.mean();
+    for (const v of this.views) {
+      if (!v.stopCopyKnown || !v.stopCopyValid) valid = false;
+      // The device keeps dirtying from its last size query until it stops: that much more for STOP_COPY.
+      const dirtyRate = v.dirtying.count > 0 ? v.dirtying.mean() : 0;
+      dirtyRateBytesPerMs += dirtyRate;
+      const growth = v.stopCopyKnown ? dirtyRate * Math.max(0, now - v.stopCopyAt + fixedMs.enterStopCopy + inFlightMs) : 0;
+      growthBytes += growth;
+      const bytes = v.stopCopy + growth;
+      stopCopyBytes += v.stopCopy;
+      const floor = Math.max(0, v.stopCopy - v.initial - v.dirty);
+      floorBytes += floor;
+      const s = v.generation.stats(BEST_RATE_MIN_SAMPLE_MS);
+      if (v.generation.count < o.minSamples || !(s.mean > 0)) {
+        // Unmeasured: the wire term (or the prior) stands for it.
+        if (bytes > o.smallStateBytes) confident = false;
+        continue;
+      }
+      if (!(s.mean >= slowestGen)) slowestGen = s.mean;
+      const rel = Math.max(o.minRelativeBand, k * s.relErr);
+      genMs = Math.max(genMs, bytes / s.mean);
+      genMsLow = Math.max(genMsLow, bytes / (s.mean * (1 + rel)));
+      genMsHigh = Math.max(genMsHigh, rel >= 1 ? (bytes > 0 ? Infinity : 0) : bytes / (s.mean * (1 - rel)));
+      const best = Math.max(s.mean * (1 + rel), Number.isFinite(s.best) ? s.best : 0);
+      genMsBest = Math.max(genMsBest, floor / best);
+    }
+    const transferBytes = stopCopyBytes + growthBytes + inFlightRaw;
+    let wireMs: number;
+    let wireMsLow: number;
+    let wireMsHigh: number;
+    let wireMsBest: number;
+    if (wireKnown) {
+      const raw = ws.mean * ratio;
+      const rel = Math.max(o.minRelativeBand, k * Math.sqrt(ws.relErr * ws.relErr + ratioRel * ratioRel));
+      wireMs = transferBytes / raw;
+      wireMsLow = transferBytes / (raw * (1 + rel));
+      wireMsHigh = rel >= 1 ? (transferBytes > 0 ? Infinity : 0) : transferBytes / (raw * (1 - rel));
+      const best = Math.max(raw * (1 + rel), Number.isFinite(ws.best) ? ws.best * ratio : 0);
+      wireMsBest = floorBytes / best;
+    } else {
+      // Nothing measured on the wire yet: the prior rate, with a wide band (x4 either way).
+      if (transferBytes > o.smallStateBytes) confident = false;
+      const p = o.priorRateBytesPerMs;
+      wireMs = transferBytes / p;
+      wireMsLow = transferBytes / (p * 4);
+      wireMsHigh = (transferBytes * 4) / p;
+      wireMsBest = 0; // an unmeasured link proves nothing about a lower bound
+    }
+    const transferMs = Math.max(genMs, wireMs);
+    const transferLow = Math.max(genMsLow, wireMsLow);
+    const transferHigh = Math.max(genMsHigh, wireMsHigh);
+    const transferBest = Math.max(genMsBest, wireMsBest);
+
+    const rateBytesPerMs = transferMs > 0 ? transferBytes / transferMs : this.effectiveRate(ws.mean * ratio, slowestGen);
+    const bestRateBytesPerMs = transferBest > 0 ? floorBytes / transferBest : rateBytesPerMs;
     return {
       valid,
       confident,
@@ -799,6 +837,9 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       lowerBoundMs: fixedLow + transferBest,
       stopCopyBytes,
       floorBytes,
+      growthBytes,
+      inFlightBytes: this.inFlight,
+      transferBytes,
       rateBytesPerMs,
       bestRateBytesPerMs,
       generationRateBytesPerMs: slowestGen,

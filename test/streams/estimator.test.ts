@@ -344,6 +344,52 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(est.snapshot().dirtyRateBytesPerMs).toBeCloseTo(MIB / 100, 6);
   });
 
+  it('extrapolates the dirtying from the last size query until the devices stop', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, fixedCosts: { enterStopCopy: 20 } });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: MIB, reinit: false });
+    for (let i = 0; i < 4; i++) {
+      c.advance(100);
+      est.recordRead(MIB, { durationMs: 1 });
+      est.recordWire(MIB, MIB, { durationMs: 10 });
+      // Each 100 ms: 1 MiB read, dirty stays at 1 MiB: 1 MiB dirtied.
+      est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: MIB, reinit: false });
+    }
+    est.updateStopCopySize(2 * MIB);
+    const rate = MIB / 100;
+    expect(est.predict().dirtyRateBytesPerMs).toBeCloseTo(rate, 6);
+    // Right after the query: the 20 ms to enter STOP_COPY.
+    expect(est.predict().growthBytes).toBeCloseTo(rate * 20, 6);
+    c.advance(50);
+    const p = est.predict();
+    expect(p.growthBytes).toBeCloseTo(rate * 70, 6);
+    expect(p.stopCopyBytes).toBe(2 * MIB);
+    expect(p.transferBytes).toBeCloseTo(2 * MIB + rate * 70, 6);
+    expect(p.transferMs).toBeCloseTo((2 * MIB + rate * 70) / (MIB / 10), 6);
+    // The lower bound assumes zero further dirtying.
+    expect(p.lowerBoundMs).toBeLessThan(p.downtimeMs);
+  });
+
+  it('wire bytes in flight go first: they add to the transfer, in raw terms, and to the dirtying time', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(4 * MIB);
+    // 2:1 compression; the wire moves 1 MiB of wire bytes per 10 ms (2 MiB raw).
+    for (let i = 0; i < 4; i++) est.recordWire(MIB, 2 * MIB, { durationMs: 10 });
+    expect(est.predict().transferMs).toBeCloseTo(20, 6);
+    est.setInFlight(MIB);
+    let p = est.predict();
+    expect(p.inFlightBytes).toBe(MIB);
+    expect(p.transferBytes).toBe(6 * MIB);
+    expect(p.transferMs).toBeCloseTo(30, 6);
+    est.setInFlight(-5);
+    expect(est.predict().inFlightBytes).toBe(MIB);
+    est.setInFlight(0);
+    p = est.predict();
+    expect(p.transferMs).toBeCloseTo(20, 6);
+  });
+
   it('the lower bound counts only bytes PRE_COPY can never send, at the best measured rate', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now });
