@@ -287,6 +287,7 @@ export class RecordEncoder extends Transform {
         throw migError(ErrorCodes.USAGE, 'raw record needs a type 1..255 and a Buffer payload');
       }
       device = r.device ?? NO_DEVICE;
+      if (!Number.isInteger(device) || device < 0 || device > NO_DEVICE) throw migError(ErrorCodes.USAGE, `bad device index ${device}`);
       payload = r.payload;
     } else {
       switch (rec.type) {

@@ -208,6 +208,9 @@ describe('RecordEncoder usage errors', () => {
     ['a wrong DEVICE_END byte count', [{ type: RecordType.DATA, device: 0, payload: Buffer.from('x') }, { type: RecordType.DEVICE_END, device: 0, bytes: 2 }]],
     ['an unknown type that is not raw', [{ type: 77 } as unknown as RecordInput]],
     ['a non-JSON control message', [{ type: RecordType.CONTROL, message: undefined }]],
+    ['a raw record with a device index beyond u16', [{ type: 0x30, raw: true, device: 70_000, payload: Buffer.from('x') }]],
+    ['a ROUND with a negative byte count', [{ type: RecordType.ROUND, device: 0, round: 1, bytes: -5 }]],
+    ['a channel beyond u16', [{ type: RecordType.CONTROL, message: 1, channel: 65_536 }]],
   ];
   for (const [name, records] of cases) {
     it(`${name} is VFIO_MIG_ERR_USAGE`, async () => {

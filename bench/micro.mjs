@@ -1,0 +1,131 @@
+// Question: what does the data path cost per record and per MiB on the CPU, apart from I/O?
+//
+// Micro-benchmarks with the `benchmark` package (medians of its samples; async ops with defer):
+// - record-encode-{4KiB,64KiB,1MiB}: records through a RecordEncoder stream (uncompressed, crc32 on),
+//   in-process, K records per op so the op is about 4 MiB; MB/s of payload. Baseline: zlib.crc32 over
+//   the same payload bytes (the one per-byte cost the format asks for). Detail: µs per record, and
+//   the pure encodeRecord (header + crc) alone.
+// - record-decode-{size}: a prepared stream of the same records fed to a RecordDecoder in 64 KiB chunks
+//   (what a socket delivers), every check on; MB/s of payload. Baseline: crc32 as above.
+// - crc32-1MiB: zlib.crc32 over 1 MiB, MB/s. Baseline: Buffer.copy of 1 MiB (memory bandwidth).
+//
+// Other micro-benchmarks (the FSM's next-hop and path lookups) belong in the SUITES list at the end.
+import Benchmark from 'benchmark';
+import { crc32 } from 'node:zlib';
+import { randomBytes } from 'node:crypto';
+import { RecordEncoder, RecordDecoder, RecordType, encodeRecord } from '../dist/index.js';
+import { MiB, result } from './lib.mjs';
+
+export const names = ['record-encode-', 'record-decode-', 'crc32-'];
+
+const DEVICES = [{ name: 'd0', identity: { kind: 'sim', model: 'bench', version: '1.0', flags: 7, stateSize: 0 } }];
+const SIZES = [
+  ['4KiB', 4096],
+  ['64KiB', 64 * 1024],
+  ['1MiB', MiB],
+];
+
+/** Run one Benchmark and resolve { hz, meanMs, rme }. */
+function measure(name, fn, { quick, defer = false }) {
+  return new Promise((resolve, reject) => {
+    const bench = new Benchmark(name, {
+      defer,
+      fn,
+      maxTime: quick ? 0.3 : 2,
+      minSamples: quick ? 3 : 10,
+      onError: (e) => reject(e.target?.error ?? e),
+      onComplete() {
+        resolve({ hz: this.hz, meanMs: this.stats.mean * 1000, rme: this.stats.rme });
+      },
+    });
+    bench.run({ async: true });
+  });
+}
+
+function encodeOnce(payloads) {
+  return new Promise((resolve, reject) => {
+    const enc = new RecordEncoder({ devices: DEVICES });
+    enc.on('data', () => {});
+    enc.on('end', resolve);
+    enc.on('error', reject);
+    for (const p of payloads) enc.write({ type: RecordType.DATA, device: 0, payload: p });
+    enc.end({ type: RecordType.STREAM_END });
+  });
+}
+
+async function encodedStream(payloads) {
+  const chunks = [];
+  const enc = new RecordEncoder({ devices: DEVICES });
+  enc.on('data', (c) => chunks.push(c));
+  const ended = new Promise((r) => enc.on('end', r));
+  for (const p of payloads) enc.write({ type: RecordType.DATA, device: 0, payload: p });
+  enc.end({ type: RecordType.STREAM_END });
+  await ended;
+  const all = Buffer.concat(chunks);
+  const out = [];
+  for (let at = 0; at < all.length; at += 64 * 1024) out.push(Buffer.from(all.subarray(at, at + 64 * 1024)));
+  return out;
+}
+
+function decodeOnce(chunks) {
+  return new Promise((resolve, reject) => {
+    const dec = new RecordDecoder({ readableHighWaterMark: 1024 });
+    dec.on('data', () => {});
+    dec.on('end', resolve);
+    dec.on('error', reject);
+    for (const c of chunks) dec.write(c);
+    dec.end();
+  });
+}
+
+async function recordSuites(quick) {
+  const rows = [];
+  for (const [label, size] of SIZES) {
+    const k = Math.max(1, Math.round((4 * MiB) / size));
+    const payloads = Array.from({ length: k }, () => randomBytes(size));
+    const bytes = k * size;
+    const crc = await measure(`crc32-${label}`, () => {
+      for (const p of payloads) crc32(p);
+    }, { quick });
+    const crcMBps = (crc.hz * bytes) / 1e6;
+    let seq = 0;
+    const pure = await measure(`encodeRecord-${label}`, () => {
+      encodeRecord({ type: RecordType.DATA, device: 0, seq: seq++ }, payloads[seq % k]);
+    }, { quick });
+    const enc = await measure(`record-encode-${label}`, (d) => encodeOnce(payloads).then(() => d.resolve(), (e) => { throw e; }), { quick, defer: true });
+    rows.push(
+      result(`record-encode-${label}`, (enc.hz * bytes) / 1e6, 'MB/s', 'crc32 of the payloads', crcMBps, {
+        usPerRecord: +((enc.meanMs * 1000) / k).toFixed(2),
+        pureEncodeRecordUs: +(1e6 / pure.hz).toFixed(2),
+        recordsPerOp: k,
+        rme: +enc.rme.toFixed(1),
+      }),
+    );
+    const chunks = await encodedStream(payloads);
+    const dec = await measure(`record-decode-${label}`, (d) => decodeOnce(chunks).then(() => d.resolve(), (e) => { throw e; }), { quick, defer: true });
+    rows.push(
+      result(`record-decode-${label}`, (dec.hz * bytes) / 1e6, 'MB/s', 'crc32 of the payloads', crcMBps, {
+        usPerRecord: +((dec.meanMs * 1000) / k).toFixed(2),
+        recordsPerOp: k,
+        inputChunk: '64 KiB',
+        rme: +dec.rme.toFixed(1),
+      }),
+    );
+  }
+  const mib = randomBytes(MiB);
+  const dst = Buffer.allocUnsafe(MiB);
+  const c = await measure('crc32-1MiB', () => crc32(mib), { quick });
+  const m = await measure('copy-1MiB', () => mib.copy(dst), { quick });
+  rows.push(result('crc32-1MiB', (c.hz * MiB) / 1e6, 'MB/s', 'Buffer.copy 1 MiB', (m.hz * MiB) / 1e6, { usPerMiB: +(1e6 / c.hz).toFixed(1) }));
+  return rows;
+}
+
+// Each suite: async (quick) => Result[]. Add further micro-benchmarks (e.g. the FSM's nextState and
+// transitionPath lookups) as functions here; the `names` export above lists their result prefixes.
+const SUITES = [recordSuites];
+
+export default async function run({ quick }) {
+  const rows = [];
+  for (const suite of SUITES) rows.push(...(await suite(quick)));
+  return rows;
+}
