@@ -6,6 +6,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { Socket } from 'node:net';
 import { once } from 'node:events';
 import { DeviceState } from '../../src/fsm/states.js';
+import { ErrorCodes } from '../../src/fsm/errors.js';
 import { MigrationCore } from '../../src/fsm/core.js';
 import { spawnDeviceHost } from '../../src/devices/host.js';
 import type { HostedDevice, HostedSavingSession, HostedResumingSession } from '../../src/devices/host.js';
@@ -168,6 +169,38 @@ describe('device host: SimDevice', () => {
     const s2 = (await core.setState(S.PRE_COPY)) as HostedSavingSession;
     expect(s2.id).not.toBe(ss.id);
     expect((await s2.precopyInfo()).initialBytes).toBeGreaterThan(0);
+  });
+
+  it('a read fault: the reader sees EOF after the notice, and eofError()/error carry the device\'s code', async () => {
+    const a = await host('sim', { size: 8 << 20, flags: 0x1, faults: { readError: { afterBytes: 1 << 20, code: 'EIO' } } }, 256 << 10);
+    const core = new MigrationCore(a);
+    const ss = (await core.setState(S.STOP_COPY)) as HostedSavingSession;
+    const sock = new Socket({ fd: ss.takeFd(), readable: true, writable: false });
+    let bytes = 0;
+    sock.on('data', (c: Buffer) => (bytes += c.length));
+    await once(sock, 'end');
+    expect(bytes).toBe(1 << 20);
+    expect(ss.eofError()).toMatchObject({ code: 'EIO' });
+    expect(ss.error).toMatchObject({ code: 'EIO' });
+    await expect(ss.precopyInfo()).rejects.toMatchObject({ code: 'EIO' });
+  });
+
+  it('a stalled device read does not keep close() from ending the child', async () => {
+    const a = await host('sim', { size: 8 << 20, flags: 0x1, faults: { stallRead: { afterBytes: 1 << 20, ms: Infinity } } }, 256 << 10);
+    const core = new MigrationCore(a);
+    const ss = (await core.setState(S.STOP_COPY)) as HostedSavingSession;
+    const sock = new Socket({ fd: ss.takeFd(), readable: true, writable: false });
+    let bytes = 0;
+    sock.on('data', (c: Buffer) => (bytes += c.length));
+    const ended = once(sock, 'end');
+    await waitFor(() => bytes === 1 << 20);
+    const t0 = Date.now();
+    await a.close();
+    expect(Date.now() - t0).toBeLessThan(3_000);
+    // The child is gone: the reader sees EOF, and the session says why.
+    await ended;
+    expect(ss.eofError()).toMatchObject({ code: ErrorCodes.TRANSPORT });
+    sock.destroy();
   });
 
   it('a write fault in the destination fails RESUMING -> STOP with the device\'s code and leaves it in RESUMING', async () => {
