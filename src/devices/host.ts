@@ -464,7 +464,14 @@ export class HostedDevice extends EventEmitter implements MigrationDriver {
 
   async #close(): Promise<void> {
     if (!this.#gone) {
-      await Promise.race([this.#request('shutdown', null).catch(() => undefined), sleep(SHUTDOWN_TIMEOUT_MS)]);
+      // Bounded: a child stuck in its device still ends, by SIGKILL below. The timer is cleared so
+      // it never holds the caller's process open after a prompt shutdown.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        this.#request('shutdown', null).catch(() => undefined),
+        new Promise<void>((r) => (timer = setTimeout(r, SHUTDOWN_TIMEOUT_MS))),
+      ]);
+      clearTimeout(timer);
     }
     const killer = setTimeout(() => this.#child.kill('SIGKILL'), SHUTDOWN_TIMEOUT_MS);
     if (this.#child.connected) this.#child.disconnect();

@@ -388,7 +388,7 @@ describe('device host: fixture driver over FIFOs', () => {
   });
 
   it('a parent that dies without close(): its host child exits and removes the host directory', async () => {
-    const parent = spawn(process.execPath, nodeArgsForTs(ORPHAN_PARENT).concat(FIXTURE), { stdio: ['ignore', 'pipe', 'inherit'] });
+    const parent = spawn(process.execPath, nodeArgsForTs(ORPHAN_PARENT).concat(FIXTURE, 'die'), { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     parent.stdout.setEncoding('utf8');
     parent.stdout.on('data', (s: string) => (out += s));
@@ -397,6 +397,25 @@ describe('device host: fixture driver over FIFOs', () => {
     const { pid, dir } = JSON.parse(out) as { pid: number; dir: string };
     expect(pid).toBeGreaterThan(0);
     await waitFor(() => !alive(pid) && !existsSync(dir));
+  });
+
+  it('after close() nothing of the host keeps the parent process alive', async () => {
+    const parent = spawn(process.execPath, nodeArgsForTs(ORPHAN_PARENT).concat(FIXTURE, 'close'), { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    let printedAt = 0;
+    parent.stdout.setEncoding('utf8');
+    parent.stdout.on('data', (s: string) => {
+      out += s;
+      printedAt ||= Date.now();
+    });
+    const [code] = (await once(parent, 'exit')) as [number];
+    expect(code).toBe(0);
+    // Not a performance figure: the shutdown timeout is 3 s, and a leaked timer or handle would
+    // hold the process at least that long after close() resolved.
+    expect(Date.now() - printedAt).toBeLessThan(2_500);
+    const { pid, dir } = JSON.parse(out) as { pid: number; dir: string };
+    expect(alive(pid)).toBe(false);
+    expect(existsSync(dir)).toBe(false);
   });
 
   it('reports device errors with their codes and rejects unknown methods and devices', async () => {
