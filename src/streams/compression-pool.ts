@@ -29,10 +29,12 @@ export interface ZstdBinding {
 export const zstd = require(BINDING_PATH) as ZstdBinding;
 
 /**
- * Default level: 1. Measured with bench/compression.mjs on this 2-core box (mixed pages, 1 MiB frames,
- * 2 workers): level -1 is the fastest but its ratio drops towards 2.1, level 3 costs about 1.6x the CPU
- * of level 1 for +10% ratio. Level 1 keeps the encoder at about the throughput of `zstd -1 -T2` with the
- * better of the two cheap ratios; pass -1 when the link is fast and the cores are scarce.
+ * Default level: 1. Measured on the 2-core box (SimDevice 'mixed' pages, 1 MiB records, 2 workers,
+ * in-process, 256 MiB; the box was shared, so ranges): level -1 ran 0.94-1.27 GB/s at ratio 2.29,
+ * level 1 0.91-1.33 GB/s at 2.46, level 3 0.49-0.85 GB/s at 2.63. Through the pool -1 bought no speed
+ * over 1 (per-job costs and the incompressible quarter of the pages dominate) for a 7% worse ratio,
+ * and 3 cost 40-50% of the throughput for 7% more ratio. Through pipes (bench/compression.mjs) level 1
+ * ran at 0.77-0.99x `zstd -1 -T2`.
  */
 export const DEFAULT_ZSTD_LEVEL = 1;
 /** Levels above 19 need zstd's "ultra" windows (tens of MiB per context): not worth it for 1 MiB frames. */
