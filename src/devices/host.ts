@@ -608,7 +608,9 @@ export async function spawnDeviceHost(opts: DeviceHostOptions): Promise<HostedDe
   if (!Number.isInteger(chunkSize) || chunkSize <= 0) throw migError(ErrorCodes.USAGE, `chunkSize must be a positive integer`);
   const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-host-'));
   const child = spawn(process.execPath, childCommand(), {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    // The child's stdout goes to our stderr: a parent may be streaming migration data on its
+    // stdout (vfio-mig save > file), and a stray line from a device must not land in it.
+    stdio: ['ignore', 2, 2, 'ipc'],
     serialization: 'json',
   });
   const pending = new Map<number, Pending>();
