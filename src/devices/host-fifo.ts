@@ -339,36 +339,39 @@ class FifoResuming implements ExportedSession {
 
   /**
    * Everything the parent wrote before now is either in the pipe buffer or already delivered to
-   * onread: stop the socket, read the pipe dry with non-blocking read(2), then wait for the writes.
+   * onread: stop the socket and read the pipe with non-blocking read(2) until it says EAGAIN (or
+   * EOF), a queue's worth at a time, waiting for the device between rounds.
    */
   async drain(): Promise<void> {
     if (this.#error) throw this.#error;
-    if (this.#state !== S_RUNNING) return;
-    const sock = this.#sock;
-    if (!this.#eof && sock) {
-      sock.pause();
-      this.#stopped = true;
+    this.#sock?.pause();
+    this.#stopped = true;
+    for (;;) {
+      let empty = this.#eof || this.#state !== S_RUNNING;
       try {
-        for (;;) {
-          const buf = Buffer.allocUnsafe(this.#chunkSize);
+        while (!empty && this.#queued < this.#chunkSize) {
+          const buf = Buffer.allocUnsafe(Math.min(this.#chunkSize, READ_SIZE));
           const n = readSync(this.#fd, buf, 0, buf.length, null);
           if (n === 0) {
             this.#eof = true;
-            break;
+            empty = true;
+          } else {
+            this.#queue.push(buf.subarray(0, n));
+            this.#queued += n;
           }
-          this.#queue.push(buf.subarray(0, n));
-          this.#queued += n;
         }
       } catch (err) {
-        if (!isErrno(err, 'EAGAIN')) this.#fail(asMigError(err, 'resuming FIFO read failed'));
+        if (isErrno(err, 'EAGAIN')) empty = true;
+        else this.#fail(asMigError(err, 'resuming FIFO read failed'));
       }
-      this.#kick();
+      if (this.#queue.length > 0) this.#kick();
+      await new Promise<void>((resolve) => {
+        this.#idleWaiters.push(resolve);
+        this.#checkIdle();
+      });
+      if (this.#error) throw this.#error;
+      if (empty || this.#state !== S_RUNNING) break;
     }
-    await new Promise<void>((resolve) => {
-      this.#idleWaiters.push(resolve);
-      this.#checkIdle();
-    });
-    if (this.#error) throw this.#error;
     this.#maybeResume();
   }
 
