@@ -2,9 +2,10 @@ export {
   STREAM_MAGIC, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR, STREAM_HEADER_SIZE, RECORD_SYNC, RECORD_HEADER_SIZE, NO_DEVICE,
   Features, RecordFlags, RecordType, recordTypeName, ROUND_FLAG_EMPTY, ROUND_FLAG_FINAL, MAX_DEVICES,
   encodeStreamHeader, decodeStreamHeader, encodeRecordHeader, decodeRecordHeader, writeRecordHeader, encodeRecord,
+  createDataDigest, digestAvailable,
 } from './wire-format.js';
 export type {
-  WireDevice, StreamHeader, StreamHeaderInit, RecordHeader, WireRecord, DecodedObject, StreamHeaderRecord,
+  WireDevice, StreamHeader, StreamHeaderInit, DataDigest, RecordHeader, WireRecord, DecodedObject, StreamHeaderRecord,
   DataRecord, RoundRecord, DeviceEndRecord, ControlRecord, StreamEndRecord,
   RecordInput, DataInput, RoundInput, DeviceEndInput, ControlInput, StreamEndInput, RawInput,
 } from './wire-format.js';

@@ -13,7 +13,6 @@
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { crc32 } from 'node:zlib';
-import { createHash, getHashes, type Hash } from 'node:crypto';
 import { migError, ErrorCodes, MigError } from '../fsm/errors.js';
 import {
   RecordType,
@@ -29,6 +28,9 @@ import {
   decodeDeviceEndPayload,
   decodeStreamEndPayload,
   recordTypeName,
+  createDataDigest,
+  digestAvailable,
+  type DataDigest,
   type StreamHeader,
   type StreamHeaderFixed,
   type RecordHeader,
@@ -65,7 +67,7 @@ const S_ERRORED = 5;
 
 interface DeviceTrack {
   bytes: number;
-  hash: Hash | null;
+  hash: DataDigest | null;
   ended: boolean;
 }
 
@@ -236,12 +238,12 @@ export class RecordDecoder extends Transform {
           const header = parseStreamHeaderBody(fixed, this.#consume(fixed.bodyLength));
           let alg: string | null = null;
           if (header.digest !== null && this.verifyDigest) {
-            if (!getHashes().includes(header.digest)) {
+            if (!digestAvailable(header.digest)) {
               throw migError(ErrorCodes.UNSUPPORTED, `digest algorithm ${header.digest} is not available`);
             }
             alg = header.digest;
           }
-          this.#tracks = header.devices.map(() => ({ bytes: 0, hash: alg ? createHash(alg) : null, ended: false }));
+          this.#tracks = header.devices.map(() => ({ bytes: 0, hash: alg ? createDataDigest(alg) : null, ended: false }));
           this.header = header;
           this.#state = S_HEADER;
           this.emit('header', header);

@@ -7,6 +7,7 @@
  * carries a crc32 of itself, so a corrupt length is caught before it is trusted or allocated for.
  */
 import { crc32 } from 'node:zlib';
+import { createHash, getHashes } from 'node:crypto';
 import { migError, ErrorCodes } from '../fsm/errors.js';
 import type { DeviceIdentity } from '../fsm/types.js';
 
@@ -504,4 +505,41 @@ export function encodeRecord(
     payloadCrc: checksums ? crc32(payload) : 0,
   });
   return [header, payload];
+}
+
+// ---------------------------------------------------------------------------------------------
+// DEVICE_END digests
+
+/** What both ends feed a device's raw DATA bytes into. */
+export interface DataDigest {
+  update(data: Buffer): unknown;
+  digest(encoding: 'hex'): string;
+}
+
+/**
+ * The digest algorithm names this package speaks: every `crypto.createHash` name, plus 'crc32'
+ * (zlib.crc32 chained over the raw data, about 5 GB/s against about 1 GB/s for sha256 on one core:
+ * enough to catch a lost, repeated or mis-decompressed record, not an adversary).
+ */
+export function digestAvailable(algorithm: string): boolean {
+  return algorithm === 'crc32' || getHashes().includes(algorithm);
+}
+
+/** A fresh digest; throws VFIO_MIG_ERR_UNSUPPORTED for an unknown algorithm. */
+export function createDataDigest(algorithm: string): DataDigest {
+  if (algorithm === 'crc32') {
+    let value = 0;
+    return {
+      update(data: Buffer) {
+        value = crc32(data, value);
+      },
+      digest() {
+        const out = Buffer.allocUnsafe(4);
+        out.writeUInt32BE(value >>> 0, 0);
+        return out.toString('hex');
+      },
+    };
+  }
+  if (!getHashes().includes(algorithm)) throw migError(ErrorCodes.UNSUPPORTED, `digest algorithm ${algorithm} is not available`);
+  return createHash(algorithm);
 }

@@ -283,6 +283,27 @@ describe('RecordDecoder: bad input', () => {
     expect((await decodeChunks([bytes], { verifyDigest: false })).error).toBeNull();
   });
 
+  it("the cheap 'crc32' digest round-trips and catches a mismatch; an unknown algorithm is UNSUPPORTED", async () => {
+    const state = mixedData(300_000, 8);
+    const good = await encodeAll(
+      [{ type: RecordType.DATA, device: 0, payload: state.subarray(0, 100_000) }, { type: RecordType.DATA, device: 0, payload: state.subarray(100_000) }, { type: RecordType.DEVICE_END, device: 0 }, { type: RecordType.STREAM_END }],
+      { devices: devices(1), digest: 'crc32', compression: true },
+    );
+    const ok = await decodeChunks(randomSplit(good.bytes, 5, 50_000));
+    expect(ok.error).toBeNull();
+    expect(ok.objects[3]).toMatchObject({ type: RecordType.DEVICE_END, algorithm: 'crc32', digest: crc32(state).toString(16).padStart(8, '0') });
+    const bad = await encodeAll(
+      [{ type: RecordType.DATA, device: 0, payload: state }, { type: RecordType.DEVICE_END, device: 0, digest: '00000000' }, { type: RecordType.STREAM_END }],
+      { devices: devices(1), digest: 'crc32' },
+    );
+    await expectFailure(bad.bytes, ErrorCodes.DIGEST, 1);
+    expect(() => encodeStreamHeader({ features: 0, devices: devices(1), digest: 'no-such-hash' })).not.toThrow();
+    const unknown = Buffer.concat([encodeStreamHeader({ features: 0, devices: devices(1), digest: 'no-such-hash' })]);
+    const { error } = await decodeChunks([unknown]);
+    expect(error?.code).toBe(ErrorCodes.UNSUPPORTED);
+    await expect(encodeAll([], { devices: devices(1), digest: 'no-such-hash' })).rejects.toMatchObject({ code: ErrorCodes.UNSUPPORTED });
+  });
+
   it('CONTROL records: invalid JSON is CORRUPT, an oversized one LIMIT before its payload is read', async () => {
     await expectFailure(craftStream([{ type: RecordType.CONTROL, payload: Buffer.from('{nope') }]), ErrorCodes.CORRUPT, 0);
     const big = craftStream([{ type: RecordType.CONTROL, payload: Buffer.from(JSON.stringify({ s: 'x'.repeat(2000) })) }]);
