@@ -301,6 +301,37 @@ describe('device host: fixture driver over FIFOs', () => {
     expect(a.sessions).toHaveLength(0);
   });
 
+  it('a reset while the parent writes a resuming session: its writes fail ENODEV', async () => {
+    const a = await fixture({ size: 4 << 20, seed: 4 });
+    const b = await fixture({ size: 4 << 20, seed: 4 });
+    await a.step(S.RUNNING, S.STOP);
+    const ss = (await a.step(S.STOP, S.STOP_COPY)) as HostedSavingSession;
+    await b.step(S.RUNNING, S.STOP);
+    const rs = (await b.step(S.STOP, S.RESUMING)) as HostedResumingSession;
+    const src = new Socket({ fd: ss.takeFd(), readable: true, writable: false });
+    let written = 0;
+    let err: MigError | null = null;
+    for await (const chunk of src as AsyncIterable<Buffer>) {
+      try {
+        let rest = chunk;
+        while (rest.length > 0) {
+          const n = await rs.write(rest);
+          written += n;
+          rest = rest.subarray(n);
+          if (written >= 1 << 20 && written - n < 1 << 20) void b.reset();
+        }
+      } catch (e) {
+        err = e as MigError;
+        break;
+      }
+    }
+    src.destroy();
+    expect(err).toMatchObject({ code: 'ENODEV' });
+    expect(rs.disabled).toBe(true);
+    expect(written).toBeLessThan(16 + (4 << 20));
+    expect(await b.getState()).toBe(S.RUNNING);
+  });
+
   it('a bad stream written into the resuming FIFO: the next write and RESUMING -> STOP fail with the device\'s EFAULT', async () => {
     const b = await fixture({ size: 1 << 20 });
     await b.step(S.RUNNING, S.STOP);
