@@ -427,7 +427,14 @@ describe('device host: fixture driver over FIFOs', () => {
     expect(code).toBe(0);
     const { pid, dir } = JSON.parse(out) as { pid: number; dir: string };
     expect(pid).toBeGreaterThan(0);
-    await waitFor(() => !alive(pid) && !existsSync(dir));
+    await waitFor(() => !alive(pid) && !existsSync(dir), 20_000).catch((e: Error) => {
+      // Say what was left behind, for a failure on a loaded machine.
+      let status = 'no /proc entry';
+      try {
+        status = readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').slice(0, 3).join('; ');
+      } catch {}
+      throw new Error(`${e.message}: child alive=${alive(pid)} (${status}), dir exists=${existsSync(dir)}`);
+    });
   });
 
   it('after close() nothing of the host keeps the parent process alive', async () => {
