@@ -41,7 +41,7 @@ export type DecisionReason =
   | 'limit-raised'
   /** abort: even the lower bound of the downtime exceeds the (maximum) limit. */
   | 'lower-bound-above-limit'
-  /** abort: the dirty rate stayed at or above the throughput for the whole window. */
+  /** abort: over a whole window, the switchover's bytes did not shrink or the dirty rate kept up with the throughput. */
   | 'not-converging'
   /** abort: the PRE_COPY time budget is spent. */
   | 'precopy-budget'
@@ -95,7 +95,11 @@ export interface SwitchoverPolicy {
 }
 
 export interface DefaultPolicyOptions {
-  /** Abort when dirty rate >= throughput for this long. Default 3000 ms. */
+  /**
+   * Abort as not converging when, over this window (past the initial data, prediction above the
+   * limit), the bytes a switchover would move did not shrink, or the dirty rate was at or above
+   * the throughput in 80% of the samples. Default 3000 ms.
+   */
   nonConvergenceWindowMs?: number;
   /** Abort when PRE_COPY has lasted this long without a switchover. Default Infinity. */
   precopyBudgetMs?: number;
@@ -150,16 +154,78 @@ function decision(action: DecisionAction, reason: DecisionReason, message: strin
 }
 
 /**
- * The abort checks shared by the built-ins, in order: budget, lower bound, non-convergence.
- * `divergingSince` is the policy's memory of when dirty rate >= throughput began (NaN when not).
+ * Convergence memory of a policy: the bytes a switchover would move (stop-copy plus the dirtying
+ * until stop) and whether the devices dirtied at least as fast as the link moved, sampled each
+ * decision past the initial data, kept for one window.
+ *
+ * Not converging means either of, over a whole window:
+ * - no drain: the least bytes seen in the window's second half are not below the least of its
+ *   first half (a backlog that only wobbles: the devices re-dirty what PRE_COPY sends);
+ * - dirty rate >= throughput in at least DIVERGING_FRACTION of the samples (one noisy sample
+ *   does not reset the verdict, as a strict "all the time" rule would).
  */
+export class ConvergenceTracker {
+  private readonly t: number[] = [];
+  private readonly bytes: number[] = [];
+  private readonly diverging: boolean[] = [];
+  /** elapsedMs of the first sample since the last reset, NaN before. */
+  private since = NaN;
+
+  reset(): void {
+    this.t.length = 0;
+    this.bytes.length = 0;
+    this.diverging.length = 0;
+    this.since = NaN;
+  }
+
+  add(elapsedMs: number, bytes: number, diverging: boolean, windowMs: number): void {
+    if (Number.isNaN(this.since)) this.since = elapsedMs;
+    this.t.push(elapsedMs);
+    this.bytes.push(bytes);
+    this.diverging.push(diverging);
+    // Bounded: samples older than one window are dropped.
+    while (this.t.length > 0 && this.t[0] < elapsedMs - windowMs) {
+      this.t.shift();
+      this.bytes.shift();
+      this.diverging.shift();
+    }
+  }
+
+  /** The verdict over the last `windowMs`, or null while less than a window was observed. */
+  verdict(elapsedMs: number, windowMs: number): { draining: boolean; divergingFraction: number; firstMin: number; secondMin: number } | null {
+    if (Number.isNaN(this.since) || elapsedMs - this.since < windowMs) return null;
+    const mid = elapsedMs - windowMs / 2;
+    let firstMin = Infinity;
+    let secondMin = Infinity;
+    let first = 0;
+    let second = 0;
+    let div = 0;
+    for (let i = 0; i < this.t.length; i++) {
+      if (this.t[i] < mid) {
+        first++;
+        firstMin = Math.min(firstMin, this.bytes[i]);
+      } else {
+        second++;
+        secondMin = Math.min(secondMin, this.bytes[i]);
+      }
+      if (this.diverging[i]) div++;
+    }
+    if (first < 2 || second < 2) return null;
+    return { draining: secondMin < firstMin, divergingFraction: div / this.t.length, firstMin, secondMin };
+  }
+}
+
+/** Share of a window's samples with dirty rate >= throughput that counts as not converging. */
+const DIVERGING_FRACTION = 0.8;
+
+/** The abort checks shared by the built-ins, in order: budget, lower bound, non-convergence. */
 function abortChecks(
   s: PolicySnapshot,
   limitMs: number,
   n: DecisionNumbers,
   budgetMs: number,
   windowMs: number,
-  state: { divergingSince: number },
+  tracker: ConvergenceTracker,
   checkConvergence: boolean,
 ): Decision | null {
   const p = s.prediction;
@@ -175,18 +241,31 @@ function abortChecks(
       n,
     );
   }
-  const diverging = p.confident && p.dirtyRateBytesPerMs > 0 && p.dirtyRateBytesPerMs >= p.rateBytesPerMs;
-  if (!diverging) {
-    state.divergingSince = NaN;
-  } else if (Number.isNaN(state.divergingSince)) {
-    state.divergingSince = s.elapsedMs;
-  }
-  if (checkConvergence && diverging && s.elapsedMs - state.divergingSince >= windowMs) {
+  if (!checkConvergence || !Number.isFinite(windowMs)) return null;
+  // Judged past the initial data only (it drains by definition) and on usable numbers.
+  if (!p.valid || !p.confident || !s.initialSent || s.queryFailed) return null;
+  const diverging = p.dirtyRateBytesPerMs > 0 && p.dirtyRateBytesPerMs >= p.rateBytesPerMs;
+  tracker.add(s.elapsedMs, p.stopCopyBytes + p.growthBytes, diverging, windowMs);
+  if (p.highMs <= limitMs) return null;
+  const v = tracker.verdict(s.elapsedMs, windowMs);
+  if (v === null) return null;
+  const numbers = { ...n, windowMs, divergingFraction: v.divergingFraction, windowFirstMinBytes: v.firstMin, windowSecondMinBytes: v.secondMin };
+  if (v.divergingFraction >= DIVERGING_FRACTION) {
     return decision(
       'abort',
       'not-converging',
-      `PRE_COPY does not converge: the devices dirty ${fmtRate(p.dirtyRateBytesPerMs)}, at or above the throughput ${fmtRate(p.rateBytesPerMs)}, for ${fmtMs(s.elapsedMs - state.divergingSince)}; predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`,
-      { ...n, divergingMs: s.elapsedMs - state.divergingSince, windowMs },
+      `PRE_COPY does not converge: the devices dirty ${fmtRate(p.dirtyRateBytesPerMs)}, at or above the throughput ${fmtRate(p.rateBytesPerMs)} in ${(v.divergingFraction * 100).toFixed(0)}% of the last ${fmtMs(windowMs)}; predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`,
+      numbers,
+    );
+  }
+  // Not shrinking matters only while even the optimistic edge is above the limit (a 32-byte
+  // remainder does not shrink either).
+  if (!v.draining && p.lowMs > limitMs) {
+    return decision(
+      'abort',
+      'not-converging',
+      `PRE_COPY does not converge: the data a switchover would move did not shrink in ${fmtMs(windowMs)} (least ${fmtBytes(v.firstMin)} then ${fmtBytes(v.secondMin)}; dirty ${fmtRate(p.dirtyRateBytesPerMs)}, throughput ${fmtRate(p.rateBytesPerMs)}); predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`,
+      numbers,
     );
   }
   return null;
@@ -225,7 +304,7 @@ export class DefaultSwitchoverPolicy implements SwitchoverPolicy {
   readonly name: string = 'default';
   protected readonly nonConvergenceWindowMs: number;
   protected readonly precopyBudgetMs: number;
-  protected readonly state = { divergingSince: NaN };
+  protected readonly tracker = new ConvergenceTracker();
 
   constructor(options: DefaultPolicyOptions = {}) {
     this.nonConvergenceWindowMs = positive('nonConvergenceWindowMs', options.nonConvergenceWindowMs, 3000);
@@ -233,13 +312,13 @@ export class DefaultSwitchoverPolicy implements SwitchoverPolicy {
   }
 
   reset(): void {
-    this.state.divergingSince = NaN;
+    this.tracker.reset();
   }
 
   decide(s: PolicySnapshot): Decision {
     const limit = s.downtimeLimitMs;
     const n = decisionNumbers(s, limit);
-    const abort = abortChecks(s, limit, n, this.precopyBudgetMs, this.nonConvergenceWindowMs, this.state, true);
+    const abort = abortChecks(s, limit, n, this.precopyBudgetMs, this.nonConvergenceWindowMs, this.tracker, true);
     if (abort) return abort;
     const gate = gateChecks(s, n);
     if (gate) return gate;
@@ -259,7 +338,7 @@ export class StepwiseSwitchoverPolicy implements SwitchoverPolicy {
   private readonly stepIntervalMs: number;
   private readonly maxLimitMs: number;
   private readonly precopyBudgetMs: number;
-  private readonly state = { divergingSince: NaN };
+  private readonly tracker = new ConvergenceTracker();
   /** The limit in force (NaN until the first decision). */
   private current: number;
   /** elapsedMs when the current limit took effect. */
@@ -282,7 +361,7 @@ export class StepwiseSwitchoverPolicy implements SwitchoverPolicy {
   reset(): void {
     this.current = NaN;
     this.since = 0;
-    this.state.divergingSince = NaN;
+    this.tracker.reset();
   }
 
   decide(s: PolicySnapshot): Decision {
@@ -293,7 +372,7 @@ export class StepwiseSwitchoverPolicy implements SwitchoverPolicy {
     const limit = this.current;
     const n = { ...decisionNumbers(s, limit), maxLimitMs: this.maxLimitMs };
     // The lower bound is judged against the maximum: a raise could still make room below it.
-    const abort = abortChecks(s, this.maxLimitMs, n, this.precopyBudgetMs, Infinity, this.state, false);
+    const abort = abortChecks(s, this.maxLimitMs, n, this.precopyBudgetMs, Infinity, this.tracker, false);
     if (abort) return abort;
     const gate = gateChecks(s, n);
     if (gate) return gate;

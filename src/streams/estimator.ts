@@ -50,7 +50,7 @@ export interface PrecopyEstimatorOptions {
   alpha?: number;
   /** Never re-query a device more often than this. Default 50 ms. */
   minQueryIntervalMs?: number;
-  /** Re-query a device at least this often. Default 1000 ms. */
+  /** Re-query a device at least this often. Default 250 ms (PRECOPY_INFO is cheap; stale views mislead). */
   maxQueryIntervalMs?: number;
   /** Re-query early (after minQueryIntervalMs) once this many bytes were read since the last query. Default 64 MiB. */
   requeryBytes?: number;
@@ -344,13 +344,15 @@ interface DeviceView {
   generation: RateWindow;
   /** Bytes dirtied per ms, sampled between queries. */
   dirtying: RateWindow;
+  /** A query past the initial data reported dirty bytes: the device dirties, rate known or not. */
+  dirtySeen: boolean;
 }
 
 const DEFAULTS = {
   window: 32,
   alpha: 0.25,
   minQueryIntervalMs: 50,
-  maxQueryIntervalMs: 1000,
+  maxQueryIntervalMs: 250,
   requeryBytes: 64 * 1024 * 1024,
   bandSigmas: 2,
   minRelativeBand: 0.05,
@@ -359,6 +361,12 @@ const DEFAULTS = {
   smallStateBytes: 1024 * 1024,
   priorRateBytesPerMs: 100_000,
 };
+
+/**
+ * The slow edge of a band is at most 10x below the mean: noisy samples make a pessimistic
+ * prediction, not an infinite one (which would block a switchover of 32 bytes).
+ */
+const MAX_RELATIVE_BAND = 0.9;
 
 /** Samples shorter than this are not trusted for the "best measured rate". */
 const BEST_RATE_MIN_SAMPLE_MS = 10;
@@ -452,6 +460,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
         lastReadAt: -1,
         generation: new RateWindow(w, alpha),
         dirtying: new RateWindow(w, alpha),
+        dirtySeen: false,
       });
     }
     this.wire = new RateWindow(w, alpha);
@@ -556,6 +565,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       const dirtied = Math.max(0, dirty - v.dirtyAtQuery + v.readBeyondInitialSinceQuery);
       if (dt > 0 && v.initialAtQuery === 0 && initial === 0) v.dirtying.add(dirtied, dt);
     }
+    if (initial === 0 && dirty > 0) v.dirtySeen = true;
     v.initial = initial;
     v.dirty = dirty;
     v.initialAtQuery = initial;
@@ -777,8 +787,17 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     for (const v of this.views) {
       if (!v.stopCopyKnown || !v.stopCopyValid) valid = false;
       // The device keeps dirtying from its last size query until it stops: that much more for STOP_COPY.
-      const dirtyRate = v.dirtying.count > 0 ? v.dirtying.mean() : 0;
-      dirtyRateBytesPerMs += dirtyRate;
+      let dirtyRate = 0;
+      if (v.dirtying.count > 0) {
+        dirtyRate = v.dirtying.mean();
+        dirtyRateBytesPerMs += dirtyRate;
+      } else if (v.dirtySeen) {
+        // Dirty data seen but no rate yet (it takes two queries past the initial data): assume,
+        // pessimistically, that everything read since the last query was dirtied again meanwhile.
+        confident = false;
+        const age = now - v.lastQueryAt;
+        dirtyRate = age > 0 ? v.readBeyondInitialSinceQuery / age : 0;
+      }
       const growth = v.stopCopyKnown ? dirtyRate * Math.max(0, now - v.stopCopyAt + fixedMs.enterStopCopy + inFlightMs) : 0;
       growthBytes += growth;
       const bytes = v.stopCopy + growth;
@@ -795,7 +814,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       const rel = Math.max(o.minRelativeBand, k * s.relErr);
       genMs = Math.max(genMs, bytes / s.mean);
       genMsLow = Math.max(genMsLow, bytes / (s.mean * (1 + rel)));
-      genMsHigh = Math.max(genMsHigh, rel >= 1 ? (bytes > 0 ? Infinity : 0) : bytes / (s.mean * (1 - rel)));
+      genMsHigh = Math.max(genMsHigh, bytes / (s.mean * (1 - Math.min(rel, MAX_RELATIVE_BAND))));
       const best = Math.max(s.mean * (1 + rel), Number.isFinite(s.best) ? s.best : 0);
       genMsBest = Math.max(genMsBest, floor / best);
     }
@@ -809,7 +828,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       const rel = Math.max(o.minRelativeBand, k * Math.sqrt(ws.relErr * ws.relErr + ratioRel * ratioRel));
       wireMs = transferBytes / raw;
       wireMsLow = transferBytes / (raw * (1 + rel));
-      wireMsHigh = rel >= 1 ? (transferBytes > 0 ? Infinity : 0) : transferBytes / (raw * (1 - rel));
+      wireMsHigh = transferBytes / (raw * (1 - Math.min(rel, MAX_RELATIVE_BAND)));
       const best = Math.max(raw * (1 + rel), Number.isFinite(ws.best) ? ws.best * ratio : 0);
       wireMsBest = floorBytes / best;
     } else {

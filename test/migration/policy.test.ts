@@ -115,21 +115,55 @@ describe('DefaultSwitchoverPolicy', () => {
     expect(p.decide(snap({ queryFailed: true }, { valid: false, lowerBoundMs: 450, highMs: Infinity })).action).toBe('continue');
   });
 
-  it('aborts when the dirty rate stays at or above the throughput for the whole window', () => {
+  it('aborts as not converging when the dirty rate keeps up with the throughput over a window; one noisy sample does not reset it', () => {
     const p = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 2000 });
-    const diverging = { dirtyRateBytesPerMs: 150_000, rateBytesPerMs: 100_000, highMs: 900, lowerBoundMs: 100 };
-    expect(p.decide(snap({ elapsedMs: 1000 }, diverging)).reason).toBe('above-limit');
-    expect(p.decide(snap({ elapsedMs: 2500 }, diverging)).reason).toBe('above-limit');
-    // Converging for a moment resets the window.
-    expect(p.decide(snap({ elapsedMs: 2600 }, { ...diverging, dirtyRateBytesPerMs: 50_000 })).reason).toBe('above-limit');
-    expect(p.decide(snap({ elapsedMs: 4000 }, diverging)).reason).toBe('above-limit');
-    const d = p.decide(snap({ elapsedMs: 6000 }, diverging));
-    expect(d.action).toBe('abort');
-    expect(d.reason).toBe('not-converging');
-    expect(d.numbers.divergingMs).toBe(2000);
-    expect(d.message).toMatch(/150\.0 MB\/s/);
+    const reasons: string[] = [];
+    let last: Decision | null = null;
+    for (let t = 1000, i = 0; t <= 3000; t += 250, i++) {
+      // Draining steadily (so only the rate rule can fire), one sample in nine converging.
+      const dirty = i === 4 ? 50_000 : 150_000;
+      last = p.decide(snap({ elapsedMs: t }, { dirtyRateBytesPerMs: dirty, rateBytesPerMs: 100_000, highMs: 900, stopCopyBytes: (40 - i) * MIB }));
+      reasons.push(last.reason);
+    }
+    expect(reasons.slice(0, -1).every((r) => r === 'above-limit')).toBe(true);
+    expect(last).toMatchObject({ action: 'abort', reason: 'not-converging' });
+    expect(last?.numbers.divergingFraction).toBeCloseTo(8 / 9, 9);
+    expect(last?.numbers.windowMs).toBe(2000);
+    expect(last?.message).toMatch(/150\.0 MB\/s/);
     p.reset();
-    expect(p.decide(snap({ elapsedMs: 7000 }, diverging)).action).toBe('continue');
+    expect(p.decide(snap({ elapsedMs: 3250 }, { dirtyRateBytesPerMs: 150_000, highMs: 900 })).action).toBe('continue');
+  });
+
+  it('aborts as not converging when the bytes a switchover would move stop shrinking', () => {
+    const p = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 2000 });
+    let last: Decision | null = null;
+    for (let t = 0, i = 0; t <= 2000; t += 250, i++) {
+      // The devices re-dirty what PRE_COPY sends: the backlog wobbles, the dirty rate looks lower.
+      last = p.decide(snap({ elapsedMs: t }, { dirtyRateBytesPerMs: 50_000, lowMs: 400, highMs: 900, stopCopyBytes: (i % 2 === 0 ? 10 : 12) * MIB, growthBytes: 0 }));
+      if (t < 2000) expect(last.reason).toBe('above-limit');
+    }
+    expect(last).toMatchObject({ action: 'abort', reason: 'not-converging' });
+    expect(last?.message).toMatch(/did not shrink/);
+    expect(last?.numbers.windowFirstMinBytes).toBe(10 * MIB);
+    // The same wobble with an optimistic edge within the limit: a small remainder, not a failure.
+    const q = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 2000 });
+    for (let t = 0, i = 0; t <= 4000; t += 250, i++) {
+      const d = q.decide(snap({ elapsedMs: t }, { dirtyRateBytesPerMs: 50_000, lowMs: 200, highMs: 900, stopCopyBytes: (i % 2 === 0 ? 10 : 12) * MIB }));
+      expect(d.reason).toBe('above-limit');
+    }
+  });
+
+  it('keeps going while the bytes shrink, however slowly, and judges nothing during the initial data or on unconfident numbers', () => {
+    const p = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 1000 });
+    for (let t = 0; t <= 20_000; t += 100) {
+      const d = p.decide(snap({ elapsedMs: t }, { dirtyRateBytesPerMs: 90_000, lowMs: 400, highMs: 900, stopCopyBytes: 100 * MIB - t * 10 }));
+      expect(d.reason).toBe('above-limit');
+    }
+    const q = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 1000 });
+    for (let t = 0; t <= 5000; t += 100) {
+      expect(q.decide(snap({ elapsedMs: t, initialSent: false }, { dirtyRateBytesPerMs: 150_000, highMs: 900 })).reason).toBe('initial-pending');
+      expect(q.decide(snap({ elapsedMs: t }, { confident: false, dirtyRateBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
+    }
   });
 
   it('aborts when the PRE_COPY budget is spent', () => {
