@@ -225,6 +225,16 @@ abstract class HostedSessionBase {
   }
 
   /**
+   * eofError() after one control round trip: every notice the child sent before it closed its
+   * end has then arrived, even if this process was too busy to ack in time (the child closes
+   * after ACK_TIMEOUT_MS without one) or saw the EOF before the notice.
+   */
+  async settledEofError(): Promise<MigError | null> {
+    if (this._status === ST_OPEN && !this._hostGone) await this._link.request('getState', null).catch(() => undefined);
+    return this.eofError();
+  }
+
+  /**
    * Hand the fd over to a consumer that closes it itself (a net.Socket closes its fd on destroy):
    * close() then leaves it alone, so the number is never closed twice.
    */
@@ -328,7 +338,7 @@ export class HostedSavingSession extends HostedSessionBase implements SavingSess
       throw sysError(err, `session ${this.id} read failed`);
     }
     if (n > 0) return n;
-    const e = this.eofError();
+    const e = await this.settledEofError();
     if (e) throw e;
     return 0;
   }

@@ -56,8 +56,13 @@ function readAll(session: HostedSavingSession, onChunk?: (b: Buffer) => void): P
       onChunk?.(b);
     });
     sock.on('end', () => {
-      resolve({ bytes, hash: h.digest('hex'), eof: session.eofError() });
       sock.destroy();
+      const eof = session.eofError();
+      // Already settled (the child waits for our ack before it closes): the round trip agrees.
+      session.settledEofError().then((settled) => {
+        expect(settled?.code).toBe(eof?.code);
+        resolve({ bytes, hash: h.digest('hex'), eof });
+      }, reject);
     });
     sock.on('error', reject);
   });
