@@ -370,6 +370,35 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.lowerBoundMs).toBeLessThan(p.downtimeMs);
   });
 
+  it('dirty data seen but no rate yet: assumes what was read since the query was dirtied again, not confident', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 4 * MIB, reinit: false });
+    est.updateStopCopySize(4 * MIB);
+    for (let i = 0; i < 4; i++) {
+      c.advance(10);
+      est.recordRead(MIB, { durationMs: 1 });
+      est.recordWire(MIB, MIB, { durationMs: 10 });
+    }
+    const p = est.predict();
+    // 4 MiB read in 40 ms since the query: the local view says 0 left, the assumption 4 MiB more.
+    expect(p.stopCopyBytes).toBe(0);
+    expect(p.growthBytes).toBeCloseTo(4 * MIB, 6);
+    expect(p.confident).toBe(false);
+    expect(p.dirtyRateBytesPerMs).toBe(0);
+  });
+
+  it('a wildly noisy rate makes a pessimistic band, never an infinite one', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(32);
+    for (let i = 0; i < 4; i++) est.recordWire(MIB, MIB, { durationMs: i % 2 === 0 ? 0.01 : 1000 });
+    const p = est.predict();
+    expect(Number.isFinite(p.highMs)).toBe(true);
+    expect(p.highMs).toBeLessThan(1);
+  });
+
   it('wire bytes in flight go first: they add to the transfer, in raw terms, and to the dirtying time', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now });
