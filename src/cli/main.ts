@@ -1,12 +1,71 @@
 /**
- * The `vfio-mig` command.
+ * The `vfio-mig` command: `main(argv)` resolves the exit code (bin/vfio-mig.js sets it).
  */
+import { ErrorCodes, MigError } from '../fsm/errors.js';
+import { restoreCommand, saveCommand } from './checkpoint.js';
+import { demo } from './demo.js';
+import { ExitCode } from './exit-codes.js';
+import { inspectCommand } from './inspect.js';
+import { migrateCommand, receiveCommand } from './peer.js';
+
+const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
+  demo,
+  migrate: migrateCommand,
+  receive: receiveCommand,
+  save: saveCommand,
+  restore: restoreCommand,
+  inspect: inspectCommand,
+};
+
+export const MAIN_HELP = `usage: vfio-mig <command> [options]
+
+Live migration of VFIO device state (the Linux migration protocol v2) with simulated devices.
+
+commands:
+  demo       live-migrate SimDevices to a destination process this command starts
+  migrate    live-migrate SimDevices to a \`vfio-mig receive\` (--to URL)
+  receive    wait for one migration and run the migrated devices (--listen URL)
+  save       save SimDevices' state to a checkpoint file
+  restore    load a checkpoint file into fresh SimDevices, verifying its digests
+  inspect    print a stream's header and records
+
+\`vfio-mig <command> --help\` shows a command's options.
+
+exit codes:
+  0   success (digests verified)
+  1   failed, and a device could not be restored (or an unexpected error)
+  2   failed and rolled back: every source device RUNNING with its state intact
+  3   aborted by the switchover policy (downtime limit cannot be met); rolled back
+  4   aborted by the user (SIGINT/SIGTERM); rolled back
+  5   the destination refused the devices (incompatible); nothing was touched
+  64  usage error
+  65  corrupt or truncated stream or file, or a digest mismatch
+`;
+
 export async function main(argv: string[]): Promise<number> {
-  const [cmd] = argv;
-  if (!cmd || cmd === '--help' || cmd === 'help') {
-    process.stdout.write('usage: vfio-mig <command> [options]\n\ncommands: demo, migrate, receive, save, restore, inspect\n');
-    return cmd ? 0 : 64;
+  const [cmd, ...rest] = argv;
+  if (cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    process.stdout.write(MAIN_HELP);
+    return ExitCode.OK;
   }
-  process.stderr.write(`vfio-mig: unknown command '${cmd}'\n`);
-  return 64;
+  if (cmd === undefined) {
+    process.stderr.write(MAIN_HELP);
+    return ExitCode.USAGE;
+  }
+  const run = COMMANDS[cmd];
+  if (!run) {
+    process.stderr.write(`vfio-mig: unknown command '${cmd}' (see vfio-mig --help)\n`);
+    return ExitCode.USAGE;
+  }
+  try {
+    return await run(rest);
+  } catch (err) {
+    if (err instanceof MigError && err.code === ErrorCodes.USAGE) {
+      const json = rest.includes('--json');
+      if (json) process.stdout.write(`${JSON.stringify({ ok: false, verified: false, error: { code: err.code, message: err.message }, phase: null })}\n`);
+      else process.stderr.write(`vfio-mig ${cmd}: ${err.message} (see vfio-mig ${cmd} --help)\n`);
+      return ExitCode.USAGE;
+    }
+    throw err;
+  }
 }

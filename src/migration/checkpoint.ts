@@ -56,7 +56,8 @@ export function restore(opts: RestoreOptions): DestinationMigration {
             try {
               return await l.accept();
             } finally {
-              await l.close();
+              // Not awaited: a listener's close may wait for its accepted connection to end.
+              void l.close();
             }
           },
     signal: opts.signal,

@@ -70,6 +70,11 @@ export interface MigrateOptions {
   downtimeLimitMs?: number;
   /** A SwitchoverPolicy object, or 'default' / 'stepwise'. */
   policy?: PolicyChoice;
+  /**
+   * PRE_COPY time budget of the built-in policies, ms: past it they abort (a workload that never
+   * lets PRE_COPY converge must not keep a migration alive forever). Default 60000.
+   */
+  precopyBudgetMs?: number;
   /** Bandwidth cap on the wire bytes, bytes per second (0 or absent: none). */
   bandwidth?: number;
   signal?: AbortSignal;
@@ -90,9 +95,9 @@ export interface MigrateOptions {
 /** A policy object, or the name of a built-in one ('stepwise' raises the limit up to 4x). */
 export type PolicyChoice = SwitchoverPolicy | 'default' | 'stepwise';
 
-export function resolvePolicy(p: PolicyChoice | undefined, limitMs: number): SwitchoverPolicy {
-  if (p === undefined || p === 'default') return new DefaultSwitchoverPolicy();
-  if (p === 'stepwise') return new StepwiseSwitchoverPolicy({ maxLimitMs: 4 * limitMs });
+export function resolvePolicy(p: PolicyChoice | undefined, limitMs: number, precopyBudgetMs = Infinity): SwitchoverPolicy {
+  if (p === undefined || p === 'default') return new DefaultSwitchoverPolicy({ precopyBudgetMs });
+  if (p === 'stepwise') return new StepwiseSwitchoverPolicy({ maxLimitMs: 4 * limitMs, precopyBudgetMs });
   if (typeof p === 'object' && p !== null && typeof p.decide === 'function') return p;
   throw migError(ErrorCodes.USAGE, `unknown policy ${String(p)}: expected 'default', 'stepwise' or a SwitchoverPolicy`);
 }
@@ -103,7 +108,7 @@ export function resolvePolicy(p: PolicyChoice | undefined, limitMs: number): Swi
  */
 const DEFAULT_CHUNK = 256 * 1024;
 /** Device reads are batched into generation-rate samples of at least this much read time. */
-const GEN_SAMPLE_MS = 2;
+const GEN_SAMPLE_MS = 10;
 /** Reads and wire batches smaller than this are counted but not used as rate samples. */
 const MIN_SAMPLE_BYTES = 64 * 1024;
 
@@ -116,7 +121,10 @@ interface DeviceRun {
   pump: Promise<void> | null;
   bytes: number;
   precopyBytes: number;
+  /** PRE_COPY rounds started (passes over the data pending when each began). */
   rounds: number;
+  /** Bytes left in the current round; <= 0 when it is complete. */
+  roundLeft: number;
   precopy: boolean;
 }
 
@@ -160,6 +168,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       bytes: 0,
       precopyBytes: 0,
       rounds: 0,
+      roundLeft: 0,
       precopy: opts.precopy !== false && hasPrecopy(core),
     }));
     this.#est = new PrecopyEstimator({ devices: Math.max(1, opts.devices.length) });
@@ -216,7 +225,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       const compression = parseCompression(opts.compression ?? 'none');
       const limitMs = opts.downtimeLimitMs ?? 300;
       if (!(limitMs > 0)) throw migError(ErrorCodes.USAGE, `downtimeLimitMs must be positive, got ${limitMs}`);
-      const policy = resolvePolicy(opts.policy, limitMs);
+      const policy = resolvePolicy(opts.policy, limitMs, opts.precopyBudgetMs ?? 60_000);
       policy.reset?.();
       this.#latch.check();
 
@@ -327,7 +336,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         durationMs,
         downtimeMs,
         predictedDowntimeMs: this.#predicted,
-        precopyRounds: Math.max(0, ...this.#devs.map((d) => d.rounds)),
+        precopyRounds: this.#rounds(),
         throughputMBps: throughputMBps(bytes, durationMs),
         phases: this.#phases,
         devices,
@@ -414,7 +423,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         const s = d.session;
         if (d.precopy && s !== null && !s.disabled) {
           try {
-            this.#est.updatePrecopyInfo(await s.precopyInfo(), i);
+            const info = await s.precopyInfo();
+            this.#est.updatePrecopyInfo(info, i);
+            this.#nextRound(i, info.initialBytes + info.dirtyBytes);
           } catch (err) {
             this.#est.precopyInfoFailed(err, i);
           }
@@ -463,11 +474,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     stream.on('precopy-empty', (e: { bytesRead: number; initialBytes?: number; dirtyBytes?: number }) => {
       flushReads();
       this.#est.recordEmpty(i);
-      d.rounds++;
+      // A temporary end of stream ends the round whatever was estimated for it.
+      d.roundLeft = 0;
       this.#sendSoon(null, {
         type: RecordType.ROUND,
         device: i,
-        round: d.rounds - 1,
+        round: Math.max(0, d.rounds - 1),
         roundFlags: ROUND_FLAG_EMPTY,
         bytes: d.bytes,
         initialBytes: e.initialBytes ?? 0,
@@ -482,7 +494,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         // it may trigger follows the data it speaks of.
         const accepted = w.data(i, chunk);
         d.bytes += chunk.length;
-        if (!this.#switching) d.precopyBytes += chunk.length;
+        if (!this.#switching) {
+          d.precopyBytes += chunk.length;
+          d.roundLeft -= chunk.length;
+        }
         batch.bytes += chunk.length;
         batch.ms += readMs ?? 0;
         readMs = undefined;
@@ -596,6 +611,22 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (phase !== 'precopy') this.#emitProgress(this.#predicted, null);
   }
 
+  /** PRE_COPY rounds: the most any device started. */
+  #rounds(): number {
+    return Math.max(0, ...this.#devs.map((d) => d.rounds));
+  }
+
+  /**
+   * A round ends once the bytes pending at its start were read (or at a temporary end of stream);
+   * the next one starts at the next precopy-info query that finds data pending (QEMU's iterations).
+   */
+  #nextRound(i: number, pending: number): void {
+    const d = this.#devs[i];
+    if (d.roundLeft > 0 || pending <= 0 || this.#switching) return;
+    d.rounds++;
+    d.roundLeft = pending;
+  }
+
   #progress(): void {
     this.#lastProgressAt = performance.now();
   }
@@ -613,7 +644,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       bytes: this.#devs.reduce((s, d) => s + d.bytes, 0),
       wireBytes,
       rate: this.#rate,
-      round: Math.max(0, ...this.#devs.map((d) => d.rounds)) + (this.#phase === 'precopy' ? 1 : 0),
+      round: this.#rounds(),
       predictedDowntimeMs: predicted,
       remainingBytes: remaining,
       elapsedMs: now - this.#t0,

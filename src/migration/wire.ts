@@ -17,10 +17,9 @@ import { connectTransport } from '../transport/index.js';
 import { createBandwidthLimiter } from './policy.js';
 import type { ForwardMessage } from './control.js';
 
-/** Wire samples are taken over at least this long. */
-const SAMPLE_MS = 20;
-/** A pause this long between chunks ends a busy streak. */
-const IDLE_MS = 20;
+/** Wire samples are taken over at least this long and this many bytes. */
+const SAMPLE_MS = 10;
+const MIN_SAMPLE_BYTES = 64 * 1024;
 
 /** 'none', 'zstd', 'zstd:LEVEL', or { zstd: LEVEL }. */
 export type Compression = 'none' | 'zstd' | `zstd:${number}` | { zstd: number } | string;
@@ -106,35 +105,37 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   enc.on('error', onError);
   let wireBytes = 0;
   let rawSeen = 0;
-  // Wire throughput samples: bytes leaving within one busy streak, reported every SAMPLE_MS with
-  // the streak time they took. Single chunks leave in bursts microseconds apart; sampled one by
-  // one their rates would be noise, and an idle pause is not slowness.
+  // Wire throughput samples. The link's rate shows only while data waits for it: an interval
+  // between two chunks counts when the encoder (or the limiter) still held data when the first one
+  // left; otherwise the source was starved (PRE_COPY dirty trickle) and the pause says nothing
+  // about the link. Counted intervals are batched into samples of SAMPLE_MS.
   let acc = 0;
   let accRaw = 0;
-  let streakAt = -1;
+  let accMs = 0;
   let lastAt = -1;
-  const flush = (until: number) => {
-    if (acc > 0) opts.onWire?.(acc, accRaw, streakAt >= 0 && until > streakAt ? until - streakAt : undefined);
-    acc = 0;
-    accRaw = 0;
-  };
+  let backlog = false;
+  const queued = () =>
+    enc.readableLength > 0 || enc.writableLength > 0 || (out !== enc && (out.readableLength > 0 || (out as unknown as Writable).writableLength > 0));
   out.on('data', (chunk: Buffer) => {
     const now = performance.now();
     wireBytes += chunk.length;
-    if (lastAt >= 0 && now - lastAt > IDLE_MS) {
-      flush(lastAt);
-      streakAt = now;
-    } else if (streakAt < 0) {
-      streakAt = now;
+    const raw = enc.dataBytes - rawSeen;
+    rawSeen = enc.dataBytes;
+    if (backlog && lastAt >= 0) {
+      acc += chunk.length;
+      accRaw += raw;
+      accMs += now - lastAt;
+      if (accMs >= SAMPLE_MS && acc >= MIN_SAMPLE_BYTES) {
+        opts.onWire?.(acc, accRaw, accMs);
+        acc = 0;
+        accRaw = 0;
+        accMs = 0;
+      }
+    } else {
+      opts.onWire?.(chunk.length, raw, undefined);
     }
     lastAt = now;
-    acc += chunk.length;
-    accRaw += enc.dataBytes - rawSeen;
-    rawSeen = enc.dataBytes;
-    if (now - streakAt >= SAMPLE_MS) {
-      flush(now);
-      streakAt = now;
-    }
+    backlog = queued();
   });
   out.pipe(transport, { end: false });
   let error: unknown = null;

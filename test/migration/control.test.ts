@@ -1,13 +1,13 @@
 import { describe, it, expect } from 'vitest';
-import { FrameParser, MAX_CONTROL_FRAME, compatibilityProblem, encodeFrame, parseForwardMessage, parseReturnMessage } from '../../src/migration/control.js';
+import { type ReturnMessage, FrameParser, MAX_CONTROL_FRAME, compatibilityProblem, encodeFrame, parseForwardMessage, parseReturnMessage } from '../../src/migration/control.js';
 
 describe('return-path frames', () => {
-  const msgs = [
+  const msgs: ReturnMessage[] = [
     { type: 'ready', version: 1, features: { switchoverAck: true, digest: true } },
     { type: 'switchover-ack', epoch: 2, loadedBytes: 123 },
     { type: 'validated', validateMs: [1.5, 2], verified: true, bytes: [10, 20] },
     { type: 'running', resumeMs: 3, drainMs: 4 },
-  ] as const;
+  ];
 
   it('parses frames fed byte by byte, whole, and in random splits', () => {
     const bytes = Buffer.concat(msgs.map((m) => encodeFrame(m)));

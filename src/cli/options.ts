@@ -1,0 +1,157 @@
+/**
+ * Options shared by the commands: the SimDevice options (so `receive`/`restore` build devices that
+ * match what `migrate`/`save` sent) and the migration options.
+ */
+import { MigrationCore } from '../fsm/core.js';
+import { ErrorCodes, migError } from '../fsm/errors.js';
+import { SimDevice } from '../devices/index.js';
+import { parseCompression } from '../migration/wire.js';
+import type { OptionSpec, ParsedArgs } from './args.js';
+import { parseCount, parseDuration, parseRate, parseSize } from './units.js';
+
+export const DEFAULT_SIZE = '1GiB';
+/** Default dirtying: enough that PRE_COPY takes a few rounds, little enough that it converges at once on a laptop. */
+export const DEFAULT_DIRTY_RATE = '16MiB';
+export const DEFAULT_DOWNTIME_LIMIT = '500';
+
+export const DEVICE_OPTIONS: OptionSpec[] = [
+  { name: 'size', value: true, arg: 'BYTES', help: 'state size per device (KiB/MiB/GiB suffixes)', default: DEFAULT_SIZE },
+  { name: 'devices', value: true, arg: 'N', help: 'number of devices', default: '1' },
+  { name: 'profile', value: true, arg: 'P', help: 'content: mixed | random | zero', default: 'mixed' },
+  { name: 'seed', value: true, arg: 'N', help: 'content seed (device i uses seed+i)', default: '1' },
+  { name: 'flags', value: true, arg: 'F', help: 'migration capability word: 0x1 | 0x3 | 0x5 | 0x7 (STOP_COPY, P2P, PRE_COPY)', default: '0x7' },
+  { name: 'dirty-rate', value: true, arg: 'BYTES/S', help: 'bytes per second the workload dirties per device (source)', default: DEFAULT_DIRTY_RATE },
+  { name: 'generation-rate', value: true, arg: 'BYTES/S', help: 'device read speed limit, 0 = unlimited', default: '0' },
+];
+
+export const MIGRATION_OPTIONS: OptionSpec[] = [
+  { name: 'compress', value: true, arg: 'C', help: 'none | zstd | zstd:LEVEL', default: 'none' },
+  { name: 'downtime-limit', value: true, arg: 'MS', help: 'downtime limit for the switchover policy', default: DEFAULT_DOWNTIME_LIMIT },
+  { name: 'policy', value: true, arg: 'P', help: 'switchover policy: default | stepwise', default: 'default' },
+  { name: 'bandwidth', value: true, arg: 'BYTES/S', help: 'cap on wire bytes per second, 0 = none', default: '0' },
+  { name: 'stall-timeout', value: true, arg: 'MS', help: 'fail after this long without progress', default: '15000' },
+  { name: 'precopy-budget', value: true, arg: 'MS', help: 'the policy aborts when PRE_COPY lasts longer', default: '60000' },
+  { name: 'accept-p2p-risk', help: 'migrate several devices although one lacks P2P' },
+];
+
+export const OUTPUT_OPTIONS: OptionSpec[] = [
+  { name: 'json', help: 'print exactly one JSON object (the summary or the error) on stdout' },
+  { name: 'quiet', short: 'q', help: 'print nothing but errors' },
+  { name: 'help', short: 'h', help: 'show this help' },
+];
+
+export interface DeviceConfig {
+  size: number;
+  devices: number;
+  profile: 'mixed' | 'random' | 'zero';
+  seed: number;
+  flags: number;
+  dirtyRate: number;
+  generationRate: number;
+}
+
+export interface MigrationConfig {
+  compression: string;
+  downtimeLimitMs: number;
+  policy: 'default' | 'stepwise';
+  bandwidth: number;
+  stallTimeoutMs: number;
+  precopyBudgetMs: number;
+  acceptP2PRisk: boolean;
+}
+
+function str(args: ParsedArgs, name: string, dflt: string): string {
+  const v = args.options.get(name);
+  return typeof v === 'string' ? v : dflt;
+}
+
+export function flag(args: ParsedArgs, name: string): boolean {
+  return args.options.get(name) === true;
+}
+
+export function deviceConfig(args: ParsedArgs): DeviceConfig {
+  const profile = str(args, 'profile', 'mixed');
+  if (profile !== 'mixed' && profile !== 'random' && profile !== 'zero') {
+    throw migError(ErrorCodes.USAGE, `unknown profile '${profile}': expected mixed, random or zero`);
+  }
+  const flagsText = str(args, 'flags', '0x7');
+  const flags = Number(flagsText);
+  if (![1, 3, 5, 7].includes(flags)) throw migError(ErrorCodes.USAGE, `invalid --flags '${flagsText}': expected 0x1, 0x3, 0x5 or 0x7`);
+  const size = parseSize(str(args, 'size', DEFAULT_SIZE), '--size');
+  if (size < 4096) throw migError(ErrorCodes.USAGE, `--size must be at least 4KiB, got ${size}`);
+  return {
+    size,
+    devices: parseCount(str(args, 'devices', '1'), '--devices', 1, 64),
+    profile,
+    seed: parseCount(str(args, 'seed', '1'), '--seed', 0, 2 ** 31),
+    flags,
+    dirtyRate: parseRate(str(args, 'dirty-rate', DEFAULT_DIRTY_RATE), '--dirty-rate'),
+    generationRate: parseRate(str(args, 'generation-rate', '0'), '--generation-rate'),
+  };
+}
+
+export function migrationConfig(args: ParsedArgs): MigrationConfig {
+  const compression = str(args, 'compress', 'none');
+  parseCompression(compression);
+  const policy = str(args, 'policy', 'default');
+  if (policy !== 'default' && policy !== 'stepwise') throw migError(ErrorCodes.USAGE, `unknown policy '${policy}': expected default or stepwise`);
+  const downtimeLimitMs = parseDuration(str(args, 'downtime-limit', DEFAULT_DOWNTIME_LIMIT), '--downtime-limit');
+  if (downtimeLimitMs <= 0) throw migError(ErrorCodes.USAGE, '--downtime-limit must be positive');
+  return {
+    compression,
+    downtimeLimitMs,
+    policy,
+    bandwidth: parseRate(str(args, 'bandwidth', '0'), '--bandwidth'),
+    stallTimeoutMs: parseDuration(str(args, 'stall-timeout', '15000'), '--stall-timeout'),
+    precopyBudgetMs: parseDuration(str(args, 'precopy-budget', '60000'), '--precopy-budget'),
+    acceptP2PRisk: flag(args, 'accept-p2p-risk'),
+  };
+}
+
+/** The command-line form of a device config (what the demo passes to its destination child). */
+export function deviceArgs(c: DeviceConfig): string[] {
+  return [
+    '--size', String(c.size),
+    '--devices', String(c.devices),
+    '--profile', c.profile,
+    '--seed', String(c.seed),
+    '--flags', `0x${c.flags.toString(16)}`,
+    '--dirty-rate', '0',
+    '--generation-rate', String(c.generationRate),
+  ];
+}
+
+export interface SimSet {
+  sims: SimDevice[];
+  cores: MigrationCore[];
+  close(): void;
+}
+
+/**
+ * SimDevices per the config. `workload` false: a destination's devices (no dirtying: their state is
+ * about to be overwritten, and a destination device does not run before it resumes).
+ */
+export function makeSims(c: DeviceConfig, workload: boolean): SimSet {
+  const sims: SimDevice[] = [];
+  for (let i = 0; i < c.devices; i++) {
+    sims.push(
+      new SimDevice({
+        size: c.size,
+        flags: c.flags,
+        seed: c.seed + i,
+        profile: c.profile,
+        dirtyRate: workload ? c.dirtyRate : 0,
+        generationRate: c.generationRate,
+      }),
+    );
+  }
+  const cores = sims.map((s) => new MigrationCore(s));
+  return {
+    sims,
+    cores,
+    close() {
+      for (const c of cores) c.detach();
+      for (const s of sims) s.close();
+    },
+  };
+}

@@ -1,0 +1,164 @@
+/**
+ * `vfio-mig migrate --to URL` and `vfio-mig receive --listen URL`: the two halves of a live
+ * migration of SimDevices between two processes or two hosts.
+ */
+import { ErrorCodes, migError } from '../fsm/errors.js';
+import { receive } from '../migration/destination.js';
+import { migrate } from '../migration/source.js';
+import type { MigrationSummary } from '../migration/summary.js';
+import { listenTransport } from '../transport/index.js';
+import { formatHelp, parseArgs, type OptionSpec, type ParsedArgs } from './args.js';
+import { ExitCode, exitCodeFor } from './exit-codes.js';
+import { DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
+import { ProgressLine, errorJson, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
+import { tlsOptions } from './tls-demo.js';
+import { formatBytes, parseDuration } from './units.js';
+
+const TLS_OPTIONS: OptionSpec[] = [
+  { name: 'tls-cert', value: true, arg: 'PEM', help: 'tls: this side\'s certificate chain' },
+  { name: 'tls-key', value: true, arg: 'PEM', help: 'tls: this side\'s private key' },
+  { name: 'tls-ca', value: true, arg: 'PEM', help: 'tls: CA the peer\'s certificate must chain to' },
+];
+
+const MIGRATE_SPECS: OptionSpec[] = [
+  { name: 'to', value: true, arg: 'URL', help: 'destination: unix:PATH | tcp:HOST:PORT | tls:HOST:PORT | fd:N' },
+  ...DEVICE_OPTIONS,
+  ...MIGRATION_OPTIONS,
+  ...TLS_OPTIONS,
+  { name: 'tls-servername', value: true, arg: 'NAME', help: 'tls: name the server certificate must carry' },
+  ...OUTPUT_OPTIONS,
+];
+
+const RECEIVE_SPECS: OptionSpec[] = [
+  { name: 'listen', value: true, arg: 'URL', help: 'where to wait for the source: unix:PATH | tcp:HOST:PORT | tls:HOST:PORT | fd:N' },
+  ...DEVICE_OPTIONS.filter((s) => s.name !== 'dirty-rate'),
+  { name: 'dirty-rate', value: true, arg: 'BYTES/S', help: 'ignored on the destination (its devices do not run before they resume)' },
+  { name: 'stall-timeout', value: true, arg: 'MS', help: 'fail after this long without progress', default: '15000' },
+  { name: 'ipc', help: 'report the listening URL to the parent process over IPC (used by demo)' },
+  ...TLS_OPTIONS,
+  ...OUTPUT_OPTIONS,
+];
+
+export const MIGRATE_HELP = formatHelp(
+  'vfio-mig migrate --to URL [options]',
+  'Live-migrate SimDevices built from the device options (with their dirtying workload) to a\n`vfio-mig receive` started with the same device options.',
+  MIGRATE_SPECS,
+);
+
+export const RECEIVE_HELP = formatHelp(
+  'vfio-mig receive --listen URL [options]',
+  'Wait for one migration from `vfio-mig migrate`, load it into SimDevices built from the device\noptions (the same as the source\'s), validate, verify digests and resume them.',
+  RECEIVE_SPECS,
+);
+
+function str(args: ParsedArgs, name: string): string | undefined {
+  const v = args.options.get(name);
+  return typeof v === 'string' ? v : undefined;
+}
+
+function tls(args: ParsedArgs) {
+  return tlsOptions(str(args, 'tls-cert'), str(args, 'tls-key'), str(args, 'tls-ca'));
+}
+
+export async function migrateCommand(argv: string[]): Promise<number> {
+  const args = parseArgs(argv, MIGRATE_SPECS);
+  if (flag(args, 'help')) {
+    process.stdout.write(MIGRATE_HELP);
+    return ExitCode.OK;
+  }
+  const to = str(args, 'to') ?? args.positionals[0];
+  if (!to) throw migError(ErrorCodes.USAGE, 'migrate needs --to URL');
+  const dev = deviceConfig(args);
+  const mig = migrationConfig(args);
+  const out = outputFor(flag(args, 'json'), flag(args, 'quiet'));
+  const sims = makeSims(dev, true);
+  const ac = new AbortController();
+  const onSignal = () => ac.abort('interrupted');
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const progress = new ProgressLine(out);
+  try {
+    const servername = str(args, 'tls-servername');
+    const run = migrate({
+      devices: sims.cores,
+      transport: to,
+      transportOptions: { ...tls(args), ...(servername ? { servername } : {}) },
+      compression: mig.compression,
+      downtimeLimitMs: mig.downtimeLimitMs,
+      policy: mig.policy,
+      bandwidth: mig.bandwidth,
+      stallTimeoutMs: mig.stallTimeoutMs,
+      precopyBudgetMs: mig.precopyBudgetMs,
+      acceptP2PRisk: mig.acceptP2PRisk,
+      signal: ac.signal,
+    });
+    run.on('progress', (p) => progress.update(p, dev.size * dev.devices));
+    const s = await run.done;
+    progress.clear();
+    report(out, `migrated ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}) to ${to}`, s, { digests: sims.sims.map((d) => d.digest()) });
+    return s.verified ? ExitCode.OK : ExitCode.FAILED;
+  } catch (err) {
+    progress.clear();
+    if (out.json) printJson(errorJson(err, { digests: sims.sims.map((d) => d.digest()) }));
+    else printError(err);
+    return exitCodeFor(err, 'source');
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    sims.close();
+  }
+}
+
+export async function receiveCommand(argv: string[]): Promise<number> {
+  const args = parseArgs(argv, RECEIVE_SPECS);
+  if (flag(args, 'help')) {
+    process.stdout.write(RECEIVE_HELP);
+    return ExitCode.OK;
+  }
+  const listen = str(args, 'listen') ?? args.positionals[0];
+  if (!listen) throw migError(ErrorCodes.USAGE, 'receive needs --listen URL');
+  const dev = deviceConfig(args);
+  const stallTimeoutMs = parseDuration(str(args, 'stall-timeout') ?? '15000', '--stall-timeout');
+  const out = outputFor(flag(args, 'json'), flag(args, 'quiet'));
+  const ipc = flag(args, 'ipc') && typeof process.send === 'function';
+  const sims = makeSims(dev, false);
+  const ac = new AbortController();
+  const onSignal = () => ac.abort('interrupted');
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const listener = await listenTransport(listen, tls(args));
+  try {
+    if (ipc) process.send?.({ listening: listener.url });
+    else if (!out.quiet && !out.json) process.stderr.write(`vfio-mig receive: listening on ${listener.url}\n`);
+    const run = receive({
+      devices: sims.cores,
+      transport: async () => {
+        const d = await listener.accept({ signal: ac.signal });
+        // One migration per process: stop listening now. Not awaited: a server's close completes
+        // only once its connections (this one) have ended.
+        void listener.close();
+        return d;
+      },
+      signal: ac.signal,
+      stallTimeoutMs,
+    });
+    const s = await run.done;
+    report(out, `received ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}); devices RUNNING`, s, { digests: sims.sims.map((d) => d.digest()) });
+    return s.verified ? ExitCode.OK : ExitCode.FAILED;
+  } catch (err) {
+    if (out.json) printJson(errorJson(err));
+    else printError(err);
+    return exitCodeFor(err, 'destination');
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await Promise.race([listener.close(), new Promise((r) => setTimeout(r, 1000).unref())]);
+    sims.close();
+    if (ipc) process.disconnect?.();
+  }
+}
+
+function report(out: ReturnType<typeof outputFor>, title: string, s: MigrationSummary, extra: Record<string, unknown>): void {
+  if (out.json) printJson(summaryJson(s, { role: s.role, ...extra }));
+  else if (!out.quiet) printSummary(title, s);
+}

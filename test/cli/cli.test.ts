@@ -1,0 +1,103 @@
+/**
+ * The `vfio-mig` command, run as a user runs it: `node bin/vfio-mig.js ...` in a child process.
+ */
+import { describe, it, expect, beforeAll } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ensureBuilt, runCli } from '../e2e/helpers.js';
+
+beforeAll(async () => {
+  await ensureBuilt();
+}, 120_000);
+
+async function cli(args: string[]) {
+  return runCli(args).exit;
+}
+
+describe('vfio-mig demo', () => {
+  it('--json --size 32MiB prints one verified summary', async () => {
+    const r = await cli(['demo', '--json', '--size', '32MiB', '--dirty-rate', '4MiB']);
+    expect(r.code, r.stderr).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    const s = JSON.parse(lines[0]);
+    expect(s.ok).toBe(true);
+    expect(s.verified).toBe(true);
+    for (const k of ['bytes', 'wireBytes', 'durationMs', 'downtimeMs', 'precopyRounds', 'throughputMBps']) expect(typeof s[k]).toBe('number');
+    expect('predictedDowntimeMs' in s).toBe(true);
+    expect(s.bytes).toBeGreaterThanOrEqual(32 * 1024 * 1024);
+    expect(s.precopyRounds).toBeGreaterThanOrEqual(1);
+  });
+
+  it('a policy abort exits 3 with the error and the phase in the JSON', async () => {
+    const r = await cli(['demo', '--json', '--size', '32MiB', '--bandwidth', '4MiB', '--precopy-budget', '500']);
+    expect(r.code, r.stderr).toBe(3);
+    const s = JSON.parse(r.stdout.trim());
+    expect(s.ok).toBe(false);
+    expect(s.error.code).toBe('VFIO_MIG_ERR_POLICY_ABORT');
+    expect(s.phase).toBe('precopy');
+  });
+});
+
+describe('conventions', () => {
+  it('--help on every command, usage errors exit 64', async () => {
+    for (const cmd of ['demo', 'migrate', 'receive', 'save', 'restore', 'inspect']) {
+      const r = await cli([cmd, '--help']);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(new RegExp(`usage: vfio-mig ${cmd}`));
+    }
+    expect((await cli(['--help'])).stdout).toMatch(/exit codes/);
+    expect((await cli(['demo', '--nope'])).code).toBe(64);
+    expect((await cli(['demo', '--size', 'lots'])).code).toBe(64);
+    expect((await cli(['frobnicate'])).code).toBe(64);
+    expect((await cli([])).code).toBe(64);
+  });
+});
+
+describe('save / restore / inspect', () => {
+  it('round trip, then a corrupt and a truncated file fail with typed errors (exit 65)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-ckpt-'));
+    try {
+      const file = join(dir, 'state.vfm');
+      const save = await cli(['save', '--json', '--size', '8MiB', '--compress', 'zstd', file]);
+      expect(save.code, save.stderr).toBe(0);
+      const saved = JSON.parse(save.stdout.trim());
+      expect(saved.ok).toBe(true);
+
+      const restore = await cli(['restore', '--json', '--size', '8MiB', file]);
+      expect(restore.code, restore.stderr).toBe(0);
+      const restored = JSON.parse(restore.stdout.trim());
+      expect(restored.verified).toBe(true);
+      expect(restored.digests).toEqual(saved.digests);
+
+      const inspect = await cli(['inspect', file]);
+      expect(inspect.code, inspect.stderr).toBe(0);
+      expect(inspect.stdout).toMatch(/device 0 dev0: sim/);
+      expect(inspect.stdout).toMatch(/DEVICE_END/);
+      expect(inspect.stdout).toMatch(/STREAM_END/);
+
+      // A different device configuration is refused, not loaded.
+      expect((await cli(['restore', '--json', '--size', '16MiB', file])).code).toBe(5);
+
+      const bytes = readFileSync(file);
+      const corrupt = join(dir, 'corrupt.vfm');
+      const flipped = Buffer.from(bytes);
+      flipped[Math.floor(bytes.length / 2)] ^= 0xff;
+      writeFileSync(corrupt, flipped);
+      const bad = await cli(['restore', '--json', '--size', '8MiB', corrupt]);
+      expect(bad.code).toBe(65);
+      expect(JSON.parse(bad.stdout.trim()).error.code).toMatch(/VFIO_MIG_ERR_(CORRUPT|DIGEST)/);
+
+      const truncated = join(dir, 'truncated.vfm');
+      writeFileSync(truncated, bytes);
+      truncateSync(truncated, Math.floor(statSync(truncated).size * 0.7));
+      const short = await cli(['restore', '--json', '--size', '8MiB', truncated]);
+      expect(short.code).toBe(65);
+      expect(JSON.parse(short.stdout.trim()).error.code).toBe('VFIO_MIG_ERR_TRUNCATED');
+      expect((await cli(['inspect', truncated])).code).toBe(65);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,197 @@
+/**
+ * The fault matrix: every failure before the destination's acknowledgement leaves every source
+ * device RUNNING with its state intact and the destination's devices reset, and names the phase.
+ * Real unix sockets; the destination runs in this process (so its resets can be observed) except
+ * where it is killed, which needs a child process.
+ */
+import { describe, it, expect, beforeAll } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Transform } from 'node:stream';
+import { MigError } from '../../src/fsm/errors.js';
+import { DeviceState } from '../../src/fsm/states.js';
+import type { SimDeviceOptions } from '../../src/devices/sim-device.js';
+import { receive } from '../../src/migration/destination.js';
+import { migrate, type MigrateOptions } from '../../src/migration/source.js';
+import { listenTransport } from '../../src/transport/index.js';
+import { MiB, ensureBuilt, makeSims, simArgs, startReceiver, type Sims } from './helpers.js';
+
+const S = DeviceState;
+const SIZE = 8 * MiB;
+
+beforeAll(async () => {
+  await ensureBuilt();
+}, 120_000);
+
+interface Case {
+  src?: Partial<SimDeviceOptions>;
+  dst?: Partial<SimDeviceOptions>;
+  opts?: Partial<MigrateOptions>;
+  /** Put a byte-flipping proxy between source and destination (flip the forward byte at this offset). */
+  corruptAt?: number;
+  /** Called with the run once it started (abort it, etc.). */
+  during?: (run: ReturnType<typeof migrate>) => void;
+}
+
+async function failingMigration(c: Case): Promise<{ err: MigError; src: Sims; dst: Sims; before: string[] }> {
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-fault-'));
+  const src = makeSims(1, { size: SIZE, ...c.src });
+  const dst = makeSims(1, { size: SIZE, ...c.dst });
+  const before = src.sims.map((s) => s.digest());
+  const listener = await listenTransport(`unix:${join(dir, 'd.sock')}`);
+  let proxy: net.Server | null = null;
+  let url = listener.url;
+  try {
+    if (c.corruptAt !== undefined) {
+      const at = c.corruptAt;
+      proxy = net.createServer((down) => {
+        const up = net.connect(listener.address);
+        let seen = 0;
+        const flip = new Transform({
+          transform(chunk: Buffer, _e, cb) {
+            if (seen <= at && at < seen + chunk.length) {
+              chunk = Buffer.from(chunk);
+              chunk[at - seen] ^= 0x5a;
+            }
+            seen += chunk.length;
+            cb(null, chunk);
+          },
+        });
+        down.pipe(flip).pipe(up);
+        up.pipe(down);
+        up.on('error', () => down.destroy());
+        down.on('error', () => up.destroy());
+        up.on('close', () => down.destroy());
+        down.on('close', () => up.destroy());
+      });
+      const p = join(dir, 'proxy.sock');
+      await new Promise<void>((r) => proxy!.listen(p, r));
+      url = `unix:${p}`;
+    }
+    const incoming = receive({ devices: dst.cores, transport: () => listener.accept(), stallTimeoutMs: 5000 });
+    const run = migrate({ devices: src.cores, transport: url, downtimeLimitMs: 500, stallTimeoutMs: 5000, ...c.opts });
+    c.during?.(run);
+    const err = await run.done.then(
+      () => null,
+      (e: unknown) => e,
+    );
+    await incoming.done.catch(() => {});
+    expect(err).toBeInstanceOf(MigError);
+    return { err: err as MigError, src, dst, before };
+  } finally {
+    await listener.close();
+    proxy?.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The invariant every case checks. */
+async function expectRolledBack(r: { err: MigError; src: Sims; dst: Sims; before: string[] }, phase: string, code?: string) {
+  expect(r.err.phase).toBe(phase);
+  if (code) expect(r.err.code).toBe(code);
+  expect(r.err.recovery).toBe('recovered');
+  for (const c of r.src.cores) expect(await c.getState()).toBe(S.RUNNING);
+  expect(r.src.sims.map((s) => s.digest())).toEqual(r.before);
+  expect(r.dst.resets.length).toBeGreaterThan(0);
+  for (const c of r.dst.cores) expect(await c.getState()).toBe(S.RUNNING);
+  r.src.close();
+  r.dst.close();
+}
+
+describe('fault matrix: rollback before the acknowledgement', () => {
+  it('corrupt record on the wire: the destination refuses it, both sides roll back', async () => {
+    const r = await failingMigration({ corruptAt: 3 * MiB });
+    await expectRolledBack(r, 'precopy', 'VFIO_MIG_ERR_CORRUPT');
+  });
+
+  it('failed validation at the destination (RESUMING -> STOP)', async () => {
+    const r = await failingMigration({ dst: { faults: { arc: { from: S.RESUMING, to: S.STOP, code: 'EINVAL' } } } });
+    await expectRolledBack(r, 'validate', 'EINVAL');
+  });
+
+  it('failed source arc at the switchover (PRE_COPY_P2P -> STOP_COPY)', async () => {
+    const r = await failingMigration({ src: { faults: { arc: { from: S.PRE_COPY_P2P, to: S.STOP_COPY, code: 'EIO' } } } });
+    await expectRolledBack(r, 'switchover', 'EIO');
+    expect(r.err.device).toBe(0);
+  });
+
+  it('abort signal during PRE_COPY', async () => {
+    const ac = new AbortController();
+    const r = await failingMigration({
+      src: { generationRate: 8 * MiB },
+      opts: { signal: ac.signal },
+      during: (run) => run.on('progress', (p) => p.bytes > MiB && ac.abort('test')),
+    });
+    await expectRolledBack(r, 'precopy', 'VFIO_MIG_ERR_ABORTED');
+  });
+
+  it('policy abort: the PRE_COPY budget is spent at the capped bandwidth', async () => {
+    const r = await failingMigration({ opts: { bandwidth: 2 * MiB, precopyBudgetMs: 400 } });
+    await expectRolledBack(r, 'precopy', 'VFIO_MIG_ERR_POLICY_ABORT');
+    expect(r.err.message).toMatch(/precopy-budget: PRE_COPY ran .* ms/);
+  });
+
+  it('no progress: a device read that never returns', async () => {
+    const r = await failingMigration({ src: { faults: { stallRead: { afterBytes: 2 * MiB, ms: Infinity } } }, opts: { stallTimeoutMs: 800 } });
+    await expectRolledBack(r, 'precopy', 'VFIO_MIG_ERR_STALLED');
+  });
+
+  it('the workload keeps running after a rollback', async () => {
+    const ac = new AbortController();
+    const r = await failingMigration({
+      src: { dirtyRate: 8 * MiB },
+      opts: { signal: ac.signal },
+      during: (run) => run.on('phase', (p) => p.phase === 'precopy' && ac.abort('test')),
+    });
+    expect(r.err.code).toBe('VFIO_MIG_ERR_ABORTED');
+    expect(await r.src.cores[0].getState()).toBe(S.RUNNING);
+    const d0 = r.src.sims[0].digest();
+    await new Promise((res) => setTimeout(res, 200));
+    expect(r.src.sims[0].digest()).not.toBe(d0);
+    r.src.close();
+    r.dst.close();
+  });
+
+  it('killed destination process', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-kill-'));
+    const dest = startReceiver(`unix:${join(dir, 'k.sock')}`, simArgs(1, 32 * MiB));
+    const src = makeSims(1, { size: 32 * MiB, generationRate: 16 * MiB });
+    const before = src.sims[0].digest();
+    try {
+      const run = migrate({ devices: src.cores, transport: await dest.url, downtimeLimitMs: 500 });
+      let killed = false;
+      run.on('progress', (p) => {
+        if (!killed && p.bytes > 4 * MiB) {
+          killed = true;
+          dest.child.kill('SIGKILL');
+        }
+      });
+      const err = await run.done.then(
+        () => null,
+        (e: unknown) => e as MigError,
+      );
+      expect(err).toBeInstanceOf(MigError);
+      expect(err!.code).toBe('VFIO_MIG_ERR_TRANSPORT');
+      expect(err!.phase).toBe('precopy');
+      expect(err!.recovery).toBe('recovered');
+      expect(await src.cores[0].getState()).toBe(S.RUNNING);
+      expect(src.sims[0].digest()).toBe(before);
+      expect((await dest.exit).signal).toBe('SIGKILL');
+    } finally {
+      src.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('incompatible devices are refused before any source device leaves RUNNING', async () => {
+    const r = await failingMigration({ dst: { size: 2 * SIZE } });
+    expect(r.err.code).toBe('VFIO_MIG_ERR_INCOMPATIBLE');
+    expect(r.err.phase).toBe('handshake');
+    expect(r.src.arcs).toEqual([]);
+    expect(r.dst.arcs).toEqual([]);
+    r.src.close();
+    r.dst.close();
+  });
+});
