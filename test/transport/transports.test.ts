@@ -296,6 +296,19 @@ describe.runIf(hasOpenssl())('tls:', () => {
     }
   });
 
+  it('a peer that never completes the handshake times out with ETIMEDOUT, typed, and nothing leaks', async () => {
+    const silent = net.createServer((c) => c.on('error', () => {}));
+    silent.listen(0, '127.0.0.1');
+    await once(silent, 'listening');
+    const port = (silent.address() as net.AddressInfo).port;
+    try {
+      const err = expectMigError(await rejection(connectTransport(`tls:127.0.0.1:${port}`, { ca: pki.ca, timeoutMs: 150 })), ['ETIMEDOUT']);
+      expect(err.detail).toMatchObject({ op: 'connect' });
+    } finally {
+      silent.close();
+    }
+  });
+
   it('listen without a certificate is a usage error', async () => {
     expectMigError(await rejection(listenTransport('tls:127.0.0.1:0', { ca: pki.ca })), ['VFIO_MIG_ERR_USAGE']);
   });
