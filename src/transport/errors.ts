@@ -28,6 +28,9 @@ const KEPT = new Set([
   'ENOTSOCK',
   'ENOSPC',
   'EROFS',
+  // getaddrinfo: no such host / resolver unavailable.
+  'ENOTFOUND',
+  'EAI_AGAIN',
 ]);
 
 function errnoNumber(name: string | undefined): number | undefined {

@@ -132,6 +132,10 @@ describe('tcp:', () => {
     }
   });
 
+  it('an unknown host keeps its resolver code', async () => {
+    expectMigError(await rejection(connectTransport('tcp:no-such-host.invalid:7000', { timeoutMs: 5000 })), ['ENOTFOUND', 'EAI_AGAIN']);
+  });
+
   it('an aborted connect rejects with VFIO_MIG_ERR_ABORTED', async () => {
     const ac = new AbortController();
     ac.abort();
