@@ -156,7 +156,7 @@ export async function demo(argv: string[]): Promise<number> {
   const verified = summary.verified && destJson?.verified === true;
   const s = { ...summary, verified };
   if (out.json) {
-    printJson(summaryJson(s, { transport, devices: dev.devices, size: dev.size, downtimeLimitMs: mig.downtimeLimitMs, destination: destJson }));
+    printJson(summaryJson(s, { transport, deviceCount: dev.devices, size: dev.size, downtimeLimitMs: mig.downtimeLimitMs, destination: destJson }));
   } else if (!out.quiet) {
     printSummary(`migrated ${dev.devices} device${dev.devices > 1 ? 's' : ''} (${formatBytes(total)}) over ${transport}`, s, [
       ['downtime limit', `${mig.downtimeLimitMs} ms`],
