@@ -46,6 +46,20 @@ function hasIpv6Loopback(): boolean {
   }
 }
 
+/** A child connects to `l` and reads nothing; we fill its buffers, SIGKILL it, and expect a typed error. */
+async function killedPeerCase(l: TransportListener, peerArgs: string[]): Promise<void> {
+  const peer = spawnPeer(peerArgs);
+  const conn = await acceptFrom(l, peer);
+  const failed = new Promise<unknown>((resolve) => conn.once('error', resolve));
+  const writing = sendRandom(conn, 64 * MIB).catch(() => {});
+  await new Promise((r) => setTimeout(r, 200));
+  peer.child.kill('SIGKILL');
+  const err = expectMigError(await failed, ['VFIO_MIG_ERR_TRANSPORT']);
+  expect(err.errno === undefined || err.errno > 0).toBe(true);
+  await writing;
+  expect((await peer.result).signal).toBe('SIGKILL');
+}
+
 describe('tcp:', () => {
   it('port 0 listens on an ephemeral port that address tells; 4 MiB move both ways intact', async () => {
     const l = await listenTransport('tcp:127.0.0.1:0');
@@ -189,6 +203,17 @@ describe('unix:', () => {
     }
   });
 
+  it('a killed peer becomes a typed error, without a hang', async () => {
+    const t = tempDir();
+    const l = await listenTransport(`unix:${join(t.dir, 'k.sock')}`);
+    try {
+      await killedPeerCase(l, ['hold', l.url]);
+    } finally {
+      await l.close();
+      t.cleanup();
+    }
+  });
+
   it('a missing socket is ENOENT, typed', async () => {
     expectMigError(await rejection(connectTransport('unix:/nonexistent/vfio-mig.sock')), ['ENOENT']);
   });
@@ -295,6 +320,15 @@ describe.runIf(hasOpenssl())('tls:', () => {
     try {
       const err = expectMigError(await rejection(connectTransport(l.url, { cert: pki.clientCert, key: pki.clientKey, ca: pki.otherCa })), ['VFIO_MIG_ERR_TRANSPORT']);
       expect(String(err.detail?.sysCode)).toMatch(/CERT|VERIFY|SIGNATURE|ISSUER/);
+    } finally {
+      await l.close();
+    }
+  });
+
+  it('a killed peer becomes a typed error, without a hang', async () => {
+    const l = await listenTransport('tls:127.0.0.1:0', serverOpts());
+    try {
+      await killedPeerCase(l, ['hold', l.url, '0', t.dir]);
     } finally {
       await l.close();
     }
