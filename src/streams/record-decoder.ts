@@ -35,6 +35,7 @@ import {
   type StreamHeaderFixed,
   type RecordHeader,
   type WireRecord,
+  type DecodedObject,
 } from './wire-format.js';
 import { zstd } from './compression-pool.js';
 
@@ -55,6 +56,11 @@ export interface RecordDecoderOptions {
   verifyDigest?: boolean;
   /** Readable side highWaterMark in records. Default 16. */
   readableHighWaterMark?: number;
+  /**
+   * Byte cap on emitted records not yet read (the readable highWaterMark counts objects, not bytes):
+   * above it the decoder takes no more input until the reader catches up. Default 16 MiB.
+   */
+  maxOutputBytes?: number;
 }
 
 // Parser states (ws Receiver style: one integer, fields set in the constructor in one order).
@@ -89,6 +95,7 @@ export class RecordDecoder extends Transform {
   readonly maxControlBytes: number;
   readonly requireEnd: boolean;
   readonly verifyDigest: boolean;
+  readonly maxOutputBytes: number;
   #state: number;
   #buffers: Buffer[];
   #buffered: number;
@@ -100,6 +107,10 @@ export class RecordDecoder extends Transform {
   #expectSeq: number;
   #tracks: DeviceTrack[];
   #dctx: InstanceType<typeof zstd.DCtx> | null;
+  /** Payload bytes of records sitting in the readable buffer. */
+  #outputBytes: number;
+  /** A write held while #outputBytes is over maxOutputBytes, released by read(). */
+  #heldCallback: TransformCallback | null;
 
   constructor(opts: RecordDecoderOptions = {}) {
     super({
@@ -119,6 +130,7 @@ export class RecordDecoder extends Transform {
     this.maxControlBytes = opts.maxControlBytes ?? 1024 * 1024;
     this.requireEnd = opts.requireEnd ?? true;
     this.verifyDigest = opts.verifyDigest ?? true;
+    this.maxOutputBytes = opts.maxOutputBytes ?? 16 * 1024 * 1024;
     this.#state = S_PREAMBLE;
     this.#buffers = [];
     this.#buffered = 0;
@@ -129,6 +141,33 @@ export class RecordDecoder extends Transform {
     this.#expectSeq = 0;
     this.#tracks = [];
     this.#dctx = null;
+    this.#outputBytes = 0;
+    this.#heldCallback = null;
+  }
+
+  /**
+   * Every consumer (flowing mode, pipe, async iteration, read()) takes buffered records through read():
+   * account their bytes here and let a held write proceed once under the cap. Records handed straight
+   * to a flowing reader never enter the buffer and are never counted.
+   */
+  override read(size?: number): any {
+    const obj = super.read(size) as DecodedObject | null;
+    if (obj !== null && obj.type === RecordType.DATA && this.#outputBytes > 0) {
+      this.#outputBytes -= obj.payload.length;
+      const cb = this.#heldCallback;
+      if (cb !== null && this.#outputBytes <= this.maxOutputBytes) {
+        this.#heldCallback = null;
+        cb();
+      }
+    }
+    return obj;
+  }
+
+  override _destroy(err: Error | null, cb: (error: Error | null) => void): void {
+    this.#heldCallback = null;
+    this.#buffers = [];
+    this.#buffered = 0;
+    cb(err);
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
@@ -153,7 +192,8 @@ export class RecordDecoder extends Transform {
       this.#fail(err, cb);
       return;
     }
-    cb();
+    if (this.#outputBytes > this.maxOutputBytes) this.#heldCallback = cb;
+    else cb();
   }
 
   override _flush(cb: TransformCallback): void {
@@ -396,7 +436,10 @@ export class RecordDecoder extends Transform {
       throw err;
     }
     this.records++;
+    const queued = this.readableLength;
     this.push(rec);
+    // Buffered (not handed straight to a flowing reader): count it until read() takes it.
+    if (rec.type === RecordType.DATA && this.readableLength > queued) this.#outputBytes += rec.payload.length;
   }
 
   /**

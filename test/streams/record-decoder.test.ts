@@ -113,6 +113,58 @@ describe('RecordDecoder: segmentation', () => {
   });
 });
 
+describe('RecordDecoder: backpressure', () => {
+  it('holds its input while the records not yet read exceed maxOutputBytes, then drains to the end', async () => {
+    const payload = Buffer.alloc(256 * 1024, 4);
+    const records: RecordInput[] = Array.from({ length: 64 }, () => ({ type: RecordType.DATA, device: 0, payload }) as RecordInput);
+    records.push({ type: RecordType.STREAM_END });
+    const { bytes } = await encodeAll(records, { devices: devices(1) });
+    const chunks = randomSplit(bytes, 12, 64 * 1024);
+    // A large object highWaterMark, so only the byte cap can stop it.
+    const dec = new RecordDecoder({ maxOutputBytes: 1024 * 1024, readableHighWaterMark: 1000 });
+    let accepted = 0;
+    for (const c of chunks) dec.write(c, () => accepted++);
+    await new Promise((r) => setTimeout(r, 50));
+    // Nothing read: about 1 MiB of records (plus the chunk that crossed the cap) and no more.
+    expect(dec.readableLength).toBeLessThan(8);
+    expect(accepted).toBeLessThan(chunks.length / 3);
+    let got = 0;
+    const done = new Promise((r) => dec.on('end', r));
+    dec.on('data', (o: DecodedObject) => {
+      if (o.type === RecordType.DATA) got += o.payload.length;
+    });
+    dec.end();
+    await done;
+    expect(got).toBe(64 * payload.length);
+    expect(accepted).toBe(chunks.length);
+  });
+
+  it('async iteration with a slow consumer delivers everything under the cap', async () => {
+    const payload = Buffer.alloc(100_000, 6);
+    const records: RecordInput[] = Array.from({ length: 40 }, () => ({ type: RecordType.DATA, device: 0, payload }) as RecordInput);
+    records.push({ type: RecordType.STREAM_END });
+    const { bytes } = await encodeAll(records, { devices: devices(1) });
+    const dec = new RecordDecoder({ maxOutputBytes: 300_000, readableHighWaterMark: 1000 });
+    const feeding = (async () => {
+      for (const c of randomSplit(bytes, 4, 64 * 1024)) {
+        if (!dec.write(c)) await new Promise((r) => dec.once('drain', r));
+      }
+      dec.end();
+    })();
+    let got = 0;
+    let maxQueued = 0;
+    for await (const o of dec as AsyncIterable<DecodedObject>) {
+      maxQueued = Math.max(maxQueued, dec.readableLength);
+      if (o.type === RecordType.DATA) got += o.payload.length;
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await feeding;
+    expect(got).toBe(40 * payload.length);
+    // 300 kB of 100 kB records, plus what one 64 KiB input chunk completes.
+    expect(maxQueued).toBeLessThanOrEqual(5);
+  });
+});
+
 /** Decode `bytes` whole, byte by byte and in random splits: same error code each way, and nothing at or after `badSeq`. */
 async function expectFailure(bytes: Buffer, code: string, badSeq: number, opts = {}): Promise<DecodedObject[]> {
   let first: DecodedObject[] | null = null;
