@@ -1,0 +1,70 @@
+/**
+ * The policy on a real run: an infeasible migration (a device dirtying faster than the capped link
+ * can carry) is aborted by the policy as not converging, long before any budget, and leaves the
+ * source device RUNNING with its workload going, the destination's device reset.
+ */
+import { describe, it, expect } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MigError } from '../../src/fsm/errors.js';
+import { DeviceState } from '../../src/fsm/states.js';
+import { receive } from '../../src/migration/destination.js';
+import { migrate } from '../../src/migration/source.js';
+import { DefaultSwitchoverPolicy, type Decision } from '../../src/migration/policy.js';
+import { listenTransport } from '../../src/transport/index.js';
+import { MiB, makeSims } from '../e2e/helpers.js';
+
+describe('policy end to end', () => {
+  it('aborts an infeasible migration early as not converging; the source keeps running, the destination is reset', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-policy-'));
+    const src = makeSims(1, { size: 16 * MiB, dirtyRate: 32 * MiB });
+    const dst = makeSims(1, { size: 16 * MiB });
+    const listener = await listenTransport(`unix:${join(dir, 'p.sock')}`);
+    try {
+      const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
+      incoming.done.catch(() => {});
+      const t0 = performance.now();
+      const run = migrate({
+        devices: src.cores,
+        transport: listener.url,
+        downtimeLimitMs: 50,
+        bandwidth: 16_000_000,
+        policy: new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 1500, precopyBudgetMs: 60_000 }),
+      });
+      const decisions: Decision[] = [];
+      run.on('decision', (d) => decisions.push(d as Decision));
+      const err = await run.done.then(
+        () => null,
+        (e: unknown) => e,
+      );
+      const tookMs = performance.now() - t0;
+      expect(err).toBeInstanceOf(MigError);
+      const e = err as MigError;
+      expect(e.code).toBe('VFIO_MIG_ERR_POLICY_ABORT');
+      expect(e.phase).toBe('precopy');
+      expect(e.detail?.reason).toBe('not-converging');
+      expect(e.message).toMatch(/does not converge/);
+      // Early: far from the budget (a blind run would never end).
+      expect(tookMs).toBeLessThan(30_000);
+      const last = decisions[decisions.length - 1];
+      expect(last).toMatchObject({ action: 'abort', reason: 'not-converging' });
+      expect(last.numbers.limitMs).toBe(50);
+      expect(last.numbers.highMs).toBeGreaterThan(50);
+      // The source device runs again, its workload still dirtying it.
+      expect(await src.cores[0].getState()).toBe(DeviceState.RUNNING);
+      const d1 = src.sims[0].digest();
+      await new Promise((r) => setTimeout(r, 100));
+      expect(src.sims[0].digest()).not.toBe(d1);
+      // The destination device left RESUMING through a reset.
+      await incoming.done.catch(() => {});
+      expect(dst.resets).toContain(0);
+      expect(await dst.cores[0].getState()).toBe(DeviceState.RUNNING);
+    } finally {
+      src.close();
+      dst.close();
+      await listener.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
