@@ -471,9 +471,13 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       if (ms >= GEN_SAMPLE_MS && bytes >= MIN_SAMPLE_BYTES) this.#est.recordRead(bytes, { device: i, durationMs: ms });
       else this.#unsampled(() => this.#est.recordRead(bytes, { device: i }));
     };
-    stream.on('precopy-empty', (e: { bytesRead: number; initialBytes?: number; dirtyBytes?: number }) => {
+    stream.on('precopy-empty', (e: { bytesRead: number; initialBytes?: number; dirtyBytes?: number; reinit?: boolean }) => {
       flushReads();
-      this.#est.recordEmpty(i);
+      // VFIO_PRECOPY_INFO_REINIT is reported once, to whichever precopy-info query comes first: when
+      // the stream's own query at the temporary end saw it, it must reach the estimator from here.
+      if (e.reinit === true) this.#est.updatePrecopyInfo({ initialBytes: e.initialBytes ?? 0, dirtyBytes: e.dirtyBytes ?? 0, reinit: true }, i);
+      // New initial data announced with the end is not sent yet: only a plain end empties the view.
+      if (!(e.reinit === true && (e.initialBytes ?? 0) > 0)) this.#est.recordEmpty(i);
       // A temporary end of stream ends the round whatever was estimated for it.
       d.roundLeft = 0;
       this.#sendSoon(null, {

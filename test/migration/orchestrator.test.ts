@@ -15,7 +15,14 @@ import { MiB, makeSims } from '../e2e/helpers.js';
 
 const S = DeviceState;
 
-async function pairRun(n: number, size: number, flags: (i: number) => number, opts: Partial<MigrateOptions> = {}, dirtyRate = 0) {
+async function pairRun(
+  n: number,
+  size: number,
+  flags: (i: number) => number,
+  opts: Partial<MigrateOptions> = {},
+  dirtyRate = 0,
+  during?: (run: ReturnType<typeof migrate>, src: ReturnType<typeof makeSims>) => void,
+) {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-orch-'));
   const src = makeSims(n, { size, dirtyRate }, (i) => ({ flags: flags(i) }));
   const dst = makeSims(n, { size }, (i) => ({ flags: flags(i) }));
@@ -25,6 +32,7 @@ async function pairRun(n: number, size: number, flags: (i: number) => number, op
     const run = migrate({ devices: src.cores, transport: listener.url, downtimeLimitMs: 1000, ...opts });
     const decisions: DecisionEvent[] = [];
     run.on('decision', (d) => decisions.push(d));
+    during?.(run, src);
     const [s, d] = await Promise.all([run.done, incoming.done]);
     return { s, d, src, dst, decisions };
   } finally {
