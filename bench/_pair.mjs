@@ -8,13 +8,17 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const PEER = fileURLToPath(new URL('./_e2e-peer.mjs', import.meta.url));
+export const PREDICTION_PEER = fileURLToPath(new URL('./_prediction-peer.mjs', import.meta.url));
 // Extra node flags for the peers, e.g. BENCH_PEER_FLAGS='--cpu-prof --cpu-prof-dir=/tmp/prof' to profile
 // both sides of a run (NODE_OPTIONS refuses --cpu-prof).
 const PEER_FLAGS = (process.env.BENCH_PEER_FLAGS ?? '').split(' ').filter(Boolean);
 
-/** Fork one peer role; resolves { child, first } once it sent its first message. */
-function start(role, args) {
-  const child = fork(PEER, [role, ...args.map(String)], { execArgv: PEER_FLAGS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+/**
+ * Fork one peer role of `script` (default _e2e-peer.mjs): { child, next(), exited } where next()
+ * resolves with the child's next IPC message (rejects if it exits first).
+ */
+export function start(role, args, script = PEER) {
+  const child = fork(script, [role, ...args.map(String)], { execArgv: PEER_FLAGS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const messages = [];
   let waiting = null;
   let exitError = null;
@@ -42,7 +46,7 @@ function start(role, args) {
   return { child, next, exited };
 }
 
-async function withDir(prefix, fn) {
+export async function withDir(prefix, fn) {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   try {
     return await fn(dir);

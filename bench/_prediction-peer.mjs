@@ -1,0 +1,108 @@
+// One side of a bench/prediction.mjs cell: the orchestrator's migrate() (source) or receive()
+// (destination) with a SimDevice, over a unix socket, in its own process. Not run by bench/run.mjs.
+//
+//   node _prediction-peer.mjs dest   '<cell JSON>'
+//   node _prediction-peer.mjs source '<cell JSON>'
+// cell: { socket, size, profile, seed, dirtyRate (bytes/s), bandwidth (wire bytes/s), compression
+// ('none' | 'zstd'), limitMs, windowMs (the policy's non-convergence window), timeoutMs }.
+// Reports over IPC: the summary (predicted and measured downtime) or the abort with the decision
+// that caused it and when it came (ms since migrate() was called).
+import {
+  DefaultSwitchoverPolicy,
+  DeviceState,
+  MigrationCore,
+  SimDevice,
+  listenTransport,
+  migrate,
+  receive,
+} from '../dist/index.js';
+
+function send(msg) {
+  return new Promise((resolve) => process.send(msg, () => resolve()));
+}
+
+function errorInfo(err) {
+  return { code: err?.code ?? 'ERROR', message: String(err?.message ?? err), phase: err?.phase ?? null };
+}
+
+async function dest(cell) {
+  const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed });
+  const listener = await listenTransport(`unix:${cell.socket}`);
+  await send({ listening: listener.url });
+  const run = receive({ devices: [new MigrationCore(dev)], transport: () => listener.accept(), stallTimeoutMs: cell.timeoutMs });
+  try {
+    const s = await run.done;
+    await send({ ok: true, downtimeMs: s.downtimeMs, bytes: s.bytes, verified: s.verified, digest: dev.digest() });
+  } catch (err) {
+    await send({ ok: false, ...errorInfo(err) });
+  } finally {
+    await listener.close();
+    dev.close();
+  }
+}
+
+async function source(cell) {
+  const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed, dirtyRate: cell.dirtyRate });
+  const core = new MigrationCore(dev);
+  const decisions = [];
+  const t0 = performance.now();
+  const run = migrate({
+    devices: [core],
+    transport: `unix:${cell.socket}`,
+    downtimeLimitMs: cell.limitMs,
+    bandwidth: cell.bandwidth,
+    compression: cell.compression,
+    policy: new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: cell.windowMs }),
+    stallTimeoutMs: cell.timeoutMs,
+    signal: globalThis.AbortSignal.timeout(cell.timeoutMs),
+  });
+  run.on('decision', (d) => decisions.push({ atMs: performance.now() - t0, action: d.action, reason: d.reason, message: d.message, numbers: d.numbers }));
+  try {
+    const s = await run.done;
+    const last = decisions.at(-1);
+    await send({
+      ok: true,
+      predictedDowntimeMs: s.predictedDowntimeMs,
+      predictedHighMs: last?.action === 'switchover' ? last.numbers.highMs : null,
+      downtimeMs: s.downtimeMs,
+      durationMs: s.durationMs,
+      bytes: s.bytes,
+      wireBytes: s.wireBytes,
+      compressionRatio: s.compressionRatio,
+      rounds: s.precopyRounds,
+      phases: s.phases,
+      verified: s.verified,
+      switchoverAtMs: last?.atMs ?? null,
+      digest: dev.digest(),
+    });
+  } catch (err) {
+    const abort = decisions.find((d) => d.action === 'abort') ?? null;
+    await send({
+      ok: false,
+      ...errorInfo(err),
+      abort,
+      failedAtMs: performance.now() - t0,
+      // An aborted migration must leave the device running with its state (the rollback's promise).
+      stateAfter: await core.getState(),
+      running: (await core.getState()) === DeviceState.RUNNING,
+      lastDecision: decisions.at(-1) ?? null,
+    });
+  } finally {
+    dev.close();
+  }
+}
+
+const roles = { dest, source };
+const [role, json] = process.argv.slice(2);
+const fn = roles[role];
+if (!fn) {
+  process.stderr.write(`_prediction-peer: unknown role ${role}\n`);
+  process.exit(64);
+}
+fn(JSON.parse(json)).then(
+  () => process.disconnect?.(),
+  (err) => {
+    process.stderr.write(`_prediction-peer ${role}: ${err && err.stack ? err.stack : err}\n`);
+    process.exit(1);
+  },
+);
