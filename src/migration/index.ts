@@ -1,5 +1,5 @@
 export {};
-export { DefaultSwitchoverPolicy, StepwiseSwitchoverPolicy, TokenBucket, createBandwidthLimiter, policyAbortError, decisionNumbers } from './policy.js';
+export { DefaultSwitchoverPolicy, StepwiseSwitchoverPolicy, ConvergenceTracker, TokenBucket, createBandwidthLimiter, policyAbortError, decisionNumbers } from './policy.js';
 export type { SwitchoverPolicy, PolicySnapshot, Decision, DecisionAction, DecisionReason, DecisionNumbers, DefaultPolicyOptions, StepwisePolicyOptions, TokenBucketOptions } from './policy.js';
 export { migrate, SourceMigration, resolvePolicy } from './source.js';
 export type { MigrateOptions, PolicyChoice } from './source.js';
