@@ -12,10 +12,11 @@
  * validate) and, when the transport still works, tells the source, which then resumes its devices.
  */
 import { EventEmitter } from 'node:events';
+import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex, Readable, Writable } from 'node:stream';
 import type { MigrationCore } from '../fsm/core.js';
-import { ErrorCodes, type MigError, migError } from '../fsm/errors.js';
+import { ErrorCodes, MigError, migError } from '../fsm/errors.js';
 import { DeviceState } from '../fsm/states.js';
 import type { ResumingSession } from '../fsm/types.js';
 import { RecordDecoder } from '../streams/record-decoder.js';
@@ -247,7 +248,12 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
         }
       }
     } catch (err) {
-      // The decoder's typed errors (CORRUPT, TRUNCATED, DIGEST, LIMIT) arrive here.
+      // The decoder's typed errors (CORRUPT, TRUNCATED, DIGEST, LIMIT) arrive here. A connection that
+      // ends mid-stream is a lost source (the decoder's TRUNCATED is the cause); a file stays TRUNCATED.
+      const live = this.#transport instanceof net.Socket;
+      if (live && err instanceof MigError && err.code === ErrorCodes.TRUNCATED) {
+        throw migError(ErrorCodes.TRANSPORT, `the source's connection ended mid-stream in phase ${this.#phase}`, { phase: this.#phase, cause: err });
+      }
       throw asPhaseError(err, this.#phase);
     }
     if (this.#resumed) return this.#summary();

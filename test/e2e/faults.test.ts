@@ -16,7 +16,7 @@ import type { SimDeviceOptions } from '../../src/devices/sim-device.js';
 import { receive } from '../../src/migration/destination.js';
 import { migrate, type MigrateOptions } from '../../src/migration/source.js';
 import { listenTransport } from '../../src/transport/index.js';
-import { MiB, ensureBuilt, makeSims, simArgs, startReceiver, type Sims } from './helpers.js';
+import { MiB, ensureBuilt, makeSims, runCli, simArgs, startReceiver, type Sims } from './helpers.js';
 
 const S = DeviceState;
 const SIZE = 8 * MiB;
@@ -181,6 +181,39 @@ describe('fault matrix: rollback before the acknowledgement', () => {
       expect((await dest.exit).signal).toBe('SIGKILL');
     } finally {
       src.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('killed source process: the destination resets its devices and names the phase', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-ksrc-'));
+    const dst = makeSims(1, { size: 32 * MiB });
+    const listener = await listenTransport(`unix:${join(dir, 'd.sock')}`);
+    try {
+      const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
+      const src = runCli(['migrate', '--to', listener.url, '--size', String(32 * MiB), '--seed', '1', '--generation-rate', String(16 * MiB), '--json']);
+      let killed = false;
+      incoming.on('progress', (p) => {
+        if (!killed && p.bytes > 4 * MiB) {
+          killed = true;
+          src.child.kill('SIGKILL');
+        }
+      });
+      const err = await incoming.done.then(
+        () => null,
+        (e: unknown) => e as MigError,
+      );
+      expect(killed).toBe(true);
+      expect(err).toBeInstanceOf(MigError);
+      expect(err!.code).toBe('VFIO_MIG_ERR_TRANSPORT');
+      expect(err!.phase).toBe('precopy');
+      expect(err!.recovery).toBe('reset');
+      expect(dst.resets.length).toBeGreaterThan(0);
+      expect(await dst.cores[0].getState()).toBe(S.RUNNING);
+      expect((await src.exit).signal).toBe('SIGKILL');
+    } finally {
+      dst.close();
+      await listener.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });
