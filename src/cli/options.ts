@@ -12,7 +12,7 @@ import { parseCount, parseDuration, parseRate, parseSize } from './units.js';
 export const DEFAULT_SIZE = '1GiB';
 /** Default dirtying: enough that PRE_COPY takes a few rounds, little enough that it converges at once on a laptop. */
 export const DEFAULT_DIRTY_RATE = '16MiB';
-export const DEFAULT_DOWNTIME_LIMIT = '500';
+export const DEFAULT_DOWNTIME_LIMIT = '300';
 
 export const DEVICE_OPTIONS: OptionSpec[] = [
   { name: 'size', value: true, arg: 'BYTES', help: 'state size per device (KiB/MiB/GiB suffixes)', default: DEFAULT_SIZE },

@@ -501,6 +501,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         if (!this.#switching) {
           d.precopyBytes += chunk.length;
           d.roundLeft -= chunk.length;
+          if (d.roundLeft <= 0 && d.roundLeft + chunk.length > 0) this.#roundDone(i, session);
         }
         batch.bytes += chunk.length;
         batch.ms += readMs ?? 0;
@@ -613,6 +614,23 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.#progress();
     this.emit('phase', { phase, elapsedMs: now - this.#t0 });
     if (phase !== 'precopy') this.#emitProgress(this.#predicted, null);
+  }
+
+  /**
+   * The bytes pending at a round's start were read: ask the device what is pending now (the data it
+   * dirtied meanwhile), which is the next round. Fed to the estimator like any query.
+   */
+  #roundDone(i: number, session: SavingSession): void {
+    session.precopyInfo().then(
+      (info) => {
+        if (this.#switching || this.#latch.error) return;
+        this.#est.updatePrecopyInfo(info, i);
+        this.#nextRound(i, info.initialBytes + info.dirtyBytes);
+      },
+      (err: unknown) => {
+        if (!this.#switching && !session.disabled) this.#est.precopyInfoFailed(err, i);
+      },
+    );
   }
 
   /** PRE_COPY rounds: the most any device started. */
