@@ -38,6 +38,9 @@ const cpuMs = (from) => {
   return { userMs: u.user / 1000, sysMs: u.system / 1000 };
 };
 const MiB = 1024 * 1024;
+// BENCH_E2E_OPTIONS: JSON of stream options to try, { sav, enc, dec, res } (createSavingStream,
+// RecordEncoder, RecordDecoder, createResumingStream), e.g. '{"enc":{"checksums":false}}'.
+const X = JSON.parse(process.env.BENCH_E2E_OPTIONS ?? '{}');
 
 function send(msg) {
   return new Promise((resolve) => process.send(msg, () => resolve()));
@@ -67,8 +70,8 @@ async function dest([sock, sizeArg, profile, seedArg]) {
   const tAccept = now();
   const cpu0 = process.cpuUsage();
   await listener.close();
-  const resuming = createResumingStream(session);
-  const decoder = new RecordDecoder();
+  const resuming = createResumingStream(session, X.res ?? {});
+  const decoder = new RecordDecoder(X.dec ?? {});
   let records = 0;
   // DATA payloads go to the device at the resuming stream's pace: the callback waits for 'drain'.
   const load = new Writable({
@@ -102,8 +105,8 @@ async function source([sock, sizeArg, profile, seedArg, zstd]) {
   const t0 = now();
   const cpu0 = process.cpuUsage();
   const session = await core.setState(DeviceState.STOP_COPY);
-  const saving = createSavingStream(session);
-  const encoder = new RecordEncoder({ devices: [{ name: 'dev0', identity: core.identity() }], compression: compressionOption(zstd) });
+  const saving = createSavingStream(session, X.sav ?? {});
+  const encoder = new RecordEncoder({ devices: [{ name: 'dev0', identity: core.identity() }], compression: compressionOption(zstd), ...(X.enc ?? {}) });
   // Device chunks become DATA records; the device's end of stream closes the device and the stream.
   const toRecords = new Transform({
     writableObjectMode: false,
