@@ -4,7 +4,7 @@
 import { fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const PEER = fileURLToPath(new URL('./_e2e-peer.mjs', import.meta.url));
@@ -19,6 +19,7 @@ const PEER_FLAGS = (process.env.BENCH_PEER_FLAGS ?? '').split(' ').filter(Boolea
  */
 export function start(role, args, script = PEER) {
   const child = fork(script, [role, ...args.map(String)], { execArgv: PEER_FLAGS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const who = `${basename(script, '.mjs')} ${role}`;
   const messages = [];
   let waiting = null;
   let exitError = null;
@@ -30,17 +31,17 @@ export function start(role, args, script = PEER) {
     } else messages.push(m);
   });
   child.on('exit', (code, signal) => {
-    if (code !== 0) exitError = new Error(`_e2e-peer ${role} exited ${code ?? signal}`);
+    if (code !== 0) exitError = new Error(`${who} exited ${code ?? signal}`);
     if (waiting) {
       const w = waiting;
       waiting = null;
-      w.reject(exitError ?? new Error(`_e2e-peer ${role} exited before reporting`));
+      w.reject(exitError ?? new Error(`${who} exited before reporting`));
     }
   });
   const exited = new Promise((resolve) => child.once('exit', resolve));
   const next = () => {
     if (messages.length) return Promise.resolve(messages.shift());
-    if (exitError || child.exitCode !== null) return Promise.reject(exitError ?? new Error(`_e2e-peer ${role} exited before reporting`));
+    if (exitError || child.exitCode !== null) return Promise.reject(exitError ?? new Error(`${who} exited before reporting`));
     return new Promise((resolve, reject) => (waiting = { resolve, reject }));
   };
   return { child, next, exited };

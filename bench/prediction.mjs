@@ -102,7 +102,7 @@ export default async function run({ quick, log = () => {} }) {
     const ratio = c.compression === 'zstd' && ratios.zstd.length ? ratios.zstd.reduce((a, b) => a + b) / ratios.zstd.length : 1;
     const rawRate = c.bandwidth * ratio; // raw bytes/s the capped link moves
     const blindMs = ((2 * c.size) / rawRate) * 1000;
-    const timeoutMs = Math.max(15_000, Math.min(60_000, 3 * blindMs));
+    const timeoutMs = Math.round(Math.max(15_000, Math.min(60_000, 3 * blindMs)));
     const { src, dst } = await runCell(c, timeoutMs);
     const name = cellName(c);
     const base = { stateBytes: c.size, dirtyRate: c.dirtyRate, bandwidth: c.bandwidth, compression: c.compression, limitMs: LIMIT_MS, windowMs: WINDOW_MS };
