@@ -121,6 +121,7 @@ export async function demo(argv: string[]): Promise<number> {
       policy: mig.policy,
       bandwidth: mig.bandwidth,
       stallTimeoutMs: mig.stallTimeoutMs,
+      channels: mig.channels,
       precopyBudgetMs: mig.precopyBudgetMs,
       acceptP2PRisk: mig.acceptP2PRisk,
       signal: ac.signal,

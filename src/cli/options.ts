@@ -29,6 +29,7 @@ export const MIGRATION_OPTIONS: OptionSpec[] = [
   { name: 'downtime-limit', value: true, arg: 'MS', help: 'downtime limit for the switchover policy', default: DEFAULT_DOWNTIME_LIMIT },
   { name: 'policy', value: true, arg: 'P', help: 'switchover policy: default | stepwise', default: 'default' },
   { name: 'bandwidth', value: true, arg: 'BYTES/S', help: 'cap on wire bytes per second, 0 = none', default: '0' },
+  { name: 'channels', value: true, arg: 'N', help: 'connections carrying device data', default: '1' },
   { name: 'stall-timeout', value: true, arg: 'MS', help: 'fail after this long without progress', default: '15000' },
   { name: 'precopy-budget', value: true, arg: 'MS', help: 'the policy aborts when PRE_COPY lasts longer', default: '60000' },
   { name: 'accept-p2p-risk', help: 'migrate several devices although one lacks P2P' },
@@ -55,6 +56,7 @@ export interface MigrationConfig {
   downtimeLimitMs: number;
   policy: 'default' | 'stepwise';
   bandwidth: number;
+  channels: number;
   stallTimeoutMs: number;
   precopyBudgetMs: number;
   acceptP2PRisk: boolean;
@@ -102,6 +104,7 @@ export function migrationConfig(args: ParsedArgs): MigrationConfig {
     downtimeLimitMs,
     policy,
     bandwidth: parseRate(str(args, 'bandwidth', '0'), '--bandwidth'),
+    channels: parseCount(str(args, 'channels', '1'), '--channels', 1, 64),
     stallTimeoutMs: parseDuration(str(args, 'stall-timeout', '15000'), '--stall-timeout'),
     precopyBudgetMs: parseDuration(str(args, 'precopy-budget', '60000'), '--precopy-budget'),
     acceptP2PRisk: flag(args, 'accept-p2p-risk'),

@@ -88,6 +88,7 @@ export async function migrateCommand(argv: string[]): Promise<number> {
       policy: mig.policy,
       bandwidth: mig.bandwidth,
       stallTimeoutMs: mig.stallTimeoutMs,
+      channels: mig.channels,
       precopyBudgetMs: mig.precopyBudgetMs,
       acceptP2PRisk: mig.acceptP2PRisk,
       signal: ac.signal,
@@ -134,11 +135,12 @@ export async function receiveCommand(argv: string[]): Promise<number> {
       devices: sims.cores,
       transport: async () => {
         const d = await listener.accept({ signal: ac.signal });
-        // One migration per process: stop listening now. Not awaited: a server's close completes
-        // only once its connections (this one) have ended.
-        void listener.close();
+        // fd: and file: listeners yield one connection: nothing more will come.
+        if (listen.startsWith('fd:') || listen.startsWith('file:')) void listener.close();
         return d;
       },
+      // The source's extra data channels (--channels) connect to the same listener.
+      accept: () => listener.accept({ signal: ac.signal }),
       signal: ac.signal,
       stallTimeoutMs,
     });

@@ -37,17 +37,27 @@ export type MigrationPhase =
 
 /** Source -> destination (as control records in the data stream). */
 export type ForwardMessage =
-  | { type: 'hello'; version: number; features: ControlFeatures; devices: DeviceIdentity[]; precopy: boolean[] }
+  | {
+      type: 'hello';
+      version: number;
+      features: ControlFeatures;
+      devices: DeviceIdentity[];
+      precopy: boolean[];
+      /** Connections carrying device data (this one included); more than 1 opens channels. */
+      channels?: number;
+      /** Identifies this migration's extra channel connections (their stream header's sender). */
+      migration?: string;
+    }
   /** Every device's initial PRE_COPY data of initial-data `epoch` precedes this message in the stream. */
-  | { type: 'initial-sent'; epoch: number }
+  | { type: 'initial-sent'; epoch: number; records?: number[] }
   /** `device` reported REINIT: new initial data follows (epoch `epoch`); a new switchover-ack is needed. */
   | { type: 'reinit'; device: number; epoch: number }
   /** The source began the switchover (devices leaving RUNNING). */
   | { type: 'switchover' }
   /** The source device's state digest (taken in STOP_COPY, after its last byte was read). */
   | { type: 'digest'; device: number; digest: string }
-  /** All device data was sent: drain, validate, acknowledge. */
-  | { type: 'commit' }
+  /** All device data was sent (`records`: DATA records per device, over all channels): drain, validate, acknowledge. */
+  | { type: 'commit'; records?: number[] }
   /** The source gives up; the destination resets its devices. */
   | { type: 'abort'; code: string; message: string; phase: MigrationPhase };
 

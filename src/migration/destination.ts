@@ -51,6 +51,17 @@ export interface ReceiveOptions {
   maxPayload?: number;
   /** Progress event period, ms. Default 250. */
   progressMs?: number;
+  /** The source's extra data channels (its `channels` option) arrive through this (e.g. `() => listener.accept()`). */
+  accept?: () => Promise<Duplex>;
+  /** Cap on DATA bytes held out of order across channels. Default 64 MiB. */
+  maxReorderBytes?: number;
+}
+
+interface Reorder {
+  /** DATA records of the device passed to its resuming stream (the next sequence number). */
+  next: number;
+  /** Records that arrived ahead of their turn, by sequence number mod 2^16. */
+  pending: Map<number, Buffer>;
 }
 
 const FEATURES: ControlFeatures = { switchoverAck: true, digest: true };
@@ -84,6 +95,16 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
   #resumed: boolean;
   #decoder: RecordDecoder | null;
   #downtimeMs: number;
+  #channels: number;
+  #migrationId: string;
+  #reorder: Reorder[];
+  #buffered: number;
+  #waiters: (() => void)[];
+  #extra: Duplex[];
+  #extraDecoders: RecordDecoder[];
+  #extraLoops: Promise<void>[];
+  #reordered: number;
+  #maxBuffered: number;
 
   constructor(opts: ReceiveOptions) {
     super();
@@ -111,12 +132,27 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     this.#resumed = false;
     this.#decoder = null;
     this.#downtimeMs = 0;
+    this.#channels = 1;
+    this.#migrationId = '';
+    this.#reorder = opts.devices.map(() => ({ next: 0, pending: new Map<number, Buffer>() }));
+    this.#buffered = 0;
+    this.#waiters = [];
+    this.#extra = [];
+    this.#extraDecoders = [];
+    this.#extraLoops = [];
+    this.#reordered = 0;
+    this.#maxBuffered = 0;
     this.done = this.#run();
     this.done.catch(() => {});
   }
 
   get phase(): MigrationPhase {
     return this.#phase;
+  }
+
+  /** Channels: DATA records that arrived early and waited, and the most bytes held at once. */
+  get reorderStats(): { reordered: number; maxBufferedBytes: number } {
+    return { reordered: this.#reordered, maxBufferedBytes: this.#maxBuffered };
   }
 
   abort(reason = 'aborted by the caller'): void {
@@ -185,7 +221,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
             break;
           case RecordType.DATA: {
             if (!helloSeen) throw migError(ErrorCodes.PROTOCOL, 'DATA before the handshake', { phase: this.#phase });
-            await this.#load(obj.device, obj.payload);
+            if (this.#channels > 1) await this.#deliver(obj.device, obj.channel, obj.payload);
+            else await this.#load(obj.device, obj.payload);
             break;
           }
           case RecordType.ROUND:
@@ -193,7 +230,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
             break;
           case RecordType.DEVICE_END: {
             const d = this.#devs[obj.device];
-            if (d?.stream) {
+            // With channels the device's data may still be on its way elsewhere: ended at commit.
+            if (d?.stream && this.#channels === 1) {
               const s = d.stream;
               d.lastWrite = d.lastWrite.then(
                 () =>
@@ -211,6 +249,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
             switch (msg.type) {
               case 'hello':
                 if (header === null) throw migError(ErrorCodes.PROTOCOL, 'hello before the stream header', { phase: 'handshake' });
+                this.#channels = msg.channels ?? 1;
+                this.#migrationId = msg.migration ?? '';
                 await this.#handshake(header, msg.version, msg.features);
                 helloSeen = true;
                 break;
@@ -218,6 +258,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
                 // Every byte before this record must be in the devices before the ack (QEMU's
                 // switchover-ack: the destination approves once the initial data is loaded).
                 const epoch = msg.epoch;
+                if (msg.records && this.#channels > 1) await this.#waitDelivered(msg.records);
                 await this.#latch.guard(Promise.all(this.#devs.map((d) => d.lastWrite)));
                 this.#reply({ type: 'switchover-ack', epoch, loadedBytes: this.#devs.reduce((s, d) => s + d.bytes, 0) });
                 break;
@@ -232,6 +273,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
                 this.#devs[msg.device].digest = msg.digest;
                 break;
               case 'commit':
+                if (msg.records && this.#channels > 1) await this.#waitDelivered(msg.records);
+                if (this.#channels > 1) this.#endStreams();
                 await this.#commit();
                 break;
               case 'abort':
@@ -277,6 +320,9 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       if (problem !== null) refuse(ErrorCodes.INCOMPATIBLE, `device ${i} (${header.devices[i].name}): ${problem}`, i);
     }
     void features;
+    if (this.#channels > 1 && this.#opts.accept === undefined) {
+      refuse(ErrorCodes.UNSUPPORTED, `the source wants ${this.#channels} channels; this destination takes one connection`);
+    }
     this.#setPhase('setup');
     try {
       await this.#latch.guard(stepAll(this.#opts.devices, () => DeviceState.RESUMING));
@@ -296,7 +342,100 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       d.stream = stream;
     }
     this.#reply({ type: 'ready', version: CONTROL_PROTOCOL_VERSION, features: FEATURES });
+    for (let k = 1; k < this.#channels; k++) {
+      const loop = this.#channelLoop();
+      loop.catch((err: unknown) => this.#latch.fail(asPhaseError(err, this.#phase)));
+      this.#extraLoops.push(loop);
+    }
     this.#setPhase('precopy');
+  }
+
+  /** One extra data channel: accept it, check it belongs to this migration, deliver its DATA in order. */
+  async #channelLoop(): Promise<void> {
+    const t = await this.#latch.guard((this.#opts.accept as () => Promise<Duplex>)());
+    this.#extra.push(t);
+    t.on('error', (err) => this.#lost(err));
+    const dec = new RecordDecoder({ maxPayload: this.#opts.maxPayload });
+    this.#extraDecoders.push(dec);
+    t.pipe(dec);
+    for await (const obj of dec as AsyncIterable<DecodedObject>) {
+      this.#latch.check();
+      this.#progress();
+      if (obj.type === RecordType.STREAM_HEADER) {
+        if (obj.header.sender.migration !== this.#migrationId) {
+          throw migError(ErrorCodes.PROTOCOL, 'a data channel of another migration connected', { phase: this.#phase });
+        }
+      } else if (obj.type === RecordType.DATA) {
+        await this.#deliver(obj.device, obj.channel, obj.payload);
+      } else if (obj.type === RecordType.STREAM_END) {
+        return;
+      }
+      // DEVICE_END: the decoder checked this channel's share of the device's bytes and digest.
+    }
+    if (!this.#resumed) throw migError(ErrorCodes.TRANSPORT, `a data channel ended in phase ${this.#phase}`, { phase: this.#phase });
+  }
+
+  /**
+   * DATA from any channel, in each device's order: the record whose sequence number (mod 2^16, in
+   * the channel field) is the device's next goes to the device, with any that were waiting for it;
+   * one that is early waits in the reorder buffer, and when that is full its channel stops reading
+   * (backpressure). No deadlock: the earliest record at the head of any channel is always a
+   * device's next (each channel is in send order).
+   */
+  async #deliver(device: number, seq: number, payload: Buffer): Promise<void> {
+    const r = this.#reorder[device];
+    if (!r) throw migError(ErrorCodes.PROTOCOL, `DATA for device ${device}, which the table does not hold`, { phase: this.#phase });
+    if ((r.next & 0xffff) !== seq) {
+      const cap = this.#opts.maxReorderBytes ?? 64 * 1024 * 1024;
+      while (this.#buffered + payload.length > cap && (r.next & 0xffff) !== seq) {
+        await this.#latch.guard(new Promise<void>((resolve) => this.#waiters.push(resolve)));
+      }
+      if ((r.next & 0xffff) !== seq) {
+        if (r.pending.has(seq)) throw migError(ErrorCodes.PROTOCOL, `device ${device}: sequence ${seq} received twice`, { phase: this.#phase });
+        r.pending.set(seq, payload);
+        this.#buffered += payload.length;
+        this.#reordered++;
+        if (this.#buffered > this.#maxBuffered) this.#maxBuffered = this.#buffered;
+        return;
+      }
+    }
+    r.next++;
+    const loads = [this.#load(device, payload)];
+    for (let b = r.pending.get(r.next & 0xffff); b !== undefined; b = r.pending.get(r.next & 0xffff)) {
+      r.pending.delete(r.next & 0xffff);
+      this.#buffered -= b.length;
+      r.next++;
+      loads.push(this.#load(device, b));
+    }
+    this.#wake();
+    await Promise.all(loads);
+  }
+
+  #wake(): void {
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  /** Until every device received `records` DATA records (over all channels). */
+  async #waitDelivered(records: number[]): Promise<void> {
+    while (records.some((n, d) => (this.#reorder[d]?.next ?? n) < n)) {
+      await this.#latch.guard(new Promise<void>((resolve) => this.#waiters.push(resolve)));
+    }
+  }
+
+  /** Every device's data is in: end the resuming streams (after their last write). */
+  #endStreams(): void {
+    for (const d of this.#devs) {
+      const s = d.stream;
+      if (!s) continue;
+      d.lastWrite = d.lastWrite.then(
+        () =>
+          new Promise<void>((resolve, reject) => {
+            s.once('error', reject);
+            s.end(() => resolve());
+          }),
+      );
+      d.lastWrite.catch(() => {});
+    }
   }
 
   /** One DATA record into its device's resuming stream, honouring the stream's backpressure. */
@@ -379,7 +518,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     this.#setPhase('complete');
     const durationMs = performance.now() - this.#t0;
     const bytes = this.#devs.reduce((s, d) => s + d.bytes, 0);
-    const wireBytes = this.#decoder?.bytesIn ?? 0;
+    const wireBytes = (this.#decoder?.bytesIn ?? 0) + this.#extraDecoders.reduce((sum, dec) => sum + dec.bytesIn, 0);
+    for (const x of this.#extra) x.end();
     const devices: DeviceSummary[] = this.#devs.map((d) => ({ bytes: d.bytes, precopyBytes: 0, validateMs: d.validateMs, verified: d.verified }));
     const t = this.#transport as Duplex | null;
     if (t?.writable === true) t.end();
@@ -448,6 +588,9 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       err.recovery = 'none';
     }
     this.#decoder?.destroy();
+    for (const dec of this.#extraDecoders) dec.destroy();
+    for (const x of this.#extra) x.destroy();
+    this.#wake();
     const t = this.#transport as Duplex | null;
     if (t !== null && !t.destroyed) {
       // Let the error frame leave before the socket closes.

@@ -14,6 +14,7 @@
  * (P2P-ordered) with its state intact, and tells the destination to reset its devices. After it, the
  * source devices go STOP_COPY -> STOP, outside the downtime.
  */
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import type { Duplex, Readable, Writable } from 'node:stream';
@@ -37,7 +38,7 @@ import {
 import { FailureLatch, asPhaseError, sleep } from './latch.js';
 import { checkP2PSet, enterP2P, enterStopCopy, hasPrecopy, resumeAll, rollbackAll, stepAll } from './p2p.js';
 import { digestOf, openForward, openTransport, parseCompression, type Compression, type ForwardWriter } from './wire.js';
-import { DefaultSwitchoverPolicy, StepwiseSwitchoverPolicy, policyAbortError, type SwitchoverPolicy } from './policy.js';
+import { DefaultSwitchoverPolicy, StepwiseSwitchoverPolicy, TokenBucket, policyAbortError, type SwitchoverPolicy } from './policy.js';
 import {
   throughputMBps,
   type DecisionEvent,
@@ -88,6 +89,13 @@ export interface MigrateOptions {
   tickMs?: number;
   /** Progress event period outside PRE_COPY, ms. Default 250. */
   progressMs?: number;
+  /**
+   * Connections carrying device data, this one included (default 1). More than 1 needs a URL
+   * transport: the extra ones are opened to the same URL after the handshake; DATA records go round
+   * robin and carry their per-device sequence number (mod 2^16) in the record's channel field; the
+   * destination puts them back in order in a byte-capped reorder buffer.
+   */
+  channels?: number;
   /** Bytes per device read (and per DATA record). Default 256 KiB. */
   chunkSize?: number;
 }
@@ -139,6 +147,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   readonly #est: PrecopyEstimator;
   #transport: Duplex | Writable | null;
   #w: ForwardWriter | null;
+  /** Every data channel's writer: [main, extra...]. */
+  #writers: ForwardWriter[];
+  #extra: Duplex[];
+  /** DATA records sent per device, all channels. */
+  #records: number[];
+  #rr: number;
   #waiters: { type: ReturnMessage['type']; resolve: (m: ReturnMessage) => void }[];
   #received: ReturnMessage[];
   #t0: number;
@@ -174,6 +188,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.#est = new PrecopyEstimator({ devices: Math.max(1, opts.devices.length) });
     this.#transport = null;
     this.#w = null;
+    this.#writers = [];
+    this.#extra = [];
+    this.#records = opts.devices.map(() => 0);
+    this.#rr = 0;
     this.#waiters = [];
     this.#received = [];
     this.#t0 = performance.now();
@@ -236,22 +254,38 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
       this.#setPhase('handshake');
       const identities = opts.devices.map((c) => c.identity());
+      const channels = opts.channels ?? 1;
+      if (!Number.isInteger(channels) || channels < 1 || channels > 64) throw migError(ErrorCodes.USAGE, `channels must be 1..64, got ${channels}`);
+      if (channels > 1 && (typeof opts.transport !== 'string' || checkpoint)) {
+        throw migError(ErrorCodes.USAGE, 'channels > 1 need a transport URL (the extra connections are opened to it) and a live migration');
+      }
+      const migrationId = randomBytes(8).toString('hex');
+      // One bucket for every channel: the cap is on the migration's total wire bytes.
+      const bucket = (opts.bandwidth ?? 0) > 0 ? new TokenBucket({ bytesPerSecond: opts.bandwidth as number }) : undefined;
+      const table = identities.map((identity, i) => ({ name: opts.names?.[i] ?? `dev${i}`, identity }));
+      const onWire = (wire: number, raw: number, durationMs: number | undefined) => {
+        if (durationMs !== undefined && wire >= MIN_SAMPLE_BYTES) this.#est.recordWire(wire, raw, { durationMs });
+        else this.#unsampled(() => this.#est.recordWire(wire, raw));
+        this.#progress();
+      };
+      const onError = (err: unknown) => this.#latch.fail(asPhaseError(err, this.#phase));
       this.#w = openForward(this.#transport, {
-        devices: identities.map((identity, i) => ({ name: opts.names?.[i] ?? `dev${i}`, identity })),
+        devices: table,
         compression,
-        bandwidth: opts.bandwidth ?? 0,
-        onWire: (wire, raw, durationMs) => {
-          if (durationMs !== undefined && wire >= MIN_SAMPLE_BYTES) this.#est.recordWire(wire, raw, { durationMs });
-          else this.#unsampled(() => this.#est.recordWire(wire, raw));
-          this.#progress();
-        },
-      }, (err) => this.#latch.fail(asPhaseError(err, this.#phase)));
+        bandwidth: 0,
+        bucket,
+        sender: { channel: 0, migration: migrationId },
+        onWire,
+      }, onError);
+      this.#writers = [this.#w];
       await this.#send({
         type: 'hello',
         version: CONTROL_PROTOCOL_VERSION,
         features: FEATURES,
         devices: identities,
         precopy: this.#devs.map((d) => d.precopy),
+        channels,
+        migration: migrationId,
       });
       if (!checkpoint) {
         const reply = await this.#expect('ready', 'refuse');
@@ -260,10 +294,17 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         }
       }
 
+      for (let k = 1; k < channels; k++) {
+        const t = (await this.#latch.guard(openTransport(opts.transport as string, opts.transportOptions))) as Duplex;
+        this.#extra.push(t);
+        this.#watchTransport(t, false, false);
+        this.#writers.push(openForward(t, { devices: table, compression, bandwidth: 0, bucket, sender: { channel: k, migration: migrationId }, onWire }, onError));
+      }
+
       // Devices without PRE_COPY have no PRE_COPY data: their counters are 0 from the start.
       for (let i = 0; i < this.#devs.length; i++) if (!this.#devs[i].precopy) this.#est.recordEmpty(i);
       this.#est.on('initial-sent', (e) => {
-        if (e.all) this.#sendSoon({ type: 'initial-sent', epoch: e.epoch });
+        if (e.all) this.#sendSoon({ type: 'initial-sent', epoch: e.epoch, records: [...this.#records] });
       });
       this.#est.on('reinit', (e) => this.#sendSoon({ type: 'reinit', device: e.device, epoch: e.epoch }));
       this.#est.on('query-failed', (e) => {
@@ -295,7 +336,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         const digest = await this.#latch.guard(digestOf(this.#devs[i].core));
         if (digest !== null) await this.#send({ type: 'digest', device: i, digest });
       }
-      await this.#send({ type: 'commit' });
+      await this.#send({ type: 'commit', records: [...this.#records] });
       if (checkpoint) return await this.#finishCheckpoint();
 
       this.#setPhase('validate');
@@ -313,12 +354,13 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.#running = true;
       await this.#latch.guard(toStop);
       // The destination runs the devices: a transport that fails now loses nothing.
-      await this.#w.finish(this.#devs.reduce((s, d) => s + d.bytes, 0)).catch(() => {});
+      await Promise.all(this.#writers.map((w) => w.finish().catch(() => {})));
+      for (const t of this.#extra) t.end();
       this.#setPhase('complete');
 
       const durationMs = performance.now() - this.#t0;
       const bytes = this.#devs.reduce((s, d) => s + d.bytes, 0);
-      const wireBytes = this.#w.wireBytes;
+      const wireBytes = this.#writers.reduce((sum, w) => sum + w.wireBytes, 0);
       const devices: DeviceSummary[] = this.#devs.map((d, i) => ({
         bytes: d.bytes,
         precopyBytes: d.precopyBytes,
@@ -355,7 +397,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const w = this.#w as ForwardWriter;
     const t = this.#transport as Writable;
     const bytes = this.#devs.reduce((s, d) => s + d.bytes, 0);
-    await this.#latch.guard(w.finish(bytes));
+    await this.#latch.guard(w.finish());
     const closed = new Promise<void>((resolve, reject) => {
       t.once('finish', resolve);
       t.once('error', reject);
@@ -491,12 +533,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       });
     });
     const pump = (async () => {
-      const w = this.#w as ForwardWriter;
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         this.#latch.check();
         // The record is queued before the estimator hears of the read, so an 'initial-sent' control
         // it may trigger follows the data it speaks of.
-        const accepted = w.data(i, chunk);
+        const accepted = this.#data(i, chunk);
         d.bytes += chunk.length;
         if (!this.#switching) {
           d.precopyBytes += chunk.length;
@@ -511,10 +552,18 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         await accepted;
       }
       flushReads();
-      await w.record({ type: RecordType.DEVICE_END, device: i });
+      await Promise.all(this.#writers.map((cw) => cw.record({ type: RecordType.DEVICE_END, device: i })));
     })();
     pump.catch((err) => this.#latch.fail(asPhaseError(err, this.#phase)));
     d.pump = pump;
+  }
+
+  /** One DATA record: on the main connection, or round robin over the channels with its sequence number. */
+  #data(i: number, chunk: Buffer): Promise<void> {
+    const seq = this.#records[i]++;
+    if (this.#writers.length === 1) return this.#writers[0].data(i, chunk);
+    const w = this.#writers[this.#rr++ % this.#writers.length];
+    return w.record({ type: RecordType.DATA, device: i, payload: chunk, channel: seq & 0xffff });
   }
 
   /**
@@ -541,7 +590,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     p.catch((err: unknown) => this.#latch.fail(asPhaseError(err, this.#phase)));
   }
 
-  #watchTransport(t: Duplex | Writable, checkpoint: boolean): void {
+  #watchTransport(t: Duplex | Writable, checkpoint: boolean, control = true): void {
     const lost = (err?: unknown) => {
       if (this.#phase === 'complete' || this.#running || (checkpoint && err === undefined)) return;
       this.#latch.fail(
@@ -553,7 +602,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     };
     t.on('error', lost);
     t.on('close', () => lost());
-    if (checkpoint) return;
+    if (checkpoint || !control) {
+      if (!control) (t as Duplex).resume?.(); // a data channel's return direction carries nothing
+      return;
+    }
     const parser = new FrameParser();
     t.on('data', (chunk: Buffer) => {
       let values: unknown[];
@@ -621,14 +673,17 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    * dirtied meanwhile), which is the next round. Fed to the estimator like any query.
    */
   #roundDone(i: number, session: SavingSession): void {
-    session.precopyInfo().then(
-      (info) => {
+    // Both sizes together, as the estimator's own queries: a fresh precopy count against a stale
+    // stop-copy size would make a stop-copy floor out of bytes that are simply not counted yet.
+    Promise.all([session.precopyInfo(), this.#devs[i].core.stopCopySize()]).then(
+      ([info, size]) => {
         if (this.#switching || this.#latch.error) return;
         this.#est.updatePrecopyInfo(info, i);
+        this.#est.updateStopCopySize(size, i);
         this.#nextRound(i, info.initialBytes + info.dirtyBytes);
       },
-      (err: unknown) => {
-        if (!this.#switching && !session.disabled) this.#est.precopyInfoFailed(err, i);
+      () => {
+        // The periodic query retries and reports failures to the estimator; a round boundary is not worth one.
       },
     );
   }
@@ -655,7 +710,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   #emitProgress(predicted: number | null, remaining: number | null): void {
     const now = performance.now();
-    const wireBytes = this.#w?.wireBytes ?? 0;
+    const wireBytes = this.#writers.reduce((sum, w) => sum + w.wireBytes, 0);
     if (now - this.#lastRateAt >= 200) {
       this.#rate = ((wireBytes - this.#lastRateBytes) * 1000) / (now - this.#lastRateAt);
       this.#lastRateAt = now;
@@ -694,8 +749,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       err.recovery = 'none';
     }
     await Promise.allSettled(this.#devs.map((d) => d.pump));
+    for (const w of this.#writers) w.destroy();
     this.#w?.destroy();
     this.#transport?.destroy();
+    for (const t of this.#extra) t.destroy();
     return err;
   }
 }

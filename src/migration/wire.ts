@@ -14,7 +14,7 @@ import { RecordEncoder } from '../streams/record-encoder.js';
 import { DEFAULT_ZSTD_LEVEL } from '../streams/compression-pool.js';
 import { RecordType, type RecordInput, type WireDevice } from '../streams/wire-format.js';
 import { connectTransport } from '../transport/index.js';
-import { createBandwidthLimiter } from './policy.js';
+import { TokenBucket, createBandwidthLimiter } from './policy.js';
 import type { ForwardMessage } from './control.js';
 
 /** Wire samples are taken over at least this long and this many bytes. */
@@ -58,6 +58,10 @@ export interface ForwardOptions {
   compression: number | false;
   /** Bytes per second on the wire; 0 = no cap. */
   bandwidth: number;
+  /** A token bucket shared with other channels (their sum is capped); overrides `bandwidth`. */
+  bucket?: TokenBucket;
+  /** Extra fields of the stream header's sender (a channel's number and migration id). */
+  sender?: Record<string, unknown>;
   /**
    * Called as wire bytes leave for the transport, with the raw device bytes they carried
    * (approximately) and, for samples of a busy streak, the milliseconds they took.
@@ -75,8 +79,8 @@ export interface ForwardWriter {
   control(msg: ForwardMessage): Promise<void>;
   /** Queue any record. */
   record(rec: RecordInput): Promise<void>;
-  /** STREAM_END, then wait until every byte was handed to the transport (which stays open). */
-  finish(totalBytes: number): Promise<void>;
+  /** STREAM_END (the encoder fills in its byte count), then wait until every byte was handed to the transport (which stays open). */
+  finish(): Promise<void>;
   /** Wire bytes handed to the transport so far (stream header included). */
   readonly wireBytes: number;
   destroy(): void;
@@ -90,14 +94,14 @@ export interface ForwardWriter {
 export function openForward(transport: Writable, opts: ForwardOptions, onError: (err: unknown) => void): ForwardWriter {
   const enc = new RecordEncoder({
     devices: opts.devices,
-    sender: { program: 'vfio-mig', host: os.hostname(), pid: process.pid },
+    sender: { program: 'vfio-mig', host: os.hostname(), pid: process.pid, ...opts.sender },
     compression: opts.compression === false ? false : { level: opts.compression },
     digest: opts.digest === undefined ? 'sha256' : opts.digest,
     readableHighWaterMark: 8 * 1024 * 1024,
   });
   let out: Readable = enc;
-  if (opts.bandwidth > 0) {
-    const limiter = createBandwidthLimiter({ bytesPerSecond: opts.bandwidth });
+  if (opts.bucket !== undefined || opts.bandwidth > 0) {
+    const limiter = createBandwidthLimiter(opts.bucket ?? { bytesPerSecond: opts.bandwidth });
     enc.pipe(limiter);
     limiter.on('error', onError);
     out = limiter;
@@ -171,8 +175,8 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
     data: (device, payload) => write({ type: RecordType.DATA, device, payload }),
     control: (message) => write({ type: RecordType.CONTROL, message }),
     record: write,
-    async finish(totalBytes: number): Promise<void> {
-      await write({ type: RecordType.STREAM_END, bytes: totalBytes });
+    async finish(): Promise<void> {
+      await write({ type: RecordType.STREAM_END });
       const ended = once(out, 'end');
       enc.end();
       await ended;

@@ -30,6 +30,12 @@ describe('vfio-mig demo', () => {
     expect(s.precopyRounds).toBeGreaterThanOrEqual(1);
   });
 
+  it('--channels 2 over tcp: data on two connections, verified', async () => {
+    const r = await cli(['demo', '--json', '--size', '16MiB', '--dirty-rate', '4MiB', '--channels', '2', '--transport', 'tcp']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout.trim()).verified).toBe(true);
+  });
+
   it('a policy abort exits 3 with the error and the phase in the JSON', async () => {
     const r = await cli(['demo', '--json', '--size', '32MiB', '--bandwidth', '4MiB', '--precopy-budget', '500']);
     expect(r.code, r.stderr).toBe(3);
