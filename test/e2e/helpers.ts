@@ -35,6 +35,12 @@ export async function ensureBuilt(): Promise<void> {
     try {
       mkdirSync(lock);
     } catch {
+      // A lock left by a killed run is stale after a minute (a build takes seconds).
+      try {
+        if (Date.now() - statSync(lock).mtimeMs > 60_000) rmdirSync(lock);
+      } catch {
+        // it went away meanwhile
+      }
       await new Promise((r) => setTimeout(r, 200));
       continue;
     }
