@@ -4,7 +4,9 @@
  * and SimDevice sets.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, rmdirSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MigrationCore } from '../../src/fsm/core.js';
@@ -28,7 +30,8 @@ function newestMtime(dir: string): number {
  * directory lock keeps two builds from writing dist at once.
  */
 export async function ensureBuilt(): Promise<void> {
-  const lock = join(ROOT, 'dist.build-lock');
+  // Outside the working tree, so a stray lock never shows in git status; one per checkout.
+  const lock = join(tmpdir(), `vfio-mig-build-lock-${createHash('sha1').update(ROOT).digest('hex').slice(0, 12)}`);
   const marker = join(ROOT, 'dist', 'cli', 'main.js');
   for (let i = 0; i < 600; i++) {
     if (existsSync(marker) && statSync(marker).mtimeMs >= newestMtime(join(ROOT, 'src'))) return;
