@@ -70,7 +70,7 @@ async function failingMigration(c: Case): Promise<{ err: MigError; src: Sims; ds
       await new Promise<void>((r) => proxy!.listen(p, r));
       url = `unix:${p}`;
     }
-    const incoming = receive({ devices: dst.cores, transport: () => listener.accept(), stallTimeoutMs: 5000 });
+    const incoming = receive({ devices: dst.cores, transport: () => listener.accept(), accept: () => listener.accept(), stallTimeoutMs: 5000 });
     const run = migrate({ devices: src.cores, transport: url, downtimeLimitMs: 500, stallTimeoutMs: 5000, ...c.opts });
     c.during?.(run);
     const err = await run.done.then(
@@ -108,6 +108,11 @@ describe('fault matrix: rollback before the acknowledgement', () => {
 
   it('failed validation at the destination (RESUMING -> STOP)', async () => {
     const r = await failingMigration({ dst: { faults: { arc: { from: S.RESUMING, to: S.STOP, code: 'EINVAL' } } } });
+    await expectRolledBack(r, 'validate', 'EINVAL');
+  });
+
+  it('failed validation with the data on three channels', async () => {
+    const r = await failingMigration({ opts: { channels: 3 }, dst: { faults: { arc: { from: S.RESUMING, to: S.STOP, code: 'EINVAL' } } } });
     await expectRolledBack(r, 'validate', 'EINVAL');
   });
 
