@@ -12,7 +12,7 @@
 // -> SimDevice, and RESUMING -> STOP (the device validates what it loaded) before the end is stamped.
 // Each side reports to the parent over IPC: timestamps on the shared clock (performance.timeOrigin +
 // performance.now(), milliseconds since the epoch with sub-ms precision), bytes, its device digest and
-// its own peak RSS (getrusage maxRSS, KiB).
+// its own peak RSS (VmHWM, KiB).
 import fs from 'node:fs';
 import net from 'node:net';
 import { Transform, Writable } from 'node:stream';
@@ -31,7 +31,10 @@ import {
 } from '../dist/index.js';
 
 const now = () => performance.timeOrigin + performance.now();
-const maxRssKB = () => process.resourceUsage().maxRSS;
+// Peak RSS of this process image, KiB. Not getrusage's maxRSS: Linux carries the forking parent's
+// high-water mark across execve (exec_mmap), so a peer forked by a big bench runner would report the
+// runner's RSS. VmHWM belongs to the new mm.
+const maxRssKB = () => Number(/VmHWM:\s+(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? NaN);
 /** CPU milliseconds (user, system) since `from` (a process.cpuUsage() value). */
 const cpuMs = (from) => {
   const u = process.cpuUsage(from);

@@ -11,7 +11,7 @@
 //                   socket, the other process piping it into fs.createWriteStream('/dev/null').
 // The data path's modules are used directly (not the orchestrator: no PRE_COPY, no control traffic),
 // so the number is the data path's. Profile 'mixed'. Runs interleaved after one untimed warm-up of
-// each; medians. Each side's peak RSS (getrusage maxRSS) goes in the detail.
+// each; medians. Each side's peak RSS (VmHWM) goes in the detail.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

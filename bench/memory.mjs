@@ -5,7 +5,7 @@
 // Each size is one two-process run of the e2e data path (_e2e-peer.mjs: SimDevice -> SavingStream ->
 // RecordEncoder -> unix socket -> RecordDecoder -> ResumingStream -> SimDevice, digests compared),
 // profile 'zero' (the fastest to generate and verify: the bench is about memory, not content).
-// Value: the process's peak RSS (getrusage maxRSS) in MiB; baseline: the same side's peak RSS for the
+// Value: the process's peak RSS (VmHWM, see _e2e-peer.mjs) in MiB; baseline: the same side's peak RSS for the
 // smallest size; ratio = value / baseline (1.0 is the goal; lower is better). RSS includes node itself
 // (~40 MiB empty) and SimDevice's own bookkeeping (a received-page bitmap: 512 KiB at 16 GiB).
 import { GiB, MiB, mbps, result } from './lib.mjs';
