@@ -111,3 +111,40 @@ export async function dumpStream(file, { size, profile = 'mixed', seed = 7 }) {
     p.child.kill('SIGKILL');
   }
 }
+
+/**
+ * One migration through the orchestrator, migrate() and receive() in two processes
+ * (_prediction-peer.mjs), no dirtying, no cap: { ms, bytes, source, dest } where ms is the source
+ * summary's durationMs (migrate() called to the destination running). Throws when it fails.
+ */
+export function runMigratePair({ size, profile = 'mixed', seed = 7, compression = 'none' }) {
+  return withDir('bench-mig-', async (dir) => {
+    const spec = JSON.stringify({
+      socket: join(dir, 'm.sock'),
+      size,
+      profile,
+      seed,
+      dirtyRate: 0,
+      bandwidth: 0,
+      compression,
+      limitMs: 1000,
+      windowMs: 3000,
+      timeoutMs: 120_000,
+    });
+    const d = start('dest', [spec], PREDICTION_PEER);
+    let s = null;
+    try {
+      await d.next();
+      s = start('source', [spec], PREDICTION_PEER);
+      const [src, dst] = await Promise.all([s.next(), d.next()]);
+      await Promise.all([s.exited, d.exited]);
+      if (!src.ok) throw new Error(`migrate() failed: ${src.code}: ${src.message}`);
+      if (!dst.ok) throw new Error(`receive() failed: ${dst.code}: ${dst.message}`);
+      if (!src.verified || src.digest !== dst.digest) throw new Error('migrate(): destination state not verified');
+      return { ms: src.durationMs, bytes: src.bytes, source: src, dest: dst };
+    } finally {
+      d.child.kill('SIGKILL');
+      s?.child.kill('SIGKILL');
+    }
+  });
+}

@@ -7,6 +7,7 @@
 // ('none' | 'zstd'), limitMs, windowMs (the policy's non-convergence window), timeoutMs }.
 // Reports over IPC: the summary (predicted and measured downtime) or the abort with the decision
 // that caused it and when it came (ms since migrate() was called).
+import fs from 'node:fs';
 import {
   DefaultSwitchoverPolicy,
   DeviceState,
@@ -16,6 +17,9 @@ import {
   migrate,
   receive,
 } from '../dist/index.js';
+
+/** Peak RSS of this process image, KiB (VmHWM; see _e2e-peer.mjs for why not getrusage). */
+const maxRssKB = () => Number(/VmHWM:\s+(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? NaN);
 
 function send(msg) {
   return new Promise((resolve) => process.send(msg, () => resolve()));
@@ -32,7 +36,7 @@ async function dest(cell) {
   const run = receive({ devices: [new MigrationCore(dev)], transport: () => listener.accept(), stallTimeoutMs: cell.timeoutMs });
   try {
     const s = await run.done;
-    await send({ ok: true, downtimeMs: s.downtimeMs, bytes: s.bytes, verified: s.verified, digest: dev.digest() });
+    await send({ ok: true, downtimeMs: s.downtimeMs, bytes: s.bytes, verified: s.verified, digest: dev.digest(), maxRssKB: maxRssKB() });
   } catch (err) {
     await send({ ok: false, ...errorInfo(err) });
   } finally {
@@ -74,6 +78,7 @@ async function source(cell) {
       verified: s.verified,
       switchoverAtMs: last?.atMs ?? null,
       digest: dev.digest(),
+      maxRssKB: maxRssKB(),
     });
   } catch (err) {
     const abort = decisions.find((d) => d.action === 'abort') ?? null;
