@@ -154,13 +154,14 @@ function decision(action: DecisionAction, reason: DecisionReason, message: strin
 }
 
 /**
- * Convergence memory of a policy: the bytes a switchover would move (stop-copy plus the dirtying
- * until stop) and whether the devices dirtied at least as fast as the link moved, sampled each
+ * Convergence memory of a policy: the bytes a switchover would move (stop-copy, the dirtying until
+ * stop and what is queued for the link) and whether the devices dirtied at least as fast as the link moved, sampled each
  * decision past the initial data, kept for one window.
  *
  * Not converging means either of, over a whole window:
- * - no drain: the least bytes seen in the window's second half are not below the least of its
- *   first half (a backlog that only wobbles: the devices re-dirty what PRE_COPY sends);
+ * - no drain: the least bytes seen in the window's second half are not below the least seen
+ *   before it, all history included (a backlog that only wobbles: the devices re-dirty what
+ *   PRE_COPY sends; its noise makes new lows ever rarer, a real drain makes them every half window);
  * - dirty rate >= throughput in at least DIVERGING_FRACTION of the samples (one noisy sample
  *   does not reset the verdict, as a strict "all the time" rule would).
  */
@@ -170,12 +171,15 @@ export class ConvergenceTracker {
   private readonly diverging: boolean[] = [];
   /** elapsedMs of the first sample since the last reset, NaN before. */
   private since = NaN;
+  /** The least bytes among samples that left the window. */
+  private lowBefore = Infinity;
 
   reset(): void {
     this.t.length = 0;
     this.bytes.length = 0;
     this.diverging.length = 0;
     this.since = NaN;
+    this.lowBefore = Infinity;
   }
 
   add(elapsedMs: number, bytes: number, diverging: boolean, windowMs: number): void {
@@ -186,7 +190,7 @@ export class ConvergenceTracker {
     // Bounded: samples older than one window are dropped.
     while (this.t.length > 0 && this.t[0] < elapsedMs - windowMs) {
       this.t.shift();
-      this.bytes.shift();
+      this.lowBefore = Math.min(this.lowBefore, this.bytes.shift() as number);
       this.diverging.shift();
     }
   }
@@ -195,7 +199,7 @@ export class ConvergenceTracker {
   verdict(elapsedMs: number, windowMs: number): { draining: boolean; divergingFraction: number; firstMin: number; secondMin: number } | null {
     if (Number.isNaN(this.since) || elapsedMs - this.since < windowMs) return null;
     const mid = elapsedMs - windowMs / 2;
-    let firstMin = Infinity;
+    let firstMin = this.lowBefore;
     let secondMin = Infinity;
     let first = 0;
     let second = 0;
@@ -245,7 +249,7 @@ function abortChecks(
   // Judged past the initial data only (it drains by definition) and on usable numbers.
   if (!p.valid || !p.confident || !s.initialSent || s.queryFailed) return null;
   const diverging = p.dirtyRateBytesPerMs > 0 && p.dirtyRateBytesPerMs >= p.rateBytesPerMs;
-  tracker.add(s.elapsedMs, p.stopCopyBytes + p.growthBytes, diverging, windowMs);
+  tracker.add(s.elapsedMs, p.transferBytes, diverging, windowMs);
   if (p.highMs <= limitMs) return null;
   const v = tracker.verdict(s.elapsedMs, windowMs);
   if (v === null) return null;
@@ -264,7 +268,7 @@ function abortChecks(
     return decision(
       'abort',
       'not-converging',
-      `PRE_COPY does not converge: the data a switchover would move did not shrink in ${fmtMs(windowMs)} (least ${fmtBytes(v.firstMin)} then ${fmtBytes(v.secondMin)}; dirty ${fmtRate(p.dirtyRateBytesPerMs)}, throughput ${fmtRate(p.rateBytesPerMs)}); predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`,
+      `PRE_COPY does not converge: the data a switchover would move made no new low in ${fmtMs(windowMs / 2)} (least ${fmtBytes(v.firstMin)} before, ${fmtBytes(v.secondMin)} since; dirty ${fmtRate(p.dirtyRateBytesPerMs)}, throughput ${fmtRate(p.rateBytesPerMs)}); predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`,
       numbers,
     );
   }

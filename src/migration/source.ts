@@ -440,6 +440,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
     for (;;) {
       await this.#latch.guard(this.#query());
+      this.#reportInFlight();
       const snap = this.#est.snapshot();
       const decision = policy.decide({ ...snap, downtimeLimitMs: limitMs });
       this.#emitProgress(snap.prediction.valid ? snap.prediction.downtimeMs : null, snap.initialBytes + snap.dirtyBytes);
@@ -455,6 +456,22 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       if (decision.action === 'abort') throw policyAbortError(decision, 'precopy');
       await this.#latch.guard(sleep(tick));
     }
+  }
+
+  /**
+   * Tell the estimator what is read but not yet on the wire: a switchover has to send it before any
+   * STOP_COPY byte, and the device's own counts no longer include it.
+   */
+  #reportInFlight(): void {
+    let raw = 0;
+    let wire = 0;
+    for (const d of this.#devs) raw += d.stream?.readableLength ?? 0;
+    for (const w of this.#writers) {
+      const q = w.queued();
+      raw += q.rawBytes;
+      wire += q.wireBytes;
+    }
+    this.#est.setInFlight(wire, raw);
   }
 
   /** Query precopy info and stop-copy size of the devices whose estimator view is due. */
@@ -502,19 +519,18 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       },
     });
     d.stream = stream;
-    // Generation samples: reads batched until their own durations add up to GEN_SAMPLE_MS. One read
-    // takes a fraction of a millisecond and its timing is mostly event-loop noise.
+    // Every read reaches the estimator's view at once (a query resets the view, so a read reported
+    // after it would be subtracted twice). Generation samples are separate: reads batched until their
+    // own durations add up to GEN_SAMPLE_MS; one read takes a fraction of a millisecond and its
+    // timing is mostly event-loop noise. A batch that ends short (temporary end, STOP_COPY end) is
+    // dropped as a sample.
     const batch = { bytes: 0, ms: 0 };
-    const flushReads = () => {
-      if (batch.bytes === 0) return;
-      const { bytes, ms } = batch;
+    const resetBatch = () => {
       batch.bytes = 0;
       batch.ms = 0;
-      if (ms >= GEN_SAMPLE_MS && bytes >= MIN_SAMPLE_BYTES) this.#est.recordRead(bytes, { device: i, durationMs: ms });
-      else this.#unsampled(() => this.#est.recordRead(bytes, { device: i }));
     };
     stream.on('precopy-empty', (e: { bytesRead: number; initialBytes?: number; dirtyBytes?: number; reinit?: boolean }) => {
-      flushReads();
+      resetBatch();
       // VFIO_PRECOPY_INFO_REINIT is reported once, to whichever precopy-info query comes first: when
       // the stream's own query at the temporary end saw it, it must reach the estimator from here.
       if (e.reinit === true) this.#est.updatePrecopyInfo({ initialBytes: e.initialBytes ?? 0, dirtyBytes: e.dirtyBytes ?? 0, reinit: true }, i);
@@ -539,19 +555,23 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         // it may trigger follows the data it speaks of.
         const accepted = this.#data(i, chunk);
         d.bytes += chunk.length;
+        this.#est.recordRead(chunk.length, { device: i, sample: false });
+        batch.bytes += chunk.length;
+        batch.ms += readMs ?? 0;
+        readMs = undefined;
+        if (batch.ms >= GEN_SAMPLE_MS) {
+          if (batch.bytes >= MIN_SAMPLE_BYTES) this.#est.sampleGeneration(batch.bytes, batch.ms, i);
+          resetBatch();
+        }
         if (!this.#switching) {
           d.precopyBytes += chunk.length;
           d.roundLeft -= chunk.length;
           if (d.roundLeft <= 0 && d.roundLeft + chunk.length > 0) this.#roundDone(i, session);
         }
-        batch.bytes += chunk.length;
-        batch.ms += readMs ?? 0;
-        readMs = undefined;
-        if (batch.ms >= GEN_SAMPLE_MS) flushReads();
         this.#progress();
         await accepted;
       }
-      flushReads();
+      resetBatch();
       await Promise.all(this.#writers.map((cw) => cw.record({ type: RecordType.DEVICE_END, device: i })));
     })();
     pump.catch((err) => this.#latch.fail(asPhaseError(err, this.#phase)));

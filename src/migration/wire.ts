@@ -71,6 +71,13 @@ export interface ForwardOptions {
   digest?: string | null;
 }
 
+/** Queues ahead of a capped link hold about this many milliseconds of its rate... */
+const QUEUE_MS = 20;
+/** ...but at least this much (one record of a small chunk size)... */
+const MIN_QUEUE_BYTES = 64 * 1024;
+/** ...and at most the uncapped depth. */
+const MAX_QUEUE_BYTES = 8 * 1024 * 1024;
+
 /** The forward record stream of one migration. */
 export interface ForwardWriter {
   /** Queue a DATA record; resolves when the encoder accepted it (backpressure). */
@@ -83,6 +90,12 @@ export interface ForwardWriter {
   finish(): Promise<void>;
   /** Wire bytes handed to the transport so far (stream header included). */
   readonly wireBytes: number;
+  /**
+   * What this writer holds that has not reached the kernel yet: raw device bytes not yet encoded
+   * (queued for the encoder or being compressed) and encoded wire bytes (the encoder's output, the
+   * bandwidth limiter, the transport's buffer). A switchover waits for all of it.
+   */
+  queued(): { rawBytes: number; wireBytes: number };
   destroy(): void;
 }
 
@@ -92,12 +105,19 @@ export interface ForwardWriter {
  * would close both.
  */
 export function openForward(transport: Writable, opts: ForwardOptions, onError: (err: unknown) => void): ForwardWriter {
+  // Under a bandwidth cap every queue before the limiter stays full, and whatever is queued when
+  // the switchover comes is downtime: keep them to ~QUEUE_MS of the capped rate. Uncapped, deep
+  // queues keep the link busy.
+  const capped = opts.bucket !== undefined || opts.bandwidth > 0;
+  const rate = opts.bucket !== undefined ? opts.bucket.bytesPerMs * 1000 : opts.bandwidth;
+  const queue = capped ? Math.min(MAX_QUEUE_BYTES, Math.max(MIN_QUEUE_BYTES, Math.round((rate * QUEUE_MS) / 1000))) : MAX_QUEUE_BYTES;
   const enc = new RecordEncoder({
     devices: opts.devices,
     sender: { program: 'vfio-mig', host: os.hostname(), pid: process.pid, ...opts.sender },
     compression: opts.compression === false ? false : { level: opts.compression },
     digest: opts.digest === undefined ? 'sha256' : opts.digest,
-    readableHighWaterMark: 8 * 1024 * 1024,
+    readableHighWaterMark: queue,
+    ...(capped ? { writableHighWaterMark: 2, maxInFlightBytes: Math.max(queue, 2 * MIN_QUEUE_BYTES) } : {}),
   });
   let out: Readable = enc;
   if (opts.bucket !== undefined || opts.bandwidth > 0) {
@@ -109,6 +129,17 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   enc.on('error', onError);
   let wireBytes = 0;
   let rawSeen = 0;
+  // The raw bytes each chunk carried, from the encoder's own count at the moment it pushed the chunk;
+  // the limiter passes chunks whole and in order, so the chunks that leave it pop this queue.
+  const carried: number[] = [];
+  let rawPushed = 0;
+  if (out !== enc) {
+    // First among the listeners: the pipe's own may run the limiter synchronously.
+    enc.prependListener('data', () => {
+      carried.push(enc.dataBytesOut - rawPushed);
+      rawPushed = enc.dataBytesOut;
+    });
+  }
   // Wire throughput samples. The link's rate shows only while data waits for it: an interval
   // between two chunks counts when the encoder (or the limiter) still held data when the first one
   // left; otherwise the source was starved (PRE_COPY dirty trickle) and the pause says nothing
@@ -123,8 +154,13 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   out.on('data', (chunk: Buffer) => {
     const now = performance.now();
     wireBytes += chunk.length;
-    const raw = enc.dataBytes - rawSeen;
-    rawSeen = enc.dataBytes;
+    let raw: number;
+    if (out === enc) {
+      raw = enc.dataBytesOut - rawSeen;
+      rawSeen = enc.dataBytesOut;
+    } else {
+      raw = carried.shift() ?? 0;
+    }
     if (backlog && lastAt >= 0) {
       acc += chunk.length;
       accRaw += raw;
@@ -144,6 +180,8 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   out.pipe(transport, { end: false });
   let error: unknown = null;
   enc.once('error', (err) => (error = err));
+  // Raw DATA bytes handed to write(); enc.dataBytes counts those the encoder has taken in.
+  let submitted = 0;
 
   const write = (rec: RecordInput): Promise<void> => {
     if (error !== null) return Promise.reject(error);
@@ -172,7 +210,10 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   };
 
   return {
-    data: (device, payload) => write({ type: RecordType.DATA, device, payload }),
+    data: (device, payload) => {
+      submitted += payload.length;
+      return write({ type: RecordType.DATA, device, payload });
+    },
     control: (message) => write({ type: RecordType.CONTROL, message }),
     record: write,
     async finish(): Promise<void> {
@@ -180,6 +221,13 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
       const ended = once(out, 'end');
       enc.end();
       await ended;
+      // The last streak's bytes that did not make a whole sample still count.
+      if (acc > 0) {
+        opts.onWire?.(acc, accRaw, undefined);
+        acc = 0;
+        accRaw = 0;
+        accMs = 0;
+      }
       // Every byte is in the transport's queue; wait until it has been handed to the kernel.
       if (transport.writableLength > 0) {
         await new Promise<void>((resolve, reject) => transport.write(Buffer.alloc(0), (err) => (err ? reject(err) : resolve())));
@@ -187,6 +235,11 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
     },
     get wireBytes() {
       return wireBytes;
+    },
+    queued() {
+      let wire = enc.readableLength + transport.writableLength;
+      if (out !== enc) wire += out.readableLength + (out as unknown as Writable).writableLength;
+      return { rawBytes: Math.max(0, submitted - enc.dataBytes) + enc.inFlightBytes, wireBytes: wire };
     },
     destroy() {
       out.unpipe(transport);

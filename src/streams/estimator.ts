@@ -99,7 +99,7 @@ export interface Prediction {
    * (time since the query + time to enter STOP_COPY + time to send what is in flight)).
    */
   growthBytes: number;
-  /** Wire bytes queued ahead of STOP_COPY's data (setInFlight()). */
+  /** Wire bytes (raw ones counted at the compression ratio) queued ahead of STOP_COPY's data (setInFlight()). */
   inFlightBytes: number;
   /** Raw-byte equivalent the transfer has to move: stopCopyBytes + growthBytes + inFlightBytes x compressionRatio. */
   transferBytes: number;
@@ -368,6 +368,9 @@ const DEFAULTS = {
  */
 const MAX_RELATIVE_BAND = 0.9;
 
+/** Compression-ratio samples sum wire chunks up to at least this many bytes. */
+const RATIO_SAMPLE_WIRE_BYTES = 64 * 1024;
+
 /** Samples shorter than this are not trusted for the "best measured rate". */
 const BEST_RATE_MIN_SAMPLE_MS = 10;
 
@@ -415,6 +418,9 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   private totalWire: number;
   private totalWireRaw: number;
   private inFlight: number;
+  private inFlightRaw: number;
+  private ratioRaw = 0;
+  private ratioWire = 0;
 
   constructor(options: PrecopyEstimatorOptions = {}) {
     super();
@@ -481,6 +487,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     this.totalWire = 0;
     this.totalWireRaw = 0;
     this.inFlight = 0;
+    this.inFlightRaw = 0;
   }
 
   /** Initial-data epoch: 0 at start, +1 on every REINIT (any device). */
@@ -629,7 +636,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
    * read belongs to the same streak, samples the device's generation rate. Call recordEmpty() when a
    * read finds no data, so the pause is not taken for slowness.
    */
-  recordRead(bytes: number, opts: { device?: number; durationMs?: number } = {}): void {
+  recordRead(bytes: number, opts: { device?: number; durationMs?: number; sample?: boolean } = {}): void {
     if (!(bytes > 0)) return;
     const device = opts.device ?? 0;
     const v = this.view(device);
@@ -644,14 +651,26 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     v.readSinceQuery += bytes;
     v.readBeyondInitialSinceQuery += rest;
     this.totalRead += bytes;
-    if (opts.durationMs !== undefined) {
+    if (opts.sample === false) {
+      // The caller samples the generation rate itself (sampleGeneration()).
+    } else if (opts.durationMs !== undefined) {
       v.generation.add(bytes, opts.durationMs);
     } else if (v.lastReadAt >= 0 && now - v.lastReadAt <= this.opts.idleGapMs) {
       v.generation.add(bytes, now - v.lastReadAt);
     }
-    v.lastReadAt = now;
+    v.lastReadAt = opts.sample === false ? -1 : now;
     // QEMU sends INIT_DATA_SENT once its local initial count reaches 0 by reading.
     if (hadInitial && v.initial === 0 && v.precopyValid) this.markInitialSent(v, device);
+  }
+
+  /**
+   * A generation-rate sample taken by the caller: `bytes` read from `device` in `durationMs` of read
+   * time. For callers that report reads as they happen (recordRead with `sample: false`, so the
+   * local view is always current) and time them in batches long enough to be more than noise.
+   */
+  sampleGeneration(bytes: number, durationMs: number, device = 0): void {
+    if (!(bytes > 0) || !(durationMs > 0) || !Number.isFinite(durationMs)) return;
+    this.view(device).generation.add(bytes, durationMs);
   }
 
   /**
@@ -685,7 +704,15 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     const now = this.now();
     this.totalWire += wireBytes;
     this.totalWireRaw += rawBytes;
-    if (rawBytes > 0) this.ratio.add(rawBytes, wireBytes);
+    // Ratio samples from sums of at least RATIO_SAMPLE_WIRE_BYTES: a record's header chunk carries
+    // no raw bytes and its payload chunk all of them; per-chunk ratios would be noise.
+    this.ratioRaw += rawBytes;
+    this.ratioWire += wireBytes;
+    if (this.ratioWire >= RATIO_SAMPLE_WIRE_BYTES) {
+      if (this.ratioRaw > 0) this.ratio.add(this.ratioRaw, this.ratioWire);
+      this.ratioRaw = 0;
+      this.ratioWire = 0;
+    }
     if (opts.durationMs !== undefined) {
       this.wire.add(wireBytes, opts.durationMs);
     } else if (this.lastWireAt >= 0 && now - this.lastWireAt <= this.opts.idleGapMs) {
@@ -695,12 +722,15 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   }
 
   /**
-   * Wire bytes queued now ahead of any new data (the encoder's output buffer, the bandwidth limiter,
-   * the transport's writable buffer): a switchover waits for them. Call it before each decision;
-   * 0 when unknown. Negative or non-finite values are ignored.
+   * Bytes queued now ahead of any new data: `wireBytes` already encoded (the encoder's output
+   * buffer, the bandwidth limiter, the transport's writable buffer) and `rawBytes` read from the
+   * devices but not yet encoded (stream buffers, the encoder's input and compression). The device
+   * no longer counts them, the link has yet to carry them: a switchover waits for them. Call it
+   * before each decision; 0 when unknown. Negative or non-finite values are ignored.
    */
-  setInFlight(wireBytes: number): void {
+  setInFlight(wireBytes: number, rawBytes = 0): void {
     if (wireBytes >= 0 && Number.isFinite(wireBytes)) this.inFlight = wireBytes;
+    if (rawBytes >= 0 && Number.isFinite(rawBytes)) this.inFlightRaw = rawBytes;
   }
 
   /** A fixed cost was measured (e.g. a MigrationCore 'arc' event's ms, or the destination's validation time it reported). */
@@ -768,8 +798,8 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     const ratioRel = Number.isFinite(rs.relErr) ? rs.relErr : 0;
     const wireKnown = this.wire.count >= o.minSamples && ws.mean > 0;
     // Wire bytes already queued go out before anything STOP_COPY produces; in raw-byte terms.
-    const inFlightRaw = this.inFlight * ratio;
-    const inFlightMs = this.inFlight / (wireKnown ? ws.mean : o.priorRateBytesPerMs);
+    const inFlightRaw = this.inFlight * ratio + this.inFlightRaw;
+    const inFlightMs = inFlightRaw / ratio / (wireKnown ? ws.mean : o.priorRateBytesPerMs);
 
     let stopCopyBytes = 0;
     let floorBytes = 0;
@@ -857,7 +887,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       stopCopyBytes,
       floorBytes,
       growthBytes,
-      inFlightBytes: this.inFlight,
+      inFlightBytes: this.inFlight + this.inFlightRaw / ratio,
       transferBytes,
       rateBytesPerMs,
       bestRateBytesPerMs,

@@ -103,6 +103,11 @@ export class RecordEncoder extends Transform {
   bytesOut: number;
   /** Raw DATA bytes written. */
   dataBytes: number;
+  /**
+   * Raw DATA bytes pushed out: a DATA record's raw length is added just before its payload chunk
+   * is pushed, so a 'data' listener comparing it between chunks sees which chunk carried them.
+   */
+  dataBytesOut: number;
   /** DATA records that went out compressed. */
   compressedRecords: number;
   #checksums: boolean;
@@ -136,6 +141,7 @@ export class RecordEncoder extends Transform {
     this.recordsOut = 0;
     this.bytesOut = 0;
     this.dataBytes = 0;
+    this.dataBytesOut = 0;
     this.compressedRecords = 0;
     this.#checksums = opts.checksums !== false;
     this.#level = copts ? validateZstdLevel(copts.level ?? DEFAULT_ZSTD_LEVEL) : 0;
@@ -253,6 +259,7 @@ export class RecordEncoder extends Transform {
         payloadCrc: crc,
       });
       this.push(header);
+      if (e.type === RecordType.DATA) this.dataBytesOut += e.rawLength;
       if (e.wire.length > 0) this.push(e.wire);
       this.#inFlight -= e.rawLength;
       this.recordsOut++;

@@ -419,6 +419,55 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.transferMs).toBeCloseTo(20, 6);
   });
 
+  it('raw bytes in flight (read, not yet encoded) count as they are; the compression ratio turns them into wire time', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(4 * MIB);
+    for (let i = 0; i < 4; i++) est.recordWire(MIB, 2 * MIB, { durationMs: 10 });
+    // 1 MiB encoded plus 2 MiB raw: 2 + 2 raw MiB ahead of the 4 MiB of STOP_COPY data, 10 ms per 2 MiB.
+    est.setInFlight(MIB, 2 * MIB);
+    const p = est.predict();
+    expect(p.transferBytes).toBe(8 * MIB);
+    expect(p.inFlightBytes).toBe(2 * MIB);
+    expect(p.transferMs).toBeCloseTo(40, 6);
+    est.setInFlight(0, Number.NaN);
+    expect(est.predict().transferBytes).toBe(6 * MIB);
+  });
+
+  it('compression-ratio samples are sums of chunks: a header chunk carrying no raw bytes does not bias them', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    // Each 64 KiB record goes out as a 24-byte header (raw 0) and a 32 KiB payload (raw 64 KiB).
+    for (let i = 0; i < 64; i++) {
+      est.recordWire(24, 0);
+      est.recordWire(32 * 1024, 64 * 1024);
+    }
+    expect(est.predict().compressionRatio).toBeCloseTo((64 * 1024) / (32 * 1024 + 24), 2);
+    // Raw bytes attributed to chunks in lumps (two records' worth on one chunk, none on the next).
+    const lumpy = new PrecopyEstimator({ now: c.now });
+    for (let i = 0; i < 64; i++) {
+      lumpy.recordWire(32 * 1024, i % 2 === 0 ? 128 * 1024 : 0);
+    }
+    expect(lumpy.predict().compressionRatio).toBeCloseTo(2, 6);
+  });
+
+  it('reads reported unsampled keep the view current; generation samples come from sampleGeneration()', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 8 * MIB, reinit: false });
+    est.updateStopCopySize(8 * MIB);
+    for (let i = 0; i < 8; i++) {
+      c.advance(50);
+      est.recordRead(MIB / 2, { sample: false });
+    }
+    expect(est.snapshot().stopCopyBytes).toBe(4 * MIB);
+    expect(est.predict().generationRateBytesPerMs).toBeNaN();
+    for (let i = 0; i < 4; i++) est.sampleGeneration(MIB, 2);
+    est.sampleGeneration(MIB, 0);
+    expect(est.predict().generationRateBytesPerMs).toBeCloseTo(MIB / 2, 6);
+  });
+
   it('the lower bound counts only bytes PRE_COPY can never send, at the best measured rate', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now });
