@@ -17,14 +17,14 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
-import type { Duplex, Readable, Writable } from 'node:stream';
+import type { Duplex, Writable } from 'node:stream';
 import type { TransportOptions } from '../transport/types.js';
 import type { MigrationCore } from '../fsm/core.js';
 import { ErrorCodes, type MigError, migError } from '../fsm/errors.js';
 import { DeviceState } from '../fsm/states.js';
 import type { SavingSession, Session } from '../fsm/types.js';
 import { PrecopyEstimator } from '../streams/estimator.js';
-import { createSavingStream } from '../streams/saving-stream.js';
+import { createSavingStream, type SavingStream } from '../streams/saving-stream.js';
 import { RecordType, ROUND_FLAG_EMPTY } from '../streams/wire-format.js';
 import {
   CONTROL_PROTOCOL_VERSION,
@@ -125,7 +125,7 @@ const FEATURES: ControlFeatures = { switchoverAck: true, digest: true };
 interface DeviceRun {
   core: MigrationCore;
   session: SavingSession | null;
-  stream: Readable | null;
+  stream: SavingStream | null;
   pump: Promise<void> | null;
   bytes: number;
   precopyBytes: number;
@@ -325,6 +325,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       await this.#latch.guard(enterP2P(cores));
       await this.#latch.guard(enterStopCopy(cores));
       this.#est.recordFixedCost('enterStopCopy', performance.now() - tStop);
+      // A PRE_COPY stream idling in its backoff after a temporary end would sleep into the downtime.
+      for (const d of this.#devs) d.stream?.retryNow();
 
       this.#setPhase('stop-copy');
       for (let i = 0; i < this.#devs.length; i++) {

@@ -328,6 +328,20 @@ export abstract class ChunkSource extends Readable {
     );
   }
 
+  /**
+   * Cut a retry wait short and restart the backoff: the caller knows data is coming (a PRE_COPY
+   * session just entered STOP_COPY, where every ms of backoff is downtime). No effect otherwise.
+   */
+  retryNow(): void {
+    this.backoff.reset();
+    if (this.#wake === null) return;
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timer = null;
+    const wake = this.#wake;
+    this.#wake = null;
+    wake();
+  }
+
   #sleep(ms: number): Promise<void> {
     return new Promise((resolve) => {
       this.#wake = resolve;

@@ -114,6 +114,28 @@ describe('SavingStream over a method-backed session', () => {
     expect(Math.max(...gaps)).toBeLessThan(200);
   });
 
+  it('retryNow() cuts a long backoff short when STOP_COPY data is known to be coming', async () => {
+    const session = new ScriptedSaving({ available: 10, phase: 'PRE_COPY' });
+    let empties = 0;
+    session.onEmpty = () => {
+      empties++;
+    };
+    // A backoff of 10 s: without retryNow() the STOP_COPY data would wait that long.
+    const s = createSavingStream(session, { backoffMin: 10_000, backoffMax: 10_000 });
+    const done = collect(s);
+    while (empties < 1) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(empties).toBe(1);
+    session.phase = 'STOP_COPY';
+    session.add(5000);
+    const t0 = performance.now();
+    s.retryNow();
+    const { chunks, events } = await done;
+    expect(performance.now() - t0).toBeLessThan(5000);
+    expect(events).toEqual(['precopy-empty', 'precopy-data', 'end', 'close']);
+    expect(sha(...chunks)).toBe(sha(pattern(0, 5010)));
+  });
+
   it('retries EAGAIN with backoff and reports each data read through onRead', async () => {
     const session = new ScriptedSaving({ available: 300_000, maxRead: 100_000 });
     session.faults.push(errnoError('EAGAIN', 11), errnoError('EAGAIN', 11));
