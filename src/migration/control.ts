@@ -22,6 +22,8 @@ export interface ControlFeatures {
   switchoverAck: boolean;
   /** Source device digests are sent at the end and compared by the destination. */
   digest: boolean;
+  /** The destination answers 'ping' with 'pong' (the source times the return path before PRE_COPY). */
+  ping?: boolean;
 }
 
 export type MigrationPhase =
@@ -59,12 +61,17 @@ export type ForwardMessage =
   /** All device data was sent (`records`: DATA records per device, over all channels): drain, validate, acknowledge. */
   | { type: 'commit'; records?: number[] }
   /** The source gives up; the destination resets its devices. */
-  | { type: 'abort'; code: string; message: string; phase: MigrationPhase };
+  | { type: 'abort'; code: string; message: string; phase: MigrationPhase }
+  /** Answer with 'pong' at once (only to a destination whose 'ready' lists the ping feature). */
+  | { type: 'ping'; id: number };
 
 /** Destination -> source (return path frames). */
 export type ReturnMessage =
-  /** Compatible devices, all in RESUMING: the source may start. */
-  | { type: 'ready'; version: number; features: ControlFeatures }
+  /**
+   * Compatible devices, all in RESUMING: the source may start. `setupMs`: how long entering
+   * RESUMING took, the destination's arcs the source has no other measure of before the switchover.
+   */
+  | { type: 'ready'; version: number; features: ControlFeatures; setupMs?: number }
   /** Incompatible or unable: no source device has left RUNNING. */
   | { type: 'refuse'; code: string; message: string; device?: number }
   /** The initial data of `epoch` is loaded into every device (QEMU's switchover-ack). */
@@ -74,10 +81,12 @@ export type ReturnMessage =
   /** Destination devices are RUNNING; ms measured on the destination since it saw 'commit'. */
   | { type: 'running'; resumeMs: number; drainMs: number }
   /** The destination failed; it has reset its devices. */
-  | { type: 'error'; code: string; message: string; phase: MigrationPhase };
+  | { type: 'error'; code: string; message: string; phase: MigrationPhase }
+  /** Answer to 'ping'. */
+  | { type: 'pong'; id: number };
 
-const FORWARD_TYPES = new Set(['hello', 'initial-sent', 'reinit', 'switchover', 'digest', 'commit', 'abort']);
-const RETURN_TYPES = new Set(['ready', 'refuse', 'switchover-ack', 'validated', 'running', 'error']);
+const FORWARD_TYPES = new Set(['hello', 'initial-sent', 'reinit', 'switchover', 'digest', 'commit', 'abort', 'ping']);
+const RETURN_TYPES = new Set(['ready', 'refuse', 'switchover-ack', 'validated', 'running', 'error', 'pong']);
 
 function protocolError(message: string, detail?: Record<string, unknown>) {
   return migError(ErrorCodes.PROTOCOL, message, { detail });
@@ -119,6 +128,9 @@ export function parseForwardMessage(value: unknown, deviceCount?: number): Forwa
     case 'abort':
       if (typeof value.code !== 'string' || typeof value.message !== 'string') throw protocolError('malformed abort');
       break;
+    case 'ping':
+      if (typeof value.id !== 'number') throw protocolError('malformed ping');
+      break;
     default:
       break;
   }
@@ -133,6 +145,7 @@ export function parseReturnMessage(value: unknown): ReturnMessage {
   switch (value.type) {
     case 'ready':
       if (typeof value.version !== 'number' || !isObject(value.features)) throw protocolError('malformed ready');
+      if (value.setupMs !== undefined && typeof value.setupMs !== 'number') throw protocolError('malformed ready');
       break;
     case 'refuse':
     case 'error':
@@ -146,6 +159,9 @@ export function parseReturnMessage(value: unknown): ReturnMessage {
       break;
     case 'running':
       if (typeof value.resumeMs !== 'number') throw protocolError('malformed running');
+      break;
+    case 'pong':
+      if (typeof value.id !== 'number') throw protocolError('malformed pong');
       break;
     default:
       break;

@@ -64,7 +64,7 @@ interface Reorder {
   pending: Map<number, Buffer>;
 }
 
-const FEATURES: ControlFeatures = { switchoverAck: true, digest: true };
+const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, ping: true };
 
 interface DeviceLoad {
   core: MigrationCore;
@@ -265,6 +265,9 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
               }
               case 'reinit':
                 break;
+              case 'ping':
+                this.#reply({ type: 'pong', id: msg.id });
+                break;
               case 'switchover':
                 this.#switchAt = performance.now();
                 this.#setPhase('stop-copy');
@@ -324,6 +327,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       refuse(ErrorCodes.UNSUPPORTED, `the source wants ${this.#channels} channels; this destination takes one connection`);
     }
     this.#setPhase('setup');
+    const tSetup = performance.now();
     try {
       await this.#latch.guard(stepAll(this.#opts.devices, () => DeviceState.RESUMING));
     } catch (err) {
@@ -341,7 +345,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       stream.on('error', (err: unknown) => this.#latch.fail(asPhaseError(err, this.#phase)));
       d.stream = stream;
     }
-    this.#reply({ type: 'ready', version: CONTROL_PROTOCOL_VERSION, features: FEATURES });
+    this.#reply({ type: 'ready', version: CONTROL_PROTOCOL_VERSION, features: FEATURES, setupMs: performance.now() - tSetup });
     for (let k = 1; k < this.#channels; k++) {
       const loop = this.#channelLoop();
       loop.catch((err: unknown) => this.#latch.fail(asPhaseError(err, this.#phase)));

@@ -121,6 +121,8 @@ const GEN_SAMPLE_MS = 10;
 const MIN_SAMPLE_BYTES = 64 * 1024;
 
 const FEATURES: ControlFeatures = { switchoverAck: true, digest: true };
+/** Round trips timed before PRE_COPY (the first one warms both sides' code paths). */
+const PINGS = 3;
 
 interface DeviceRun {
   core: MigrationCore;
@@ -292,6 +294,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         if (reply.type === 'refuse') {
           throw migError(reply.code, `destination refused: ${reply.message}`, { phase: 'handshake', device: reply.device });
         }
+        await this.#calibrate(reply);
       }
 
       for (let k = 1; k < channels; k++) {
@@ -434,12 +437,15 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const tick = this.#opts.tickMs ?? 100;
     this.#est.restartClock();
     let lastKey = '';
+    const tArcs = performance.now();
     for (let i = 0; i < this.#devs.length; i++) {
       const d = this.#devs[i];
       if (!d.precopy) continue;
       const session = await this.#latch.guard(d.core.setState(DeviceState.PRE_COPY));
       this.#startPump(i, this.#savingSession(d.core, session));
     }
+    // Until a switchover measures PRE_COPY -> STOP_COPY, the arcs into PRE_COPY stand for it.
+    if (this.#devs.some((d) => d.precopy)) this.#est.setFixedCostPrior('enterStopCopy', performance.now() - tArcs);
     for (;;) {
       await this.#latch.guard(this.#query());
       this.#reportInFlight();
@@ -474,6 +480,27 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       wire += q.wireBytes;
     }
     this.#est.setInFlight(wire, raw);
+  }
+
+  /**
+   * Fixed costs a first prediction can know before any switchover. A switchover ends with a round
+   * trip on an idle link (commit out, 'running' back): the median of PINGS ping/pong round trips
+   * measures it. The destination's arcs into RESUMING ('ready'.setupMs) stand for its arcs out of it
+   * (validation, resume). Priors, not samples: they shape the prediction, never an abort's lower bound.
+   */
+  async #calibrate(ready: ReturnMessage): Promise<void> {
+    if (ready.type !== 'ready') return;
+    if (typeof ready.setupMs === 'number') this.#est.setFixedCostPrior('destValidate', ready.setupMs);
+    if (ready.features.ping !== true) return;
+    const rtts: number[] = [];
+    for (let id = 0; id < PINGS; id++) {
+      const t = performance.now();
+      await this.#send({ type: 'ping', id });
+      await this.#expect('pong');
+      rtts.push(performance.now() - t);
+    }
+    rtts.sort((a, b) => a - b);
+    this.#est.setFixedCostPrior('linkLatency', rtts[Math.floor(rtts.length / 2)]);
   }
 
   /** Query precopy info and stop-copy size of the devices whose estimator view is due. */

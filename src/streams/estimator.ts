@@ -733,6 +733,17 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     if (rawBytes >= 0 && Number.isFinite(rawBytes)) this.inFlightRaw = rawBytes;
   }
 
+  /**
+   * The value a fixed cost takes until it is measured (the `fixedCosts` option, or a proxy the caller
+   * measured, e.g. the link's round trip before any switchover). It enters the prediction and its
+   * band, never the lower bound. Negative or non-finite values are ignored.
+   */
+  setFixedCostPrior(kind: FixedCostKind, ms: number): void {
+    if (!(kind in this.priors)) throw migError(ErrorCodes.USAGE, `unknown fixed cost kind ${String(kind)}`);
+    if (!(ms >= 0) || !Number.isFinite(ms)) return;
+    this.priors[kind] = ms;
+  }
+
   /** A fixed cost was measured (e.g. a MigrationCore 'arc' event's ms, or the destination's validation time it reported). */
   recordFixedCost(kind: FixedCostKind, ms: number): void {
     const w = this.fixed[kind];
@@ -775,6 +786,8 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     // Fixed costs first: the time to enter STOP_COPY also decides how much more gets dirtied.
     const fixedMs = { enterStopCopy: 0, destValidate: 0, destResume: 0, linkLatency: 0, total: 0 };
     let fixedLow = 0;
+    // The lower bound (an abort's proof) counts measured costs only: a prior or a proxy proves nothing.
+    let fixedFloor = 0;
     let fixedVar = 0;
     for (const kind of FIXED_COST_KINDS) {
       const w = this.fixed[kind];
@@ -785,7 +798,9 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       }
       const s = w.stats();
       fixedMs[kind] = s.mean;
-      fixedLow += Math.min(s.min, Math.max(0, s.mean - k * s.std));
+      const low = Math.min(s.min, Math.max(0, s.mean - k * s.std));
+      fixedLow += low;
+      fixedFloor += low;
       fixedVar += s.std * s.std;
     }
     fixedMs.total = fixedMs.enterStopCopy + fixedMs.destValidate + fixedMs.destResume + fixedMs.linkLatency;
@@ -883,7 +898,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       downtimeMs: valid ? fixedMs.total + transferMs : Infinity,
       lowMs: valid ? fixedLow + transferLow : Infinity,
       highMs: valid ? fixedHigh + transferHigh : Infinity,
-      lowerBoundMs: fixedLow + transferBest,
+      lowerBoundMs: Math.min(fixedFloor, fixedLow) + transferBest,
       stopCopyBytes,
       floorBytes,
       growthBytes,

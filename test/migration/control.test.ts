@@ -46,6 +46,12 @@ describe('return-path frames', () => {
     expect(() => parseForwardMessage({ type: 'digest', device: 2, digest: 'ab' }, 2)).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_PROTOCOL' }));
     expect(() => parseForwardMessage({ type: 'initial-sent' })).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_PROTOCOL' }));
     expect(() => parseForwardMessage(null)).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_PROTOCOL' }));
+    expect(parseForwardMessage({ type: 'ping', id: 2 })).toEqual({ type: 'ping', id: 2 });
+    expect(() => parseForwardMessage({ type: 'ping' })).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_PROTOCOL' }));
+    expect(parseReturnMessage({ type: 'pong', id: 2 })).toEqual({ type: 'pong', id: 2 });
+    expect(() => parseReturnMessage({ type: 'pong', id: '2' })).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_PROTOCOL' }));
+    expect(parseReturnMessage({ type: 'ready', version: 1, features: {}, setupMs: 3.5 })).toMatchObject({ setupMs: 3.5 });
+    expect(() => parseReturnMessage({ type: 'ready', version: 1, features: {}, setupMs: 'slow' })).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_PROTOCOL' }));
   });
 });
 

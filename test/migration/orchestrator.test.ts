@@ -61,6 +61,19 @@ describe('migrate/receive in one process', () => {
     dst.close();
   });
 
+  it('a switchover with nothing left to move still predicts the fixed costs measured before it (handshake round trip, arcs into PRE_COPY)', async () => {
+    const { s, decisions, src, dst } = await pairRun(1, 4 * MiB, () => 7);
+    expect(s.verified).toBe(true);
+    const last = decisions.at(-1);
+    expect(last?.action).toBe('switchover');
+    expect(last?.numbers.stopCopyBytes).toBeLessThan(64 * 1024);
+    // Not 0 ms: the return path and the destination's work are part of every downtime.
+    expect(last?.numbers.downtimeMs).toBeGreaterThan(0);
+    expect(s.predictedDowntimeMs).toBe(last?.numbers.downtimeMs);
+    src.close();
+    dst.close();
+  });
+
   it('many devices: every device reaches its P2P state before any stops, on both sides', async () => {
     // Device 2 has no PRE_COPY: it goes RUNNING -> RUNNING_P2P -> STOP -> STOP_COPY at switchover.
     const { s, src, dst } = await pairRun(3, 4 * MiB, (i) => (i === 2 ? 0x3 : 0x7));

@@ -278,6 +278,29 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.highMs).toBeGreaterThan(p.fixedMs.total + 100 / 0.95);
   });
 
+  it('a fixed-cost prior (a proxy measured before any switchover) shapes the prediction, never the lower bound', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(0);
+    const before = est.predict();
+    est.setFixedCostPrior('linkLatency', 800);
+    est.setFixedCostPrior('destValidate', -1);
+    est.setFixedCostPrior('destValidate', Number.NaN);
+    const p = est.predict();
+    expect(p.fixedMs.linkLatency).toBe(800);
+    expect(p.fixedMs.destValidate).toBe(0);
+    expect(p.downtimeMs).toBeCloseTo(before.downtimeMs + 800, 9);
+    expect(p.lowMs).toBeCloseTo(before.lowMs + 800, 9);
+    // A cold peer's 800 ms handshake must not prove a 500 ms limit impossible.
+    expect(p.lowerBoundMs).toBe(before.lowerBoundMs);
+    // A measurement replaces the prior and does count.
+    est.recordFixedCost('linkLatency', 2);
+    expect(est.predict().fixedMs.linkLatency).toBe(2);
+    expect(est.predict().lowerBoundMs).toBeCloseTo(before.lowerBoundMs + 2, 9);
+    expect(() => est.setFixedCostPrior('bogus' as never, 1)).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_USAGE' }));
+  });
+
   it('a noisy rate widens the band; a steady one keeps it at the minimum', () => {
     const c = clock();
     const noisy = new PrecopyEstimator({ now: c.now });
