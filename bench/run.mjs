@@ -53,8 +53,14 @@ async function main() {
   }
   let selected = modules;
   if (opts.only) {
-    selected = modules.filter(({ name, mod }) =>
-      name === opts.only || (mod.names ?? []).some((n) => n === opts.only || opts.only.startsWith(n)));
+    // A file by its name, else the file whose result-name prefix matches longest (so that
+    // `--only fd-read-fuse` runs fd-read-fuse.mjs, not also fd-read.mjs).
+    selected = modules.filter(({ name }) => name === opts.only);
+    if (selected.length === 0) {
+      const match = (mod) => Math.max(-1, ...(mod.names ?? []).filter((n) => n === opts.only || opts.only.startsWith(n)).map((n) => n.length));
+      const best = Math.max(-1, ...modules.map(({ mod }) => match(mod)));
+      selected = best < 0 ? [] : modules.filter(({ mod }) => match(mod) === best);
+    }
     if (selected.length === 0) {
       process.stderr.write(`bench: no benchmark named ${opts.only} (files: ${files.join(', ')})\n`);
       return 64;
