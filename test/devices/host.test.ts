@@ -362,18 +362,26 @@ describe('device host: fixture driver over FIFOs', () => {
   });
 
   it('a device write error mid-stream reaches a net.Socket writer as EPIPE and the arc as the device\'s EIO', async () => {
-    const size = 2 << 20;
+    // The writer can only see EPIPE if it still has bytes to write when the child closes its end.
+    // Past the failing byte the host legitimately absorbs up to its read queue (chunkSize, 1 MiB by
+    // default, plus one FIFO read) and the pipe buffer; a writer that finished within that window
+    // sees no error at all (it happened with a 2 MiB stream when the device was the slowest part).
+    // So the stream goes on for several times that window after the failing byte.
+    const failWriteAt = 1 << 20;
+    const size = 4 << 20;
     const a = await fixture({ size, seed: 5 });
-    const b = await fixture({ size, seed: 5, failWriteAt: 1 << 20 });
+    const b = await fixture({ size, seed: 5, failWriteAt });
     await a.step(S.RUNNING, S.STOP);
     const ss = (await a.step(S.STOP, S.STOP_COPY)) as HostedSavingSession;
     await b.step(S.RUNNING, S.STOP);
     const rs = (await b.step(S.STOP, S.RESUMING)) as HostedResumingSession;
     const src = new Socket({ fd: ss.takeFd(), readable: true, writable: false });
     const dst = new Socket({ fd: rs.takeFd(), readable: false, writable: true });
+    const failed = writerError(dst, 20_000, () => `rs.error=${rs.error?.code ?? null}`);
     src.pipe(dst);
-    const [werr] = (await once(dst, 'error')) as [NodeJS.ErrnoException];
+    const werr = await failed;
     expect(werr.code).toBe('EPIPE');
+    expect(dst.bytesWritten).toBeLessThan(16 + size);
     src.destroy();
     await waitFor(() => rs.error !== null);
     expect(rs.error).toMatchObject({ code: 'EIO' });
@@ -469,6 +477,30 @@ describe('device host: fixture driver over FIFOs', () => {
     expect(await a.stopCopySize()).toBe(16 + (1 << 16));
   });
 });
+
+/**
+ * The first 'error' of a writer socket, bounded: rejects with what happened instead (it finished
+ * and closed without an error, or nothing at all within `ms`), never left to the test timeout.
+ */
+function writerError(sock: Socket, ms: number, why: () => string): Promise<NodeJS.ErrnoException> {
+  return new Promise((resolve, reject) => {
+    let finished = false;
+    const timer = setTimeout(
+      () => reject(new Error(`writer saw no error within ${ms} ms (${sock.bytesWritten} bytes written, finished=${finished}, ${why()})`)),
+      ms,
+    );
+    sock.once('finish', () => (finished = true));
+    sock.once('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      resolve(err);
+    });
+    sock.once('close', (hadError: boolean) => {
+      if (hadError) return;
+      clearTimeout(timer);
+      reject(new Error(`writer closed without an error after writing all ${sock.bytesWritten} bytes (finished=${finished}, ${why()})`));
+    });
+  });
+}
 
 async function waitFor(cond: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
   const t0 = Date.now();
