@@ -429,6 +429,11 @@ export class TokenBucket {
     this.last = this.now();
   }
 
+  /** Bytes that could be sent now without waiting (the credit, after refilling; <= 0 while in debt). */
+  available(): number {
+    return Math.min(this.burstBytes, this.tokens + (this.now() - this.last) * this.bytesPerMs);
+  }
+
   /** Reserve `bytes`; returns the delay in ms before they may be sent (0: now). */
   take(bytes: number): number {
     const now = this.now();

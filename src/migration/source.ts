@@ -151,6 +151,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   #w: ForwardWriter | null;
   /** Every data channel's writer: [main, extra...]. */
   #writers: ForwardWriter[];
+  /** The bandwidth cap shared by every channel, if any. */
+  #bucket: TokenBucket | null = null;
   #extra: Duplex[];
   /** DATA records sent per device, all channels. */
   #records: number[];
@@ -264,6 +266,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       const migrationId = randomBytes(8).toString('hex');
       // One bucket for every channel: the cap is on the migration's total wire bytes.
       const bucket = (opts.bandwidth ?? 0) > 0 ? new TokenBucket({ bytesPerSecond: opts.bandwidth as number }) : undefined;
+      this.#bucket = bucket ?? null;
       const table = identities.map((identity, i) => ({ name: opts.names?.[i] ?? `dev${i}`, identity }));
       const onWire = (wire: number, raw: number, durationMs: number | undefined) => {
         if (durationMs !== undefined && wire >= MIN_SAMPLE_BYTES) this.#est.recordWire(wire, raw, { durationMs });
@@ -480,6 +483,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       wire += q.wireBytes;
     }
     this.#est.setInFlight(wire, raw);
+    if (this.#bucket !== null) this.#est.setLinkCredit(Math.max(0, this.#bucket.available()));
   }
 
   /**

@@ -421,6 +421,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   private inFlightRaw: number;
   private ratioRaw = 0;
   private ratioWire = 0;
+  private linkCredit = 0;
 
   constructor(options: PrecopyEstimatorOptions = {}) {
     super();
@@ -744,6 +745,15 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     this.priors[kind] = ms;
   }
 
+  /**
+   * Wire bytes the link would take at once, ahead of its measured rate: a bandwidth cap's token
+   * bucket credit (TokenBucket.available()). A switchover's first bytes up to it leave unpaced.
+   * 0 (the default) when the link has no such credit. Negative or non-finite values are ignored.
+   */
+  setLinkCredit(wireBytes: number): void {
+    if (wireBytes >= 0 && Number.isFinite(wireBytes)) this.linkCredit = wireBytes;
+  }
+
   /** A fixed cost was measured (e.g. a MigrationCore 'arc' event's ms, or the destination's validation time it reported). */
   recordFixedCost(kind: FixedCostKind, ms: number): void {
     const w = this.fixed[kind];
@@ -814,7 +824,9 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     const wireKnown = this.wire.count >= o.minSamples && ws.mean > 0;
     // Wire bytes already queued go out before anything STOP_COPY produces; in raw-byte terms.
     const inFlightRaw = this.inFlight * ratio + this.inFlightRaw;
-    const inFlightMs = inFlightRaw / ratio / (wireKnown ? ws.mean : o.priorRateBytesPerMs);
+    // A token bucket's credit leaves at once, not at the capped rate: only the rest is paced.
+    const creditRaw = wireKnown ? this.linkCredit * ratio : 0;
+    const inFlightMs = Math.max(0, inFlightRaw - creditRaw) / ratio / (wireKnown ? ws.mean : o.priorRateBytesPerMs);
 
     let stopCopyBytes = 0;
     let floorBytes = 0;
@@ -871,11 +883,12 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     if (wireKnown) {
       const raw = ws.mean * ratio;
       const rel = Math.max(o.minRelativeBand, k * Math.sqrt(ws.relErr * ws.relErr + ratioRel * ratioRel));
-      wireMs = transferBytes / raw;
-      wireMsLow = transferBytes / (raw * (1 + rel));
-      wireMsHigh = transferBytes / (raw * (1 - Math.min(rel, MAX_RELATIVE_BAND)));
+      const paced = Math.max(0, transferBytes - creditRaw);
+      wireMs = paced / raw;
+      wireMsLow = paced / (raw * (1 + rel));
+      wireMsHigh = paced / (raw * (1 - Math.min(rel, MAX_RELATIVE_BAND)));
       const best = Math.max(raw * (1 + rel), Number.isFinite(ws.best) ? ws.best * ratio : 0);
-      wireMsBest = floorBytes / best;
+      wireMsBest = Math.max(0, floorBytes - creditRaw) / best;
     } else {
       // Nothing measured on the wire yet: the prior rate, with a wide band (x4 either way).
       if (transferBytes > o.smallStateBytes) confident = false;

@@ -295,6 +295,13 @@ describe('bandwidth cap', () => {
     t += 10_000;
     expect(b.take(100_000)).toBe(0);
     expect(b.take(1000)).toBe(1);
+    // available() reports the credit without taking it: negative in debt, capped at the burst.
+    expect(b.available()).toBe(-1000);
+    t += 21;
+    expect(b.available()).toBe(20_000);
+    expect(b.available()).toBe(20_000);
+    t += 1_000_000;
+    expect(b.available()).toBe(100_000);
   });
 
   it('one bucket shared by two channels caps their sum', () => {

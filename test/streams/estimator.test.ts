@@ -458,6 +458,25 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(est.predict().transferBytes).toBe(6 * MIB);
   });
 
+  it('a token bucket credit leaves unpaced: only the bytes beyond it take the measured (capped) rate', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(4 * MIB);
+    // 2:1 compression at 1 MiB of wire per 10 ms.
+    for (let i = 0; i < 4; i++) est.recordWire(MIB, 2 * MIB, { durationMs: 10 });
+    expect(est.predict().transferMs).toBeCloseTo(20, 6);
+    // 1 MiB of wire credit carries 2 MiB raw at once: 2 MiB left at 2 MiB per 10 ms.
+    est.setLinkCredit(MIB);
+    expect(est.predict().transferMs).toBeCloseTo(10, 6);
+    est.setLinkCredit(8 * MIB);
+    expect(est.predict().transferMs).toBe(0);
+    est.setLinkCredit(-1);
+    expect(est.predict().transferMs).toBe(0);
+    est.setLinkCredit(0);
+    expect(est.predict().transferMs).toBeCloseTo(20, 6);
+  });
+
   it('compression-ratio samples are sums of chunks: a header chunk carrying no raw bytes does not bias them', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now });
