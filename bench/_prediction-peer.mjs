@@ -77,6 +77,7 @@ async function source(cell) {
       phases: s.phases,
       verified: s.verified,
       switchoverAtMs: last?.atMs ?? null,
+      switchNumbers: last?.action === 'switchover' ? last.numbers : null,
       digest: dev.digest(),
       maxRssKB: maxRssKB(),
     });

@@ -129,6 +129,8 @@ export default async function run({ quick, log = () => {} }) {
           rounds: src.rounds,
           switchoverAtMs: src.switchoverAtMs,
           compressionRatio: src.compressionRatio,
+          phases: src.phases,
+          atSwitchover: src.switchNumbers,
         }),
       );
     } else {

@@ -24,7 +24,16 @@ export interface ControlFeatures {
   digest: boolean;
   /** The destination answers 'ping' with 'pong' (the source times the return path before PRE_COPY). */
   ping?: boolean;
+  /**
+   * Source: it wants 'loaded' reports. Destination: it sends them, every LOADED_REPORT_MS of
+   * PRE_COPY while bytes arrive: how much its devices took, so the source sees the backlog in the
+   * network and at the destination, which a switchover also waits for.
+   */
+  loaded?: boolean;
 }
+
+/** Period of the destination's 'loaded' reports in PRE_COPY. */
+export const LOADED_REPORT_MS = 100;
 
 export type MigrationPhase =
   | 'connect'
@@ -83,10 +92,12 @@ export type ReturnMessage =
   /** The destination failed; it has reset its devices. */
   | { type: 'error'; code: string; message: string; phase: MigrationPhase }
   /** Answer to 'ping'. */
-  | { type: 'pong'; id: number };
+  | { type: 'pong'; id: number }
+  /** Raw device bytes the destination's devices have taken so far (all channels). */
+  | { type: 'loaded'; bytes: number };
 
 const FORWARD_TYPES = new Set(['hello', 'initial-sent', 'reinit', 'switchover', 'digest', 'commit', 'abort', 'ping']);
-const RETURN_TYPES = new Set(['ready', 'refuse', 'switchover-ack', 'validated', 'running', 'error', 'pong']);
+const RETURN_TYPES = new Set(['ready', 'refuse', 'switchover-ack', 'validated', 'running', 'error', 'pong', 'loaded']);
 
 function protocolError(message: string, detail?: Record<string, unknown>) {
   return migError(ErrorCodes.PROTOCOL, message, { detail });
@@ -162,6 +173,9 @@ export function parseReturnMessage(value: unknown): ReturnMessage {
       break;
     case 'pong':
       if (typeof value.id !== 'number') throw protocolError('malformed pong');
+      break;
+    case 'loaded':
+      if (typeof value.bytes !== 'number' || !(value.bytes >= 0)) throw protocolError('malformed loaded');
       break;
     default:
       break;

@@ -24,6 +24,7 @@ import { createResumingStream } from '../streams/resuming-stream.js';
 import { RecordType, type DecodedObject, type StreamHeader } from '../streams/wire-format.js';
 import {
   CONTROL_PROTOCOL_VERSION,
+  LOADED_REPORT_MS,
   compatibilityProblem,
   encodeFrame,
   parseForwardMessage,
@@ -64,7 +65,7 @@ interface Reorder {
   pending: Map<number, Buffer>;
 }
 
-const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, ping: true };
+const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, ping: true, loaded: true };
 
 interface DeviceLoad {
   core: MigrationCore;
@@ -91,6 +92,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
   #phases: Partial<Record<MigrationPhase, number>>;
   #lastProgressAt: number;
   #switchAt: number;
+  /** The source asked for 'loaded' reports (hello features). */
+  #reportLoaded = false;
   #validated: boolean;
   #resumed: boolean;
   #decoder: RecordDecoder | null;
@@ -169,6 +172,15 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       }
     }, Math.min(250, Math.max(10, stallMs / 4)));
     const progressTimer = setInterval(() => this.#emitProgress(), opts.progressMs ?? 250);
+    // 'loaded' reports for a source that asked: PRE_COPY only, and only when bytes moved.
+    let reported = -1;
+    const loadedTimer = setInterval(() => {
+      if (!this.#reportLoaded || this.#phase !== 'precopy') return;
+      const bytes = this.#devs.reduce((sum, d) => sum + d.bytes, 0);
+      if (bytes === reported) return;
+      reported = bytes;
+      this.#reply({ type: 'loaded', bytes });
+    }, LOADED_REPORT_MS);
     try {
       if (opts.devices.length === 0) throw migError(ErrorCodes.USAGE, 'receive: no devices');
       if (opts.signal?.aborted) onAbort();
@@ -191,6 +203,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     } finally {
       clearInterval(stallTimer);
       clearInterval(progressTimer);
+      clearInterval(loadedTimer);
       opts.signal?.removeEventListener('abort', onAbort);
     }
   }
@@ -322,7 +335,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       const problem = compatibilityProblem(header.devices[i].identity, this.#devs[i].core.identity());
       if (problem !== null) refuse(ErrorCodes.INCOMPATIBLE, `device ${i} (${header.devices[i].name}): ${problem}`, i);
     }
-    void features;
+    this.#reportLoaded = features.loaded === true;
     if (this.#channels > 1 && this.#opts.accept === undefined) {
       refuse(ErrorCodes.UNSUPPORTED, `the source wants ${this.#channels} channels; this destination takes one connection`);
     }

@@ -173,6 +173,8 @@ export class ConvergenceTracker {
   private since = NaN;
   /** The least bytes among samples that left the window. */
   private lowBefore = Infinity;
+  /** elapsedMs of the first sample with bytes, NaN before. */
+  private bytesSince = NaN;
 
   reset(): void {
     this.t.length = 0;
@@ -180,17 +182,24 @@ export class ConvergenceTracker {
     this.diverging.length = 0;
     this.since = NaN;
     this.lowBefore = Infinity;
+    this.bytesSince = NaN;
   }
 
+  /**
+   * One decision's sample. `bytes` NaN: not judged for draining (the initial data is still being
+   * sent, and drains by definition); its `diverging` flag still counts.
+   */
   add(elapsedMs: number, bytes: number, diverging: boolean, windowMs: number): void {
     if (Number.isNaN(this.since)) this.since = elapsedMs;
+    if (Number.isNaN(this.bytesSince) && !Number.isNaN(bytes)) this.bytesSince = elapsedMs;
     this.t.push(elapsedMs);
     this.bytes.push(bytes);
     this.diverging.push(diverging);
     // Bounded: samples older than one window are dropped.
     while (this.t.length > 0 && this.t[0] < elapsedMs - windowMs) {
       this.t.shift();
-      this.lowBefore = Math.min(this.lowBefore, this.bytes.shift() as number);
+      const b = this.bytes.shift() as number;
+      if (!Number.isNaN(b)) this.lowBefore = Math.min(this.lowBefore, b);
       this.diverging.shift();
     }
   }
@@ -203,24 +212,33 @@ export class ConvergenceTracker {
     let secondMin = Infinity;
     let first = 0;
     let second = 0;
+    let secondBytes = 0;
     let div = 0;
     for (let i = 0; i < this.t.length; i++) {
+      const b = this.bytes[i];
       if (this.t[i] < mid) {
         first++;
-        firstMin = Math.min(firstMin, this.bytes[i]);
+        if (!Number.isNaN(b)) firstMin = Math.min(firstMin, b);
       } else {
         second++;
-        secondMin = Math.min(secondMin, this.bytes[i]);
+        if (!Number.isNaN(b)) {
+          secondBytes++;
+          secondMin = Math.min(secondMin, b);
+        }
       }
       if (this.diverging[i]) div++;
     }
     if (first < 2 || second < 2) return null;
-    return { draining: secondMin < firstMin, divergingFraction: div / this.t.length, firstMin, secondMin };
+    // Draining is judged only once byte samples span a whole window (else: assumed).
+    const bytesJudged = !Number.isNaN(this.bytesSince) && elapsedMs - this.bytesSince >= windowMs && secondBytes >= 2 && Number.isFinite(firstMin);
+    return { draining: !bytesJudged || secondMin < firstMin, divergingFraction: div / this.t.length, firstMin, secondMin };
   }
 }
 
 /** Share of a window's samples with dirty rate >= throughput that counts as not converging. */
 const DIVERGING_FRACTION = 0.8;
+/** PRE_COPY settling this many times the limit's worth of bytes above it counts as diverging. */
+const STEADY_FACTOR = 4;
 
 /** The abort checks shared by the built-ins, in order: budget, lower bound, non-convergence. */
 function abortChecks(
@@ -246,14 +264,30 @@ function abortChecks(
     );
   }
   if (!checkConvergence || !Number.isFinite(windowMs)) return null;
-  // Judged past the initial data only (it drains by definition) and on usable numbers.
-  if (!p.valid || !p.confident || !s.initialSent || s.queryFailed) return null;
-  const diverging = p.dirtyRateBytesPerMs > 0 && p.dirtyRateBytesPerMs >= p.rateBytesPerMs;
-  tracker.add(s.elapsedMs, p.transferBytes, diverging, windowMs);
+  // On usable numbers only. The dirty rate counts from the start (devices that report dirtying
+  // during their initial data give a rate then: re-dirtying of what was already sent at the link's
+  // pace already, with more of the state exposed to it as the pass goes on); the bytes a switchover
+  // would move only past the initial data (they drain by definition before).
+  if (!p.valid || !p.confident || s.queryFailed) return null;
+  // Diverging: dirtying keeps up with the link, or PRE_COPY would settle (steadyDirtyBytes) far
+  // above what the limit can move, by STEADY_FACTOR: the model is an extrapolation, and a verdict
+  // on it still needs DIVERGING_FRACTION of a window.
+  const steadyMs = p.rateBytesPerMs > 0 ? p.steadyDirtyBytes / p.rateBytesPerMs : Number.NaN;
+  const settlesHigh = Number.isFinite(steadyMs) && steadyMs > STEADY_FACTOR * limitMs;
+  const diverging = (p.dirtyRateBytesPerMs > 0 && p.dirtyRateBytesPerMs >= p.rateBytesPerMs) || settlesHigh;
+  tracker.add(s.elapsedMs, s.initialSent ? p.transferBytes : Number.NaN, diverging, windowMs);
   if (p.highMs <= limitMs) return null;
   const v = tracker.verdict(s.elapsedMs, windowMs);
   if (v === null) return null;
   const numbers = { ...n, windowMs, divergingFraction: v.divergingFraction, windowFirstMinBytes: v.firstMin, windowSecondMinBytes: v.secondMin };
+  if (v.divergingFraction >= DIVERGING_FRACTION && p.dirtyRateBytesPerMs < p.rateBytesPerMs && settlesHigh) {
+    return decision(
+      'abort',
+      'not-converging',
+      `PRE_COPY does not converge: the devices dirty ${fmtRate(p.dirtyRateBytesPerMs)} of their clean state, so PRE_COPY would settle at about ${fmtBytes(p.steadyDirtyBytes)} dirty, ${fmtMs(steadyMs)} at ${fmtRate(p.rateBytesPerMs)} (limit ${fmtMs(limitMs)}), in ${(v.divergingFraction * 100).toFixed(0)}% of the last ${fmtMs(windowMs)}`,
+      { ...numbers, steadyDirtyBytes: p.steadyDirtyBytes, steadyMs },
+    );
+  }
   if (v.divergingFraction >= DIVERGING_FRACTION) {
     return decision(
       'abort',

@@ -120,7 +120,7 @@ const GEN_SAMPLE_MS = 10;
 /** Reads and wire batches smaller than this are counted but not used as rate samples. */
 const MIN_SAMPLE_BYTES = 64 * 1024;
 
-const FEATURES: ControlFeatures = { switchoverAck: true, digest: true };
+const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true };
 /** Round trips timed before PRE_COPY (the first one warms both sides' code paths). */
 const PINGS = 3;
 
@@ -151,6 +151,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   #w: ForwardWriter | null;
   /** Every data channel's writer: [main, extra...]. */
   #writers: ForwardWriter[];
+  /** Raw bytes read from the devices and not yet taken by the destination's, at its last 'loaded' report. */
+  #destBacklog = 0;
+  #loadedReports = 0;
   /** The bandwidth cap shared by every channel, if any. */
   #bucket: TokenBucket | null = null;
   #extra: Duplex[];
@@ -324,9 +327,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
       this.#setPhase('switchover');
       this.#switching = true;
-      this.#downStart = performance.now();
       await this.#send({ type: 'switchover' });
       const cores = opts.devices;
+      // Downtime starts with the first device leaving RUNNING (the send above may wait on
+      // backpressure while every device still runs).
+      this.#downStart = performance.now();
       const tStop = performance.now();
       await this.#latch.guard(enterP2P(cores));
       await this.#latch.guard(enterStopCopy(cores));
@@ -481,6 +486,14 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       const q = w.queued();
       raw += q.rawBytes;
       wire += q.wireBytes;
+    }
+    // The destination's backlog includes the source's queues; beyond them it is bytes in the network
+    // or waiting at the destination, which the switchover waits for just the same, at about the
+    // link's rate when the link is the limit. Past a bandwidth cap they drain at the destination's
+    // own (uncapped) pace instead: counting them at the capped rate predicted 34 ms for 6.
+    if (this.#bucket === null) {
+      const ratio = this.#est.predict().compressionRatio;
+      raw += Math.max(0, this.#destBacklog - (raw + wire * ratio));
     }
     this.#est.setInFlight(wire, raw);
     if (this.#bucket !== null) this.#est.setLinkCredit(Math.max(0, this.#bucket.available()));
@@ -685,6 +698,13 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (msg.type === 'validated') {
       for (const ms of msg.validateMs) this.#est.recordFixedCost('destValidate', ms);
     }
+    if (msg.type === 'loaded') {
+      // Read from the devices but not yet in the destination's: source queues, the network and
+      // the destination's own queues. The report is at most one period and half a round trip old.
+      this.#destBacklog = Math.max(0, this.#devs.reduce((sum, d) => sum + d.bytes, 0) - msg.bytes);
+      this.#loadedReports++;
+      return;
+    }
     const i = this.#waiters.findIndex((w) => w.type === msg.type);
     if (i >= 0) this.#waiters.splice(i, 1)[0].resolve(msg);
     else this.#received.push(msg);
@@ -777,6 +797,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       round: this.#rounds(),
       predictedDowntimeMs: predicted,
       remainingBytes: remaining,
+      backlogBytes: this.#loadedReports > 0 ? this.#destBacklog : null,
       elapsedMs: now - this.#t0,
     };
     this.emit('progress', ev);

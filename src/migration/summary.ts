@@ -55,6 +55,11 @@ export interface ProgressEvent {
   predictedDowntimeMs: number | null;
   /** Remaining bytes the estimator knows of (initial + dirty, or stop-copy size), or null. */
   remainingBytes: number | null;
+  /**
+   * Source only: raw bytes read from the devices that the destination's devices had not taken at
+   * its last 'loaded' report (source queues, network, destination queues); null before any report.
+   */
+  backlogBytes?: number | null;
   elapsedMs: number;
 }
 

@@ -115,6 +115,14 @@ export interface Prediction {
   compressionRatio: number;
   /** Bytes the devices dirty per ms (0 when not measured). */
   dirtyRateBytesPerMs: number;
+  /**
+   * Where PRE_COPY settles: the dirty bytes at which the devices re-dirty their clean (already sent)
+   * state as fast as the link sends dirty data. With λ = dirty rate / clean sent bytes (the share of
+   * the clean state dirtied per ms), dirtying equals sending at total - rate / λ. A uniform workload
+   * settles there; a hot set's λ, measured on the clean bytes around it, settles at its size. NaN
+   * until a dirty rate is measured and at least a tenth of the state has been sent clean.
+   */
+  steadyDirtyBytes: number;
   /** Time to move transferBytes at the effective rate. */
   transferMs: number;
   /** Fixed costs in use (measured means or priors) and their sum. */
@@ -346,6 +354,8 @@ interface DeviceView {
   dirtying: RateWindow;
   /** A query past the initial data reported dirty bytes: the device dirties, rate known or not. */
   dirtySeen: boolean;
+  /** The most initial bytes reported in this epoch: the state PRE_COPY sends once (the steady-state model's total). */
+  initialTotal: number;
 }
 
 const DEFAULTS = {
@@ -468,6 +478,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
         generation: new RateWindow(w, alpha),
         dirtying: new RateWindow(w, alpha),
         dirtySeen: false,
+        initialTotal: 0,
       });
     }
     this.wire = new RateWindow(w, alpha);
@@ -550,6 +561,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       this.epochValue++;
       this.reinitCount++;
       v.initialSent = false;
+      v.initialTotal = initial;
       v.initial = initial;
       v.dirty = dirty;
       v.initialAtQuery = initial;
@@ -567,13 +579,18 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     if (v.lastQueryAt >= 0 && v.precopyValid) {
       // Bytes the device dirtied since the last query: growth of dirty_bytes plus what was read of
       // it meanwhile (reads beyond the initial data drained dirty data).
-      // Only between two queries past the initial data: drivers such as mlx5 report dirty_bytes 0
-      // while initial data remains, so a jump right after it would be a backlog, not a rate.
+      // Between two queries past the initial data; during it only for a driver that reports
+      // dirty_bytes then (SimDevice: what was sent and dirtied again). Drivers such as mlx5 report
+      // dirty_bytes 0 while initial data remains, so their jump right after it would be a backlog,
+      // not a rate.
       const dt = now - v.lastQueryAt;
       const dirtied = Math.max(0, dirty - v.dirtyAtQuery + v.readBeyondInitialSinceQuery);
-      if (dt > 0 && v.initialAtQuery === 0 && initial === 0) v.dirtying.add(dirtied, dt);
+      const pastInitial = v.initialAtQuery === 0 && initial === 0;
+      const reportsDuringInitial = v.initialAtQuery > 0 && initial > 0 && v.dirtyAtQuery > 0;
+      if (dt > 0 && (pastInitial || reportsDuringInitial)) v.dirtying.add(dirtied, dt);
     }
     if (initial === 0 && dirty > 0) v.dirtySeen = true;
+    v.initialTotal = Math.max(v.initialTotal, initial);
     v.initial = initial;
     v.dirty = dirty;
     v.initialAtQuery = initial;
@@ -841,7 +858,12 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     let genMsBest = 0;
     let slowestGen = NaN;
     let dirtyRateBytesPerMs = 0;
+    let exposedBytes = 0;
+    let totalBytes = 0;
     for (const v of this.views) {
+      // Clean bytes already sent: what the workload can dirty again (the rest is unsent or dirty).
+      exposedBytes += Math.max(0, v.initialTotal - v.initial - v.dirty);
+      totalBytes += v.initialTotal;
       if (!v.stopCopyKnown || !v.stopCopyValid) valid = false;
       // The device keeps dirtying from its last size query until it stops: that much more for STOP_COPY.
       let dirtyRate = 0;
@@ -905,6 +927,11 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
 
     const rateBytesPerMs = transferMs > 0 ? transferBytes / transferMs : this.effectiveRate(ws.mean * ratio, slowestGen);
     const bestRateBytesPerMs = transferBest > 0 ? floorBytes / transferBest : rateBytesPerMs;
+    let steadyDirtyBytes = Number.NaN;
+    if (dirtyRateBytesPerMs > 0 && exposedBytes >= Math.max(o.smallStateBytes, totalBytes / 10) && rateBytesPerMs > 0) {
+      const lambda = dirtyRateBytesPerMs / exposedBytes;
+      steadyDirtyBytes = Math.max(0, totalBytes - rateBytesPerMs / lambda);
+    }
     return {
       valid,
       confident,
@@ -923,6 +950,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       wireRateBytesPerMs: this.wire.count > 0 ? ws.mean : NaN,
       compressionRatio: ratio,
       dirtyRateBytesPerMs,
+      steadyDirtyBytes,
       transferMs,
       fixedMs,
     };

@@ -49,6 +49,8 @@ describe('return-path frames', () => {
     expect(parseForwardMessage({ type: 'ping', id: 2 })).toEqual({ type: 'ping', id: 2 });
     expect(() => parseForwardMessage({ type: 'ping' })).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_PROTOCOL' }));
     expect(parseReturnMessage({ type: 'pong', id: 2 })).toEqual({ type: 'pong', id: 2 });
+    expect(parseReturnMessage({ type: 'loaded', bytes: 4096 })).toEqual({ type: 'loaded', bytes: 4096 });
+    expect(() => parseReturnMessage({ type: 'loaded', bytes: -1 })).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_PROTOCOL' }));
     expect(() => parseReturnMessage({ type: 'pong', id: '2' })).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_PROTOCOL' }));
     expect(parseReturnMessage({ type: 'ready', version: 1, features: {}, setupMs: 3.5 })).toMatchObject({ setupMs: 3.5 });
     expect(() => parseReturnMessage({ type: 'ready', version: 1, features: {}, setupMs: 'slow' })).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_PROTOCOL' }));

@@ -61,6 +61,22 @@ describe('migrate/receive in one process', () => {
     dst.close();
   });
 
+  it('the destination reports what its devices took during PRE_COPY; the source shows the backlog, bounded by what it read', async () => {
+    const backlogs: number[] = [];
+    const { s, src, dst } = await pairRun(1, 32 * MiB, () => 7, { bandwidth: 64_000_000 }, 4 * MiB, (run) => {
+      run.on('progress', (p) => {
+        if (p.phase === 'precopy' && typeof p.backlogBytes === 'number') backlogs.push(p.backlogBytes - p.bytes);
+      });
+    });
+    expect(s.verified).toBe(true);
+    // At least one report arrived (100 ms period; 32 MiB at 64 MB/s take ~0.5 s), and a backlog
+    // never exceeds the bytes read (backlogBytes - bytes <= 0).
+    expect(backlogs.length).toBeGreaterThan(0);
+    expect(Math.max(...backlogs)).toBeLessThanOrEqual(0);
+    src.close();
+    dst.close();
+  });
+
   it('a switchover with nothing left to move still predicts the fixed costs measured before it (handshake round trip, arcs into PRE_COPY)', async () => {
     const { s, decisions, src, dst } = await pairRun(1, 4 * MiB, () => 7);
     expect(s.verified).toBe(true);

@@ -36,6 +36,7 @@ function prediction(p: Partial<Prediction> = {}): Prediction {
     wireRateBytesPerMs: 100_000,
     compressionRatio: 1,
     dirtyRateBytesPerMs: 10_000,
+    steadyDirtyBytes: Number.NaN,
     transferMs: 100,
     fixedMs: { enterStopCopy: 0, destValidate: 0, destResume: 0, linkLatency: 0, total: 0 },
     ...p,
@@ -176,7 +177,7 @@ describe('DefaultSwitchoverPolicy', () => {
     expect(t).toBeLessThanOrEqual(1700);
   });
 
-  it('keeps going while the bytes shrink, however slowly, and judges nothing during the initial data or on unconfident numbers', () => {
+  it('keeps going while the bytes shrink, however slowly, and judges nothing on unconfident numbers', () => {
     const p = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 1000 });
     for (let t = 0; t <= 20_000; t += 100) {
       const d = p.decide(snap({ elapsedMs: t }, { dirtyRateBytesPerMs: 90_000, lowMs: 400, highMs: 900, stopCopyBytes: 100 * MIB - t * 10 }));
@@ -184,9 +185,27 @@ describe('DefaultSwitchoverPolicy', () => {
     }
     const q = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 1000 });
     for (let t = 0; t <= 5000; t += 100) {
-      expect(q.decide(snap({ elapsedMs: t, initialSent: false }, { dirtyRateBytesPerMs: 150_000, highMs: 900 })).reason).toBe('initial-pending');
       expect(q.decide(snap({ elapsedMs: t }, { confident: false, dirtyRateBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
     }
+  });
+
+  it('during the initial data: the bytes do not count (they drain by definition), a dirty rate at or above the throughput does', () => {
+    // Wobbling bytes, rate below the throughput: no verdict however long the initial data takes.
+    const p = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 1000 });
+    for (let t = 0, i = 0; t <= 5000; t += 100, i++) {
+      const d = p.decide(snap({ elapsedMs: t, initialSent: false, initialBytes: 50 * MIB }, { dirtyRateBytesPerMs: 50_000, lowMs: 400, highMs: 900, stopCopyBytes: (i % 2 === 0 ? 10 : 12) * MIB }));
+      expect(d.reason).toBe('initial-pending');
+    }
+    // A device that re-dirties what was sent as fast as the link sends it is judged before its
+    // initial data is through: a window of such samples is enough.
+    const q = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 1000 });
+    let last: Decision | null = null;
+    for (let t = 0; t <= 1000; t += 100) {
+      last = q.decide(snap({ elapsedMs: t, initialSent: false, initialBytes: 50 * MIB }, { dirtyRateBytesPerMs: 150_000, rateBytesPerMs: 100_000, highMs: 900 }));
+      if (t < 1000) expect(last.reason).toBe('initial-pending');
+    }
+    expect(last).toMatchObject({ action: 'abort', reason: 'not-converging' });
+    expect(last?.numbers.divergingFraction).toBe(1);
   });
 
   it('aborts when the PRE_COPY budget is spent', () => {

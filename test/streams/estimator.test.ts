@@ -367,6 +367,30 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(est.snapshot().dirtyRateBytesPerMs).toBeCloseTo(MIB / 100, 6);
   });
 
+  it('during the initial data, samples the dirty rate only from a driver that reports dirty bytes then', () => {
+    const c = clock();
+    // SimDevice-like: dirty_bytes grows while initial data remains (sent data dirtied again).
+    const sim = new PrecopyEstimator({ now: c.now });
+    sim.updatePrecopyInfo({ initialBytes: 8 * MIB, dirtyBytes: 0, reinit: false });
+    c.advance(100);
+    sim.recordRead(MIB);
+    // Dirty 0 -> 1 MiB: not yet a sample (the previous query reported none: nothing shows the driver reports).
+    sim.updatePrecopyInfo({ initialBytes: 7 * MIB, dirtyBytes: MIB, reinit: false });
+    expect(sim.predict().dirtyRateBytesPerMs).toBe(0);
+    c.advance(100);
+    sim.recordRead(MIB);
+    sim.updatePrecopyInfo({ initialBytes: 6 * MIB, dirtyBytes: 3 * MIB, reinit: false });
+    expect(sim.predict().dirtyRateBytesPerMs).toBeCloseTo((2 * MIB) / 100, 6);
+    // mlx5-like: dirty_bytes stays 0 until the initial data is read: no sample, no rate.
+    const mlx = new PrecopyEstimator({ now: c.now });
+    for (let i = 8; i > 1; i--) {
+      mlx.updatePrecopyInfo({ initialBytes: i * MIB, dirtyBytes: 0, reinit: false });
+      c.advance(100);
+      mlx.recordRead(MIB);
+    }
+    expect(mlx.predict().dirtyRateBytesPerMs).toBe(0);
+  });
+
   it('extrapolates the dirtying from the last size query until the devices stop', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now, fixedCosts: { enterStopCopy: 20 } });
