@@ -446,13 +446,18 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.highMs).toBeLessThan(1);
   });
 
-  it('wire bytes in flight go first: they add to the transfer, in raw terms, and to the dirtying time', () => {
+  /** 4 MiB of stop-copy data; 2:1 compression, the wire moving 1 MiB of wire bytes (2 MiB raw) per 10 ms. */
+  function compressedLink(): PrecopyEstimator {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now });
     est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
     est.updateStopCopySize(4 * MIB);
-    // 2:1 compression; the wire moves 1 MiB of wire bytes per 10 ms (2 MiB raw).
     for (let i = 0; i < 4; i++) est.recordWire(MIB, 2 * MIB, { durationMs: 10 });
+    return est;
+  }
+
+  it('wire bytes in flight go first: they add to the transfer, in raw terms, and to the dirtying time', () => {
+    const est = compressedLink();
     expect(est.predict().transferMs).toBeCloseTo(20, 6);
     est.setInFlight(MIB);
     let p = est.predict();
@@ -467,11 +472,7 @@ describe('PrecopyEstimator: rates and prediction', () => {
   });
 
   it('raw bytes in flight (read, not yet encoded) count as they are; the compression ratio turns them into wire time', () => {
-    const c = clock();
-    const est = new PrecopyEstimator({ now: c.now });
-    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
-    est.updateStopCopySize(4 * MIB);
-    for (let i = 0; i < 4; i++) est.recordWire(MIB, 2 * MIB, { durationMs: 10 });
+    const est = compressedLink();
     // 1 MiB encoded plus 2 MiB raw: 2 + 2 raw MiB ahead of the 4 MiB of STOP_COPY data, 10 ms per 2 MiB.
     est.setInFlight(MIB, 2 * MIB);
     const p = est.predict();
@@ -483,12 +484,7 @@ describe('PrecopyEstimator: rates and prediction', () => {
   });
 
   it('a token bucket credit leaves unpaced: only the bytes beyond it take the measured (capped) rate', () => {
-    const c = clock();
-    const est = new PrecopyEstimator({ now: c.now });
-    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
-    est.updateStopCopySize(4 * MIB);
-    // 2:1 compression at 1 MiB of wire per 10 ms.
-    for (let i = 0; i < 4; i++) est.recordWire(MIB, 2 * MIB, { durationMs: 10 });
+    const est = compressedLink();
     expect(est.predict().transferMs).toBeCloseTo(20, 6);
     // 1 MiB of wire credit carries 2 MiB raw at once: 2 MiB left at 2 MiB per 10 ms.
     est.setLinkCredit(MIB);
