@@ -494,9 +494,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (this.#bucket === null) {
       const ratio = this.#est.predict().compressionRatio;
       raw += Math.max(0, this.#destBacklog - (raw + wire * ratio));
+    } else {
+      this.#est.setLinkCredit(Math.max(0, this.#bucket.available()));
     }
     this.#est.setInFlight(wire, raw);
-    if (this.#bucket !== null) this.#est.setLinkCredit(Math.max(0, this.#bucket.available()));
   }
 
   /**
