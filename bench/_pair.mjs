@@ -117,7 +117,7 @@ export async function dumpStream(file, { size, profile = 'mixed', seed = 7 }) {
  * (_prediction-peer.mjs), no dirtying, no cap: { ms, bytes, source, dest } where ms is the source
  * summary's durationMs (migrate() called to the destination running). Throws when it fails.
  */
-export function runMigratePair({ size, profile = 'mixed', seed = 7, compression = 'none' }) {
+export function runMigratePair({ size, profile = 'mixed', seed = 7, compression = 'none', digest = process.env.BENCH_MIGRATE_DIGEST }) {
   return withDir('bench-mig-', async (dir) => {
     const spec = JSON.stringify({
       socket: join(dir, 'm.sock'),
@@ -127,6 +127,8 @@ export function runMigratePair({ size, profile = 'mixed', seed = 7, compression 
       dirtyRate: 0,
       bandwidth: 0,
       compression,
+      // migrate()'s DEVICE_END digest ('sha256' by default; BENCH_MIGRATE_DIGEST=crc32 or none to compare).
+      ...(digest !== undefined ? { digest: digest === 'none' ? null : digest } : {}),
       limitMs: 1000,
       windowMs: 3000,
       timeoutMs: 120_000,

@@ -56,6 +56,7 @@ async function source(cell) {
     downtimeLimitMs: cell.limitMs,
     bandwidth: cell.bandwidth,
     compression: cell.compression,
+    ...(cell.digest !== undefined ? { digest: cell.digest } : {}),
     policy: new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: cell.windowMs }),
     stallTimeoutMs: cell.timeoutMs,
     signal: globalThis.AbortSignal.timeout(cell.timeoutMs),

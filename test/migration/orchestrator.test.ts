@@ -77,6 +77,18 @@ describe('migrate/receive in one process', () => {
     dst.close();
   });
 
+  it('the DEVICE_END digest is selectable: crc32 and none move the state as sha256 does, verified', async () => {
+    for (const digest of ['crc32', null] as const) {
+      const { s, d, src, dst } = await pairRun(1, 8 * MiB, () => 7, { digest }, 2 * MiB);
+      expect(s.verified).toBe(true);
+      expect(d.verified).toBe(true);
+      expect(dst.sims[0].digest()).toBe(src.sims[0].digest());
+      src.close();
+      dst.close();
+    }
+    await expect(pairRun(1, 1 * MiB, () => 7, { digest: 'no-such-hash' })).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_UNSUPPORTED' });
+  });
+
   it('a switchover with nothing left to move still predicts the fixed costs measured before it (handshake round trip, arcs into PRE_COPY)', async () => {
     const { s, decisions, src, dst } = await pairRun(1, 4 * MiB, () => 7);
     expect(s.verified).toBe(true);
