@@ -161,6 +161,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   /** Raw bytes read from the devices and not yet taken by the destination's, at its last 'loaded' report. */
   #destBacklog = 0;
   #loadedReports = 0;
+  /** Temporary ends of stream seen, all devices (a tick with one is not a pipeline-rate sample). */
+  #empties = 0;
   /** The bandwidth cap shared by every channel, if any. */
   #bucket: TokenBucket | null = null;
   #extra: Duplex[];
@@ -462,8 +464,25 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
     // Until a switchover measures PRE_COPY -> STOP_COPY, the arcs into PRE_COPY stand for it.
     if (this.#devs.some((d) => d.precopy)) this.#est.setFixedCostPrior('enterStopCopy', performance.now() - tArcs);
+    let tickAt = performance.now();
+    let tickBytes = this.#devs.reduce((sum, d) => sum + d.bytes, 0);
+    let tickEmpties = this.#empties;
+    let tickPending = false;
     for (;;) {
       await this.#latch.guard(this.#query());
+      // The path's own rate: a tick that started and ended with data pending on every PRE_COPY
+      // device and saw no temporary end was paced by the path, not by the dirtying.
+      const now = performance.now();
+      const bytes = this.#devs.reduce((sum, d) => sum + d.bytes, 0);
+      const view = this.#est.snapshot();
+      const pending = view.initialBytes + view.dirtyBytes > 0;
+      if (tickPending && pending && this.#empties === tickEmpties && bytes - tickBytes >= MIN_SAMPLE_BYTES) {
+        this.#est.recordPipeline(bytes - tickBytes, now - tickAt);
+      }
+      tickAt = now;
+      tickBytes = bytes;
+      tickEmpties = this.#empties;
+      tickPending = pending;
       this.#reportInFlight();
       const snap = this.#est.snapshot();
       const decision = policy.decide({ ...snap, downtimeLimitMs: limitMs });
@@ -586,6 +605,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     };
     stream.on('precopy-empty', (e: { bytesRead: number; initialBytes?: number; dirtyBytes?: number; reinit?: boolean }) => {
       resetBatch();
+      this.#empties++;
       // VFIO_PRECOPY_INFO_REINIT is reported once, to whichever precopy-info query comes first: when
       // the stream's own query at the temporary end saw it, it must reach the estimator from here.
       if (e.reinit === true) this.#est.updatePrecopyInfo({ initialBytes: e.initialBytes ?? 0, dirtyBytes: e.dirtyBytes ?? 0, reinit: true }, i);

@@ -378,6 +378,9 @@ const DEFAULTS = {
  */
 const MAX_RELATIVE_BAND = 0.9;
 
+/** A path moving at least this share of the link's raw rate is bound by the link. */
+const LINK_BOUND_SHARE = 0.9;
+
 /** Compression-ratio samples sum wire chunks up to at least this many bytes. */
 const RATIO_SAMPLE_WIRE_BYTES = 64 * 1024;
 
@@ -417,6 +420,8 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   private readonly views: DeviceView[];
   private readonly wire: RateWindow;
   private readonly ratio: RateWindow;
+  /** Raw bytes per ms the whole path moved while the devices had data the whole time. */
+  private readonly pipeline: RateWindow;
   private readonly fixed: Record<FixedCostKind, ValueWindow>;
   private startedAt: number;
   private lastWireAt: number;
@@ -482,6 +487,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       });
     }
     this.wire = new RateWindow(w, alpha);
+    this.pipeline = new RateWindow(w, alpha);
     this.ratio = new RateWindow(w, alpha);
     this.fixed = {
       enterStopCopy: new ValueWindow(w, alpha),
@@ -763,6 +769,18 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   }
 
   /**
+   * The whole path's throughput: `rawBytes` read from the devices in `durationMs` during which every
+   * device had data pending the whole time (no temporary end of stream), so the path, not the
+   * devices' dirtying, set the pace. It bounds the transfer rate: a bottleneck between device and
+   * link (compression workers, the destination's loading) shows here and in neither the generation
+   * nor the wire samples, which time the device reads and the link's bursts.
+   */
+  recordPipeline(rawBytes: number, durationMs: number): void {
+    if (!(rawBytes > 0) || !(durationMs > 0) || !Number.isFinite(durationMs)) return;
+    this.pipeline.add(rawBytes, durationMs);
+  }
+
+  /**
    * Wire bytes the link would take at once, ahead of its measured rate: a bandwidth cap's token
    * bucket credit (TokenBucket.available()). A switchover's first bytes up to it leave unpaced.
    * 0 (the default) when the link has no such credit. Negative or non-finite values are ignored.
@@ -920,9 +938,26 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       wireMsHigh = (transferBytes * 4) / p;
       wireMsBest = 0; // an unmeasured link proves nothing about a lower bound
     }
-    const transferMs = Math.max(genMs, wireMs);
-    const transferLow = Math.max(genMsLow, wireMsLow);
-    const transferHigh = Math.max(genMsHigh, wireMsHigh);
+    // The whole path's rate, when measured, bounds both: a bottleneck between the device and the
+    // link (compression workers, the destination) shows in it and in neither of the others. When it
+    // is the link's own rate, the wire term (with the link's credit) says it all; when it is slower,
+    // the bottleneck is elsewhere, and the link's credit does not speed it up.
+    let pipeMs = 0;
+    let pipeMsLow = 0;
+    let pipeMsHigh = 0;
+    if (this.pipeline.count >= o.minSamples) {
+      const ps = this.pipeline.stats();
+      const linkBound = wireKnown && ps.mean >= LINK_BOUND_SHARE * ws.mean * ratio;
+      if (ps.mean > 0 && !linkBound) {
+        const rel = Math.max(o.minRelativeBand, k * ps.relErr);
+        pipeMs = transferBytes / ps.mean;
+        pipeMsLow = transferBytes / (ps.mean * (1 + rel));
+        pipeMsHigh = transferBytes / (ps.mean * (1 - Math.min(rel, MAX_RELATIVE_BAND)));
+      }
+    }
+    const transferMs = Math.max(genMs, wireMs, pipeMs);
+    const transferLow = Math.max(genMsLow, wireMsLow, pipeMsLow);
+    const transferHigh = Math.max(genMsHigh, wireMsHigh, pipeMsHigh);
     const transferBest = Math.max(genMsBest, wireMsBest);
 
     const rateBytesPerMs = transferMs > 0 ? transferBytes / transferMs : this.effectiveRate(ws.mean * ratio, slowestGen);

@@ -497,6 +497,28 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(est.predict().transferMs).toBeCloseTo(20, 6);
   });
 
+  it('the whole path rate bounds the transfer when something between device and link is slower; a link-bound path leaves it to the wire term', () => {
+    // The link: 1 MiB wire (2 MiB raw) per 10 ms = 209.7 raw bytes/µs; 4 MiB of stop-copy data.
+    const slow = compressedLink();
+    expect(slow.predict().transferMs).toBeCloseTo(20, 6);
+    // The compression workers move only 1 MiB raw per 10 ms: 40 ms, and a credit does not help.
+    for (let i = 0; i < 4; i++) slow.recordPipeline(MIB, 10);
+    slow.setLinkCredit(MIB);
+    expect(slow.predict().transferMs).toBeCloseTo(40, 6);
+    expect(slow.predict().highMs).toBeGreaterThan(40);
+    // The path at the link's own rate: the wire term, credit included, decides (2 MiB left: 10 ms).
+    const linkBound = compressedLink();
+    for (let i = 0; i < 4; i++) linkBound.recordPipeline(2 * MIB, 10);
+    linkBound.setLinkCredit(MIB);
+    expect(linkBound.predict().transferMs).toBeCloseTo(10, 6);
+    // Fewer than minSamples samples, or nonsense ones, change nothing.
+    const few = compressedLink();
+    few.recordPipeline(MIB, 10);
+    few.recordPipeline(MIB, 0);
+    few.recordPipeline(-1, 10);
+    expect(few.predict().transferMs).toBeCloseTo(20, 6);
+  });
+
   it('compression-ratio samples are sums of chunks: a header chunk carrying no raw bytes does not bias them', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now });
