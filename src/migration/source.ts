@@ -126,6 +126,8 @@ const DEFAULT_CHUNK = 256 * 1024;
 const GEN_SAMPLE_MS = 10;
 /** Reads and wire batches smaller than this are counted but not used as rate samples. */
 const MIN_SAMPLE_BYTES = 64 * 1024;
+/** Bytes queued before the link at both ends of a tick for it to sample the whole path's rate. */
+const PIPELINE_BACKLOG_BYTES = 256 * 1024;
 
 const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true };
 /** Round trips timed before PRE_COPY (the first one warms both sides' code paths). */
@@ -467,23 +469,24 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     let tickAt = performance.now();
     let tickBytes = this.#devs.reduce((sum, d) => sum + d.bytes, 0);
     let tickEmpties = this.#empties;
-    let tickPending = false;
+    let tickBacklogged = false;
     for (;;) {
       await this.#latch.guard(this.#query());
-      // The path's own rate: a tick that started and ended with data pending on every PRE_COPY
-      // device and saw no temporary end was paced by the path, not by the dirtying.
+      const queued = this.#reportInFlight();
+      // The path's own rate: a tick that started and ended with data pending on the devices and
+      // queued on the source's side of the link, and saw no temporary end, was paced by the path,
+      // not by the dirtying (a trickle of new dirt keeps data pending but the queues empty).
       const now = performance.now();
       const bytes = this.#devs.reduce((sum, d) => sum + d.bytes, 0);
       const view = this.#est.snapshot();
-      const pending = view.initialBytes + view.dirtyBytes > 0;
-      if (tickPending && pending && this.#empties === tickEmpties && bytes - tickBytes >= MIN_SAMPLE_BYTES) {
+      const backlogged = view.initialBytes + view.dirtyBytes > 0 && queued >= PIPELINE_BACKLOG_BYTES;
+      if (tickBacklogged && backlogged && this.#empties === tickEmpties && bytes - tickBytes >= MIN_SAMPLE_BYTES) {
         this.#est.recordPipeline(bytes - tickBytes, now - tickAt);
       }
       tickAt = now;
       tickBytes = bytes;
       tickEmpties = this.#empties;
-      tickPending = pending;
-      this.#reportInFlight();
+      tickBacklogged = backlogged;
       const snap = this.#est.snapshot();
       const decision = policy.decide({ ...snap, downtimeLimitMs: limitMs });
       this.#emitProgress(snap.prediction.valid ? snap.prediction.downtimeMs : null, snap.initialBytes + snap.dirtyBytes);
@@ -503,9 +506,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   /**
    * Tell the estimator what is read but not yet on the wire: a switchover has to send it before any
-   * STOP_COPY byte, and the device's own counts no longer include it.
+   * STOP_COPY byte, and the device's own counts no longer include it. Returns those bytes (raw plus
+   * wire, as counted).
    */
-  #reportInFlight(): void {
+  #reportInFlight(): number {
     let raw = 0;
     let wire = 0;
     for (const d of this.#devs) raw += d.stream?.readableLength ?? 0;
@@ -525,6 +529,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.#est.setLinkCredit(Math.max(0, this.#bucket.available()));
     }
     this.#est.setInFlight(wire, raw);
+    return raw + wire;
   }
 
   /**
