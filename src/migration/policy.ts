@@ -154,9 +154,10 @@ function decision(action: DecisionAction, reason: DecisionReason, message: strin
 }
 
 /**
- * Convergence memory of a policy: the bytes a switchover would move (stop-copy, the dirtying until
- * stop and what is queued for the link) and whether the devices dirtied at least as fast as the link moved, sampled each
- * decision past the initial data, kept for one window.
+ * Convergence memory of a policy, kept for one window: each decision's diverging flag (dirtying
+ * keeps up with the link, or PRE_COPY settles far above the limit), from the start, and past the
+ * initial data the bytes a switchover would move (stop-copy, the dirtying until stop and what is
+ * queued for the link).
  *
  * Not converging means either of, over a whole window:
  * - no drain: the least bytes seen in the window's second half are not below the least seen

@@ -384,7 +384,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.#setPhase('complete');
 
       const durationMs = performance.now() - this.#t0;
-      const bytes = this.#devs.reduce((s, d) => s + d.bytes, 0);
+      const bytes = this.#bytesRead();
       const wireBytes = this.#writers.reduce((sum, w) => sum + w.wireBytes, 0);
       const devices: DeviceSummary[] = this.#devs.map((d, i) => ({
         bytes: d.bytes,
@@ -421,7 +421,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   async #finishCheckpoint(): Promise<MigrationSummary> {
     const w = this.#w as ForwardWriter;
     const t = this.#transport as Writable;
-    const bytes = this.#devs.reduce((s, d) => s + d.bytes, 0);
+    const bytes = this.#bytesRead();
     await this.#latch.guard(w.finish());
     const closed = new Promise<void>((resolve, reject) => {
       t.once('finish', resolve);
@@ -467,7 +467,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     // Until a switchover measures PRE_COPY -> STOP_COPY, the arcs into PRE_COPY stand for it.
     if (this.#devs.some((d) => d.precopy)) this.#est.setFixedCostPrior('enterStopCopy', performance.now() - tArcs);
     let tickAt = performance.now();
-    let tickBytes = this.#devs.reduce((sum, d) => sum + d.bytes, 0);
+    let tickBytes = this.#bytesRead();
     let tickEmpties = this.#empties;
     let tickBacklogged = false;
     for (;;) {
@@ -477,7 +477,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       // queued on the source's side of the link, and saw no temporary end, was paced by the path,
       // not by the dirtying (a trickle of new dirt keeps data pending but the queues empty).
       const now = performance.now();
-      const bytes = this.#devs.reduce((sum, d) => sum + d.bytes, 0);
+      const bytes = this.#bytesRead();
       const view = this.#est.snapshot();
       const backlogged = view.initialBytes + view.dirtyBytes > 0 && queued >= PIPELINE_BACKLOG_BYTES;
       if (tickBacklogged && backlogged && this.#empties === tickEmpties && bytes - tickBytes >= MIN_SAMPLE_BYTES) {
@@ -502,6 +502,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       if (decision.action === 'abort') throw policyAbortError(decision, 'precopy');
       await this.#latch.guard(sleep(tick));
     }
+  }
+
+  /** Raw bytes read from every device so far. */
+  #bytesRead(): number {
+    return this.#devs.reduce((sum, d) => sum + d.bytes, 0);
   }
 
   /**
@@ -735,7 +740,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (msg.type === 'loaded') {
       // Read from the devices but not yet in the destination's: source queues, the network and
       // the destination's own queues. The report is at most one period and half a round trip old.
-      this.#destBacklog = Math.max(0, this.#devs.reduce((sum, d) => sum + d.bytes, 0) - msg.bytes);
+      this.#destBacklog = Math.max(0, this.#bytesRead() - msg.bytes);
       this.#loadedReports++;
       return;
     }
@@ -825,7 +830,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
     const ev: ProgressEvent = {
       phase: this.#phase,
-      bytes: this.#devs.reduce((s, d) => s + d.bytes, 0),
+      bytes: this.#bytesRead(),
       wireBytes,
       rate: this.#rate,
       round: this.#rounds(),

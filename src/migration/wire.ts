@@ -128,18 +128,16 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   }
   enc.on('error', onError);
   let wireBytes = 0;
-  let rawSeen = 0;
   // The raw bytes each chunk carried, from the encoder's own count at the moment it pushed the chunk;
-  // the limiter passes chunks whole and in order, so the chunks that leave it pop this queue.
+  // the limiter (if any) passes chunks whole and in order, so the chunks that leave `out` pop this
+  // queue (without a limiter, right after they were pushed).
   const carried: number[] = [];
   let rawPushed = 0;
-  if (out !== enc) {
-    // First among the listeners: the pipe's own may run the limiter synchronously.
-    enc.prependListener('data', () => {
-      carried.push(enc.dataBytesOut - rawPushed);
-      rawPushed = enc.dataBytesOut;
-    });
-  }
+  // First among the listeners: the pipe's own may run the limiter synchronously.
+  enc.prependListener('data', () => {
+    carried.push(enc.dataBytesOut - rawPushed);
+    rawPushed = enc.dataBytesOut;
+  });
   // Wire throughput samples. The link's rate shows only while data waits for it: an interval
   // between two chunks counts when the encoder (or the limiter) still held data when the first one
   // left; otherwise the source was starved (PRE_COPY dirty trickle) and the pause says nothing
@@ -154,13 +152,7 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   out.on('data', (chunk: Buffer) => {
     const now = performance.now();
     wireBytes += chunk.length;
-    let raw: number;
-    if (out === enc) {
-      raw = enc.dataBytesOut - rawSeen;
-      rawSeen = enc.dataBytesOut;
-    } else {
-      raw = carried.shift() ?? 0;
-    }
+    const raw = carried.shift() ?? 0;
     if (backlog && lastAt >= 0) {
       acc += chunk.length;
       accRaw += raw;
