@@ -112,6 +112,7 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   const rate = opts.bucket !== undefined ? opts.bucket.bytesPerMs * 1000 : opts.bandwidth;
   const queue = capped ? Math.min(MAX_QUEUE_BYTES, Math.max(MIN_QUEUE_BYTES, Math.round((rate * QUEUE_MS) / 1000))) : MAX_QUEUE_BYTES;
   const enc = new RecordEncoder({
+    countCarried: true,
     devices: opts.devices,
     sender: { program: 'vfio-mig', host: os.hostname(), pid: process.pid, ...opts.sender },
     compression: opts.compression === false ? false : { level: opts.compression },
@@ -128,16 +129,12 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   }
   enc.on('error', onError);
   let wireBytes = 0;
-  // The raw bytes each chunk carried, from the encoder's own count at the moment it pushed the chunk;
-  // the limiter (if any) passes chunks whole and in order, so the chunks that leave `out` pop this
-  // queue (without a limiter, right after they were pushed).
+  // The raw bytes each chunk carried, as the encoder counted them when it pushed the chunk; the
+  // limiter (if any) passes chunks whole and in order, so the chunks that leave `out` pop this
+  // queue (without a limiter, as they are emitted).
   const carried: number[] = [];
-  let rawPushed = 0;
   // First among the listeners: the pipe's own may run the limiter synchronously.
-  enc.prependListener('data', () => {
-    carried.push(enc.dataBytesOut - rawPushed);
-    rawPushed = enc.dataBytesOut;
-  });
+  enc.prependListener('data', () => carried.push(enc.shiftChunkRawBytes()));
   // Wire throughput samples. The link's rate shows only while data waits for it: an interval
   // between two chunks counts when the encoder (or the limiter) still held data when the first one
   // left; otherwise the source was starved (PRE_COPY dirty trickle) and the pause says nothing

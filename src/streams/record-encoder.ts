@@ -70,6 +70,14 @@ export interface RecordEncoderOptions {
   writableHighWaterMark?: number;
   /** Move whole-ArrayBuffer payloads to the workers instead of copying them. Default false. */
   transferPayloads?: boolean;
+  /**
+   * Track the raw DATA bytes each output chunk carries (a header chunk 0, a payload its raw length)
+   * for shiftChunkRawBytes(). Exact even when chunks wait in the readable buffer, which comparing
+   * `dataBytesOut` between 'data' events is not (a buffered burst would all be credited to its
+   * first chunk). The caller must shift once per 'data' event: the count list is as long as the
+   * chunks pushed and not yet shifted. Default false.
+   */
+  countCarried?: boolean;
 }
 
 interface Entry {
@@ -110,6 +118,8 @@ export class RecordEncoder extends Transform {
   dataBytesOut: number;
   /** DATA records that went out compressed. */
   compressedRecords: number;
+  /** With `countCarried`: raw bytes per pushed chunk not yet shifted, in push order (null: not tracked). */
+  #carried: number[] | null;
   #checksums: boolean;
   #level: number;
   #pool: CompressionPool | null;
@@ -143,6 +153,7 @@ export class RecordEncoder extends Transform {
     this.dataBytes = 0;
     this.dataBytesOut = 0;
     this.compressedRecords = 0;
+    this.#carried = opts.countCarried === true ? [] : null;
     this.#checksums = opts.checksums !== false;
     this.#level = copts ? validateZstdLevel(copts.level ?? DEFAULT_ZSTD_LEVEL) : 0;
     this.#pool = copts ? (copts.pool ?? sharedCompressionPool()) : null;
@@ -160,7 +171,16 @@ export class RecordEncoder extends Transform {
     this.#flushCallback = null;
     const header = encodeStreamHeader({ features: this.features, sender: opts.sender, devices, digest: alg });
     this.bytesOut += header.length;
+    this.#carried?.push(0);
     this.push(header);
+  }
+
+  /**
+   * With `countCarried`: the raw DATA bytes the oldest chunk not yet shifted carries. Call it from a
+   * 'data' listener, once per chunk, to learn what that chunk carried (0 when not tracked).
+   */
+  shiftChunkRawBytes(): number {
+    return this.#carried?.shift() ?? 0;
   }
 
   /** Raw bytes written but not yet pushed out. */
@@ -258,9 +278,15 @@ export class RecordEncoder extends Transform {
         rawLength: e.rawLength,
         payloadCrc: crc,
       });
+      const raw = e.type === RecordType.DATA ? e.rawLength : 0;
+      const payload = e.wire.length > 0;
+      this.#carried?.push(payload ? 0 : raw);
       this.push(header);
-      if (e.type === RecordType.DATA) this.dataBytesOut += e.rawLength;
-      if (e.wire.length > 0) this.push(e.wire);
+      this.dataBytesOut += raw;
+      if (payload) {
+        this.#carried?.push(raw);
+        this.push(e.wire);
+      }
       this.#inFlight -= e.rawLength;
       this.recordsOut++;
       this.bytesOut += RECORD_HEADER_SIZE + e.wire.length;

@@ -127,6 +127,35 @@ describe('RecordEncoder framing', () => {
   });
 });
 
+describe('RecordEncoder carried counts', () => {
+  it('countCarried: each chunk says the raw bytes it carries, also when a burst waited in the buffer', async () => {
+    const enc = new RecordEncoder({ devices: devices(1), compression: { level: 1, pool }, countCarried: true });
+    const sizes = [4096, 300_000, 0, 65_536, 1 << 20];
+    // Written while nobody reads: everything waits in the readable buffer, then flows at once.
+    for (const n of sizes) enc.write({ type: RecordType.DATA, device: 0, payload: mixedData(n, n + 1) });
+    enc.write({ type: RecordType.CONTROL, message: { type: 'x' } });
+    enc.end();
+    while (enc.recordsOut < sizes.length + 1) await new Promise((r) => setTimeout(r, 5));
+    const seen: { len: number; raw: number; dataOut: number }[] = [];
+    enc.on('data', (chunk: Buffer) => seen.push({ len: chunk.length, raw: enc.shiftChunkRawBytes(), dataOut: enc.dataBytesOut }));
+    await new Promise((r) => enc.once('end', r));
+    // Stream header, then header + payload per non-empty record (an empty DATA record is a header alone).
+    const raws = seen.map((c) => c.raw);
+    expect(raws[0]).toBe(0);
+    expect(raws.reduce((a, b) => a + b, 0)).toBe(sizes.reduce((a, b) => a + b, 0));
+    const payloadRaws = raws.filter((r) => r > 0);
+    expect(payloadRaws).toEqual(sizes.filter((n) => n > 0));
+    // Every chunk carrying raw bytes is a payload, never a 32-byte record header.
+    for (const c of seen) if (c.raw > 0) expect(c.len).not.toBe(RECORD_HEADER_SIZE);
+    // The cumulative counter was already at its end for the whole burst: it cannot attribute.
+    expect(seen[1].dataOut).toBe(sizes.reduce((a, b) => a + b, 0));
+    // Without the option nothing is tracked.
+    const plain = new RecordEncoder({ devices: devices(1) });
+    expect(plain.shiftChunkRawBytes()).toBe(0);
+    plain.destroy();
+  });
+});
+
 describe('RecordEncoder backpressure', () => {
   for (const compression of [false, true]) {
     it(`stops accepting records while the reader is paused (compression ${compression})`, async () => {
