@@ -188,6 +188,11 @@ export class CompressionPool {
     this.#closed = false;
   }
 
+  /** Workers started (they start on demand, or all at once with warm()). */
+  get workers(): number {
+    return this.#slots.length;
+  }
+
   /** Bytes currently inside workers. */
   get inFlightBytes(): number {
     return this.#inFlightBytes;
@@ -198,6 +203,28 @@ export class CompressionPool {
     let n = this.#waiting.length;
     for (const s of this.#slots) n += s.jobs.size;
     return n;
+  }
+
+  /**
+   * Start every worker now rather than on first use; resolves when all are running. A worker takes
+   * tens of ms to boot (a thread, an isolate, the zstd binding): a caller that knows compression is
+   * coming (migrate() during its handshake) pays that before the first record instead of stalling
+   * the first tens of ms of data behind it.
+   */
+  warm(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    const booting: Promise<void>[] = [];
+    while (this.#slots.length < this.size) {
+      const { worker } = this.#spawn();
+      booting.push(
+        new Promise<void>((resolve) => {
+          worker.once('online', () => resolve());
+          worker.once('error', () => resolve());
+          worker.once('exit', () => resolve());
+        }),
+      );
+    }
+    return Promise.all(booting).then(() => undefined);
   }
 
   /** Compress `data` as one independent zstd frame. */

@@ -16,6 +16,26 @@ describe('CompressionPool', () => {
   const pool = new CompressionPool({ size: 2 });
   afterAll(() => pool.close());
 
+  it('warm() starts every worker before the first job; the jobs then use them', async () => {
+    const p = new CompressionPool({ size: 2 });
+    try {
+      expect(p.workers).toBe(0);
+      await p.warm();
+      expect(p.workers).toBe(2);
+      await p.warm();
+      expect(p.workers).toBe(2);
+      const data = mixedData(256 * 1024, 3);
+      const r = await p.compress(data);
+      expect(decompress(r.compressed as Buffer, data.length).equals(data)).toBe(true);
+      expect(p.workers).toBe(2);
+    } finally {
+      await p.close();
+    }
+    // A closed pool starts nothing.
+    await p.warm();
+    expect(p.workers).toBe(0);
+  });
+
   it('compresses into independent frames with the crc of the wire bytes', async () => {
     const data = mixedData(1024 * 1024, 1);
     for (const level of [-1, 1, 3, 19]) {
