@@ -62,6 +62,10 @@ export interface DecisionNumbers {
   rateBytesPerMs: number;
   bestRateBytesPerMs: number;
   dirtyRateBytesPerMs: number;
+  /** How fast the devices dirty their whole state (the estimator's model; NaN until it is ready). */
+  stateDirtyRateBytesPerMs: number;
+  /** Where PRE_COPY would settle (NaN until the model is ready). */
+  steadyDirtyBytes: number;
   compressionRatio: number;
   elapsedMs: number;
   bytesRead: number;
@@ -142,6 +146,8 @@ export function decisionNumbers(s: PolicySnapshot, limitMs: number): DecisionNum
     rateBytesPerMs: p.rateBytesPerMs,
     bestRateBytesPerMs: p.bestRateBytesPerMs,
     dirtyRateBytesPerMs: p.dirtyRateBytesPerMs,
+    stateDirtyRateBytesPerMs: p.stateDirtyRateBytesPerMs,
+    steadyDirtyBytes: p.steadyDirtyBytes,
     compressionRatio: p.compressionRatio,
     elapsedMs: s.elapsedMs,
     bytesRead: s.bytesRead,
@@ -275,9 +281,23 @@ function abortChecks(
   // on it still needs DIVERGING_FRACTION of a window.
   const steadyMs = p.rateBytesPerMs > 0 ? p.steadyDirtyBytes / p.rateBytesPerMs : Number.NaN;
   const settlesHigh = Number.isFinite(steadyMs) && steadyMs > STEADY_FACTOR * limitMs;
-  const diverging = (p.dirtyRateBytesPerMs > 0 && p.dirtyRateBytesPerMs >= p.rateBytesPerMs) || settlesHigh;
+  const diverging =
+    (p.dirtyRateBytesPerMs > 0 && p.dirtyRateBytesPerMs >= p.rateBytesPerMs) || p.stateDirtyRateBytesPerMs >= p.rateBytesPerMs || settlesHigh;
   tracker.add(s.elapsedMs, s.initialSent ? p.transferBytes : Number.NaN, diverging, windowMs);
   if (p.highMs <= limitMs) return null;
+  // Without waiting for the window: even the slow edge of the devices' dirty rate (of their whole
+  // state) is at or above the fast edge of the transfer rate, and above what PRE_COPY has plainly
+  // moved per ms so far (a cross-check no model error can inflate). The window guards means against
+  // noise; the bands already carry it. (NaN until the model has seen a tenth of the state.)
+  const movedBytesPerMs = s.elapsedMs > 0 ? s.bytesRead / s.elapsedMs : Infinity;
+  if (p.stateDirtyRateLowBytesPerMs >= Math.max(p.rateHighBytesPerMs, movedBytesPerMs)) {
+    return decision(
+      'abort',
+      'not-converging',
+      `PRE_COPY does not converge: the devices dirty their state at ${fmtRate(p.stateDirtyRateBytesPerMs)} (at least ${fmtRate(p.stateDirtyRateLowBytesPerMs)}, extrapolated from the ${fmtBytes(s.bytesRead)} read so far), at or above the most the path moves, ${fmtRate(p.rateHighBytesPerMs)}, and the ${fmtRate(movedBytesPerMs)} PRE_COPY has moved; predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`,
+      { ...n, stateDirtyRateLowBytesPerMs: p.stateDirtyRateLowBytesPerMs, rateHighBytesPerMs: p.rateHighBytesPerMs, movedBytesPerMs },
+    );
+  }
   const v = tracker.verdict(s.elapsedMs, windowMs);
   if (v === null) return null;
   const numbers = { ...n, windowMs, divergingFraction: v.divergingFraction, windowFirstMinBytes: v.firstMin, windowSecondMinBytes: v.secondMin };

@@ -113,14 +113,25 @@ export interface Prediction {
   wireRateBytesPerMs: number;
   /** Raw bytes per wire byte (1 without compression). */
   compressionRatio: number;
-  /** Bytes the devices dirty per ms (0 when not measured). */
+  /** Bytes the devices dirty per ms (0 when not measured): of their clean sent state, as observed. */
   dirtyRateBytesPerMs: number;
   /**
-   * Where PRE_COPY settles: the dirty bytes at which the devices re-dirty their clean (already sent)
-   * state as fast as the link sends dirty data. With λ = dirty rate / clean sent bytes (the share of
-   * the clean state dirtied per ms), dirtying equals sending at total - rate / λ. A uniform workload
-   * settles there; a hot set's λ, measured on the clean bytes around it, settles at its size. NaN
-   * until a dirty rate is measured and at least a tenth of the state has been sent clean.
+   * How fast the devices dirty their whole state, sent or not, bytes per ms: each device's λ (the
+   * share of its clean sent state dirtied per ms, sampled between queries) times its state size. The
+   * rate PRE_COPY has to outrun to converge. NaN until the model is ready: at least a tenth of the
+   * state (and smallStateBytes) sent, and minSamples of λ for each device that dirties.
+   */
+  stateDirtyRateBytesPerMs: number;
+  /** The slow edge of stateDirtyRateBytesPerMs's band (bandSigmas of λ's error); NaN until ready. */
+  stateDirtyRateLowBytesPerMs: number;
+  /** The fast edge of the transfer rate's band (transferBytes / the band's short edge); Infinity when unbounded. */
+  rateHighBytesPerMs: number;
+  /**
+   * Where PRE_COPY settles: the dirty bytes at which the devices re-dirty their clean state as fast
+   * as the link sends dirty data. With λ the share of the clean state dirtied per ms, dirtying
+   * (λ x clean) equals sending (rate) at total - rate / λ. A uniform workload settles there; a hot
+   * set's λ, measured over more of the state than the hot set, underestimates it (the model speaks
+   * once a tenth of the state was sent). NaN when the model is not ready.
    */
   steadyDirtyBytes: number;
   /** Time to move transferBytes at the effective rate. */
@@ -352,6 +363,12 @@ interface DeviceView {
   generation: RateWindow;
   /** Bytes dirtied per ms, sampled between queries. */
   dirtying: RateWindow;
+  /**
+   * The share of the clean sent state dirtied per ms (λ), sampled between queries: bytes dirtied
+   * over the clean sent bytes they were dirtied from, averaged over the interval, times its length.
+   * Unlike the dirty rate, it does not grow with how much of the state has been sent.
+   */
+  hazard: RateWindow;
   /** A query past the initial data reported dirty bytes: the device dirties, rate known or not. */
   dirtySeen: boolean;
   /** The most initial bytes reported in this epoch: the state PRE_COPY sends once (the steady-state model's total). */
@@ -482,6 +499,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
         lastReadAt: -1,
         generation: new RateWindow(w, alpha),
         dirtying: new RateWindow(w, alpha),
+        hazard: new RateWindow(w, alpha),
         dirtySeen: false,
         initialTotal: 0,
       });
@@ -593,7 +611,14 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       const dirtied = Math.max(0, dirty - v.dirtyAtQuery + v.readBeyondInitialSinceQuery);
       const pastInitial = v.initialAtQuery === 0 && initial === 0;
       const reportsDuringInitial = v.initialAtQuery > 0 && initial > 0 && v.dirtyAtQuery > 0;
-      if (dt > 0 && (pastInitial || reportsDuringInitial)) v.dirtying.add(dirtied, dt);
+      if (dt > 0 && (pastInitial || reportsDuringInitial)) {
+        v.dirtying.add(dirtied, dt);
+        // λ over the clean sent bytes, at the last query and now (what was read meanwhile was dirtied or not: both ends count).
+        const cleanBefore = Math.max(0, v.initialTotal - v.initialAtQuery - v.dirtyAtQuery);
+        const cleanNow = Math.max(0, Math.max(v.initialTotal, initial) - initial - dirty);
+        const exposure = ((cleanBefore + cleanNow) / 2) * dt;
+        if (exposure > 0) v.hazard.add(dirtied, exposure);
+      }
     }
     if (initial === 0 && dirty > 0) v.dirtySeen = true;
     v.initialTotal = Math.max(v.initialTotal, initial);
@@ -876,12 +901,28 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     let genMsBest = 0;
     let slowestGen = NaN;
     let dirtyRateBytesPerMs = 0;
-    let exposedBytes = 0;
+    // The dirtying model: each device's λ (share of its clean sent state dirtied per ms) times its
+    // whole state is how fast it dirties the state, sent or not (a uniform extrapolation).
+    let sentBytes = 0;
     let totalBytes = 0;
+    let stateDirty = 0;
+    let stateDirtyLow = 0;
+    let hazardSamples = Infinity;
     for (const v of this.views) {
-      // Clean bytes already sent: what the workload can dirty again (the rest is unsent or dirty).
-      exposedBytes += Math.max(0, v.initialTotal - v.initial - v.dirty);
+      // The part of the state PRE_COPY has covered: the workload was observed over it.
+      sentBytes += Math.max(0, v.initialTotal - v.initial);
       totalBytes += v.initialTotal;
+      if (v.hazard.count > 0) {
+        const h = v.hazard.stats();
+        if (h.mean > 0) {
+          stateDirty += h.mean * v.initialTotal;
+          const rel = Math.min(MAX_RELATIVE_BAND, Math.max(o.minRelativeBand, k * (Number.isFinite(h.relErr) ? h.relErr : Infinity)));
+          stateDirtyLow += h.mean * (1 - rel) * v.initialTotal;
+        }
+        hazardSamples = Math.min(hazardSamples, v.hazard.count);
+      } else if (v.dirtySeen) {
+        hazardSamples = 0;
+      }
       if (!v.stopCopyKnown || !v.stopCopyValid) valid = false;
       // The device keeps dirtying from its last size query until it stops: that much more for STOP_COPY.
       let dirtyRate = 0;
@@ -961,12 +1002,15 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     const transferBest = Math.max(genMsBest, wireMsBest);
 
     const rateBytesPerMs = transferMs > 0 ? transferBytes / transferMs : this.effectiveRate(ws.mean * ratio, slowestGen);
+    const rateHighBytesPerMs = transferMs > 0 ? (transferLow > 0 ? transferBytes / transferLow : Infinity) : rateBytesPerMs;
     const bestRateBytesPerMs = transferBest > 0 ? floorBytes / transferBest : rateBytesPerMs;
-    let steadyDirtyBytes = Number.NaN;
-    if (dirtyRateBytesPerMs > 0 && exposedBytes >= Math.max(o.smallStateBytes, totalBytes / 10) && rateBytesPerMs > 0) {
-      const lambda = dirtyRateBytesPerMs / exposedBytes;
-      steadyDirtyBytes = Math.max(0, totalBytes - rateBytesPerMs / lambda);
-    }
+    // The model speaks once a tenth of the state (at least smallStateBytes) was observed and each
+    // dirtying device has minSamples of λ: a hot set smaller than that tenth is diluted, not extrapolated.
+    const modelReady =
+      stateDirty > 0 && Number.isFinite(hazardSamples) && hazardSamples >= o.minSamples && sentBytes >= Math.max(o.smallStateBytes, totalBytes / 10);
+    const stateDirtyRateBytesPerMs = modelReady ? stateDirty : Number.NaN;
+    const stateDirtyRateLowBytesPerMs = modelReady ? stateDirtyLow : Number.NaN;
+    const steadyDirtyBytes = modelReady && rateBytesPerMs > 0 ? Math.max(0, totalBytes * (1 - rateBytesPerMs / stateDirty)) : Number.NaN;
     return {
       valid,
       confident,
@@ -985,6 +1029,9 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       wireRateBytesPerMs: this.wire.count > 0 ? ws.mean : NaN,
       compressionRatio: ratio,
       dirtyRateBytesPerMs,
+      stateDirtyRateBytesPerMs,
+      stateDirtyRateLowBytesPerMs,
+      rateHighBytesPerMs,
       steadyDirtyBytes,
       transferMs,
       fixedMs,

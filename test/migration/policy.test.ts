@@ -36,6 +36,9 @@ function prediction(p: Partial<Prediction> = {}): Prediction {
     wireRateBytesPerMs: 100_000,
     compressionRatio: 1,
     dirtyRateBytesPerMs: 10_000,
+    stateDirtyRateBytesPerMs: Number.NaN,
+    stateDirtyRateLowBytesPerMs: Number.NaN,
+    rateHighBytesPerMs: 110_000,
     steadyDirtyBytes: Number.NaN,
     transferMs: 100,
     fixedMs: { enterStopCopy: 0, destValidate: 0, destResume: 0, linkLatency: 0, total: 0 },
@@ -203,6 +206,43 @@ describe('DefaultSwitchoverPolicy', () => {
     for (let t = 0; t <= 1000; t += 100) {
       last = q.decide(snap({ elapsedMs: t, initialSent: false, initialBytes: 50 * MIB }, { dirtyRateBytesPerMs: 150_000, rateBytesPerMs: 100_000, highMs: 900 }));
       if (t < 1000) expect(last.reason).toBe('initial-pending');
+    }
+    expect(last).toMatchObject({ action: 'abort', reason: 'not-converging' });
+    expect(last?.numbers.divergingFraction).toBe(1);
+  });
+
+  it('aborts at once, without a window, when even the slow edge of the state dirty rate is at or above the fast edge of the transfer rate', () => {
+    const p = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 60_000 });
+    const d = p.decide(
+      snap({ elapsedMs: 1000, bytesRead: 100 * MIB, initialSent: false, initialBytes: 50 * MIB }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 }),
+    );
+    expect(d).toMatchObject({ action: 'abort', reason: 'not-converging' });
+    expect(d.numbers.movedBytesPerMs).toBeCloseTo((100 * MIB) / 1000, 6);
+    expect(d.message).toMatch(/does not converge: the devices dirty their state at 400\.0 MB\/s \(at least 300\.0 MB\/s/);
+    expect(d.numbers).toMatchObject({ stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000 });
+    // The bands overlap: no verdict yet (the window decides).
+    const q = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 60_000 });
+    expect(q.decide(snap({ elapsedMs: 1000 }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 140_000, rateHighBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
+    // PRE_COPY has plainly moved more per ms than the low edge (a model error, e.g. a bad ratio): no verdict.
+    expect(q.decide(snap({ elapsedMs: 100, bytesRead: 100 * MIB }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
+    // The model not ready (NaN): nothing.
+    expect(q.decide(snap({ elapsedMs: 2000 }, { highMs: 900 })).reason).toBe('above-limit');
+    // Whatever the dirtying, a switchover that fits now is taken (a small state can always be stopped and copied).
+    expect(q.decide(snap({ elapsedMs: 300 }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 90 })).action).toBe('switchover');
+    // Unconfident numbers prove nothing.
+    expect(q.decide(snap({ elapsedMs: 4000 }, { confident: false, stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
+    // The stepwise policy answers non-convergence by raising its limit, not by aborting.
+    const w = new StepwiseSwitchoverPolicy({ maxLimitMs: 1000 });
+    expect(w.decide(snap({ elapsedMs: 1000 }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 })).action).toBe('continue');
+  });
+
+  it('counts a state dirty rate at or above the throughput as diverging in the window', () => {
+    const p = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 1000 });
+    let last: Decision | null = null;
+    for (let t = 0; t <= 1000; t += 100) {
+      // Bands overlap (no verdict at once), but the means say the devices outrun the link.
+      last = p.decide(snap({ elapsedMs: t }, { dirtyRateBytesPerMs: 50_000, stateDirtyRateBytesPerMs: 120_000, stateDirtyRateLowBytesPerMs: 90_000, rateBytesPerMs: 100_000, rateHighBytesPerMs: 130_000, highMs: 900, stopCopyBytes: (100 - t / 100) * MIB }));
+      if (t < 1000) expect(last.reason).toBe('above-limit');
     }
     expect(last).toMatchObject({ action: 'abort', reason: 'not-converging' });
     expect(last?.numbers.divergingFraction).toBe(1);

@@ -391,6 +391,51 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(mlx.predict().dirtyRateBytesPerMs).toBe(0);
   });
 
+  it('models the dirtying of the whole state from λ, the share of the clean sent state dirtied per ms', () => {
+    // A 64 MiB device dirtying its pages uniformly: λ = 1/1000 per ms, i.e. 64 MiB/s of the state,
+    // sent or not. PRE_COPY reads 512 KiB per 10 ms tick from the initial data; what was sent and is
+    // dirtied again shows as dirty_bytes (the device reports them during the initial data).
+    const S = 64 * MIB;
+    const lambda = 1 / 1000;
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    let sent = 0;
+    let dirty = 0;
+    est.updatePrecopyInfo({ initialBytes: S, dirtyBytes: 0, reinit: false });
+    const seen: number[] = [];
+    for (let tick = 0; tick < 40; tick++) {
+      // Integrate in 1 ms steps: reads move bytes from unsent to clean sent, λ moves clean to dirty.
+      for (let ms = 0; ms < 10; ms++) {
+        dirty += lambda * (sent - dirty);
+        sent += (512 * 1024) / 10;
+      }
+      c.advance(10);
+      est.recordRead((512 * 1024), { sample: false });
+      est.updatePrecopyInfo({ initialBytes: S - sent, dirtyBytes: Math.round(dirty), reinit: false });
+      seen.push(est.predict().stateDirtyRateBytesPerMs);
+    }
+    const p = est.predict();
+    // Not before a tenth of the state was sent (6.4 MiB: 13 ticks), and never from fewer than 3 samples.
+    expect(seen.slice(0, 12).every(Number.isNaN)).toBe(true);
+    expect(Math.abs(p.stateDirtyRateBytesPerMs / (lambda * S) - 1)).toBeLessThan(0.05);
+    expect(p.stateDirtyRateLowBytesPerMs).toBeLessThan(p.stateDirtyRateBytesPerMs);
+    expect(p.stateDirtyRateLowBytesPerMs).toBeGreaterThan(0.8 * lambda * S);
+    // The dirty rate of the clean sent state is much lower (a third of the state is sent): the
+    // state's rate is what PRE_COPY has to outrun. Settles at S (1 - rate / state dirty rate).
+    expect(p.dirtyRateBytesPerMs).toBeLessThan(0.5 * p.stateDirtyRateBytesPerMs);
+    expect(p.steadyDirtyBytes).toBeCloseTo(Math.max(0, S * (1 - p.rateBytesPerMs / p.stateDirtyRateBytesPerMs)), 0);
+    // A device that does not dirty: no model, nothing to outrun.
+    const quiet = new PrecopyEstimator({ now: c.now });
+    quiet.updatePrecopyInfo({ initialBytes: S, dirtyBytes: 0, reinit: false });
+    for (let i = 1; i <= 20; i++) {
+      c.advance(10);
+      quiet.recordRead(MIB, { sample: false });
+      quiet.updatePrecopyInfo({ initialBytes: S - i * MIB, dirtyBytes: 0, reinit: false });
+    }
+    expect(quiet.predict().stateDirtyRateBytesPerMs).toBeNaN();
+    expect(quiet.predict().steadyDirtyBytes).toBeNaN();
+  });
+
   it('extrapolates the dirtying from the last size query until the devices stop', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now, fixedCosts: { enterStopCopy: 20 } });
