@@ -4,9 +4,10 @@
 //   node _prediction-peer.mjs dest   '<cell JSON>'
 //   node _prediction-peer.mjs source '<cell JSON>'
 // cell: { socket, size, profile, seed, dirtyRate (bytes/s), bandwidth (wire bytes/s), compression
-// ('none' | 'zstd'), limitMs, windowMs (the policy's non-convergence window), timeoutMs }.
-// Reports over IPC: the summary (predicted and measured downtime) or the abort with the decision
-// that caused it and when it came (ms since migrate() was called).
+// ('none' | 'zstd'), limitMs, windowMs (the policy's non-convergence window), timeoutMs, blind }.
+// blind: true runs the blind baseline instead of the default policy (BLIND_POLICY below).
+// Reports over IPC: the summary (predicted and measured downtime, totalMs since migrate() was
+// called) or the abort with the decision that caused it and when it came (ms since migrate()).
 import fs from 'node:fs';
 import {
   DefaultSwitchoverPolicy,
@@ -20,6 +21,19 @@ import {
 
 /** Peak RSS of this process image, KiB (VmHWM; see _e2e-peer.mjs for why not getrusage). */
 const maxRssKB = () => Number(/VmHWM:\s+(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? NaN);
+
+/**
+ * A migration without prediction: switch over as soon as the spec allows (initial data sent and
+ * acknowledged), whatever the numbers say; only the downtime measured afterwards shows whether the
+ * limit was met. What the default policy's early abort is measured against.
+ */
+const BLIND_POLICY = {
+  name: 'blind',
+  decide(s) {
+    const ready = s.initialSent && s.switchoverAcked && !s.queryFailed;
+    return { action: ready ? 'switchover' : 'continue', reason: ready ? 'within-limit' : 'initial-pending', message: 'blind', numbers: {} };
+  },
+};
 
 function send(msg) {
   return new Promise((resolve) => process.send(msg, () => resolve()));
@@ -57,7 +71,7 @@ async function source(cell) {
     bandwidth: cell.bandwidth,
     compression: cell.compression,
     ...(cell.digest !== undefined ? { digest: cell.digest } : {}),
-    policy: new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: cell.windowMs }),
+    policy: cell.blind ? BLIND_POLICY : new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: cell.windowMs }),
     stallTimeoutMs: cell.timeoutMs,
     signal: globalThis.AbortSignal.timeout(cell.timeoutMs),
   });
@@ -71,6 +85,7 @@ async function source(cell) {
       predictedHighMs: last?.action === 'switchover' ? last.numbers.highMs : null,
       downtimeMs: s.downtimeMs,
       durationMs: s.durationMs,
+      totalMs: performance.now() - t0,
       bytes: s.bytes,
       wireBytes: s.wireBytes,
       compressionRatio: s.compressionRatio,
