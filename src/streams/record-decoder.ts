@@ -8,8 +8,11 @@
  * with a typed MigError and nothing after it is emitted.
  *
  * Zero-copy: a record lying inside one input chunk is emitted as a `subarray` view of that chunk; only
- * records spanning chunks are copied, once, into an exactly sized buffer (ws `consume`). Input chunks
- * must therefore not be modified after they are written (Node's usual rule).
+ * records spanning chunks are copied, once, into an exactly sized buffer (ws `consume`). Consecutive
+ * views of one buffer (a pipe filling FdSource's chunk 64 KiB at a time) count as one chunk. Input chunks
+ * must therefore not be modified after they are written (Node's usual rule). A compressed frame that
+ * spans chunks is gathered into a scratch buffer the decoder owns and reuses: the frame is read only
+ * while its record is decoded (synchronously, before the next record) and never handed out.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { crc32 } from 'node:zlib';
@@ -107,6 +110,12 @@ export class RecordDecoder extends Transform {
   #expectSeq: number;
   #tracks: DeviceTrack[];
   #dctx: InstanceType<typeof zstd.DCtx> | null;
+  /**
+   * Owned by the decoder: holds a compressed frame (or a skipped record) that spanned input chunks,
+   * from #consume until #emitRecord returns; reused for the next one. Nothing handed out points into
+   * it. Grows to the largest such frame, at most maxPayload.
+   */
+  #scratch: Buffer | null;
   /** Payload bytes of records sitting in the readable buffer. */
   #outputBytes: number;
   /** A write held while #outputBytes is over maxOutputBytes, released by read(). */
@@ -141,6 +150,7 @@ export class RecordDecoder extends Transform {
     this.#expectSeq = 0;
     this.#tracks = [];
     this.#dctx = null;
+    this.#scratch = null;
     this.#outputBytes = 0;
     this.#heldCallback = null;
   }
@@ -167,6 +177,7 @@ export class RecordDecoder extends Transform {
     this.#heldCallback = null;
     this.#buffers = [];
     this.#buffered = 0;
+    this.#scratch = null;
     cb(err);
   }
 
@@ -184,8 +195,7 @@ export class RecordDecoder extends Transform {
       this.#fail(migError(ErrorCodes.CORRUPT, `${chunk.length} bytes after STREAM_END`, { detail: { offset: this.#offset } }), cb);
       return;
     }
-    this.#buffers.push(chunk);
-    this.#buffered += chunk.length;
+    this.#append(chunk);
     try {
       this.#parse();
     } catch (err) {
@@ -225,11 +235,33 @@ export class RecordDecoder extends Transform {
     this.#state = S_ERRORED;
     this.#buffers = [];
     this.#buffered = 0;
+    this.#scratch = null;
     cb(err instanceof Error ? err : migError(ErrorCodes.CORRUPT, String(err)));
   }
 
-  /** Take `n` bytes off the front (the caller checked that `n` are buffered). */
-  #consume(n: number): Buffer {
+  /**
+   * Queue an input chunk. A chunk that continues the previous one in the same memory (FdSource and
+   * SavingStream push consecutive views of one buffer as a pipe fills it, 64 KiB at a time) extends
+   * that view instead: a record spread over such views then lies in one buffer and needs no copy.
+   * The merged view covers only bytes that were written to us, in the order they were written.
+   */
+  #append(chunk: Buffer): void {
+    const list = this.#buffers;
+    const last = list.length > 0 ? list[list.length - 1]! : null;
+    if (last !== null && last.buffer === chunk.buffer && last.byteOffset + last.length === chunk.byteOffset) {
+      list[list.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + chunk.length);
+    } else {
+      list.push(chunk);
+    }
+    this.#buffered += chunk.length;
+  }
+
+  /**
+   * Take `n` bytes off the front (the caller checked that `n` are buffered). `internal`: the bytes are
+   * read only until the current record is decoded and never handed out, so when they span chunks they
+   * may go into the reused #scratch.
+   */
+  #consume(n: number, internal = false): Buffer {
     this.#buffered -= n;
     this.#offset += n;
     const first = this.#buffers[0]!;
@@ -242,9 +274,11 @@ export class RecordDecoder extends Transform {
       this.#buffers[0] = first.subarray(n);
       return first.subarray(0, n);
     }
-    // Slow path: the bytes span chunks; one copy into an exactly sized buffer. The used chunks are
-    // dropped with one splice (shifting each would be quadratic when a record spans many small chunks).
-    const out = Buffer.allocUnsafe(n);
+    // Slow path: the bytes span chunks; one copy, into the warm scratch when they stay internal (a fresh
+    // buffer costs a page fault per 4 KiB, more than the copy), else into an exactly sized buffer. The
+    // used chunks are dropped with one splice (shifting each would be quadratic when a record spans
+    // many small chunks).
+    const out = internal ? this.#takeScratch(n) : Buffer.allocUnsafe(n);
     const list = this.#buffers;
     let at = 0;
     let i = 0;
@@ -258,6 +292,16 @@ export class RecordDecoder extends Transform {
     }
     list.splice(0, i);
     return out;
+  }
+
+  #takeScratch(n: number): Buffer {
+    let s = this.#scratch;
+    if (s === null || s.length < n) {
+      // Grow geometrically (frame sizes vary record to record), never past the largest payload.
+      s = Buffer.allocUnsafeSlow(Math.max(n, Math.min(2 * (s?.length ?? 0), this.maxPayload)));
+      this.#scratch = s;
+    }
+    return s.subarray(0, n);
   }
 
   #parse(): void {
@@ -308,7 +352,10 @@ export class RecordDecoder extends Transform {
             }
             return;
           }
-          const payload = h.payloadLength === 0 ? Buffer.alloc(0) : this.#consume(h.payloadLength);
+          // A compressed frame is decompressed into a new buffer and an unknown record is skipped:
+          // neither wire payload outlives #emitRecord.
+          const internal = (h.flags & RecordFlags.COMPRESSED) !== 0 || h.type > RecordType.STREAM_END;
+          const payload = h.payloadLength === 0 ? Buffer.alloc(0) : this.#consume(h.payloadLength, internal);
           this.#record = null;
           this.#state = S_HEADER;
           this.#emitRecord(h, payload);
@@ -428,6 +475,7 @@ export class RecordDecoder extends Transform {
             throw this.#err(ErrorCodes.CORRUPT, `STREAM_END says ${bytes} data bytes, ${this.dataBytes} were received`, h);
           }
           this.#state = S_DONE;
+          this.#scratch = null;
           rec = { type: RecordType.STREAM_END, ...base, bytes };
         }
       }

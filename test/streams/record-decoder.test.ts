@@ -44,6 +44,15 @@ function summary(objects: DecodedObject[]): unknown[] {
   return objects.map((o) => (o.type === RecordType.DATA ? { ...o, flags: 0, payload: o.payload.toString('base64') } : o.type === RecordType.STREAM_HEADER ? o : { ...o, flags: 0 }));
 }
 
+/** Each chunk copied into memory of its own, so that no two are consecutive views of one buffer. */
+function apart(chunks: Buffer[]): Buffer[] {
+  return chunks.map((c) => {
+    const own = Buffer.allocUnsafeSlow(c.length);
+    c.copy(own);
+    return own;
+  });
+}
+
 function seqs(objects: DecodedObject[]): number[] {
   return objects.flatMap((o) => (o.type === RecordType.STREAM_HEADER ? [] : [o.seq]));
 }
@@ -72,8 +81,46 @@ describe('RecordDecoder: segmentation', () => {
         expect(split.error).toBeNull();
         expect(summary(split.objects)).toEqual(ref);
       }
+      // The same cuts in separate memory: records span chunks and take the copy (or scratch) path.
+      const apartBbb = await decodeChunks(apart(byteByByte(bytes)));
+      expect(apartBbb.error).toBeNull();
+      expect(summary(apartBbb.objects)).toEqual(ref);
+      for (const seed of [1, 2, 3]) {
+        const split = await decodeChunks(apart(randomSplit(bytes, seed, seed * 5000)));
+        expect(split.error).toBeNull();
+        expect(summary(split.objects)).toEqual(ref);
+      }
     });
   }
+
+  it('merges consecutive views of one buffer: a record spread over them is emitted as a view, not copied', async () => {
+    const a = mixedData(100_000, 5);
+    const { bytes } = await encodeAll([{ type: RecordType.DATA, device: 0, payload: a }, { type: RecordType.STREAM_END }], { devices: devices(1) });
+    // What FdSource pushes while a pipe fills its chunk: consecutive 64 KiB views of one buffer.
+    const { objects, error } = await decodeChunks(randomSplit(bytes, 7, 64 * 1024));
+    expect(error).toBeNull();
+    const data = objects.filter((o): o is DataRecord => o.type === RecordType.DATA);
+    expect(data[0]!.payload.buffer).toBe(bytes.buffer);
+    expect(data[0]!.payload.equals(a)).toBe(true);
+  });
+
+  it('compressed frames spanning chunks share a reused scratch; no payload handed out is overwritten by a later record', async () => {
+    // Frames of growing and shrinking sizes (the scratch grows, then is reused), split into separate
+    // 1000-byte chunks so that every frame spans chunks.
+    const sizes = [10_000, 300_000, 40_000, 700_000, 5_000, 300_000];
+    const data = sizes.map((n, i) => mixedData(n, 20 + i).fill(0, 0, 4096)); // a zero page: always compressible
+    const records: RecordInput[] = data.map((payload) => ({ type: RecordType.DATA, device: 0, payload }) as RecordInput);
+    records.push({ type: RecordType.STREAM_END });
+    const { bytes } = await encodeAll(records, { devices: devices(1), compression: true });
+    const chunks = apart(Array.from({ length: Math.ceil(bytes.length / 1000) }, (_, i) => bytes.subarray(i * 1000, (i + 1) * 1000)));
+    // Hold every payload unread until the end: a buffer reused under a consumer would show here.
+    const { objects, error } = await decodeChunks(chunks, { readableHighWaterMark: 100, maxOutputBytes: 64 * 1024 * 1024 });
+    expect(error).toBeNull();
+    const got = objects.filter((o): o is DataRecord => o.type === RecordType.DATA);
+    expect(got.every((d) => (d.flags & RecordFlags.COMPRESSED) !== 0)).toBe(true);
+    expect(got.map((d, i) => d.payload.equals(data[i]!))).toEqual(sizes.map(() => true));
+    expect(new Set(got.map((d) => d.payload.buffer)).size).toBe(sizes.length);
+  });
 
   it('decodes thousands of records from one chunk, as views into that chunk (zero-copy)', async () => {
     const n = 3000;
