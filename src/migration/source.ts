@@ -549,7 +549,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       const ratio = this.#est.predict().compressionRatio;
       raw += Math.max(0, this.#destBacklog - (raw + wire * ratio));
     } else {
-      this.#est.setLinkCredit(Math.max(0, this.#bucket.available()));
+      this.#est.setLinkCredit(Math.max(0, this.#bucket.available()), this.#bucket.bytesPerMs);
     }
     this.#est.setInFlight(wire, raw);
     return raw + wire;

@@ -113,6 +113,10 @@ export interface Prediction {
   wireRateBytesPerMs: number;
   /** Raw bytes per wire byte (1 without compression). */
   compressionRatio: number;
+  /** The whole path's raw rate from recordPipeline (NaN before minSamples); it bounds the transfer when below the link's. */
+  pipelineRateBytesPerMs: number;
+  /** Wire bytes the link takes at once, ahead of its rate (setLinkCredit): the first of a switchover's bytes leave unpaced. */
+  linkCreditBytes: number;
   /** Bytes the devices dirty per ms (0 when not measured): of their clean sent state, as observed. */
   dirtyRateBytesPerMs: number;
   /**
@@ -454,6 +458,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   private ratioRaw = 0;
   private ratioWire = 0;
   private linkCredit = 0;
+  private linkCap = Number.NaN;
 
   constructor(options: PrecopyEstimatorOptions = {}) {
     super();
@@ -808,10 +813,14 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   /**
    * Wire bytes the link would take at once, ahead of its measured rate: a bandwidth cap's token
    * bucket credit (TokenBucket.available()). A switchover's first bytes up to it leave unpaced.
-   * 0 (the default) when the link has no such credit. Negative or non-finite values are ignored.
+   * 0 (the default) when the link has no such credit. `capBytesPerMs`, the bucket's rate: the credit
+   * counts only while the measured wire rate is that cap's (a slower stage before the link keeps the
+   * bucket full, and its bytes wait for that stage, not for the bucket). Negative or non-finite
+   * values are ignored.
    */
-  setLinkCredit(wireBytes: number): void {
+  setLinkCredit(wireBytes: number, capBytesPerMs?: number): void {
     if (wireBytes >= 0 && Number.isFinite(wireBytes)) this.linkCredit = wireBytes;
+    if (capBytesPerMs !== undefined && capBytesPerMs > 0 && Number.isFinite(capBytesPerMs)) this.linkCap = capBytesPerMs;
   }
 
   /** A fixed cost was measured (e.g. a MigrationCore 'arc' event's ms, or the destination's validation time it reported). */
@@ -885,7 +894,10 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     // Wire bytes already queued go out before anything STOP_COPY produces; in raw-byte terms.
     const inFlightRaw = this.inFlight * ratio + this.inFlightRaw;
     // A token bucket's credit leaves at once, not at the capped rate: only the rest is paced.
-    const creditRaw = wireKnown ? this.linkCredit * ratio : 0;
+    // Only while the cap paces the link: when something before it is slower (compression workers),
+    // the bucket stays full and its credit says nothing; the measured wire rate is that bottleneck's.
+    const capBound = !(this.linkCap > 0) || ws.mean >= LINK_BOUND_SHARE * this.linkCap;
+    const creditRaw = wireKnown && capBound ? this.linkCredit * ratio : 0;
     const inFlightMs = Math.max(0, inFlightRaw - creditRaw) / ratio / (wireKnown ? ws.mean : o.priorRateBytesPerMs);
 
     let stopCopyBytes = 0;
@@ -986,8 +998,10 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     let pipeMs = 0;
     let pipeMsLow = 0;
     let pipeMsHigh = 0;
+    let pipelineRate = Number.NaN;
     if (this.pipeline.count >= o.minSamples) {
       const ps = this.pipeline.stats();
+      pipelineRate = ps.mean;
       const linkBound = wireKnown && ps.mean >= LINK_BOUND_SHARE * ws.mean * ratio;
       if (ps.mean > 0 && !linkBound) {
         const rel = Math.max(o.minRelativeBand, k * ps.relErr);
@@ -1028,6 +1042,8 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       generationRateBytesPerMs: slowestGen,
       wireRateBytesPerMs: this.wire.count > 0 ? ws.mean : NaN,
       compressionRatio: ratio,
+      pipelineRateBytesPerMs: pipelineRate,
+      linkCreditBytes: this.linkCredit,
       dirtyRateBytesPerMs,
       stateDirtyRateBytesPerMs,
       stateDirtyRateLowBytesPerMs,

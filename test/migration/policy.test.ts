@@ -35,6 +35,8 @@ function prediction(p: Partial<Prediction> = {}): Prediction {
     generationRateBytesPerMs: 200_000,
     wireRateBytesPerMs: 100_000,
     compressionRatio: 1,
+    pipelineRateBytesPerMs: Number.NaN,
+    linkCreditBytes: 0,
     dirtyRateBytesPerMs: 10_000,
     stateDirtyRateBytesPerMs: Number.NaN,
     stateDirtyRateLowBytesPerMs: Number.NaN,

@@ -540,6 +540,17 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(est.predict().transferMs).toBe(0);
     est.setLinkCredit(0);
     expect(est.predict().transferMs).toBeCloseTo(20, 6);
+    // With the bucket's rate given: the credit counts while the measured wire rate is the cap's
+    // (1 MiB per 10 ms here)...
+    const capped = compressedLink();
+    capped.setLinkCredit(MIB, MIB / 10);
+    expect(capped.predict().transferMs).toBeCloseTo(10, 6);
+    expect(capped.predict().linkCreditBytes).toBe(MIB);
+    // ...and not when the link moves at a quarter of its cap: a slower stage feeds it, the bucket
+    // stays full, and the bytes wait for that stage, not for the bucket.
+    const starved = compressedLink();
+    starved.setLinkCredit(MIB, (4 * MIB) / 10);
+    expect(starved.predict().transferMs).toBeCloseTo(20, 6);
   });
 
   it('the whole path rate bounds the transfer when something between device and link is slower; a link-bound path leaves it to the wire term', () => {
