@@ -176,6 +176,8 @@ export class ConvergenceTracker {
   private readonly t: number[] = [];
   private readonly bytes: number[] = [];
   private readonly diverging: boolean[] = [];
+  /** Raw bytes read by each sample's time (for the recent moved rate). */
+  private readonly read: number[] = [];
   /** elapsedMs of the first sample since the last reset, NaN before. */
   private since = NaN;
   /** The least bytes among samples that left the window. */
@@ -187,6 +189,7 @@ export class ConvergenceTracker {
     this.t.length = 0;
     this.bytes.length = 0;
     this.diverging.length = 0;
+    this.read.length = 0;
     this.since = NaN;
     this.lowBefore = Infinity;
     this.bytesSince = NaN;
@@ -196,19 +199,37 @@ export class ConvergenceTracker {
    * One decision's sample. `bytes` NaN: not judged for draining (the initial data is still being
    * sent, and drains by definition); its `diverging` flag still counts.
    */
-  add(elapsedMs: number, bytes: number, diverging: boolean, windowMs: number): void {
+  add(elapsedMs: number, bytes: number, diverging: boolean, windowMs: number, bytesRead = 0): void {
     if (Number.isNaN(this.since)) this.since = elapsedMs;
     if (Number.isNaN(this.bytesSince) && !Number.isNaN(bytes)) this.bytesSince = elapsedMs;
     this.t.push(elapsedMs);
     this.bytes.push(bytes);
     this.diverging.push(diverging);
-    // Bounded: samples older than one window are dropped.
-    while (this.t.length > 0 && this.t[0] < elapsedMs - windowMs) {
+    this.read.push(bytesRead);
+    // Bounded: samples older than one window (and than RECENT_MS) are dropped.
+    const keep = Math.max(windowMs, RECENT_MS);
+    while (this.t.length > 0 && this.t[0] < elapsedMs - keep) {
       this.t.shift();
       const b = this.bytes.shift() as number;
       if (!Number.isNaN(b)) this.lowBefore = Math.min(this.lowBefore, b);
       this.diverging.shift();
+      this.read.shift();
     }
+  }
+
+  /**
+   * Raw bytes read per ms over about the last RECENT_MS (from the oldest sample within it to the
+   * newest), NaN with fewer than two samples. A path that is still speeding up (workers warming,
+   * JIT) shows here before its average over the whole PRE_COPY catches up.
+   */
+  recentReadRate(): number {
+    const n = this.t.length;
+    if (n < 2) return Number.NaN;
+    const end = this.t[n - 1];
+    let i = n - 2;
+    while (i > 0 && this.t[i] > end - RECENT_MS) i--;
+    const dt = end - this.t[i];
+    return dt > 0 ? (this.read[n - 1] - this.read[i]) / dt : Number.NaN;
   }
 
   /** The verdict over the last `windowMs`, or null while less than a window was observed. */
@@ -241,6 +262,9 @@ export class ConvergenceTracker {
     return { draining: !bytesJudged || secondMin < firstMin, divergingFraction: div / this.t.length, firstMin, secondMin };
   }
 }
+
+/** Span of the recent moved rate (ConvergenceTracker.recentReadRate), ms. */
+const RECENT_MS = 100;
 
 /** Share of a window's samples with dirty rate >= throughput that counts as not converging. */
 const DIVERGING_FRACTION = 0.8;
@@ -283,13 +307,16 @@ function abortChecks(
   const settlesHigh = Number.isFinite(steadyMs) && steadyMs > STEADY_FACTOR * limitMs;
   const diverging =
     (p.dirtyRateBytesPerMs > 0 && p.dirtyRateBytesPerMs >= p.rateBytesPerMs) || p.stateDirtyRateBytesPerMs >= p.rateBytesPerMs || settlesHigh;
-  tracker.add(s.elapsedMs, s.initialSent ? p.transferBytes : Number.NaN, diverging, windowMs);
+  tracker.add(s.elapsedMs, s.initialSent ? p.transferBytes : Number.NaN, diverging, windowMs, s.bytesRead);
   if (p.highMs <= limitMs) return null;
   // Without waiting for the window: even the slow edge of the devices' dirty rate (of their whole
   // state) is at or above the fast edge of the transfer rate, and above what PRE_COPY has plainly
-  // moved per ms so far (a cross-check no model error can inflate). The window guards means against
-  // noise; the bands already carry it. (NaN until the model has seen a tenth of the state.)
-  const movedBytesPerMs = s.elapsedMs > 0 ? s.bytesRead / s.elapsedMs : Infinity;
+  // moved per ms, on average and over the last RECENT_MS (a cross-check no model error can
+  // inflate; the recent rate keeps a path still speeding up from being judged on its start). The
+  // window guards means against noise; the bands already carry it. (NaN until the model has seen
+  // a tenth of the state.)
+  const recent = tracker.recentReadRate();
+  const movedBytesPerMs = Math.max(s.elapsedMs > 0 ? s.bytesRead / s.elapsedMs : Infinity, Number.isNaN(recent) ? 0 : recent);
   if (p.stateDirtyRateLowBytesPerMs >= Math.max(p.rateHighBytesPerMs, movedBytesPerMs)) {
     return decision(
       'abort',

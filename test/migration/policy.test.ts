@@ -227,6 +227,15 @@ describe('DefaultSwitchoverPolicy', () => {
     expect(q.decide(snap({ elapsedMs: 1000 }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 140_000, rateHighBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
     // PRE_COPY has plainly moved more per ms than the low edge (a model error, e.g. a bad ratio): no verdict.
     expect(q.decide(snap({ elapsedMs: 100, bytesRead: 100 * MIB }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
+    // A path still speeding up: slow on average, but the last 100 ms moved more than the low edge.
+    const r = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 60_000 });
+    const ramp = { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 };
+    r.reset();
+    r.decide(snap({ elapsedMs: 850, bytesRead: 50 * MIB }, { highMs: 900 }));
+    expect(r.decide(snap({ elapsedMs: 950, bytesRead: 90 * MIB }, ramp)).reason).toBe('above-limit'); // 40 MiB in 100 ms: 419 kB/ms
+    r.reset();
+    r.decide(snap({ elapsedMs: 850, bytesRead: 80 * MIB }, { highMs: 900 }));
+    expect(r.decide(snap({ elapsedMs: 950, bytesRead: 90 * MIB }, ramp)).action).toBe('abort'); // 10 MiB in 100 ms: 105 kB/ms
     // The model not ready (NaN): nothing.
     expect(q.decide(snap({ elapsedMs: 2000 }, { highMs: 900 })).reason).toBe('above-limit');
     // Whatever the dirtying, a switchover that fits now is taken (a small state can always be stopped and copied).
