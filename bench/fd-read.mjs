@@ -4,6 +4,8 @@
 // kernel code, default 64 KiB capacity), so every reader sees the same data source:
 // - fd-read         createFdSource(fd) (epoll: net.Socket + reused onread buffer), drained by
 //                   stream.pipeline into a null Writable.            Baseline: dd of=/dev/null bs=1M.
+// - fd-read-recycled the same, the consumer giving each chunk back once done (FdSource.release): the
+//                   next reads land in memory already faulted in, as dd's one buffer does.
 // - fd-read-saving  createSavingStream over an fd-backed session on the FIFO (private reopen).
 // - fd-read-fs      createFdSource(fd, { io: 'fs' }): the threadpool fs.read path (char devices).
 // - fd-read-naive   fs.createReadStream(null, { fd, highWaterMark: 1 MiB }): the naive approach.
@@ -18,7 +20,7 @@ import { pipeline } from 'node:stream/promises';
 import { createFdSource, createSavingStream } from '../dist/index.js';
 import { MiB, GiB, mbps, median, result } from './lib.mjs';
 
-export const names = ['fd-read', 'fd-read-saving', 'fd-read-fs', 'fd-read-naive'];
+export const names = ['fd-read', 'fd-read-recycled', 'fd-read-saving', 'fd-read-fs', 'fd-read-naive'];
 
 function nullSink() {
   return new Writable({ highWaterMark: MiB, write: (_c, _e, cb) => cb() });
@@ -48,6 +50,14 @@ const variants = {
     return timed(fifo, count, async () => {
       const src = createFdSource(fd);
       await pipeline(src, nullSink());
+      return src.bytesRead;
+    });
+  },
+  async 'fd-read-recycled'(fifo, count) {
+    const fd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    return timed(fifo, count, async () => {
+      const src = createFdSource(fd);
+      await pipeline(src, new Writable({ highWaterMark: MiB, write: (c, _e, cb) => (src.release(c), cb()) }));
       return src.bytesRead;
     });
   },

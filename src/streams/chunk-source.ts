@@ -43,6 +43,17 @@ export interface ChunkSourceOptions extends BackoffOptions {
 /** What the pull loop does after a 0-byte read or a failed pull. */
 export type PullVerdict = 'end' | 'retry' | MigError;
 
+/** A chunk buffer lent out in views (see release()). */
+interface Loan {
+  buf: Buffer;
+  out: number;
+  back: number;
+  filling: boolean;
+}
+
+/** Released chunk buffers kept for reuse; beyond that, released memory goes back to the allocator. */
+const MAX_FREE_CHUNKS = 4;
+
 /** Backend states. */
 const IDLE = 0;
 const PULLING = 1;
@@ -75,6 +86,12 @@ export abstract class ChunkSource extends Readable {
   #lastDelivery: number;
   #signal: AbortSignal | null;
   #onAbort: (() => void) | null;
+  /** Chunk buffers lent out in views, by backing memory: views out, views released, still filling. */
+  #lent: WeakMap<ArrayBufferLike, Loan>;
+  /** Views handed downstream and not yet released (a view is released once). */
+  #views: WeakSet<Buffer>;
+  /** Released whole chunk buffers, reused before any new allocation (at most MAX_FREE_CHUNKS). */
+  #free: Buffer[];
 
   constructor(opts: ChunkSourceOptions = {}) {
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
@@ -96,6 +113,9 @@ export abstract class ChunkSource extends Readable {
     this.#chunk = null;
     this.#start = 0;
     this.#fill = 0;
+    this.#lent = new WeakMap();
+    this.#views = new WeakSet();
+    this.#free = [];
     this.#minReadSpace = Math.min(chunkSize, MIN_READ_SPACE);
     this.#flushScheduled = false;
     this.#lastDelivery = 0;
@@ -189,7 +209,7 @@ export abstract class ChunkSource extends Readable {
     try {
       for (;;) {
         if (this.destroyed) return;
-        const buf = this.#spare ?? Buffer.allocUnsafeSlow(this.chunkSize);
+        const buf = this.#spare ?? this.#newChunk();
         this.#spare = null;
         const t0 = performance.now();
         let n = 0;
@@ -213,6 +233,7 @@ export abstract class ChunkSource extends Readable {
           if (n >= buf.length >>> 1) {
             // Fast path: the chunk buffer itself leaves; the next pull allocates a new one.
             out = n === buf.length ? buf : buf.subarray(0, n);
+            this.#lend(buf, out, false);
           } else {
             // Slow path: short read. Copy out so a small chunk does not pin a whole chunk buffer.
             out = Buffer.allocUnsafe(n);
@@ -263,7 +284,8 @@ export abstract class ChunkSource extends Readable {
   #nextReadBuffer(): Buffer {
     let chunk = this.#chunk;
     if (chunk === null || chunk.length - this.#fill < this.#minReadSpace) {
-      chunk = Buffer.allocUnsafeSlow(this.chunkSize);
+      if (chunk !== null) this.#retire(chunk);
+      chunk = this.#newChunk();
       this.#chunk = chunk;
       this.#start = 0;
       this.#fill = 0;
@@ -308,6 +330,7 @@ export abstract class ChunkSource extends Readable {
     const chunk = this.#chunk!;
     const out = this.#start === 0 && this.#fill === chunk.length ? chunk : chunk.subarray(this.#start, this.#fill);
     this.#start = this.#fill;
+    this.#lend(chunk, out, true);
     const now = performance.now();
     this.#deliver(out, now - this.#lastDelivery);
     this.#lastDelivery = now;
@@ -326,6 +349,55 @@ export abstract class ChunkSource extends Readable {
       },
       (err: unknown) => this.destroy(ioError(err, 'read')),
     );
+  }
+
+  /**
+   * Give back a chunk this stream pushed, once the consumer is done with its bytes: its memory is
+   * reused for a later chunk instead of fresh memory (which costs a page fault per 4 KiB on first
+   * touch: on some VMs reading into fresh chunks runs at half the speed of reading into reused ones;
+   * docs/PERFORMANCE.md). Optional: a chunk never released is left to the garbage collector as
+   * usual. After release() the caller must not touch the chunk or any view of it, since its bytes will
+   * be overwritten. Returns false (and does nothing) for a buffer this stream did not push or
+   * already took back. A chunk buffer pushed in several views is reused once all of them are released.
+   */
+  release(chunk: Buffer): boolean {
+    if (!this.#views.has(chunk)) return false;
+    this.#views.delete(chunk);
+    const loan = this.#lent.get(chunk.buffer);
+    if (loan === undefined) return false;
+    loan.back++;
+    this.#recycle(loan);
+    return true;
+  }
+
+  #newChunk(): Buffer {
+    return this.#free.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize);
+  }
+
+  /** `view` of chunk buffer `buf` goes downstream; `filling`: more views of it may follow. */
+  #lend(buf: Buffer, view: Buffer, filling: boolean): void {
+    let loan = this.#lent.get(buf.buffer);
+    if (loan === undefined) {
+      loan = { buf, out: 0, back: 0, filling };
+      this.#lent.set(buf.buffer, loan);
+    }
+    loan.out++;
+    loan.filling = filling;
+    this.#views.add(view);
+  }
+
+  /** The epoll path is done filling `buf`: no more views of it will be pushed. */
+  #retire(buf: Buffer): void {
+    const loan = this.#lent.get(buf.buffer);
+    if (loan === undefined) return;
+    loan.filling = false;
+    this.#recycle(loan);
+  }
+
+  #recycle(loan: Loan): void {
+    if (loan.filling || loan.back < loan.out) return;
+    this.#lent.delete(loan.buf.buffer);
+    if (!this.destroyed && this.#free.length < MAX_FREE_CHUNKS && loan.buf.length === this.chunkSize) this.#free.push(loan.buf);
   }
 
   /**
@@ -370,6 +442,7 @@ export abstract class ChunkSource extends Readable {
     if (this.#socket !== null) this.#socket.destroy();
     this.#chunk = null;
     this.#spare = null;
+    this.#free.length = 0;
     cb(err);
   }
 }

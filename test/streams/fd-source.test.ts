@@ -1,5 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -120,6 +121,42 @@ describe('createFdSource on pipes, FIFOs and sockets (epoll path)', () => {
     const viaSocket = JSON.parse(await out) as Record<string, unknown>;
     server.close();
     expect(viaSocket).toEqual({ kind: 'socket', path: 'epoll', bytes: data.length, sha: sha(data) });
+  });
+
+  it('release(): a consumer that gives chunks back gets their memory again, bytes intact; foreign and repeated releases are refused', async () => {
+    const fifo = mkfifo(dir, 'recycle');
+    const fd = openFifoReader(fifo);
+    const s = createFdSource(fd);
+    const child = spawn('sh', ['-c', `head -c ${data.length} "${dataFile}" > "${fifo}"`], { stdio: 'ignore' });
+    const hash = createHash('sha256');
+    const memories = new Set<ArrayBufferLike>();
+    let chunks = 0;
+    let refused = 0;
+    const kept: [Buffer, Buffer][] = [];
+    await new Promise<void>((resolve, reject) => {
+      s.on('data', (c: Buffer) => {
+        hash.update(c);
+        memories.add(c.buffer);
+        // Every third view is kept: the chunk buffer it lives in must not be reused under it.
+        if (chunks++ % 3 === 0) {
+          kept.push([c, Buffer.from(c)]);
+          return;
+        }
+        expect(s.release(c)).toBe(true);
+        if (!s.release(c)) refused++;
+      });
+      s.on('end', () => resolve());
+      s.on('error', reject);
+    });
+    await new Promise((r) => child.on('close', r));
+    fs.unlinkSync(fifo);
+    expect(hash.digest('hex')).toBe(sha(data));
+    expect(refused).toBe(chunks - kept.length);
+    for (const [view, copy] of kept) expect(view.equals(copy)).toBe(true);
+    expect(s.release(Buffer.alloc(16))).toBe(false);
+    // The data spans several 1 MiB chunk buffers; released ones came back instead of new memory.
+    expect(chunks).toBeGreaterThan(4);
+    expect(memories.size).toBeLessThan(chunks);
   });
 
   it('destroy() on an idle pipe closes quickly', async () => {

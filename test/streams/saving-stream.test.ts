@@ -38,6 +38,38 @@ describe('SavingStream over a method-backed session', () => {
     expect(session.closed).toBe(false); // not ours unless autoClose
   });
 
+  it('release(): chunks given back are reused for later reads; chunks kept are never overwritten', async () => {
+    const size = 8 * MiB;
+    const session = new ScriptedSaving({ available: size });
+    const s = createSavingStream(session, { chunkSize: 256 * 1024 });
+    const kept: Buffer[] = [];
+    const keptCopies: Buffer[] = [];
+    const memories = new Set<ArrayBufferLike>();
+    const parts: Buffer[] = [];
+    let n = 0;
+    await new Promise<void>((resolve, reject) => {
+      s.on('data', (c: Buffer) => {
+        parts.push(Buffer.from(c));
+        memories.add(c.buffer);
+        // Keep every fifth chunk (never released): its bytes must survive the reuse of the others.
+        if (n++ % 5 === 0) {
+          kept.push(c);
+          keptCopies.push(Buffer.from(c));
+        } else {
+          expect(s.release(c)).toBe(true);
+        }
+      });
+      s.on('end', () => resolve());
+      s.on('error', reject);
+    });
+    expect(sha(...parts)).toBe(sha(pattern(0, size)));
+    for (let i = 0; i < kept.length; i++) expect(kept[i].equals(keptCopies[i])).toBe(true);
+    // 32 chunks; the kept ones need memory of their own, the released ones mostly recycle.
+    expect(n).toBe(32);
+    expect(memories.size).toBeLessThan(n);
+    expect(memories.size).toBeGreaterThanOrEqual(kept.length);
+  });
+
   it('works with stream.pipeline and pump', async () => {
     const size = 2 * MiB + 7;
     const a = new ScriptedSaving({ available: size });
