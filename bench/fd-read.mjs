@@ -4,7 +4,7 @@
 // kernel code, default 64 KiB capacity), so every reader sees the same data source:
 // - fd-read         createFdSource(fd) (epoll: net.Socket + reused onread buffer), drained by
 //                   stream.pipeline into a null Writable.            Baseline: dd of=/dev/null bs=1M.
-// - fd-read-recycled the same, the consumer giving each chunk back once done (FdSource.release): the
+// - fd-read-recycled the same with { recycle: true }, the consumer giving each chunk back once done (release()): the
 //                   next reads land in memory already faulted in, as dd's one buffer does.
 // - fd-read-saving  createSavingStream over an fd-backed session on the FIFO (private reopen).
 // - fd-read-fs      createFdSource(fd, { io: 'fs' }): the threadpool fs.read path (char devices).
@@ -56,7 +56,7 @@ const variants = {
   async 'fd-read-recycled'(fifo, count) {
     const fd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
     return timed(fifo, count, async () => {
-      const src = createFdSource(fd);
+      const src = createFdSource(fd, { recycle: true });
       await pipeline(src, new Writable({ highWaterMark: MiB, write: (c, _e, cb) => (src.release(c), cb()) }));
       return src.bytesRead;
     });

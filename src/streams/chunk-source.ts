@@ -38,6 +38,11 @@ export interface ChunkSourceOptions extends BackoffOptions {
    * generation rate with it. Must not throw.
    */
   onRead?: (bytes: number, ms: number) => void;
+  /**
+   * The consumer gives chunks back with release() once done with them, and their memory is reused
+   * for later reads. Default false: nothing is tracked and release() refuses everything.
+   */
+  recycle?: boolean;
 }
 
 /** What the pull loop does after a 0-byte read or a failed pull. */
@@ -86,10 +91,10 @@ export abstract class ChunkSource extends Readable {
   #lastDelivery: number;
   #signal: AbortSignal | null;
   #onAbort: (() => void) | null;
-  /** Chunk buffers lent out in views, by backing memory: views out, views released, still filling. */
-  #lent: WeakMap<ArrayBufferLike, Loan>;
-  /** Views handed downstream and not yet released (a view is released once). */
-  #views: WeakSet<Buffer>;
+  /** With `recycle`: chunk buffers lent out in views, by backing memory (views out, released, still filling). */
+  #lent: WeakMap<ArrayBufferLike, Loan> | null;
+  /** With `recycle`: views handed downstream and not yet released (a view is released once). */
+  #views: WeakSet<Buffer> | null;
   /** Released whole chunk buffers, reused before any new allocation (at most MAX_FREE_CHUNKS). */
   #free: Buffer[];
 
@@ -113,8 +118,9 @@ export abstract class ChunkSource extends Readable {
     this.#chunk = null;
     this.#start = 0;
     this.#fill = 0;
-    this.#lent = new WeakMap();
-    this.#views = new WeakSet();
+    // Only when asked: weak tables keyed by every chunk's memory delay its reclaim to a full GC.
+    this.#lent = opts.recycle === true ? new WeakMap() : null;
+    this.#views = opts.recycle === true ? new WeakSet() : null;
     this.#free = [];
     this.#minReadSpace = Math.min(chunkSize, MIN_READ_SPACE);
     this.#flushScheduled = false;
@@ -352,7 +358,7 @@ export abstract class ChunkSource extends Readable {
   }
 
   /**
-   * Give back a chunk this stream pushed, once the consumer is done with its bytes: its memory is
+   * With the `recycle` option: give back a chunk this stream pushed, once the consumer is done with its bytes: its memory is
    * reused for a later chunk instead of fresh memory (which costs a page fault per 4 KiB on first
    * touch: on some VMs reading into fresh chunks runs at half the speed of reading into reused ones;
    * docs/PERFORMANCE.md). Optional: a chunk never released is left to the garbage collector as
@@ -361,7 +367,7 @@ export abstract class ChunkSource extends Readable {
    * already took back. A chunk buffer pushed in several views is reused once all of them are released.
    */
   release(chunk: Buffer): boolean {
-    if (!this.#views.has(chunk)) return false;
+    if (this.#views === null || this.#lent === null || !this.#views.has(chunk)) return false;
     this.#views.delete(chunk);
     const loan = this.#lent.get(chunk.buffer);
     if (loan === undefined) return false;
@@ -376,6 +382,7 @@ export abstract class ChunkSource extends Readable {
 
   /** `view` of chunk buffer `buf` goes downstream; `filling`: more views of it may follow. */
   #lend(buf: Buffer, view: Buffer, filling: boolean): void {
+    if (this.#lent === null || this.#views === null) return;
     let loan = this.#lent.get(buf.buffer);
     if (loan === undefined) {
       loan = { buf, out: 0, back: 0, filling };
@@ -388,7 +395,7 @@ export abstract class ChunkSource extends Readable {
 
   /** The epoll path is done filling `buf`: no more views of it will be pushed. */
   #retire(buf: Buffer): void {
-    const loan = this.#lent.get(buf.buffer);
+    const loan = this.#lent?.get(buf.buffer);
     if (loan === undefined) return;
     loan.filling = false;
     this.#recycle(loan);
@@ -396,7 +403,7 @@ export abstract class ChunkSource extends Readable {
 
   #recycle(loan: Loan): void {
     if (loan.filling || loan.back < loan.out) return;
-    this.#lent.delete(loan.buf.buffer);
+    this.#lent?.delete(loan.buf.buffer);
     if (!this.destroyed && this.#free.length < MAX_FREE_CHUNKS && loan.buf.length === this.chunkSize) this.#free.push(loan.buf);
   }
 

@@ -126,7 +126,7 @@ describe('createFdSource on pipes, FIFOs and sockets (epoll path)', () => {
   it('release(): a consumer that gives chunks back gets their memory again, bytes intact; foreign and repeated releases are refused', async () => {
     const fifo = mkfifo(dir, 'recycle');
     const fd = openFifoReader(fifo);
-    const s = createFdSource(fd);
+    const s = createFdSource(fd, { recycle: true });
     const child = spawn('sh', ['-c', `head -c ${data.length} "${dataFile}" > "${fifo}"`], { stdio: 'ignore' });
     const hash = createHash('sha256');
     const memories = new Set<ArrayBufferLike>();
@@ -154,6 +154,10 @@ describe('createFdSource on pipes, FIFOs and sockets (epoll path)', () => {
     expect(refused).toBe(chunks - kept.length);
     for (const [view, copy] of kept) expect(view.equals(copy)).toBe(true);
     expect(s.release(Buffer.alloc(16))).toBe(false);
+    // Without the option nothing is tracked: release() refuses.
+    const plain = createFdSource(openFifoReader(mkfifo(dir, 'plain')));
+    expect(plain.release(Buffer.alloc(16))).toBe(false);
+    plain.destroy();
     // The data spans several 1 MiB chunk buffers; released ones came back instead of new memory.
     expect(chunks).toBeGreaterThan(4);
     expect(memories.size).toBeLessThan(chunks);
