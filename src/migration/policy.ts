@@ -263,6 +263,13 @@ export class ConvergenceTracker {
   }
 }
 
+/**
+ * The early verdict needs the dirty rate's slow edge this many times above the fastest rate: λ
+ * sampled on a busy event loop read up to ~20% high on SimDevice, and a device dirtying exactly as
+ * fast as the path moves is the window's to judge, not a snapshot's.
+ */
+const EARLY_MARGIN = 1.25;
+
 /** Span of the recent moved rate (ConvergenceTracker.recentReadRate), ms. */
 const RECENT_MS = 100;
 
@@ -317,7 +324,7 @@ function abortChecks(
   // a tenth of the state.)
   const recent = tracker.recentReadRate();
   const movedBytesPerMs = Math.max(s.elapsedMs > 0 ? s.bytesRead / s.elapsedMs : Infinity, Number.isNaN(recent) ? 0 : recent);
-  if (p.stateDirtyRateLowBytesPerMs >= Math.max(p.rateHighBytesPerMs, movedBytesPerMs)) {
+  if (p.stateDirtyRateLowBytesPerMs >= EARLY_MARGIN * Math.max(p.rateHighBytesPerMs, movedBytesPerMs)) {
     return decision(
       'abort',
       'not-converging',

@@ -196,7 +196,9 @@ describe('fault matrix: rollback before the acknowledgement', () => {
     const listener = await listenTransport(`unix:${join(dir, 'd.sock')}`);
     try {
       const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
-      const src = runCli(['migrate', '--to', listener.url, '--size', String(32 * MiB), '--seed', '1', '--generation-rate', String(16 * MiB), '--json']);
+      // A feasible migration (dirtying a quarter of what the device can be read at), so the kill, not
+      // the policy, ends it: at the CLI's default 16 MiB/s of dirt it would be borderline infeasible.
+      const src = runCli(['migrate', '--to', listener.url, '--size', String(32 * MiB), '--seed', '1', '--generation-rate', String(16 * MiB), '--dirty-rate', String(4 * MiB), '--json']);
       let killed = false;
       incoming.on('progress', (p) => {
         if (!killed && p.bytes > 4 * MiB) {

@@ -225,6 +225,8 @@ describe('DefaultSwitchoverPolicy', () => {
     // The bands overlap: no verdict yet (the window decides).
     const q = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 60_000 });
     expect(q.decide(snap({ elapsedMs: 1000 }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 140_000, rateHighBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
+    // Above the fast edge, but by less than the margin (λ sampled on a busy loop can read ~20% high): the window's to judge.
+    expect(q.decide(snap({ elapsedMs: 1000 }, { stateDirtyRateBytesPerMs: 250_000, stateDirtyRateLowBytesPerMs: 170_000, rateHighBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
     // PRE_COPY has plainly moved more per ms than the low edge (a model error, e.g. a bad ratio): no verdict.
     expect(q.decide(snap({ elapsedMs: 100, bytesRead: 100 * MIB }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
     // A path still speeding up: slow on average, but the last 100 ms moved more than the low edge.
