@@ -41,7 +41,7 @@ const cpuMs = (from) => {
   return { userMs: u.user / 1000, sysMs: u.system / 1000 };
 };
 const MiB = 1024 * 1024;
-// BENCH_E2E_OPTIONS: JSON of stream options to try, { sav, enc, dec, res } (createSavingStream,
+// BENCH_E2E_OPTIONS: JSON of stream options to try, { sav, enc, dec, res, recycle } (createSavingStream,
 // RecordEncoder, RecordDecoder, createResumingStream), e.g. '{"enc":{"checksums":false}}'.
 const X = JSON.parse(process.env.BENCH_E2E_OPTIONS ?? '{}');
 
@@ -108,7 +108,8 @@ async function source([sock, sizeArg, profile, seedArg, zstd]) {
   const t0 = now();
   const cpu0 = process.cpuUsage();
   const session = await core.setState(DeviceState.STOP_COPY);
-  const saving = createSavingStream(session, X.sav ?? {});
+  // X.recycle: the device chunks go back to the SavingStream once the socket has written them.
+  const saving = createSavingStream(session, { ...(X.sav ?? {}), ...(X.recycle ? { recycle: true } : {}) });
   const encoder = new RecordEncoder({ devices: [{ name: 'dev0', identity: core.identity() }], compression: compressionOption(zstd), ...(X.enc ?? {}) });
   // Device chunks become DATA records; the device's end of stream closes the device and the stream.
   const toRecords = new Transform({
@@ -125,7 +126,21 @@ async function source([sock, sizeArg, profile, seedArg, zstd]) {
       cb();
     },
   });
-  await pipeline(saving, toRecords, encoder, conn);
+  // With recycling, each chunk is written with a callback that gives it back (a header chunk is
+  // not the stream's: release() refuses it).
+  const out = !X.recycle
+    ? conn
+    : new Writable({
+        highWaterMark: MiB,
+        write(chunk, _e, cb) {
+          if (conn.write(chunk, () => saving.release(chunk))) cb();
+          else conn.once('drain', () => cb());
+        },
+        final(cb) {
+          conn.end(() => cb());
+        },
+      });
+  await pipeline(saving, toRecords, encoder, out);
   const tSent = now();
   await core.setState(DeviceState.STOP);
   await send({ done: true, t0, tSent, digest: dev.digest(), bytes: saving.bytesRead, wireBytes: encoder.bytesOut, compressedRecords: encoder.compressedRecords, cpu: cpuMs(cpu0), mem: process.memoryUsage(), maxRssKB: maxRssKB() });
