@@ -172,30 +172,39 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   // Raw DATA bytes handed to write(); enc.dataBytes counts those the encoder has taken in.
   let submitted = 0;
 
-  const write = (rec: RecordInput): Promise<void> => {
-    if (error !== null) return Promise.reject(error);
-    if (enc.destroyed) return Promise.reject(migError(ErrorCodes.TRANSPORT, 'the forward stream is closed'));
-    if (enc.write(rec)) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
-      const onDrain = () => {
+  // Writers waiting for the encoder to drain share one waiter: one set of listeners however many
+  // devices and control messages wait at once.
+  let drained: Promise<void> | null = null;
+  const waitDrain = (): Promise<void> =>
+    (drained ??= new Promise<void>((resolve, reject) => {
+      const settle = (): void => {
+        drained = null;
+        enc.off('drain', onDrain);
         enc.off('error', onErr);
         enc.off('close', onClose);
+      };
+      const onDrain = (): void => {
+        settle();
         resolve();
       };
-      const onErr = (err: unknown) => {
-        enc.off('drain', onDrain);
-        enc.off('close', onClose);
+      const onErr = (err: unknown): void => {
+        settle();
         reject(err);
       };
-      const onClose = () => {
-        enc.off('drain', onDrain);
-        enc.off('error', onErr);
+      const onClose = (): void => {
+        settle();
         reject(migError(ErrorCodes.TRANSPORT, 'the forward stream closed'));
       };
       enc.once('drain', onDrain);
       enc.once('error', onErr);
       enc.once('close', onClose);
-    });
+    }));
+
+  const write = (rec: RecordInput): Promise<void> => {
+    if (error !== null) return Promise.reject(error);
+    if (enc.destroyed) return Promise.reject(migError(ErrorCodes.TRANSPORT, 'the forward stream is closed'));
+    if (enc.write(rec)) return Promise.resolve();
+    return waitDrain();
   };
 
   return {
