@@ -176,8 +176,9 @@ export class ConvergenceTracker {
   private readonly t: number[] = [];
   private readonly bytes: number[] = [];
   private readonly diverging: boolean[] = [];
-  /** Raw bytes read by each sample's time (for the recent moved rate). */
-  private readonly read: number[] = [];
+  /** Times and raw bytes read of the samples of the last RECENT_MS (the recent moved rate). */
+  private readonly recentT: number[] = [];
+  private readonly recentRead: number[] = [];
   /** elapsedMs of the first sample since the last reset, NaN before. */
   private since = NaN;
   /** The least bytes among samples that left the window. */
@@ -189,7 +190,8 @@ export class ConvergenceTracker {
     this.t.length = 0;
     this.bytes.length = 0;
     this.diverging.length = 0;
-    this.read.length = 0;
+    this.recentT.length = 0;
+    this.recentRead.length = 0;
     this.since = NaN;
     this.lowBefore = Infinity;
     this.bytesSince = NaN;
@@ -205,15 +207,19 @@ export class ConvergenceTracker {
     this.t.push(elapsedMs);
     this.bytes.push(bytes);
     this.diverging.push(diverging);
-    this.read.push(bytesRead);
-    // Bounded: samples older than one window (and than RECENT_MS) are dropped.
-    const keep = Math.max(windowMs, RECENT_MS);
-    while (this.t.length > 0 && this.t[0] < elapsedMs - keep) {
+    // Bounded: samples older than one window are dropped.
+    while (this.t.length > 0 && this.t[0] < elapsedMs - windowMs) {
       this.t.shift();
       const b = this.bytes.shift() as number;
       if (!Number.isNaN(b)) this.lowBefore = Math.min(this.lowBefore, b);
       this.diverging.shift();
-      this.read.shift();
+    }
+    this.recentT.push(elapsedMs);
+    this.recentRead.push(bytesRead);
+    // The oldest kept sample is the last one at least RECENT_MS old: the span covers RECENT_MS.
+    while (this.recentT.length > 2 && this.recentT[1] <= elapsedMs - RECENT_MS) {
+      this.recentT.shift();
+      this.recentRead.shift();
     }
   }
 
@@ -223,13 +229,10 @@ export class ConvergenceTracker {
    * JIT) shows here before its average over the whole PRE_COPY catches up.
    */
   recentReadRate(): number {
-    const n = this.t.length;
+    const n = this.recentT.length;
     if (n < 2) return Number.NaN;
-    const end = this.t[n - 1];
-    let i = n - 2;
-    while (i > 0 && this.t[i] > end - RECENT_MS) i--;
-    const dt = end - this.t[i];
-    return dt > 0 ? (this.read[n - 1] - this.read[i]) / dt : Number.NaN;
+    const dt = this.recentT[n - 1] - this.recentT[0];
+    return dt > 0 ? (this.recentRead[n - 1] - this.recentRead[0]) / dt : Number.NaN;
   }
 
   /** The verdict over the last `windowMs`, or null while less than a window was observed. */
@@ -328,7 +331,7 @@ function abortChecks(
     return decision(
       'abort',
       'not-converging',
-      `PRE_COPY does not converge: the devices dirty their state at ${fmtRate(p.stateDirtyRateBytesPerMs)} (at least ${fmtRate(p.stateDirtyRateLowBytesPerMs)}, extrapolated from the ${fmtBytes(s.bytesRead)} read so far), at or above the most the path moves, ${fmtRate(p.rateHighBytesPerMs)}, and the ${fmtRate(movedBytesPerMs)} PRE_COPY has moved; predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`,
+      `PRE_COPY does not converge: the devices dirty their state at ${fmtRate(p.stateDirtyRateBytesPerMs)} (at least ${fmtRate(p.stateDirtyRateLowBytesPerMs)}, extrapolated from the ${fmtBytes(s.bytesRead)} read so far), ${EARLY_MARGIN} x or more the most the path moves, ${fmtRate(p.rateHighBytesPerMs)}, and the ${fmtRate(movedBytesPerMs)} PRE_COPY has moved; predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`,
       { ...n, stateDirtyRateLowBytesPerMs: p.stateDirtyRateLowBytesPerMs, rateHighBytesPerMs: p.rateHighBytesPerMs, movedBytesPerMs },
     );
   }
