@@ -112,8 +112,8 @@ export class RecordEncoder extends Transform {
   /** Raw DATA bytes written. */
   dataBytes: number;
   /**
-   * Raw DATA bytes pushed out: a DATA record's raw length is added just before its payload chunk
-   * is pushed, so a 'data' listener comparing it between chunks sees which chunk carried them.
+   * Raw DATA bytes pushed out (counted at push time, so it runs ahead of the chunks still in the
+   * readable buffer; for what each emitted chunk carried, use countCarried/shiftChunkRawBytes).
    */
   dataBytesOut: number;
   /** DATA records that went out compressed. */

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { PrecopyEstimator, RateWindow, type QueryFailedEvent, type ReinitEvent, type InitialSentEvent } from '../../src/streams/estimator.js';
+import { PrecopyEstimator, RateWindow, type QueryFailedEvent, type ReinitEvent, type InitialSentEvent, type Prediction } from '../../src/streams/estimator.js';
 import { MigError } from '../../src/fsm/errors.js';
 
 const MIB = 1024 * 1024;
@@ -391,29 +391,41 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(mlx.predict().dirtyRateBytesPerMs).toBe(0);
   });
 
+  /**
+   * A scripted initial pass over a 64 MiB state: 512 KiB read per 10 ms tick, `dirtyStep(sent, dirty)`
+   * giving the dirty bytes after each 1 ms step. Every query must be accepted; returns the estimator
+   * and each tick's prediction.
+   */
+  function initialPass(ticks: number, dirtyStep: (sent: number, dirty: number) => number): { est: PrecopyEstimator; c: ReturnType<typeof clock>; preds: Prediction[] } {
+    const S = 64 * MIB;
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    let sent = 0;
+    let dirty = 0;
+    est.updatePrecopyInfo({ initialBytes: S, dirtyBytes: 0, reinit: false });
+    const preds: Prediction[] = [];
+    for (let tick = 0; tick < ticks; tick++) {
+      // Integrate in 1 ms steps: reads move bytes from unsent to clean sent, the workload clean to dirty.
+      for (let ms = 0; ms < 10; ms++) {
+        dirty = dirtyStep(sent, dirty);
+        sent += (512 * 1024) / 10;
+      }
+      c.advance(10);
+      est.recordRead(512 * 1024, { sample: false });
+      expect(est.updatePrecopyInfo({ initialBytes: S - Math.round(sent), dirtyBytes: Math.round(dirty), reinit: false })).toBe(true);
+      preds.push(est.predict());
+    }
+    return { est, c, preds };
+  }
+
   it('models the dirtying of the whole state from λ, the share of the clean sent state dirtied per ms', () => {
     // A 64 MiB device dirtying its pages uniformly: λ = 1/1000 per ms, i.e. 64 MiB/s of the state,
     // sent or not. PRE_COPY reads 512 KiB per 10 ms tick from the initial data; what was sent and is
     // dirtied again shows as dirty_bytes (the device reports them during the initial data).
     const S = 64 * MIB;
     const lambda = 1 / 1000;
-    const c = clock();
-    const est = new PrecopyEstimator({ now: c.now });
-    let sent = 0;
-    let dirty = 0;
-    est.updatePrecopyInfo({ initialBytes: S, dirtyBytes: 0, reinit: false });
-    const seen: number[] = [];
-    for (let tick = 0; tick < 40; tick++) {
-      // Integrate in 1 ms steps: reads move bytes from unsent to clean sent, λ moves clean to dirty.
-      for (let ms = 0; ms < 10; ms++) {
-        dirty += lambda * (sent - dirty);
-        sent += (512 * 1024) / 10;
-      }
-      c.advance(10);
-      est.recordRead((512 * 1024), { sample: false });
-      expect(est.updatePrecopyInfo({ initialBytes: S - Math.round(sent), dirtyBytes: Math.round(dirty), reinit: false })).toBe(true);
-      seen.push(est.predict().stateDirtyRateBytesPerMs);
-    }
+    const { est, c, preds } = initialPass(40, (sent, dirty) => dirty + lambda * (sent - dirty));
+    const seen = preds.map((p) => p.stateDirtyRateBytesPerMs);
     const p = est.predict();
     // Not before a tenth of the state was sent (6.4 MiB: 13 ticks), and never from fewer than 3 samples.
     expect(seen.slice(0, 12).every(Number.isNaN)).toBe(true);
@@ -439,27 +451,10 @@ describe('PrecopyEstimator: rates and prediction', () => {
   it('a hot set sent first is not extrapolated to the whole state: it saturates, λ falls, the band stays wide', () => {
     // The first 2 MiB of a 64 MiB state are dirtied fast (5% of their clean part per ms); the rest
     // never. PRE_COPY reads 512 KiB per 10 ms tick (52 kB/ms).
-    const S = 64 * MIB;
     const H = 2 * MIB;
-    const c = clock();
-    const est = new PrecopyEstimator({ now: c.now });
-    let sent = 0;
-    let dirtyH = 0;
-    est.updatePrecopyInfo({ initialBytes: S, dirtyBytes: 0, reinit: false });
-    const lows: number[] = [];
-    const means: number[] = [];
-    for (let tick = 1; tick <= 40; tick++) {
-      for (let ms = 0; ms < 10; ms++) {
-        dirtyH += 0.05 * (Math.min(sent, H) - dirtyH);
-        sent += (512 * 1024) / 10;
-      }
-      c.advance(10);
-      est.recordRead(512 * 1024, { sample: false });
-      expect(est.updatePrecopyInfo({ initialBytes: S - Math.round(sent), dirtyBytes: Math.round(dirtyH), reinit: false })).toBe(true);
-      const p = est.predict();
-      lows.push(p.stateDirtyRateLowBytesPerMs);
-      means.push(p.stateDirtyRateBytesPerMs);
-    }
+    const { preds } = initialPass(40, (sent, dirtyH) => dirtyH + 0.05 * (Math.min(sent, H) - dirtyH));
+    const lows = preds.map((p) => p.stateDirtyRateLowBytesPerMs);
+    const means = preds.map((p) => p.stateDirtyRateBytesPerMs);
     const link = (512 * 1024) / 10;
     // Once the model speaks (a tenth sent), its slow edge never reaches the link's rate: the early
     // verdict (slow edge >= 1.25 x the fastest rate) cannot fire on a hot set.
