@@ -70,6 +70,24 @@ export interface DecisionNumbers {
   elapsedMs: number;
   bytesRead: number;
   wireBytes: number;
+  /** The prediction's parts (see Prediction): bytes dirtied until the stop, bytes moved after it ahead of them, bytes drained before it and its time, the sum moved in the downtime and its time. */
+  growthBytes: number;
+  inFlightBytes: number;
+  drainBytes: number;
+  drainMs: number;
+  transferBytes: number;
+  transferMs: number;
+  /** Fixed costs in use, ms: their sum and each one. */
+  fixedMs: number;
+  enterStopCopyMs: number;
+  destValidateMs: number;
+  destResumeMs: number;
+  linkLatencyMs: number;
+  /** The measured rates behind rateBytesPerMs (NaN when not measured) and the link's credit. */
+  wireRateBytesPerMs: number;
+  generationRateBytesPerMs: number;
+  pipelineRateBytesPerMs: number;
+  linkCreditBytes: number;
   [extra: string]: number;
 }
 
@@ -152,6 +170,21 @@ export function decisionNumbers(s: PolicySnapshot, limitMs: number): DecisionNum
     elapsedMs: s.elapsedMs,
     bytesRead: s.bytesRead,
     wireBytes: s.wireBytes,
+    growthBytes: p.growthBytes,
+    inFlightBytes: p.inFlightBytes,
+    drainBytes: p.drainBytes,
+    drainMs: p.drainMs,
+    transferBytes: p.transferBytes,
+    transferMs: p.transferMs,
+    fixedMs: p.fixedMs.total,
+    enterStopCopyMs: p.fixedMs.enterStopCopy,
+    destValidateMs: p.fixedMs.destValidate,
+    destResumeMs: p.fixedMs.destResume,
+    linkLatencyMs: p.fixedMs.linkLatency,
+    wireRateBytesPerMs: p.wireRateBytesPerMs,
+    generationRateBytesPerMs: p.generationRateBytesPerMs,
+    pipelineRateBytesPerMs: p.pipelineRateBytesPerMs,
+    linkCreditBytes: p.linkCreditBytes,
   };
 }
 

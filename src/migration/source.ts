@@ -142,6 +142,18 @@ const PIPELINE_BACKLOG_BYTES = 256 * 1024;
 const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true };
 /** Round trips timed before PRE_COPY (the first one warms both sides' code paths). */
 const PINGS = 3;
+/** How often a switchover's drain looks at the queues, ms. */
+const DRAIN_POLL_MS = 1;
+/** A drain's budget: this many times its predicted time, plus DRAIN_SLACK_MS, at most DRAIN_MAX_MS. */
+const DRAIN_BUDGET_FACTOR = 3;
+const DRAIN_SLACK_MS = 20;
+const DRAIN_MAX_MS = 2000;
+
+/** How long a switchover may spend draining the source's queues before it stops the devices anyway. */
+function drainBudget(predictedMs: number): number {
+  if (!Number.isFinite(predictedMs) || predictedMs < 0) return DRAIN_MAX_MS;
+  return Math.min(DRAIN_MAX_MS, DRAIN_BUDGET_FACTOR * predictedMs + DRAIN_SLACK_MS);
+}
 
 interface DeviceRun {
   core: MigrationCore;
@@ -192,6 +204,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   #running: boolean;
   #switching: boolean;
   #predicted: number | null;
+  /** The drain's budget, from the prediction the switchover was decided on. */
+  #drainBudget: number;
   #downStart: number;
   #lastRateAt: number;
   #lastRateBytes: number;
@@ -232,6 +246,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.#running = false;
     this.#switching = false;
     this.#predicted = null;
+    this.#drainBudget = DRAIN_MAX_MS;
     this.#downStart = 0;
     this.#lastRateAt = this.#t0;
     this.#lastRateBytes = 0;
@@ -352,6 +367,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       }
 
       this.#setPhase('switchover');
+      await this.#drain(this.#drainBudget);
       this.#switching = true;
       await this.#send({ type: 'switchover' });
       const cores = opts.devices;
@@ -363,7 +379,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       await this.#latch.guard(enterStopCopy(cores));
       this.#est.recordFixedCost('enterStopCopy', performance.now() - tStop);
       // A PRE_COPY stream idling in its backoff after a temporary end would sleep into the downtime.
-      for (const d of this.#devs) d.stream?.retryNow();
+      for (const d of this.#devs) {
+        d.stream?.retryNow();
+        d.stream?.releaseReads();
+      }
 
       this.#setPhase('stop-copy');
       for (let i = 0; i < this.#devs.length; i++) {
@@ -515,6 +534,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       }
       if (decision.action === 'switchover') {
         this.#predicted = snap.prediction.downtimeMs;
+        this.#drainBudget = drainBudget(snap.prediction.drainMs);
         return;
       }
       if (decision.action === 'abort') throw policyAbortError(decision, 'precopy');
@@ -528,9 +548,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   }
 
   /**
-   * Tell the estimator what is read but not yet on the wire: a switchover has to send it before any
-   * STOP_COPY byte, and the device's own counts no longer include it. Returns those bytes (raw plus
-   * wire, as counted).
+   * Tell the estimator what is read but not yet on the wire: the device's own counts no longer
+   * include it, and it leaves before any STOP_COPY byte. The source's queues (stream buffers, the
+   * writers' input, compression and output) drain before the devices stop (#drain); what is beyond
+   * them, in the network or waiting at the destination, is still moving after the stop. Returns the
+   * bytes queued at the source (raw plus wire, as counted).
    */
   #reportInFlight(): number {
     let raw = 0;
@@ -541,18 +563,44 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       raw += q.rawBytes;
       wire += q.wireBytes;
     }
+    this.#est.setDrain(wire, raw);
     // The destination's backlog includes the source's queues; beyond them it is bytes in the network
     // or waiting at the destination, which the switchover waits for just the same, at about the
     // link's rate when the link is the limit. Past a bandwidth cap they drain at the destination's
     // own (uncapped) pace instead: counting them at the capped rate predicted 34 ms for 6.
+    let beyond = 0;
     if (this.#bucket === null) {
       const ratio = this.#est.predict().compressionRatio;
-      raw += Math.max(0, this.#destBacklog - (raw + wire * ratio));
+      beyond = Math.max(0, this.#destBacklog - (raw + wire * ratio));
     } else {
       this.#est.setLinkCredit(Math.max(0, this.#bucket.available()), this.#bucket.bytesPerMs);
     }
-    this.#est.setInFlight(wire, raw);
+    this.#est.setInFlight(0, beyond);
     return raw + wire;
+  }
+
+  /**
+   * The first step of a switchover, while the devices still run: hold their reads and let every
+   * byte already read leave the source's queues, so that it crosses the link before the downtime
+   * starts instead of inside it (at a 50 MB/s cap the queues hold ~40 ms). The devices dirty
+   * meanwhile, which the prediction counted (drainMs). Bounded by `budgetMs`: whatever is still
+   * queued then is sent in the downtime, as it would have been without the drain. Returns the time spent.
+   */
+  async #drain(budgetMs: number): Promise<number> {
+    const t0 = performance.now();
+    const deadline = t0 + budgetMs;
+    const streams = this.#devs.map((d) => d.stream).filter((s): s is SavingStream => s !== null && !s.destroyed);
+    // A read in progress completes (a blocked one is bounded by the deadline).
+    const held = Promise.all(streams.map((s) => s.holdReads()));
+    await this.#latch.guard(Promise.race([held, sleep(budgetMs)]));
+    const empty = () =>
+      streams.every((s) => s.readableLength === 0) &&
+      this.#writers.every((w) => {
+        const q = w.queued();
+        return q.rawBytes === 0 && q.wireBytes === 0;
+      });
+    while (!empty() && performance.now() < deadline) await this.#latch.guard(sleep(DRAIN_POLL_MS));
+    return performance.now() - t0;
   }
 
   /**

@@ -97,6 +97,13 @@ export abstract class ChunkSource extends Readable {
   #views: WeakSet<Buffer> | null;
   /** Released whole chunk buffers, reused before any new allocation (at most MAX_FREE_CHUNKS). */
   #free: Buffer[];
+  /** holdReads(): no new read starts until releaseReads(). */
+  #held: boolean;
+  /** The consumer wanted data while reads were held: releaseReads() starts reading again. */
+  #wanted: boolean;
+  /** holdReads() waiting for the pull loop to stop, and its resolver. */
+  #holding: Promise<void> | null;
+  #onHeld: (() => void) | null;
 
   constructor(opts: ChunkSourceOptions = {}) {
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
@@ -125,6 +132,10 @@ export abstract class ChunkSource extends Readable {
     this.#minReadSpace = Math.min(chunkSize, MIN_READ_SPACE);
     this.#flushScheduled = false;
     this.#lastDelivery = 0;
+    this.#held = false;
+    this.#wanted = false;
+    this.#holding = null;
+    this.#onHeld = null;
     this.#signal = opts.signal ?? null;
     this.#onAbort = null;
     if (this.#signal) {
@@ -197,9 +208,15 @@ export abstract class ChunkSource extends Readable {
   override _read(): void {
     switch (this.#state) {
       case IDLE:
-        if (this.#pull !== null) void this.#pullLoop();
+        if (this.#pull === null) return;
+        if (this.#held) this.#wanted = true;
+        else void this.#pullLoop();
         return;
       case SOCKET_PAUSED:
+        if (this.#held) {
+          this.#wanted = true;
+          return;
+        }
         this.#state = SOCKET_READING;
         this.#lastDelivery = performance.now();
         // Socket.read(0) restarts libuv reading (readStart) when a user onread buffer is set.
@@ -215,6 +232,10 @@ export abstract class ChunkSource extends Readable {
     try {
       for (;;) {
         if (this.destroyed) return;
+        if (this.#held) {
+          this.#wanted = true;
+          return;
+        }
         const buf = this.#spare ?? this.#newChunk();
         this.#spare = null;
         const t0 = performance.now();
@@ -273,7 +294,55 @@ export abstract class ChunkSource extends Readable {
       this.destroy(ioError(err, 'read'));
     } finally {
       if (this.#state === PULLING) this.#state = IDLE;
+      this.#settleHold();
     }
+  }
+
+  #settleHold(): void {
+    const done = this.#onHeld;
+    this.#holding = null;
+    this.#onHeld = null;
+    done?.();
+  }
+
+  /**
+   * Hold the reads: no read of the source starts until releaseReads(); chunks already read are
+   * still delivered. The promise settles once no read is in flight (at once when none is, or when
+   * the stream ends or is destroyed); a retry wait (PRE_COPY temporary end, EAGAIN) is cut short. A
+   * switchover uses it to empty its queues onto the link while the devices still run, so that the
+   * bytes already read leave before the downtime starts instead of inside it.
+   */
+  holdReads(): Promise<void> {
+    this.#held = true;
+    if (this.#state === SOCKET_READING) {
+      this.#wanted = true;
+      this.#pauseSocket();
+    }
+    if (this.#state !== PULLING) return Promise.resolve();
+    this.#holding ??= new Promise<void>((resolve) => (this.#onHeld = resolve));
+    // A retry wait would only delay the hold: wake the loop, which stops at its top.
+    if (this.#wake !== null) {
+      if (this.#timer !== null) clearTimeout(this.#timer);
+      this.#timer = null;
+      const wake = this.#wake;
+      this.#wake = null;
+      wake();
+    }
+    return this.#holding;
+  }
+
+  /** Reads are held (holdReads() without releaseReads() since). */
+  get readsHeld(): boolean {
+    return this.#held;
+  }
+
+  /** End a holdReads(): reading resumes if the consumer wants data. */
+  releaseReads(): void {
+    if (!this.#held) return;
+    this.#held = false;
+    if (!this.#wanted || this.destroyed) return;
+    this.#wanted = false;
+    this._read();
   }
 
   #deliver(out: Buffer, ms: number): void {
@@ -313,6 +382,10 @@ export abstract class ChunkSource extends Readable {
       this.#flushScheduled = true;
       setImmediate(this.#flushLater);
     }
+    if (this.#held) {
+      this.#wanted = true;
+      more = false;
+    }
     if (!more) this.#state = SOCKET_PAUSED;
     return more;
   }
@@ -321,6 +394,10 @@ export abstract class ChunkSource extends Readable {
     this.#flushScheduled = false;
     if (this.destroyed || this.#fill === this.#start) return;
     if (!this.#flushChunk() && this.#state === SOCKET_READING) this.#pauseSocket();
+    else if (this.#held && this.#state === SOCKET_READING) {
+      this.#wanted = true;
+      this.#pauseSocket();
+    }
   };
 
   #pauseSocket(): void {
@@ -444,6 +521,7 @@ export abstract class ChunkSource extends Readable {
       wake();
     }
     if (this.#signal !== null && this.#onAbort !== null) this.#signal.removeEventListener('abort', this.#onAbort);
+    this.#settleHold();
     // Never wait for a pending read: an idle pipe or a device may never answer. The epoll socket
     // closes at once; a pending pull is left to settle and its result dropped.
     if (this.#socket !== null) this.#socket.destroy();

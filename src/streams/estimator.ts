@@ -96,11 +96,15 @@ export interface Prediction {
   floorBytes: number;
   /**
    * Bytes the devices are expected to dirty from their last size query until they stop (dirty rate x
-   * (time since the query + time to enter STOP_COPY + time to send what is in flight)).
+   * (time since the query + drainMs + time to enter STOP_COPY)).
    */
   growthBytes: number;
-  /** Wire bytes (raw ones counted at the compression ratio) queued ahead of STOP_COPY's data (setInFlight()). */
+  /** Wire bytes (raw ones counted at the compression ratio) moved after the stop, ahead of STOP_COPY's data (setInFlight()). */
   inFlightBytes: number;
+  /** Wire bytes (raw ones counted at the compression ratio) a switchover empties before the stop (setDrain()). */
+  drainBytes: number;
+  /** Time the drain takes, ms: the devices still run and dirty meanwhile (it counts in growthBytes, not in downtimeMs). */
+  drainMs: number;
   /** Raw-byte equivalent the transfer has to move: stopCopyBytes + growthBytes + inFlightBytes x compressionRatio. */
   transferBytes: number;
   /** Effective raw rate used: the slower of device generation and wire (raw = wire rate x compression ratio). */
@@ -455,6 +459,8 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   private totalWireRaw: number;
   private inFlight: number;
   private inFlightRaw: number;
+  private drainWire = 0;
+  private drainRaw = 0;
   private ratioRaw = 0;
   private ratioWire = 0;
   private linkCredit = 0;
@@ -776,15 +782,27 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   }
 
   /**
-   * Bytes queued now ahead of any new data: `wireBytes` already encoded (the encoder's output
-   * buffer, the bandwidth limiter, the transport's writable buffer) and `rawBytes` read from the
-   * devices but not yet encoded (stream buffers, the encoder's input and compression). The device
-   * no longer counts them, the link has yet to carry them: a switchover waits for them. Call it
-   * before each decision; 0 when unknown. Negative or non-finite values are ignored.
+   * Bytes a switchover moves after the devices stop, ahead of their STOP_COPY data: `wireBytes`
+   * already encoded and `rawBytes` read from the devices but not encoded yet (or, past the
+   * source's queues, not yet loaded by the destination). The devices no longer count them and the
+   * link has yet to carry them: they are downtime. Call it before each decision; 0 when unknown.
+   * Negative or non-finite values are ignored.
    */
   setInFlight(wireBytes: number, rawBytes = 0): void {
     if (wireBytes >= 0 && Number.isFinite(wireBytes)) this.inFlight = wireBytes;
     if (rawBytes >= 0 && Number.isFinite(rawBytes)) this.inFlightRaw = rawBytes;
+  }
+
+  /**
+   * Bytes a switchover empties onto the link before it stops the devices (the orchestrator holds
+   * the device reads and waits for its queues): `wireBytes` encoded, `rawBytes` not encoded yet.
+   * They are not downtime, but the devices run, and dirty, while they leave: their time adds to
+   * the growth of the stop-copy data (`drainMs`). Call it before each decision; 0 when unknown.
+   * Negative or non-finite values are ignored.
+   */
+  setDrain(wireBytes: number, rawBytes = 0): void {
+    if (wireBytes >= 0 && Number.isFinite(wireBytes)) this.drainWire = wireBytes;
+    if (rawBytes >= 0 && Number.isFinite(rawBytes)) this.drainRaw = rawBytes;
   }
 
   /**
@@ -893,12 +911,18 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     const wireKnown = this.wire.count >= o.minSamples && ws.mean > 0;
     // Wire bytes already queued go out before anything STOP_COPY produces; in raw-byte terms.
     const inFlightRaw = this.inFlight * ratio + this.inFlightRaw;
+    const drainRaw = this.drainWire * ratio + this.drainRaw;
     // A token bucket's credit leaves at once, not at the capped rate: only the rest is paced.
     // Only while the cap paces the link: when something before it is slower (compression workers),
     // the bucket stays full and its credit says nothing; the measured wire rate is that bottleneck's.
+    // The drain spends it first.
     const capBound = !(this.linkCap > 0) || ws.mean >= LINK_BOUND_SHARE * this.linkCap;
-    const creditRaw = wireKnown && capBound ? this.linkCredit * ratio : 0;
-    const inFlightMs = Math.max(0, inFlightRaw - creditRaw) / ratio / (wireKnown ? ws.mean : o.priorRateBytesPerMs);
+    const creditTotal = wireKnown && capBound ? this.linkCredit * ratio : 0;
+    const creditRaw = Math.max(0, creditTotal - drainRaw);
+    // The drain's time: the queued bytes at the link's raw rate, or the whole path's when it is slower.
+    const pipeKnown = this.pipeline.count >= o.minSamples && this.pipeline.stats().mean > 0;
+    const drainRate = Math.min(wireKnown ? ws.mean * ratio : o.priorRateBytesPerMs, pipeKnown ? this.pipeline.stats().mean : Infinity);
+    const drainMs = Math.max(0, drainRaw - creditTotal) / drainRate;
 
     let stopCopyBytes = 0;
     let floorBytes = 0;
@@ -948,7 +972,8 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
         const age = now - v.lastQueryAt;
         dirtyRate = age > 0 ? v.readBeyondInitialSinceQuery / age : 0;
       }
-      const growth = v.stopCopyKnown ? dirtyRate * Math.max(0, now - v.stopCopyAt + fixedMs.enterStopCopy + inFlightMs) : 0;
+      // Until it stops: since the query, the drain, the arcs. (What is in flight after the stop is not dirtied any more.)
+      const growth = v.stopCopyKnown ? dirtyRate * Math.max(0, now - v.stopCopyAt + drainMs + fixedMs.enterStopCopy) : 0;
       growthBytes += growth;
       const bytes = v.stopCopy + growth;
       stopCopyBytes += v.stopCopy;
@@ -1036,6 +1061,8 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       floorBytes,
       growthBytes,
       inFlightBytes: this.inFlight + this.inFlightRaw / ratio,
+      drainBytes: this.drainWire + this.drainRaw / ratio,
+      drainMs,
       transferBytes,
       rateBytesPerMs,
       bestRateBytesPerMs,

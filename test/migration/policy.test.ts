@@ -29,6 +29,8 @@ function prediction(p: Partial<Prediction> = {}): Prediction {
     floorBytes: 5 * MIB,
     growthBytes: 0,
     inFlightBytes: 0,
+    drainBytes: 0,
+    drainMs: 0,
     transferBytes: 10 * MIB,
     rateBytesPerMs: 100_000,
     bestRateBytesPerMs: 120_000,

@@ -491,6 +491,47 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.lowerBoundMs).toBeLessThan(p.downtimeMs);
   });
 
+  it('bytes a switchover drains before the stop are not downtime, but the devices dirty while they leave; bytes in flight after the stop are downtime and dirty nothing', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, fixedCosts: { enterStopCopy: 20 } });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: MIB, reinit: false });
+    for (let i = 0; i < 4; i++) {
+      c.advance(100);
+      est.recordRead(MIB, { durationMs: 1 });
+      est.recordWire(MIB, MIB, { durationMs: 10 });
+      est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: MIB, reinit: false });
+    }
+    est.updateStopCopySize(2 * MIB);
+    const rate = MIB / 100;
+    const link = MIB / 10;
+    // 1 MiB encoded and 1 MiB raw queued: 2 MiB at the link's 1 MiB per 10 ms = 20 ms of drain.
+    est.setDrain(MIB, MIB);
+    let p = est.predict();
+    expect(p.drainBytes).toBe(2 * MIB);
+    expect(p.drainMs).toBeCloseTo(20, 6);
+    expect(p.growthBytes).toBeCloseTo(rate * (20 + 20), 6);
+    expect(p.transferBytes).toBeCloseTo(2 * MIB + rate * 40, 6);
+    expect(p.transferMs).toBeCloseTo((2 * MIB + rate * 40) / link, 6);
+    // The same bytes still queued after the stop: they cross in the downtime, and nothing dirties meanwhile.
+    est.setDrain(0, 0);
+    est.setInFlight(MIB, MIB);
+    p = est.predict();
+    expect(p.drainMs).toBe(0);
+    expect(p.growthBytes).toBeCloseTo(rate * 20, 6);
+    expect(p.transferBytes).toBeCloseTo(4 * MIB + rate * 20, 6);
+    // A link credit is spent by the drain first: 3 MiB of credit covers the 2 MiB drained, 1 MiB is left for the downtime.
+    est.setInFlight(0, 0);
+    est.setDrain(MIB, MIB);
+    est.setLinkCredit(3 * MIB);
+    p = est.predict();
+    expect(p.drainMs).toBe(0);
+    expect(p.growthBytes).toBeCloseTo(rate * 20, 6);
+    expect(p.transferMs).toBeCloseTo((2 * MIB + rate * 20 - MIB) / link, 6);
+    // Negative or non-finite reports are ignored.
+    est.setDrain(-1, Number.NaN);
+    expect(est.predict().drainBytes).toBe(2 * MIB);
+  });
+
   it('dirty data seen but no rate yet: assumes what was read since the query was dirtied again, not confident', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now });
@@ -530,7 +571,7 @@ describe('PrecopyEstimator: rates and prediction', () => {
     return est;
   }
 
-  it('wire bytes in flight go first: they add to the transfer, in raw terms, and to the dirtying time', () => {
+  it('wire bytes in flight go first: they add to the transfer, in raw terms', () => {
     const est = compressedLink();
     expect(est.predict().transferMs).toBeCloseTo(20, 6);
     est.setInFlight(MIB);

@@ -221,6 +221,36 @@ describe('createFdSource on pipes, FIFOs and sockets (epoll path)', () => {
     fs.unlinkSync(fifo);
   });
 
+  it('holdReads() stops the pipe reads while the consumer still reads (the producer blocks); releaseReads() resumes, bytes intact', async () => {
+    const fifo = mkfifo(dir, 'held');
+    const fd = openFifoReader(fifo);
+    const s = createFdSource(fd, { chunkSize: 64 * 1024, highWaterMark: 128 * 1024 });
+    const size = 32 * MiB;
+    const child = spawn('sh', ['-c', `head -c ${size} "${dataFile}" > /dev/null; dd if=/dev/zero bs=1M count=32 2>/dev/null > "${fifo}"`], { stdio: 'ignore' });
+    const h = createHash('sha256');
+    let got = 0;
+    s.on('data', (c: Buffer) => {
+      h.update(c);
+      got += c.length;
+    });
+    while (got < MiB) await new Promise((r) => setTimeout(r, 1));
+    await s.holdReads();
+    // Whatever was read before the hold arrives; then nothing more, although the consumer flows.
+    await new Promise((r) => setTimeout(r, 50));
+    const atHold = s.bytesRead;
+    expect(got).toBe(atHold);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(s.bytesRead).toBe(atHold);
+    expect(atHold).toBeLessThan(size);
+    s.releaseReads();
+    await new Promise((r) => s.on('end', r));
+    expect(got).toBe(size);
+    expect(h.digest('hex')).toBe(createHash('sha256').update(Buffer.alloc(size)).digest('hex'));
+    s.destroy();
+    child.kill();
+    fs.unlinkSync(fifo);
+  });
+
   it('a slow consumer stops the pipe reads (onread returns false): the producer blocks', async () => {
     const fifo = mkfifo(dir, 'slow');
     const fd = openFifoReader(fifo);

@@ -170,6 +170,78 @@ describe('SavingStream over a method-backed session', () => {
     expect(sha(...chunks)).toBe(sha(pattern(0, 5010)));
   });
 
+  it('holdReads(): no read starts until releaseReads(); the read in progress completes and what was read is still delivered', async () => {
+    const size = 4 * MiB;
+    const session = new ScriptedSaving({ available: size });
+    const s = createSavingStream(session, { chunkSize: 256 * 1024 });
+    const chunks: Buffer[] = [];
+    // The first read stays pending in the session until session.release().
+    session.hold = true;
+    s.on('data', (c: Buffer) => chunks.push(c));
+    while (session.reads < 1) await new Promise((r) => setTimeout(r, 1));
+    const pending = session.reads;
+    let settled = false;
+    const held = s.holdReads().then(() => (settled = true));
+    expect(s.readsHeld).toBe(true);
+    await new Promise((r) => setTimeout(r, 5));
+    expect(settled).toBe(false); // the session's read is still pending
+    session.release();
+    await held;
+    // The pending read's bytes are delivered; no further read is made while held.
+    const readsAtHold = session.reads;
+    expect(readsAtHold).toBe(pending);
+    await new Promise((r) => setTimeout(r, 30));
+    expect(session.reads).toBe(readsAtHold);
+    expect(s.readableLength).toBe(0);
+    const delivered = chunks.reduce((n, c) => n + c.length, 0);
+    expect(delivered).toBe(s.bytesRead);
+    expect(delivered).toBe(256 * 1024);
+    s.releaseReads();
+    expect(s.readsHeld).toBe(false);
+    await once(s, 'end');
+    expect(sha(...chunks)).toBe(sha(pattern(0, size)));
+  });
+
+  it('holdReads() cuts a PRE_COPY empty wait short and settles; releaseReads() resumes polling and the data after it flows', async () => {
+    const session = new ScriptedSaving({ available: 1000, phase: 'PRE_COPY' });
+    let empties = 0;
+    session.onEmpty = () => {
+      empties++;
+    };
+    // A 10 s backoff: a hold that waited for it would time the test out.
+    const s = createSavingStream(session, { backoffMin: 10_000, backoffMax: 10_000 });
+    const done = collect(s);
+    while (empties < 1) await new Promise((r) => setTimeout(r, 5));
+    const t0 = performance.now();
+    await s.holdReads();
+    expect(performance.now() - t0).toBeLessThan(5000);
+    const reads = session.reads;
+    session.phase = 'STOP_COPY';
+    session.add(3000);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(session.reads).toBe(reads); // held: nothing read although data is there
+    s.releaseReads();
+    const { chunks, events } = await done;
+    expect(events).toEqual(['precopy-empty', 'precopy-data', 'end', 'close']);
+    expect(sha(...chunks)).toBe(sha(pattern(0, 4000)));
+  });
+
+  it('holdReads() settles at once when no read is in flight, and when the stream is destroyed while a read hangs', async () => {
+    const idle = createSavingStream(new ScriptedSaving({ available: 10 }));
+    await idle.holdReads(); // never read: settles at once
+    idle.releaseReads();
+    await collect(idle);
+    const session = new ScriptedSaving({ available: MiB });
+    session.hold = true;
+    const s = createSavingStream(session);
+    s.resume();
+    while (session.reads < 1) await new Promise((r) => setTimeout(r, 1));
+    const held = s.holdReads();
+    s.destroy();
+    await held;
+    session.release();
+  });
+
   it('retries EAGAIN with backoff and reports each data read through onRead', async () => {
     const session = new ScriptedSaving({ available: 300_000, maxRead: 100_000 });
     session.faults.push(errnoError('EAGAIN', 11), errnoError('EAGAIN', 11));
