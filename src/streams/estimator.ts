@@ -919,10 +919,14 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     const capBound = !(this.linkCap > 0) || ws.mean >= LINK_BOUND_SHARE * this.linkCap;
     const creditTotal = wireKnown && capBound ? this.linkCredit * ratio : 0;
     const creditRaw = Math.max(0, creditTotal - drainRaw);
-    // The drain's time: the queued bytes at the link's raw rate, or the whole path's when it is slower.
-    const pipeKnown = this.pipeline.count >= o.minSamples && this.pipeline.stats().mean > 0;
-    const drainRate = Math.min(wireKnown ? ws.mean * ratio : o.priorRateBytesPerMs, pipeKnown ? this.pipeline.stats().mean : Infinity);
-    const drainMs = Math.max(0, drainRaw - creditTotal) / drainRate;
+    // The drain's time: the queued bytes beyond the credit at the link's raw rate, and never less
+    // than all of them at the whole path's measured rate (a credit does not speed up what is beyond
+    // the link: at a 200 MB/s cap with 6 MB of credit, 6 MB drained in 20 ms, not at once).
+    const pipeMean = this.pipeline.count >= o.minSamples ? this.pipeline.stats().mean : Number.NaN;
+    const drainMs = Math.max(
+      Math.max(0, drainRaw - creditTotal) / (wireKnown ? ws.mean * ratio : o.priorRateBytesPerMs),
+      pipeMean > 0 ? drainRaw / pipeMean : 0,
+    );
 
     let stopCopyBytes = 0;
     let floorBytes = 0;

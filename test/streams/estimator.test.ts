@@ -527,6 +527,11 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.drainMs).toBe(0);
     expect(p.growthBytes).toBeCloseTo(rate * 20, 6);
     expect(p.transferMs).toBeCloseTo((2 * MIB + rate * 20 - MIB) / link, 6);
+    // ...but not beyond the link: once the whole path is measured at 1 MiB per 20 ms, the 2 MiB take 40 ms, credit or not.
+    for (let i = 0; i < 3; i++) est.recordPipeline(MIB, 20);
+    p = est.predict();
+    expect(p.drainMs).toBeCloseTo(40, 6);
+    expect(p.growthBytes).toBeCloseTo(rate * (40 + 20), 6);
     // Negative or non-finite reports are ignored.
     est.setDrain(-1, Number.NaN);
     expect(est.predict().drainBytes).toBe(2 * MIB);
