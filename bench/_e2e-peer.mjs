@@ -74,7 +74,8 @@ async function dest([sock, sizeArg, profile, seedArg]) {
   const cpu0 = process.cpuUsage();
   await listener.close();
   const resuming = createResumingStream(session, X.res ?? {});
-  const decoder = new RecordDecoder(X.dec ?? {});
+  // X.recycle: payloads the decoder assembled go back to it once the device took them.
+  const decoder = new RecordDecoder({ ...(X.dec ?? {}), ...(X.recycle ? { recycle: true } : {}) });
   let records = 0;
   // DATA payloads go to the device at the resuming stream's pace: the callback waits for 'drain'.
   const load = new Writable({
@@ -83,7 +84,8 @@ async function dest([sock, sizeArg, profile, seedArg]) {
     write(rec, _enc, cb) {
       records++;
       if (rec.type !== RecordType.DATA) return cb();
-      if (resuming.write(rec.payload)) cb();
+      const done = X.recycle ? () => decoder.release(rec.payload) : undefined;
+      if (resuming.write(rec.payload, done)) cb();
       else resuming.once('drain', () => cb());
     },
     final(cb) {

@@ -189,7 +189,9 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       this.#transport = t;
       this.#progress();
       this.#setPhase('handshake');
-      const decoder = new RecordDecoder({ maxPayload: opts.maxPayload });
+      // Payloads the decoder assembled (records spanning socket reads, decompressed frames) go back
+      // to it once their device took them: later records reuse that memory instead of fresh pages.
+      const decoder = new RecordDecoder({ maxPayload: opts.maxPayload, recycle: true });
       this.#decoder = decoder;
       t.on('error', (err) => this.#lost(err));
       // A socket closing before the commit is a lost source; a file (a Readable) just ends, and the
@@ -235,7 +237,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
           case RecordType.DATA: {
             if (!helloSeen) throw migError(ErrorCodes.PROTOCOL, 'DATA before the handshake', { phase: this.#phase });
             if (this.#channels > 1) await this.#deliver(obj.device, obj.channel, obj.payload);
-            else await this.#load(obj.device, obj.payload);
+            else await this.#load(obj.device, obj.payload, () => decoder.release(obj.payload));
             break;
           }
           case RecordType.ROUND:
@@ -455,14 +457,24 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     }
   }
 
-  /** One DATA record into its device's resuming stream, honouring the stream's backpressure. */
-  async #load(device: number, payload: Buffer): Promise<void> {
+  /**
+   * One DATA record into its device's resuming stream, honouring the stream's backpressure.
+   * `done` runs once the device took every byte of it (the stream no longer reads it).
+   */
+  async #load(device: number, payload: Buffer, done?: () => void): Promise<void> {
     const d = this.#devs[device];
     const s = d?.stream;
     if (!s) throw migError(ErrorCodes.PROTOCOL, `DATA for device ${device}, which has no resuming session`, { phase: this.#phase, device });
     d.bytes += payload.length;
     const written = new Promise<void>((resolve, reject) => {
-      s.write(payload, (err) => (err ? reject(err) : resolve()));
+      s.write(payload, (err) => {
+        if (err) {
+          reject(err);
+          return;
+        }
+        done?.();
+        resolve();
+      });
     });
     written.catch(() => {});
     d.lastWrite = written;

@@ -64,7 +64,16 @@ export interface RecordDecoderOptions {
    * above it the decoder takes no more input until the reader catches up. Default 16 MiB.
    */
   maxOutputBytes?: number;
+  /**
+   * The consumer gives DATA payloads back with release() once done with them (written to the
+   * device), and the decoder reuses their memory for later records that span input chunks or arrive
+   * compressed. Default false: every such payload is a new buffer and release() refuses everything.
+   */
+  recycle?: boolean;
 }
+
+/** Released payload buffers kept per size; beyond that, released memory goes back to the allocator. */
+const MAX_FREE_PER_SIZE = 4;
 
 // Parser states (ws Receiver style: one integer, fields set in the constructor in one order).
 const S_PREAMBLE = 0;
@@ -120,6 +129,10 @@ export class RecordDecoder extends Transform {
   #outputBytes: number;
   /** A write held while #outputBytes is over maxOutputBytes, released by read(). */
   #heldCallback: TransformCallback | null;
+  /** With `recycle`: payload buffers this decoder allocated and handed out, not yet released. */
+  #lent: WeakSet<Buffer> | null;
+  /** With `recycle`: released payload buffers by length, reused before any new allocation. */
+  #free: Map<number, Buffer[]>;
 
   constructor(opts: RecordDecoderOptions = {}) {
     super({
@@ -153,6 +166,36 @@ export class RecordDecoder extends Transform {
     this.#scratch = null;
     this.#outputBytes = 0;
     this.#heldCallback = null;
+    this.#lent = opts.recycle === true ? new WeakSet() : null;
+    this.#free = new Map();
+  }
+
+  /**
+   * With the `recycle` option: give back a DATA payload this decoder allocated, once its bytes are
+   * no longer needed (the device took them). Its memory then holds a later payload instead of fresh
+   * memory, which costs a page fault per 4 KiB on first touch. After release() the caller must not
+   * touch the payload. Returns false (and does nothing) for a payload that is a view of an input chunk
+   * (zero-copy: the memory is the transport's), one already released, or any other buffer.
+   */
+  release(payload: Buffer): boolean {
+    if (this.#lent === null || !this.#lent.has(payload)) return false;
+    this.#lent.delete(payload);
+    if (this.destroyed) return true;
+    let list = this.#free.get(payload.length);
+    if (list === undefined) {
+      list = [];
+      this.#free.set(payload.length, list);
+    }
+    if (list.length < MAX_FREE_PER_SIZE) list.push(payload);
+    return true;
+  }
+
+  /** A buffer of `n` bytes for a payload handed out: a released one of that size when recycling. */
+  #payloadBuffer(n: number): Buffer {
+    if (this.#lent === null) return Buffer.allocUnsafe(n);
+    const out = this.#free.get(n)?.pop() ?? Buffer.allocUnsafeSlow(n);
+    this.#lent.add(out);
+    return out;
   }
 
   /**
@@ -178,6 +221,7 @@ export class RecordDecoder extends Transform {
     this.#buffers = [];
     this.#buffered = 0;
     this.#scratch = null;
+    this.#free.clear();
     cb(err);
   }
 
@@ -278,7 +322,7 @@ export class RecordDecoder extends Transform {
     // buffer costs a page fault per 4 KiB, more than the copy), else into an exactly sized buffer. The
     // used chunks are dropped with one splice (shifting each would be quadratic when a record spans
     // many small chunks).
-    const out = internal ? this.#takeScratch(n) : Buffer.allocUnsafe(n);
+    const out = internal ? this.#takeScratch(n) : this.#payloadBuffer(n);
     const list = this.#buffers;
     let at = 0;
     let i = 0;
@@ -496,7 +540,7 @@ export class RecordDecoder extends Transform {
    */
   #decompress(h: RecordHeader, frame: Buffer): Buffer {
     this.#dctx ??= new zstd.DCtx();
-    const out = Buffer.allocUnsafe(h.rawLength);
+    const out = h.type === RecordType.DATA ? this.#payloadBuffer(h.rawLength) : Buffer.allocUnsafe(h.rawLength);
     let n: number;
     try {
       n = this.#dctx.decompress(out, frame);

@@ -160,6 +160,67 @@ describe('RecordDecoder: segmentation', () => {
   });
 });
 
+describe('RecordDecoder: recycle', () => {
+  /** 24 raw or compressed 256 KiB records cut into 64 KiB chunks (every payload spans chunks), one zero-copy record in a chunk of its own. */
+  async function stream(compression: boolean): Promise<{ chunks: Buffer[]; data: Buffer[] }> {
+    const data = Array.from({ length: 24 }, (_, i) => mixedData(256 * 1024, 40 + i));
+    const records: RecordInput[] = data.map((payload) => ({ type: RecordType.DATA, device: 0, payload }) as RecordInput);
+    records.push({ type: RecordType.STREAM_END });
+    const { bytes } = await encodeAll(records, { devices: devices(1), compression });
+    const chunks = apart(Array.from({ length: Math.ceil(bytes.length / 65536) }, (_, i) => bytes.subarray(i * 65536, (i + 1) * 65536)));
+    return { chunks, data };
+  }
+
+  for (const compression of [false, true]) {
+    it(`payloads given back are reused for later records; kept ones are never overwritten (${compression ? 'zstd' : 'raw'})`, async () => {
+      const { chunks, data } = await stream(compression);
+      const dec = new RecordDecoder({ recycle: true });
+      const got: Buffer[] = [];
+      const copies: Buffer[] = [];
+      const memories = new Set<ArrayBufferLike>();
+      let n = 0;
+      dec.on('data', (o: DecodedObject) => {
+        if (o.type !== RecordType.DATA) return;
+        got.push(o.payload);
+        copies.push(Buffer.from(o.payload));
+        memories.add(o.payload.buffer);
+        // Keep every fourth payload; give the others back at once.
+        if (n++ % 4 !== 0) {
+          expect(dec.release(o.payload)).toBe(true);
+          expect(dec.release(o.payload)).toBe(false); // once only
+        }
+      });
+      for (const c of chunks) dec.write(c);
+      dec.end();
+      await new Promise((r) => dec.on('end', r));
+      expect(copies.map((c, i) => c.equals(data[i]!))).toEqual(data.map(() => true));
+      // The kept payloads still hold their bytes; the released ones were reused.
+      for (let i = 0; i < got.length; i += 4) expect(got[i]!.equals(data[i]!)).toBe(true);
+      expect(memories.size).toBeLessThan(data.length);
+    });
+  }
+
+  it('refuses what it did not allocate: zero-copy views, foreign buffers, and everything without the option', async () => {
+    const { bytes } = await encodeAll([{ type: RecordType.DATA, device: 0, payload: Buffer.from('in one chunk') }, { type: RecordType.STREAM_END }], { devices: devices(1) });
+    const dec = new RecordDecoder({ recycle: true });
+    const out: DataRecord[] = [];
+    dec.on('data', (o: DecodedObject) => o.type === RecordType.DATA && out.push(o));
+    dec.end(bytes);
+    await new Promise((r) => dec.on('end', r));
+    expect(out[0]!.payload.buffer).toBe(bytes.buffer);
+    expect(dec.release(out[0]!.payload)).toBe(false);
+    expect(dec.release(Buffer.alloc(16))).toBe(false);
+    const { chunks } = await stream(false);
+    const plain = new RecordDecoder();
+    let refused = 0;
+    plain.on('data', (o: DecodedObject) => o.type === RecordType.DATA && !plain.release(o.payload) && refused++);
+    for (const c of chunks) plain.write(c);
+    plain.end();
+    await new Promise((r) => plain.on('end', r));
+    expect(refused).toBe(24);
+  });
+});
+
 describe('RecordDecoder: backpressure', () => {
   it('holds its input while the records not yet read exceed maxOutputBytes, then drains to the end', async () => {
     const payload = Buffer.alloc(256 * 1024, 4);
