@@ -612,7 +612,13 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         const q = w.queued();
         return q.rawBytes === 0 && q.wireBytes === 0;
       });
-    while (!empty() && performance.now() < deadline) await this.#latch.guard(sleep(DRAIN_POLL_MS));
+    // A device reset meanwhile disables its session; its held stream would only notice once released.
+    const reset = () => this.#devs.findIndex((d) => d.stream !== null && d.session !== null && d.session.disabled);
+    while (!empty() && reset() < 0 && performance.now() < deadline) await this.#latch.guard(sleep(DRAIN_POLL_MS));
+    const i = reset();
+    if (i >= 0) {
+      throw migError('ENODEV', `device ${i} was reset during the switchover drain: its saving session is disabled`, { phase: 'switchover', device: i });
+    }
     return performance.now() - t0;
   }
 

@@ -33,6 +33,8 @@ interface Case {
   corruptAt?: number;
   /** Called with the run once it started (abort it, etc.). */
   during?: (run: ReturnType<typeof migrate>) => void;
+  /** Called with the source devices before the run starts. */
+  onSims?: (src: Sims) => void;
 }
 
 async function failingMigration(c: Case): Promise<{ err: MigError; src: Sims; dst: Sims; before: string[] }> {
@@ -40,6 +42,7 @@ async function failingMigration(c: Case): Promise<{ err: MigError; src: Sims; ds
   const src = makeSims(1, { size: SIZE, ...c.src });
   const dst = makeSims(1, { size: SIZE, ...c.dst });
   const before = src.sims.map((s) => s.digest());
+  c.onSims?.(src);
   const listener = await listenTransport(`unix:${join(dir, 'd.sock')}`);
   let proxy: net.Server | null = null;
   let url = listener.url;
@@ -130,6 +133,50 @@ describe('fault matrix: rollback before the acknowledgement', () => {
       during: (run) => run.on('progress', (p) => p.bytes > MiB && ac.abort('test')),
     });
     await expectRolledBack(r, 'precopy', 'VFIO_MIG_ERR_ABORTED');
+  });
+
+  // A workload at half the cap keeps data pending, so the switchover finds the queues full (~50 ms
+  // of the cap) and drains them while the devices run; the fault comes in the middle of that.
+  const draining = { src: { dirtyRate: 8 * MiB }, opts: { bandwidth: 16_000_000, downtimeLimitMs: 500 } };
+
+  it('abort signal during the switchover drain: nothing stopped, the source keeps running', async () => {
+    const ac = new AbortController();
+    const r = await failingMigration({
+      ...draining,
+      opts: { ...draining.opts, signal: ac.signal },
+      during: (run) => run.on('phase', (p) => p.phase === 'switchover' && setImmediate(() => ac.abort('test'))),
+    });
+    expect(r.err.phase).toBe('switchover');
+    expect(r.err.code).toBe('VFIO_MIG_ERR_ABORTED');
+    expect(r.err.recovery).toBe('recovered');
+    // The drain comes before any device stops: no arc into PRE_COPY_P2P or STOP_COPY.
+    const to = r.src.arcs.map(([, , t]) => t);
+    expect(to[0]).toBe(S.PRE_COPY);
+    expect(to).not.toContain(S.PRE_COPY_P2P);
+    expect(to).not.toContain(S.STOP_COPY);
+    expect(await r.src.cores[0].getState()).toBe(S.RUNNING);
+    expect(r.dst.resets.length).toBeGreaterThan(0);
+    for (const c of r.dst.cores) expect(await c.getState()).toBe(S.RUNNING);
+    r.src.close();
+    r.dst.close();
+  });
+
+  it('a source device reset during the switchover drain fails the migration (ENODEV), the source device running', async () => {
+    let src: Sims | null = null;
+    const r = await failingMigration({
+      ...draining,
+      during: (run) => run.on('phase', (p) => p.phase === 'switchover' && setImmediate(() => void src?.cores[0].reset())),
+      onSims: (s) => (src = s),
+    });
+    expect(r.err.phase).toBe('switchover');
+    expect(r.err.code).toBe('ENODEV');
+    expect(r.err.device).toBe(0);
+    expect(r.src.arcs.map(([, , t]) => t)).not.toContain(S.STOP_COPY);
+    expect(await r.src.cores[0].getState()).toBe(S.RUNNING);
+    expect(r.dst.resets.length).toBeGreaterThan(0);
+    for (const c of r.dst.cores) expect(await c.getState()).toBe(S.RUNNING);
+    r.src.close();
+    r.dst.close();
   });
 
   it('policy abort: the PRE_COPY budget is spent at the capped bandwidth', async () => {
