@@ -14,6 +14,52 @@ import { formatHostPort, parseHostPort, parseTransportUrl } from './url.js';
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
+/** Bytes per chunk an accepted connection reads into (see withChunkReads). */
+const READ_CHUNK = 1024 * 1024;
+/** A chunk with less free space than this is retired: one read of Node's default 64 KiB. */
+const MIN_READ_SPACE = 64 * 1024;
+
+/**
+ * An accepted connection (from a server with pauseOnConnect, so it has not read yet) that reads
+ * into chunks of READ_CHUNK bytes: each read lands in the free tail of the current chunk and is
+ * pushed as a view of it, a full chunk is replaced by a new one, and no pushed byte is ever written
+ * again. Node's own reads allocate 64 KiB per read; this takes whatever the kernel holds in one
+ * read (a unix socket's ~200 KiB), and consecutive reads are consecutive views of one buffer,
+ * which the RecordDecoder merges: a 1 MiB record then mostly arrives in one piece, without a copy.
+ * Node's server gives no `onread` option for accepted sockets, so the connection's handle moves to
+ * a new net.Socket that has one (the `handle` option, as Node's own server uses it). When the
+ * handle cannot be taken (a Node without `_handle`), the socket is returned as it is, resumed.
+ */
+export function withChunkReads(socket: net.Socket): net.Socket {
+  const owner = socket as unknown as { _handle?: object | null };
+  const handle = owner._handle;
+  if (handle === null || handle === undefined || socket.destroyed) {
+    socket.resume();
+    return socket;
+  }
+  let chunk: Buffer | null = null;
+  let fill = 0;
+  let out: net.Socket | null = null;
+  const buffer = (): Buffer => {
+    if (chunk === null || chunk.length - fill < MIN_READ_SPACE) {
+      chunk = Buffer.allocUnsafeSlow(READ_CHUNK);
+      fill = 0;
+    }
+    return chunk.subarray(fill);
+  };
+  const callback = (n: number): boolean => {
+    const view = (chunk as Buffer).subarray(fill, fill + n);
+    fill += n;
+    return (out as net.Socket).push(view);
+  };
+  // The old object lets go of the handle first: destroying it then closes nothing, and the
+  // server forgets it (its connection count).
+  owner._handle = null;
+  out = new net.Socket({ handle, allowHalfOpen: true, readable: true, writable: true, onread: { buffer, callback } } as net.SocketConstructorOpts);
+  socket.destroy();
+  return out;
+}
+
 /**
  * Wait for `socket` to reach `event` ('connect' or 'secureConnect'), honouring opts.timeoutMs and
  * opts.signal; on failure the socket is destroyed and the rejection is a typed MigError.
@@ -84,11 +130,14 @@ export function closeServer(server: net.Server): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
-/** Hand a listening server's connections (event `event`) to a QueueListener. */
-export function serveInto(server: net.Server, listener: QueueListener, event: 'connection' | 'secureConnection', setup: (s: net.Socket) => void): void {
+/**
+ * Hand a listening server's connections (event `event`) to a QueueListener. `setup` may replace
+ * the socket (withChunkReads).
+ */
+export function serveInto(server: net.Server, listener: QueueListener, event: 'connection' | 'secureConnection', setup: (s: net.Socket) => net.Socket | void): void {
   server.on(event, (socket: net.Socket) => {
-    setup(socket);
-    listener.push(withTypedErrors(socket, listener.url));
+    const s = setup(socket) ?? socket;
+    listener.push(withTypedErrors(s, listener.url));
   });
   server.on('error', (err) => listener.fail(connectError(err, listener.url, 'accept')));
 }
@@ -115,7 +164,7 @@ export const unixTransport: TransportPlugin = {
   },
   async listen(url: string, opts: TransportOptions): Promise<TransportListener> {
     const path = unixPath(url);
-    const server = net.createServer({ allowHalfOpen: true });
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
     try {
       await listenServer(server, url, { path }, opts.signal);
     } catch (err) {
@@ -125,7 +174,7 @@ export const unixTransport: TransportPlugin = {
       await listenServer(server, url, { path }, opts.signal);
     }
     const listener = new QueueListener(url, parseTransportUrl(url).address, () => closeServer(server), { maxPending: opts.maxPending });
-    serveInto(server, listener, 'connection', () => {});
+    serveInto(server, listener, 'connection', withChunkReads);
     return listener;
   },
 };
@@ -154,12 +203,16 @@ export const tcpTransport: TransportPlugin = {
   },
   async listen(url: string, opts: TransportOptions): Promise<TransportListener> {
     const { host, port } = parseHostPort(url, parseTransportUrl(url).address);
-    const server = net.createServer({ allowHalfOpen: true });
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
     await listenServer(server, url, { host, port }, opts.signal);
     const real = server.address() as net.AddressInfo;
     const address = formatHostPort(real.address, real.port);
     const listener = new QueueListener(`tcp:${address}`, address, () => closeServer(server), { maxPending: opts.maxPending });
-    serveInto(server, listener, 'connection', tuneTcp);
+    serveInto(server, listener, 'connection', (socket) => {
+      const s = withChunkReads(socket);
+      tuneTcp(s);
+      return s;
+    });
     return listener;
   },
 };

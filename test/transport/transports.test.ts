@@ -174,6 +174,56 @@ describe('unix:', () => {
     }
   });
 
+  it('an accepted connection reads into 1 MiB chunks: reads are views, consecutive ones share a buffer, bytes intact; a paused reader stops the reads', async () => {
+    const t = tempDir();
+    try {
+      const l = await listenTransport(`unix:${join(t.dir, 'chunks.sock')}`);
+      const [client, server] = await pairOver(l);
+      const data = Buffer.alloc(32 * MIB);
+      for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE(i, i);
+      const h = createHash('sha256');
+      const memories = new Set<ArrayBufferLike>();
+      let reads = 0;
+      let got = 0;
+      server.on('data', (c: Buffer) => {
+        reads++;
+        got += c.length;
+        memories.add(c.buffer);
+        h.update(c);
+      });
+      // Pause the reader for a while: the writer must stall (bounded buffering), then resume.
+      server.pause();
+      let at = 0;
+      let writable = true;
+      while (at < data.length && writable) {
+        writable = client.write(data.subarray(at, at + MIB));
+        at += MIB;
+      }
+      expect(writable).toBe(false);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(got).toBe(0);
+      expect(server.readableLength).toBeLessThanOrEqual(4 * MIB);
+      const ended = once(server, 'end');
+      server.resume();
+      await once(client, 'drain');
+      for (; at < data.length; at += MIB) if (!client.write(data.subarray(at, at + MIB))) await once(client, 'drain');
+      client.end();
+      await ended;
+      expect(got).toBe(data.length);
+      expect(h.digest('hex')).toBe(createHash('sha256').update(data).digest('hex'));
+      // Fewer buffers than reads: reads land one after another in the same 1 MiB chunk.
+      expect(memories.size).toBeLessThan(reads);
+      expect([...memories].every((m) => m.byteLength === MIB)).toBe(true);
+      // The return path still works after the client's end (half-open).
+      server.end(Buffer.from('ack'));
+      const [ack] = (await once(client, 'data')) as [Buffer];
+      expect(ack.toString()).toBe('ack');
+      await l.close();
+    } finally {
+      t.cleanup();
+    }
+  });
+
   it('replaces a stale socket file but refuses a live one', async () => {
     const t = tempDir();
     const path = join(t.dir, 'stale.sock');
