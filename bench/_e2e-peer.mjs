@@ -43,7 +43,10 @@ const cpuMs = (from) => {
 const MiB = 1024 * 1024;
 // BENCH_E2E_OPTIONS: JSON of stream options to try, { sav, enc, dec, res, recycle } (createSavingStream,
 // RecordEncoder, RecordDecoder, createResumingStream), e.g. '{"enc":{"checksums":false}}'.
-const X = JSON.parse(process.env.BENCH_E2E_OPTIONS ?? '{}');
+// recycle (default true): the source's device chunks go back to its SavingStream once the socket
+// has written them, and the destination's decoder gets its payloads back once the device took them
+// (the data path's opt-in reuse; '{"recycle":false}' measures without it).
+const X = { recycle: true, ...JSON.parse(process.env.BENCH_E2E_OPTIONS ?? '{}') };
 
 function send(msg) {
   return new Promise((resolve) => process.send(msg, () => resolve()));

@@ -10,7 +10,9 @@
 // - e2e-unix-naive  same number.                   Baseline: fs.createReadStream(FILE) piped into a unix
 //                   socket, the other process piping it into fs.createWriteStream('/dev/null').
 // The data path's modules are used directly (not the orchestrator: no PRE_COPY, no control traffic),
-// so the number is the data path's.
+// so the number is the data path's, with its opt-in memory reuse on (SavingStream and RecordDecoder
+// `recycle`: chunks and payloads given back once written; BENCH_E2E_OPTIONS='{"recycle":false}'
+// turns it off).
 // - e2e-unix-migrate the whole product on the same device: migrate()/receive() in two processes
 //                   (_prediction-peer.mjs; PRE_COPY, handshake, sha256 digests, switchover-ack,
 //                   validation, resume), MB/s of device bytes over the source's durationMs.
