@@ -75,6 +75,9 @@ async function source(cell) {
     stallTimeoutMs: cell.timeoutMs,
     signal: globalThis.AbortSignal.timeout(cell.timeoutMs),
   });
+  // When each phase began, ms since migrate() was called (where an abort's time went).
+  const phaseAtMs = {};
+  run.on('phase', (p) => (phaseAtMs[p.phase] ??= Math.round((performance.now() - t0) * 10) / 10));
   run.on('decision', (d) => decisions.push({ atMs: performance.now() - t0, action: d.action, reason: d.reason, message: d.message, numbers: d.numbers }));
   try {
     const s = await run.done;
@@ -104,6 +107,7 @@ async function source(cell) {
       ...errorInfo(err),
       abort,
       failedAtMs: performance.now() - t0,
+      phaseAtMs,
       // An aborted migration must leave the device running with its state (the rollback's promise).
       stateAfter: await core.getState(),
       running: (await core.getState()) === DeviceState.RUNNING,

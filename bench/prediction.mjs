@@ -164,6 +164,7 @@ export default async function run({ quick, log = () => {} }) {
           blindMs,
           blindDowntimeMs,
           fractionOfBlind: fraction,
+          phaseAtMs: src.phaseAtMs,
         }),
       );
     }
