@@ -42,6 +42,17 @@ async function pairRun(
   }
 }
 
+/** Wrap a session's read or write so that every byte it moves is also counted by `add`. */
+function countBytes<T extends SavingSession | ResumingSession>(session: T, method: 'read' | 'write', add: (n: number) => void): void {
+  const target = session as unknown as Record<string, (buf: Buffer) => Promise<number>>;
+  const inner = target[method].bind(session);
+  target[method] = async (buf: Buffer) => {
+    const n = await inner(buf);
+    add(n);
+    return n;
+  };
+}
+
 describe('migrate/receive in one process', () => {
   it('moves one PRE_COPY device with a workload, switchover after the ack, verified', async () => {
     const { s, d, src, dst, decisions } = await pairRun(1, 16 * MiB, () => 7, { compression: 'zstd' }, 4 * MiB);
@@ -90,29 +101,14 @@ describe('migrate/receive in one process', () => {
       let phase = '';
       run.on('phase', (p) => (phase = p.phase));
       src.cores[0].on('arc', (a) => {
-        if (a.to === S.PRE_COPY) {
-          const session = src.sims[0].session as SavingSession;
-          const inner = session.read.bind(session);
-          session.read = async (buf) => {
-            const n = await inner(buf);
-            read += n;
-            return n;
-          };
-        }
+        if (a.to === S.PRE_COPY) countBytes(src.sims[0].session as SavingSession, 'read', (n) => (read += n));
         if (a.to === S.PRE_COPY_P2P) {
           gap = read - written;
           drainedInPhase = phase === 'switchover';
         }
       });
       dst.cores[0].on('arc', (a) => {
-        if (a.to !== S.RESUMING) return;
-        const session = dst.sims[0].session as ResumingSession;
-        const inner = session.write.bind(session);
-        session.write = async (buf) => {
-          const n = await inner(buf);
-          written += n;
-          return n;
-        };
+        if (a.to === S.RESUMING) countBytes(dst.sims[0].session as ResumingSession, 'write', (n) => (written += n));
       });
     });
     expect(s.verified).toBe(true);

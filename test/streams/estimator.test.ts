@@ -465,7 +465,11 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(means.at(-1)).toBeLessThan(0.01 * link);
   });
 
-  it('extrapolates the dirtying from the last size query until the devices stop', () => {
+  /**
+   * A device that dirties 1 MiB per 100 ms (1 MiB read per 100 ms, dirty stays at 1 MiB), a link of
+   * 1 MiB per 10 ms, 20 ms to enter STOP_COPY, and 2 MiB of stop-copy data at the last query.
+   */
+  function dirtyingDevice() {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now, fixedCosts: { enterStopCopy: 20 } });
     est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: MIB, reinit: false });
@@ -473,11 +477,14 @@ describe('PrecopyEstimator: rates and prediction', () => {
       c.advance(100);
       est.recordRead(MIB, { durationMs: 1 });
       est.recordWire(MIB, MIB, { durationMs: 10 });
-      // Each 100 ms: 1 MiB read, dirty stays at 1 MiB: 1 MiB dirtied.
       est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: MIB, reinit: false });
     }
     est.updateStopCopySize(2 * MIB);
-    const rate = MIB / 100;
+    return { c, est, rate: MIB / 100 };
+  }
+
+  it('extrapolates the dirtying from the last size query until the devices stop', () => {
+    const { c, est, rate } = dirtyingDevice();
     expect(est.predict().dirtyRateBytesPerMs).toBeCloseTo(rate, 6);
     // Right after the query: the 20 ms to enter STOP_COPY.
     expect(est.predict().growthBytes).toBeCloseTo(rate * 20, 6);
@@ -492,17 +499,7 @@ describe('PrecopyEstimator: rates and prediction', () => {
   });
 
   it('bytes a switchover drains before the stop are not downtime, but the devices dirty while they leave; bytes in flight after the stop are downtime and dirty nothing', () => {
-    const c = clock();
-    const est = new PrecopyEstimator({ now: c.now, fixedCosts: { enterStopCopy: 20 } });
-    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: MIB, reinit: false });
-    for (let i = 0; i < 4; i++) {
-      c.advance(100);
-      est.recordRead(MIB, { durationMs: 1 });
-      est.recordWire(MIB, MIB, { durationMs: 10 });
-      est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: MIB, reinit: false });
-    }
-    est.updateStopCopySize(2 * MIB);
-    const rate = MIB / 100;
+    const { est, rate } = dirtyingDevice();
     const link = MIB / 10;
     // 1 MiB encoded and 1 MiB raw queued: 2 MiB at the link's 1 MiB per 10 ms = 20 ms of drain.
     est.setDrain(MIB, MIB);

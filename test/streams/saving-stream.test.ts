@@ -23,6 +23,22 @@ async function collect(s: SavingStream): Promise<{ chunks: Buffer[]; events: str
   return { chunks, events };
 }
 
+/**
+ * A PRE_COPY stream that read `available` bytes, found the temporary end and now idles in a 10 s
+ * backoff (what retryNow() and holdReads() must cut short).
+ */
+async function idleInBackoff(available: number) {
+  const session = new ScriptedSaving({ available, phase: 'PRE_COPY' });
+  let empties = 0;
+  session.onEmpty = () => {
+    empties++;
+  };
+  const s = createSavingStream(session, { backoffMin: 10_000, backoffMax: 10_000 });
+  const done = collect(s);
+  while (empties < 1) await new Promise((r) => setTimeout(r, 5));
+  return { session, s, done, empties: () => empties };
+}
+
 describe('SavingStream over a method-backed session', () => {
   it('reads STOP_COPY to its 0-byte end in chunks of chunkSize, bytes intact', async () => {
     const size = 3 * MiB + 12345;
@@ -149,17 +165,10 @@ describe('SavingStream over a method-backed session', () => {
   });
 
   it('retryNow() cuts a long backoff short when STOP_COPY data is known to be coming', async () => {
-    const session = new ScriptedSaving({ available: 10, phase: 'PRE_COPY' });
-    let empties = 0;
-    session.onEmpty = () => {
-      empties++;
-    };
     // A backoff of 10 s: without retryNow() the STOP_COPY data would wait that long.
-    const s = createSavingStream(session, { backoffMin: 10_000, backoffMax: 10_000 });
-    const done = collect(s);
-    while (empties < 1) await new Promise((r) => setTimeout(r, 5));
+    const { session, s, done, empties } = await idleInBackoff(10);
     await new Promise((r) => setTimeout(r, 20));
-    expect(empties).toBe(1);
+    expect(empties()).toBe(1);
     session.phase = 'STOP_COPY';
     session.add(5000);
     const t0 = performance.now();
@@ -203,15 +212,8 @@ describe('SavingStream over a method-backed session', () => {
   });
 
   it('holdReads() cuts a PRE_COPY empty wait short and settles; releaseReads() resumes polling and the data after it flows', async () => {
-    const session = new ScriptedSaving({ available: 1000, phase: 'PRE_COPY' });
-    let empties = 0;
-    session.onEmpty = () => {
-      empties++;
-    };
     // A 10 s backoff: a hold that waited for it would time the test out.
-    const s = createSavingStream(session, { backoffMin: 10_000, backoffMax: 10_000 });
-    const done = collect(s);
-    while (empties < 1) await new Promise((r) => setTimeout(r, 5));
+    const { session, s, done } = await idleInBackoff(1000);
     const t0 = performance.now();
     await s.holdReads();
     expect(performance.now() - t0).toBeLessThan(5000);
