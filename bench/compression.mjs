@@ -8,7 +8,8 @@
 //   pool sized to the cores), createFdSink(1). MB/s of raw input.
 //   Baseline: `cat file | zstd -L -T2 -c | cat >/dev/null` (level -1 is `--fast=1`); `-T1` in detail.
 // - zstd-decompress-L{L}-{profile}: `cat stream | node decoder | cat >/dev/null`, the child decoding the
-//   encoder's stream (one-shot decompression on the main thread) and writing the DATA payloads out.
+//   encoder's stream (one-shot decompression on the main thread) and writing the DATA payloads out,
+//   each given back to the decoder once written (RecordDecoder `recycle`; BENCH_ZSTD_RECYCLE=0: off).
 //   MB/s of raw output. Baseline: `cat file.zst | zstd -d -c | cat >/dev/null` of the CLI's own frame.
 // Also measured in detail: decompression through the worker pool instead (pool.decompress per record,
 // in-process, in order), to answer whether the pool helps decompression.
@@ -86,16 +87,22 @@ const sink = createFdSink(1);
 const src = createFdSource(0);
 let t0 = 0;
 src.once('data', () => (t0 = performance.now()));
+// The decompressed payloads go back to the decoder once the sink wrote them (RecordDecoder recycle):
+// later frames decompress into memory already mapped. BENCH_ZSTD_RECYCLE=0 turns it off.
+const recycle = process.env.BENCH_ZSTD_RECYCLE !== '0';
+const dec = new RecordDecoder({ recycle });
 const out = new Writable({
   objectMode: true,
   highWaterMark: 16,
   write(rec, _e, cb) {
     if (rec.type !== RecordType.DATA) return cb();
-    if (sink.write(rec.payload)) cb(); else sink.once('drain', cb);
+    const payload = rec.payload;
+    const done = recycle ? () => dec.release(payload) : undefined;
+    if (sink.write(payload, done)) cb(); else sink.once('drain', cb);
   },
   final(cb) { sink.end(cb); },
 });
-await pipeline(src, new RecordDecoder(), out);
+await pipeline(src, dec, out);
 process.stderr.write('__MS__' + (performance.now() - t0) + '\\n');
 `;
 
