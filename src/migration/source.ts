@@ -142,6 +142,8 @@ const PIPELINE_BACKLOG_BYTES = 256 * 1024;
 const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true };
 /** Round trips timed before PRE_COPY (the first one warms both sides' code paths). */
 const PINGS = 5;
+/** The id of the drain's barrier ping (calibration pings count from 0). */
+const DRAIN_PING_ID = 0x7fff_ffff;
 /** How often a switchover's drain looks at the queues, ms. */
 const DRAIN_POLL_MS = 1;
 /** A drain's budget: this many times its predicted time, plus DRAIN_SLACK_MS, at most DRAIN_MAX_MS. */
@@ -206,6 +208,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   #predicted: number | null;
   /** The drain's budget, from the prediction the switchover was decided on. */
   #drainBudget: number;
+  /** The destination answers pings in band: a ping after the drain is a barrier (see #drain). */
+  #pingable = false;
   #downStart: number;
   #lastRateAt: number;
   #lastRateBytes: number;
@@ -571,11 +575,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       raw += q.rawBytes;
       wire += q.wireBytes;
     }
-    this.#est.setDrain(wire, raw);
     // The destination's backlog includes the source's queues; beyond them it is bytes in the network
     // or waiting at the destination, which the switchover waits for just the same, at about the
-    // link's rate when the link is the limit. Past a bandwidth cap they drain at the destination's
-    // own (uncapped) pace instead: counting them at the capped rate predicted 34 ms for 6.
+    // link's rate when the link is the limit. The drain's ping barrier waits for them before the
+    // stop; a destination that does not answer pings leaves them to the downtime. Past a bandwidth
+    // cap they drain at the destination's own (uncapped) pace instead: counting them at the capped
+    // rate predicted 34 ms for 6.
     let beyond = 0;
     if (this.#bucket === null) {
       const ratio = this.#est.predict().compressionRatio;
@@ -583,7 +588,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     } else {
       this.#est.setLinkCredit(Math.max(0, this.#bucket.available()), this.#bucket.bytesPerMs);
     }
-    this.#est.setInFlight(0, beyond);
+    this.#est.setDrain(wire, raw + (this.#pingable ? beyond : 0));
+    this.#est.setInFlight(0, this.#pingable ? 0 : beyond);
     return raw + wire;
   }
 
@@ -619,6 +625,22 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (i >= 0) {
       throw migError('ENODEV', `device ${i} was reset during the switchover drain: its saving session is disabled`, { phase: 'switchover', device: i });
     }
+    // The source's queues are empty, but what they sent may still wait in the kernel and in the
+    // destination's decoder: without a cap, the destination is often the slower side. A ping goes
+    // in band, after every record sent, and the destination answers it once it has handed them all
+    // to its devices' resuming streams (1 MiB each): the barrier that the rest has arrived.
+    const left = deadline - performance.now();
+    if (this.#pingable && left > 0) {
+      const pong = this.#expect('pong');
+      pong.catch(() => {});
+      await this.#send({ type: 'ping', id: DRAIN_PING_ID });
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        await this.#latch.guard(Promise.race([pong, new Promise<void>((resolve) => (timer = setTimeout(resolve, left)))]));
+      } finally {
+        clearTimeout(timer);
+      }
+    }
     return performance.now() - t0;
   }
 
@@ -636,6 +658,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (ready.type !== 'ready') return;
     if (typeof ready.setupMs === 'number') this.#est.setFixedCostPrior('destValidate', ready.setupMs);
     if (ready.features.ping !== true) return;
+    this.#pingable = true;
     const rtts: number[] = [];
     for (let id = 0; id < PINGS; id++) {
       const t = performance.now();

@@ -89,15 +89,17 @@ describe('migrate/receive in one process', () => {
     dst.close();
   });
 
-  it('a switchover first empties the source queues while the devices run: at the first stop the destination holds what PRE_COPY read', async () => {
-    // At 64 MB/s the queues hold ~1.3 MiB of encoded data plus ~0.75 MiB in the saving stream:
-    // without the drain they would cross inside the downtime.
+  /**
+   * A 32 MiB device dirtying `dirtyRate`: the bytes PRE_COPY read and the bytes the destination's
+   * device took, compared at the source's first stop (its arc into PRE_COPY_P2P). `slowWriteMs`
+   * delays every destination write (a destination slower than the link).
+   */
+  async function gapAtStop(opts: Partial<MigrateOptions>, dirtyRate: number, slowWriteMs = 0) {
     let read = 0;
     let written = 0;
     let gap = Number.NaN;
     let drainedInPhase = false;
-    // Dirtying at half the cap keeps data pending: the switchover (limit 1 s) comes with the queues full.
-    const { s, src, dst } = await pairRun(1, 32 * MiB, () => 7, { bandwidth: 64_000_000 }, 32 * MiB, (run, src, dst) => {
+    const { s, src, dst } = await pairRun(1, 32 * MiB, () => 7, opts, dirtyRate, (run, src, dst) => {
       let phase = '';
       run.on('phase', (p) => (phase = p.phase));
       src.cores[0].on('arc', (a) => {
@@ -108,18 +110,46 @@ describe('migrate/receive in one process', () => {
         }
       });
       dst.cores[0].on('arc', (a) => {
-        if (a.to === S.RESUMING) countBytes(dst.sims[0].session as ResumingSession, 'write', (n) => (written += n));
+        if (a.to !== S.RESUMING) return;
+        const session = dst.sims[0].session as ResumingSession;
+        if (slowWriteMs > 0) {
+          const inner = session.write.bind(session);
+          session.write = async (buf) => {
+            await new Promise((r) => setTimeout(r, slowWriteMs));
+            return inner(buf);
+          };
+        }
+        countBytes(session, 'write', (n) => (written += n));
       });
     });
     expect(s.verified).toBe(true);
     expect(drainedInPhase).toBe(true);
     expect(read).toBeGreaterThan(32 * MiB);
+    src.close();
+    dst.close();
+    return gap;
+  }
+
+  it('a switchover first empties the source queues while the devices run: at the first stop the destination holds what PRE_COPY read', async () => {
+    // At 64 MB/s the queues hold ~1.3 MiB of encoded data plus ~0.75 MiB in the saving stream:
+    // without the drain they would cross inside the downtime. Dirtying at half the cap keeps data
+    // pending: the switchover (limit 1 s) comes with the queues full.
+    const gap = await gapAtStop({ bandwidth: 64_000_000 }, 32 * MiB);
     // Only what the last bursts of the cap left in the kernel's socket buffer and the destination's
     // own queues may still be on its way, crossing at the destination's pace (without the drain: 2.9 MiB).
     expect(gap).toBeGreaterThanOrEqual(0);
     expect(gap).toBeLessThanOrEqual(MiB);
-    src.close();
-    dst.close();
+  });
+
+  it('without a cap, a destination slower than the link: the drain\'s in-band ping waits until it has taken what was sent', async () => {
+    // Each destination write waits 2 ms: the destination loads ~100 MB/s while the link would carry
+    // several times that, and a workload dirtying 64 MiB/s keeps data flowing, so its decoder and the
+    // socket hold megabytes when the source's own queues are empty (4.2-5.2 MB at the stop without the
+    // ping). The ping is answered once every record before it reached the resuming stream.
+    const gap = await gapAtStop({}, 64 * MiB, 2);
+    // At most the resuming stream's 1 MiB and the write in progress remain.
+    expect(gap).toBeGreaterThanOrEqual(0);
+    expect(gap).toBeLessThanOrEqual(2 * MiB);
   });
 
   it('the DEVICE_END digest is selectable: crc32 and none move the state as sha256 does, verified', async () => {
