@@ -598,20 +598,13 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    * byte already read leave the source's queues, so that it crosses the link before the downtime
    * starts instead of inside it (at a 50 MB/s cap the queues hold ~40 ms). The devices dirty
    * meanwhile, which the prediction counted (drainMs). Bounded by `budgetMs`: whatever is still
-   * queued then is sent in the downtime, as it would have been without the drain. Returns the time spent.
+   * queued then is sent in the downtime, as it would have been without the drain.
    */
-  async #drain(budgetMs: number): Promise<number> {
-    const t0 = performance.now();
-    const deadline = t0 + budgetMs;
+  async #drain(budgetMs: number): Promise<void> {
+    const deadline = performance.now() + budgetMs;
     const streams = this.#devs.map((d) => d.stream).filter((s): s is SavingStream => s !== null && !s.destroyed);
     // A read in progress completes (a blocked one is bounded by the deadline).
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<void>((resolve) => (timer = setTimeout(resolve, budgetMs)));
-    try {
-      await this.#latch.guard(Promise.race([Promise.all(streams.map((s) => s.holdReads())), expired]));
-    } finally {
-      clearTimeout(timer);
-    }
+    await this.#until(Promise.all(streams.map((s) => s.holdReads())), deadline);
     const empty = () =>
       streams.every((s) => s.readableLength === 0) &&
       this.#writers.every((w) => {
@@ -629,19 +622,23 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     // destination's decoder: without a cap, the destination is often the slower side. A ping goes
     // in band, after every record sent, and the destination answers it once it has handed them all
     // to its devices' resuming streams (1 MiB each): the barrier that the rest has arrived.
-    const left = deadline - performance.now();
-    if (this.#pingable && left > 0) {
+    if (this.#pingable && performance.now() < deadline) {
       const pong = this.#expect('pong');
       pong.catch(() => {});
       await this.#send({ type: 'ping', id: DRAIN_PING_ID });
-      let timer: NodeJS.Timeout | undefined;
-      try {
-        await this.#latch.guard(Promise.race([pong, new Promise<void>((resolve) => (timer = setTimeout(resolve, left)))]));
-      } finally {
-        clearTimeout(timer);
-      }
+      await this.#until(pong, deadline);
     }
-    return performance.now() - t0;
+  }
+
+  /** Wait for `p` (through the latch) or until the clock reaches `deadline`, whichever comes first. */
+  async #until(p: Promise<unknown>, deadline: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - performance.now()))));
+    try {
+      await this.#latch.guard(Promise.race([p, expired]));
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**

@@ -922,7 +922,8 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     // The drain's time: the queued bytes beyond the credit at the link's raw rate, and never less
     // than all of them at the whole path's measured rate (a credit does not speed up what is beyond
     // the link: at a 200 MB/s cap with 6 MB of credit, 6 MB drained in 20 ms, not at once).
-    const pipeMean = this.pipeline.count >= o.minSamples ? this.pipeline.stats().mean : Number.NaN;
+    const ps = this.pipeline.count >= o.minSamples ? this.pipeline.stats() : null;
+    const pipeMean = ps !== null ? ps.mean : Number.NaN;
     const drainMs = Math.max(
       Math.max(0, drainRaw - creditTotal) / (wireKnown ? ws.mean * ratio : o.priorRateBytesPerMs),
       pipeMean > 0 ? drainRaw / pipeMean : 0,
@@ -1028,8 +1029,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     let pipeMsLow = 0;
     let pipeMsHigh = 0;
     let pipelineRate = Number.NaN;
-    if (this.pipeline.count >= o.minSamples) {
-      const ps = this.pipeline.stats();
+    if (ps !== null) {
       pipelineRate = ps.mean;
       const linkBound = wireKnown && ps.mean >= LINK_BOUND_SHARE * ws.mean * ratio;
       if (ps.mean > 0 && !linkBound) {
