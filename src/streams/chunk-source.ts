@@ -321,13 +321,7 @@ export abstract class ChunkSource extends Readable {
     if (this.#state !== PULLING) return Promise.resolve();
     this.#holding ??= new Promise<void>((resolve) => (this.#onHeld = resolve));
     // A retry wait would only delay the hold: wake the loop, which stops at its top.
-    if (this.#wake !== null) {
-      if (this.#timer !== null) clearTimeout(this.#timer);
-      this.#timer = null;
-      const wake = this.#wake;
-      this.#wake = null;
-      wake();
-    }
+    this.#wakeNow();
     return this.#holding;
   }
 
@@ -490,6 +484,11 @@ export abstract class ChunkSource extends Readable {
    */
   retryNow(): void {
     this.backoff.reset();
+    this.#wakeNow();
+  }
+
+  /** End a retry wait now (its timer cleared); nothing when the loop is not waiting. */
+  #wakeNow(): void {
     if (this.#wake === null) return;
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
@@ -511,15 +510,7 @@ export abstract class ChunkSource extends Readable {
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     this.#state = DONE;
-    if (this.#timer !== null) {
-      clearTimeout(this.#timer);
-      this.#timer = null;
-    }
-    if (this.#wake !== null) {
-      const wake = this.#wake;
-      this.#wake = null;
-      wake();
-    }
+    this.#wakeNow();
     if (this.#signal !== null && this.#onAbort !== null) this.#signal.removeEventListener('abort', this.#onAbort);
     this.#settleHold();
     // Never wait for a pending read: an idle pipe or a device may never answer. The epoll socket

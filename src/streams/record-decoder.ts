@@ -303,9 +303,10 @@ export class RecordDecoder extends Transform {
   /**
    * Take `n` bytes off the front (the caller checked that `n` are buffered). `internal`: the bytes are
    * read only until the current record is decoded and never handed out, so when they span chunks they
-   * may go into the reused #scratch.
+   * may go into the reused #scratch. `data`: a DATA payload handed out, whose copy may take a buffer
+   * given back with release() (the `recycle` option).
    */
-  #consume(n: number, internal = false): Buffer {
+  #consume(n: number, internal = false, data = false): Buffer {
     this.#buffered -= n;
     this.#offset += n;
     const first = this.#buffers[0]!;
@@ -322,7 +323,7 @@ export class RecordDecoder extends Transform {
     // buffer costs a page fault per 4 KiB, more than the copy), else into an exactly sized buffer. The
     // used chunks are dropped with one splice (shifting each would be quadratic when a record spans
     // many small chunks).
-    const out = internal ? this.#takeScratch(n) : this.#payloadBuffer(n);
+    const out = internal ? this.#takeScratch(n) : data ? this.#payloadBuffer(n) : Buffer.allocUnsafe(n);
     const list = this.#buffers;
     let at = 0;
     let i = 0;
@@ -399,7 +400,7 @@ export class RecordDecoder extends Transform {
           // A compressed frame is decompressed into a new buffer and an unknown record is skipped:
           // neither wire payload outlives #emitRecord.
           const internal = (h.flags & RecordFlags.COMPRESSED) !== 0 || h.type > RecordType.STREAM_END;
-          const payload = h.payloadLength === 0 ? Buffer.alloc(0) : this.#consume(h.payloadLength, internal);
+          const payload = h.payloadLength === 0 ? Buffer.alloc(0) : this.#consume(h.payloadLength, internal, h.type === RecordType.DATA);
           this.#record = null;
           this.#state = S_HEADER;
           this.#emitRecord(h, payload);

@@ -95,8 +95,13 @@ async function expectRolledBack(r: { err: MigError; src: Sims; dst: Sims; before
   expect(r.err.phase).toBe(phase);
   if (code) expect(r.err.code).toBe(code);
   expect(r.err.recovery).toBe('recovered');
-  for (const c of r.src.cores) expect(await c.getState()).toBe(S.RUNNING);
   expect(r.src.sims.map((s) => s.digest())).toEqual(r.before);
+  await expectBothRunning(r);
+}
+
+/** Every source device RUNNING, the destination's devices reset and RUNNING; closes both sides. */
+async function expectBothRunning(r: { src: Sims; dst: Sims }) {
+  for (const c of r.src.cores) expect(await c.getState()).toBe(S.RUNNING);
   expect(r.dst.resets.length).toBeGreaterThan(0);
   for (const c of r.dst.cores) expect(await c.getState()).toBe(S.RUNNING);
   r.src.close();
@@ -154,11 +159,7 @@ describe('fault matrix: rollback before the acknowledgement', () => {
     expect(to[0]).toBe(S.PRE_COPY);
     expect(to).not.toContain(S.PRE_COPY_P2P);
     expect(to).not.toContain(S.STOP_COPY);
-    expect(await r.src.cores[0].getState()).toBe(S.RUNNING);
-    expect(r.dst.resets.length).toBeGreaterThan(0);
-    for (const c of r.dst.cores) expect(await c.getState()).toBe(S.RUNNING);
-    r.src.close();
-    r.dst.close();
+    await expectBothRunning(r);
   });
 
   it('a source device reset during the switchover drain fails the migration (ENODEV), the source device running', async () => {
@@ -172,11 +173,7 @@ describe('fault matrix: rollback before the acknowledgement', () => {
     expect(r.err.code).toBe('ENODEV');
     expect(r.err.device).toBe(0);
     expect(r.src.arcs.map(([, , t]) => t)).not.toContain(S.STOP_COPY);
-    expect(await r.src.cores[0].getState()).toBe(S.RUNNING);
-    expect(r.dst.resets.length).toBeGreaterThan(0);
-    for (const c of r.dst.cores) expect(await c.getState()).toBe(S.RUNNING);
-    r.src.close();
-    r.dst.close();
+    await expectBothRunning(r);
   });
 
   it('policy abort: the PRE_COPY budget is spent at the capped bandwidth', async () => {
