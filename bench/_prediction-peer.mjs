@@ -50,7 +50,7 @@ async function dest(cell) {
   const run = receive({ devices: [new MigrationCore(dev)], transport: () => listener.accept(), stallTimeoutMs: cell.timeoutMs });
   try {
     const s = await run.done;
-    await send({ ok: true, downtimeMs: s.downtimeMs, bytes: s.bytes, verified: s.verified, digest: dev.digest(), maxRssKB: maxRssKB() });
+    await send({ ok: true, downtimeMs: s.downtimeMs, phases: s.phases, bytes: s.bytes, verified: s.verified, digest: dev.digest(), maxRssKB: maxRssKB() });
   } catch (err) {
     await send({ ok: false, ...errorInfo(err) });
   } finally {
@@ -94,6 +94,7 @@ async function source(cell) {
       compressionRatio: s.compressionRatio,
       rounds: s.precopyRounds,
       phases: s.phases,
+      devices: s.devices,
       verified: s.verified,
       switchoverAtMs: last?.atMs ?? null,
       switchNumbers: last?.action === 'switchover' ? last.numbers : null,

@@ -139,6 +139,8 @@ export default async function run({ quick, log = () => {} }) {
           switchoverAtMs: src.switchoverAtMs,
           compressionRatio: src.compressionRatio,
           phases: src.phases,
+          destinationPhases: dst.phases,
+          devices: src.devices,
           atSwitchover: src.switchNumbers,
         }),
       );

@@ -207,7 +207,6 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   #switching: boolean;
   #predicted: number | null;
   /** The drain's budget, from the prediction the switchover was decided on. */
-  #drainBudget: number;
   /** The destination answers pings in band: a ping after the drain is a barrier (see #drain). */
   #pingable = false;
   #downStart: number;
@@ -250,7 +249,6 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.#running = false;
     this.#switching = false;
     this.#predicted = null;
-    this.#drainBudget = DRAIN_MAX_MS;
     this.#downStart = 0;
     this.#lastRateAt = this.#t0;
     this.#lastRateBytes = 0;
@@ -369,11 +367,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
       if (!checkpoint && this.#devs.some((d) => d.precopy)) {
         this.#setPhase('precopy');
+        // Returns drained, in the switchover phase, with the policy's confirmation.
         await this.#precopy(policy, limitMs);
+      } else {
+        this.#setPhase('switchover');
+        await this.#drain(DRAIN_MAX_MS);
       }
-
-      this.#setPhase('switchover');
-      await this.#drain(this.#drainBudget);
       this.#switching = true;
       await this.#send({ type: 'switchover' });
       const cores = opts.devices;
@@ -544,12 +543,33 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         lastKey = key;
         this.emit('decision', { action: decision.action, reason: decision.reason, message: decision.message, numbers: decision.numbers } satisfies DecisionEvent);
       }
-      if (decision.action === 'switchover') {
-        this.#predicted = snap.prediction.downtimeMs;
-        this.#drainBudget = drainBudget(snap.prediction.drainMs);
-        return;
-      }
       if (decision.action === 'abort') throw policyAbortError(decision, 'precopy');
+      if (decision.action === 'switchover') {
+        // The switchover begins with the drain, the devices still running; then the policy decides
+        // again on what the drain left: nothing queued, the tail measured, fresh sizes. That second
+        // decision is the one that stops the devices, and its prediction is the one reported.
+        this.#setPhase('switchover');
+        await this.#drain(drainBudget(snap.prediction.drainMs));
+        await this.#latch.guard(this.#query(true));
+        this.#reportInFlight();
+        const after = this.#est.snapshot();
+        const confirm = policy.decide({ ...after, downtimeLimitMs: limitMs });
+        this.emit('decision', {
+          action: confirm.action,
+          reason: confirm.reason,
+          message: `after the drain: ${confirm.message}`,
+          numbers: { ...confirm.numbers, drained: true },
+        } satisfies DecisionEvent);
+        lastKey = `${confirm.action}/${confirm.reason}`;
+        if (confirm.action === 'switchover') {
+          this.#predicted = after.prediction.downtimeMs;
+          return;
+        }
+        if (confirm.action === 'abort') throw policyAbortError(confirm, 'switchover');
+        // The drain took longer or more was dirtied than predicted: back to PRE_COPY.
+        for (const d of this.#devs) d.stream?.releaseReads();
+        this.#setPhase('precopy');
+      }
       await this.#latch.guard(sleep(tick));
     }
   }
@@ -605,37 +625,44 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const streams = this.#devs.map((d) => d.stream).filter((s): s is SavingStream => s !== null && !s.destroyed);
     // A read in progress completes (a blocked one is bounded by the deadline).
     await this.#until(Promise.all(streams.map((s) => s.holdReads())), deadline);
-    const empty = () =>
+    // With a destination that answers pings, the wait ends once every byte read is in an encoder:
+    // the ping queues behind the main channel's records (other channels must have sent theirs).
+    // Without, it ends when every queue is empty.
+    const main = this.#w as ForwardWriter;
+    const drained = () =>
       streams.every((s) => s.readableLength === 0) &&
       this.#writers.every((w) => {
         const q = w.queued();
-        return q.rawBytes === 0 && q.wireBytes === 0;
+        return q.rawBytes === 0 && (q.wireBytes === 0 || (this.#pingable && w === main));
       });
     // A device reset meanwhile disables its session; its held stream would only notice once released.
     const reset = () => this.#devs.findIndex((d) => d.stream !== null && d.session !== null && d.session.disabled);
-    while (!empty() && reset() < 0 && performance.now() < deadline) await this.#latch.guard(sleep(DRAIN_POLL_MS));
+    while (!drained() && reset() < 0 && performance.now() < deadline) await this.#latch.guard(sleep(DRAIN_POLL_MS));
     const i = reset();
     if (i >= 0) {
       throw migError('ENODEV', `device ${i} was reset during the switchover drain: its saving session is disabled`, { phase: 'switchover', device: i });
     }
-    // The source's queues are empty, but what they sent may still wait in the kernel and in the
-    // destination's decoder: without a cap, the destination is often the slower side. A ping goes
-    // in band, after every record sent, and the destination answers it once it has handed them all
-    // to its devices' resuming streams (1 MiB each): the barrier that the rest has arrived.
+    // What the source sent may still wait in the kernel and in the destination's decoder: without
+    // a cap, the destination is often the slower side. A ping goes in band, after every record, and
+    // the destination answers it once it has handed them all to its devices' resuming streams
+    // (1 MiB each): the barrier that the rest has arrived. From the moment the ping left to its
+    // answer is what the end of a stream costs on this link: the way there, the destination's lag
+    // behind the last byte, the way back. The end of the stop-copy pays the same, so it is measured
+    // as the link's latency (the idle pings at the start only gave its prior).
     if (this.#pingable && performance.now() < deadline) {
       const pong = this.#expect('pong');
       pong.catch(() => {});
       await this.#send({ type: 'ping', id: DRAIN_PING_ID });
-      await this.#until(pong, deadline);
+      if (await this.#until(pong, deadline)) this.#est.recordFixedCost('linkLatency', performance.now() - main.lastWireAt);
     }
   }
 
-  /** Wait for `p` (through the latch) or until the clock reaches `deadline`, whichever comes first. */
-  async #until(p: Promise<unknown>, deadline: number): Promise<void> {
+  /** Wait for `p` (through the latch) or until the clock reaches `deadline`; true when `p` came first. */
+  async #until(p: Promise<unknown>, deadline: number): Promise<boolean> {
     let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - performance.now()))));
+    const expired = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, deadline - performance.now()))));
     try {
-      await this.#latch.guard(Promise.race([p, expired]));
+      return await this.#latch.guard(Promise.race([p.then(() => true), expired]));
     } finally {
       clearTimeout(timer);
     }
@@ -668,11 +695,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.#est.setFixedCostPrior('destResume', rtt);
   }
 
-  /** Query precopy info and stop-copy size of the devices whose estimator view is due. */
-  async #query(): Promise<void> {
+  /** Query precopy info and stop-copy size of the devices whose estimator view is due (every device: `force`). */
+  async #query(force = false): Promise<void> {
     await Promise.all(
       this.#devs.map(async (d, i) => {
-        if (!this.#est.queryDue(i)) return;
+        if (!force && !this.#est.queryDue(i)) return;
         const s = d.session;
         if (d.precopy && s !== null && !s.disabled) {
           try {

@@ -90,6 +90,8 @@ export interface ForwardWriter {
   finish(): Promise<void>;
   /** Wire bytes handed to the transport so far (stream header included). */
   readonly wireBytes: number;
+  /** performance.now() when the last chunk was handed to the transport (-1: none yet). */
+  readonly lastWireAt: number;
   /**
    * What this writer holds that has not reached the kernel yet: raw device bytes not yet encoded
    * (queued for the encoder or being compressed) and encoded wire bytes (the encoder's output, the
@@ -233,6 +235,9 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
     },
     get wireBytes() {
       return wireBytes;
+    },
+    get lastWireAt() {
+      return lastAt;
     },
     queued() {
       let wire = enc.readableLength + transport.writableLength;

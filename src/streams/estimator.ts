@@ -918,6 +918,10 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     // The drain spends it first.
     const capBound = !(this.linkCap > 0) || ws.mean >= LINK_BOUND_SHARE * this.linkCap;
     const creditTotal = wireKnown && capBound ? this.linkCredit * ratio : 0;
+    // Past its credit a capped link moves no more than its cap, whatever the samples say: samples
+    // taken while a refilled bucket let a burst through read above it (230 MB/s under a 200 MB/s
+    // cap, and a stop-copy predicted 13% too fast).
+    const linkRate = this.linkCap > 0 ? Math.min(ws.mean, this.linkCap) : ws.mean;
     const creditRaw = Math.max(0, creditTotal - drainRaw);
     // The drain's time: the queued bytes beyond the credit at the link's raw rate, and never less
     // than all of them at the whole path's measured rate (a credit does not speed up what is beyond
@@ -925,7 +929,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     const ps = this.pipeline.count >= o.minSamples ? this.pipeline.stats() : null;
     const pipeMean = ps !== null ? ps.mean : Number.NaN;
     const drainMs = Math.max(
-      Math.max(0, drainRaw - creditTotal) / (wireKnown ? ws.mean * ratio : o.priorRateBytesPerMs),
+      Math.max(0, drainRaw - creditTotal) / (wireKnown ? linkRate * ratio : o.priorRateBytesPerMs),
       pipeMean > 0 ? drainRaw / pipeMean : 0,
     );
 
@@ -1004,7 +1008,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     let wireMsHigh: number;
     let wireMsBest: number;
     if (wireKnown) {
-      const raw = ws.mean * ratio;
+      const raw = linkRate * ratio;
       const rel = Math.max(o.minRelativeBand, k * Math.sqrt(ws.relErr * ws.relErr + ratioRel * ratioRel));
       const paced = Math.max(0, transferBytes - creditRaw);
       wireMs = paced / raw;
@@ -1031,7 +1035,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     let pipelineRate = Number.NaN;
     if (ps !== null) {
       pipelineRate = ps.mean;
-      const linkBound = wireKnown && ps.mean >= LINK_BOUND_SHARE * ws.mean * ratio;
+      const linkBound = wireKnown && ps.mean >= LINK_BOUND_SHARE * linkRate * ratio;
       if (ps.mean > 0 && !linkBound) {
         const rel = Math.max(o.minRelativeBand, k * ps.relErr);
         pipeMs = transferBytes / ps.mean;

@@ -10,6 +10,7 @@ import { DeviceState } from '../../src/fsm/states.js';
 import { receive } from '../../src/migration/destination.js';
 import { migrate, type MigrateOptions } from '../../src/migration/source.js';
 import type { DecisionEvent } from '../../src/migration/summary.js';
+import { decisionNumbers, type Decision, type PolicySnapshot } from '../../src/migration/policy.js';
 import type { ResumingSession, SavingSession } from '../../src/fsm/types.js';
 import { listenTransport } from '../../src/transport/index.js';
 import { MiB, makeSims } from '../e2e/helpers.js';
@@ -150,6 +151,45 @@ describe('migrate/receive in one process', () => {
     // At most the resuming stream's 1 MiB and the write in progress remain.
     expect(gap).toBeGreaterThanOrEqual(0);
     expect(gap).toBeLessThanOrEqual(2 * MiB);
+  });
+
+  it('the policy decides again after the drain: a "continue" then sends the migration back to PRE_COPY, and only a confirmed switchover stops the devices', async () => {
+    // Switch over whenever the gates pass, except that the first confirmation says no.
+    let asked = 0;
+    const seen: Array<{ drainBytes: number; stopCopyBytes: number }> = [];
+    const policy = {
+      name: 'second-thoughts',
+      decide(snap: PolicySnapshot): Decision {
+        const ready = snap.initialSent && snap.switchoverAcked && snap.prediction.valid;
+        const numbers = decisionNumbers(snap, snap.downtimeLimitMs);
+        if (!ready) return { action: 'continue', reason: 'initial-pending', message: 'waiting', numbers };
+        asked++;
+        seen.push({ drainBytes: snap.prediction.drainBytes, stopCopyBytes: snap.prediction.stopCopyBytes });
+        const no = asked === 2;
+        return { action: no ? 'continue' : 'switchover', reason: no ? 'above-limit' : 'within-limit', message: no ? 'not yet' : 'go', numbers };
+      },
+    };
+    const phases: string[] = [];
+    const { s, src, dst, decisions } = await pairRun(1, 16 * MiB, () => 7, { policy, bandwidth: 64_000_000 }, 8 * MiB, (run) => {
+      run.on('phase', (p) => phases.push(p.phase));
+    });
+    expect(s.verified).toBe(true);
+    expect(dst.sims[0].digest()).toBe(src.sims[0].digest());
+    // Asked: switchover, (drain) continue, ..., switchover, (drain) switchover.
+    expect(asked).toBeGreaterThanOrEqual(4);
+    expect(phases.slice(0, 4)).toEqual(['handshake', 'precopy', 'switchover', 'precopy']);
+    expect(phases.filter((p) => p === 'switchover')).toHaveLength(2);
+    expect(phases.slice(-4)).toEqual(['stop-copy', 'validate', 'resume', 'complete']);
+    // After each drain the policy saw nothing queued.
+    expect(seen[1].drainBytes).toBe(0);
+    expect(seen.at(-1)?.drainBytes).toBe(0);
+    const drained = decisions.filter((d) => d.numbers.drained === true);
+    expect(drained.map((d) => d.action)).toEqual(['continue', 'switchover']);
+    expect(decisions.at(-1)).toBe(drained[1]);
+    // Back in PRE_COPY the reads were released: the workload's new dirt was read before the second switchover.
+    expect(s.devices[0].precopyBytes).toBeGreaterThan(16 * MiB);
+    src.close();
+    dst.close();
   });
 
   it('the DEVICE_END digest is selectable: crc32 and none move the state as sha256 does, verified', async () => {

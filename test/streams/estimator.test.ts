@@ -625,6 +625,24 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(starved.predict().transferMs).toBeCloseTo(20, 6);
   });
 
+  it('a capped link moves no more than its cap past its credit, whatever its samples read', () => {
+    // Samples of 1 MiB wire per 10 ms, taken while a refilled bucket let bursts through; the cap is
+    // 1 MiB per 20 ms: the 4 MiB raw (2 MiB wire) take 40 ms, not 20.
+    const est = compressedLink();
+    est.setLinkCredit(0, MIB / 20);
+    let p = est.predict();
+    expect(p.wireRateBytesPerMs).toBeCloseTo(MIB / 10, 6);
+    expect(p.transferMs).toBeCloseTo(40, 6);
+    // The credit still leaves at once: 0.5 MiB wire (1 MiB raw) of it, 3 MiB raw left at the cap.
+    est.setLinkCredit(MIB / 2, MIB / 20);
+    p = est.predict();
+    expect(p.transferMs).toBeCloseTo(30, 6);
+    // A cap above the measured rate changes nothing.
+    const fast = compressedLink();
+    fast.setLinkCredit(0, MIB / 9.5);
+    expect(fast.predict().transferMs).toBeCloseTo(20, 6);
+  });
+
   it('the whole path rate bounds the transfer when something between device and link is slower; a link-bound path leaves it to the wire term', () => {
     // The link: 1 MiB wire (2 MiB raw) per 10 ms = 209.7 raw bytes/µs; 4 MiB of stop-copy data.
     const slow = compressedLink();

@@ -179,6 +179,22 @@ describe('SavingStream over a method-backed session', () => {
     expect(sha(...chunks)).toBe(sha(pattern(0, 5010)));
   });
 
+  it('a session whose reads resolve at once still lets timers and I/O run while the stream flows (the pull loop yields)', async () => {
+    // 256 MiB of reads that never wait on I/O, consumed as fast as they come: without a turn of the
+    // event loop between them, a timer set at the start would fire only after the end.
+    const size = 256 * MiB;
+    const session = new ScriptedSaving({ available: size });
+    const s = createSavingStream(session, { chunkSize: MiB });
+    let bytes = 0;
+    let atTimer = -1;
+    s.on('data', (c: Buffer) => (bytes += c.length));
+    setTimeout(() => (atTimer = bytes), 0);
+    await once(s, 'end');
+    expect(bytes).toBe(size);
+    expect(atTimer).toBeGreaterThanOrEqual(0);
+    expect(atTimer).toBeLessThan(size);
+  });
+
   it('holdReads(): no read starts until releaseReads(); the read in progress completes and what was read is still delivered', async () => {
     const size = 4 * MiB;
     const session = new ScriptedSaving({ available: size });
