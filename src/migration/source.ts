@@ -570,7 +570,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         for (const d of this.#devs) d.stream?.releaseReads();
         this.#setPhase('precopy');
       }
-      await this.#latch.guard(sleep(tick));
+      // The next look comes after a tick, or sooner when a device's query falls due (the estimator's learning pace).
+      let wait = tick;
+      for (let i = 0; i < this.#devs.length; i++) wait = Math.min(wait, this.#est.nextQueryInMs(i));
+      await this.#latch.guard(sleep(Math.max(1, wait)));
     }
   }
 

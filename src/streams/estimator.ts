@@ -52,6 +52,15 @@ export interface PrecopyEstimatorOptions {
   minQueryIntervalMs?: number;
   /** Re-query a device at least this often. Default 250 ms (PRECOPY_INFO is cheap; stale views mislead). */
   maxQueryIntervalMs?: number;
+  /**
+   * While a device's dirtying is still being learned (its initial data not all read, fewer than
+   * minSamples of λ), re-query it this often, for at most `learnQueries` queries per epoch: an
+   * infeasible device is known from three λ samples, and at the ordinary pace they took 150-300 ms.
+   * Default 10 ms.
+   */
+  learnQueryIntervalMs?: number;
+  /** See learnQueryIntervalMs; 0 turns the learning pace off. Default 24. */
+  learnQueries?: number;
   /** Re-query early (after minQueryIntervalMs) once this many bytes were read since the last query. Default 64 MiB. */
   requeryBytes?: number;
   /** Width of the confidence band in standard deviations. Default 2. */
@@ -381,6 +390,8 @@ interface DeviceView {
   dirtySeen: boolean;
   /** The most initial bytes reported in this epoch: the state PRE_COPY sends once (the steady-state model's total). */
   initialTotal: number;
+  /** Good PRE_COPY info queries in this epoch (the learning pace counts them). */
+  queries: number;
 }
 
 const DEFAULTS = {
@@ -388,6 +399,8 @@ const DEFAULTS = {
   alpha: 0.25,
   minQueryIntervalMs: 50,
   maxQueryIntervalMs: 250,
+  learnQueryIntervalMs: 10,
+  learnQueries: 24,
   requeryBytes: 64 * 1024 * 1024,
   bandSigmas: 2,
   minRelativeBand: 0.05,
@@ -513,6 +526,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
         hazard: new RateWindow(w, alpha),
         dirtySeen: false,
         initialTotal: 0,
+        queries: 0,
       });
     }
     this.wire = new RateWindow(w, alpha);
@@ -557,12 +571,14 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
    * True when `device` should be queried now (both VFIO_MIG_GET_PRECOPY_INFO and MIG_DATA_SIZE):
    * never queried; or at least minQueryIntervalMs since the last attempt and either maxQueryIntervalMs
    * passed, the local PRE_COPY view reached 0 (the device may hold more: mlx5 only produces new
-   * dirty data when queried), `requeryBytes` were read, or the last query failed.
+   * dirty data when queried), `requeryBytes` were read, or the last query failed. While the device's
+   * dirtying is being learned, every learnQueryIntervalMs.
    */
   queryDue(device = 0): boolean {
     const v = this.view(device);
     if (v.lastAttemptAt < 0) return true;
     const since = this.now() - v.lastAttemptAt;
+    if (this.learning(v) && since >= this.opts.learnQueryIntervalMs) return true;
     if (since < this.opts.minQueryIntervalMs) return false;
     if (since >= this.opts.maxQueryIntervalMs) return true;
     if (!v.precopyValid || !v.stopCopyValid) return true;
@@ -575,8 +591,14 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     if (this.queryDue(device)) return 0;
     const v = this.view(device);
     const since = this.now() - v.lastAttemptAt;
+    if (this.learning(v)) return Math.max(0, this.opts.learnQueryIntervalMs - since);
     const early = v.initial + v.dirty === 0 || v.readSinceQuery >= this.opts.requeryBytes;
     return Math.max(0, (early ? this.opts.minQueryIntervalMs : this.opts.maxQueryIntervalMs) - since);
+  }
+
+  /** The device's initial data is being read and its λ has fewer than minSamples samples (within learnQueries queries). */
+  private learning(v: DeviceView): boolean {
+    return v.initial > 0 && v.hazard.count < this.opts.minSamples && v.queries < this.opts.learnQueries;
   }
 
   /**
@@ -607,6 +629,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       v.readBeyondInitialSinceQuery = 0;
       v.precopyValid = true;
       v.precopyFailures = 0;
+      v.queries = 1;
       this.emit('reinit', { device, epoch: this.epochValue, initialBytes: initial });
       if (initial === 0) this.markInitialSent(v, device);
       return true;
@@ -643,6 +666,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     v.readBeyondInitialSinceQuery = 0;
     v.precopyValid = true;
     v.precopyFailures = 0;
+    v.queries++;
     if (initial === 0) this.markInitialSent(v, device);
     return true;
   }

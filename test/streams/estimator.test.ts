@@ -167,7 +167,8 @@ describe('PrecopyEstimator: counters', () => {
 
   it('re-queries at a bounded rate', () => {
     const c = clock();
-    const est = new PrecopyEstimator({ now: c.now, minQueryIntervalMs: 50, maxQueryIntervalMs: 1000, requeryBytes: 8 * MIB });
+    // The ordinary pace (the learning pace has its own test below).
+    const est = new PrecopyEstimator({ now: c.now, minQueryIntervalMs: 50, maxQueryIntervalMs: 1000, requeryBytes: 8 * MIB, learnQueries: 0 });
     expect(est.queryDue()).toBe(true);
     est.updatePrecopyInfo({ initialBytes: 16 * MIB, dirtyBytes: 0, reinit: false });
     est.updateStopCopySize(32 * MIB);
@@ -195,6 +196,50 @@ describe('PrecopyEstimator: counters', () => {
 });
 
 describe('PrecopyEstimator: rates and prediction', () => {
+
+  it('while a device\'s dirtying is learned during its initial data, it is queried every learnQueryIntervalMs, within learnQueries queries', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, minQueryIntervalMs: 50, maxQueryIntervalMs: 1000, learnQueryIntervalMs: 10, learnQueries: 6 });
+    est.updateStopCopySize(64 * MIB);
+    // Initial data left, no λ yet: the learning pace.
+    let dirty = 0;
+    const query = (initial: number) => est.updatePrecopyInfo({ initialBytes: initial, dirtyBytes: dirty, reinit: false });
+    query(60 * MIB);
+    expect(est.queryDue()).toBe(false);
+    expect(est.nextQueryInMs()).toBe(10);
+    c.advance(10);
+    expect(est.queryDue()).toBe(true);
+    // A query after one that reported dirt gives a λ sample; three of them end the learning (the
+    // first report of dirt gives none: its predecessor reported 0).
+    for (let q = 1; q <= 4; q++) {
+      dirty += MIB;
+      est.recordRead(4 * MIB);
+      expect(est.queryDue()).toBe(true);
+      query(60 * MIB - 4 * q * MIB);
+      c.advance(10);
+    }
+    expect(est.queryDue()).toBe(false);
+    expect(est.nextQueryInMs()).toBe(990);
+    // A device whose λ never comes (no dirt reported) leaves the pace after learnQueries queries.
+    const quiet = new PrecopyEstimator({ now: c.now, minQueryIntervalMs: 50, maxQueryIntervalMs: 1000, learnQueryIntervalMs: 10, learnQueries: 6 });
+    quiet.updatePrecopyInfo({ initialBytes: 60 * MIB, dirtyBytes: 0, reinit: false });
+    quiet.updateStopCopySize(64 * MIB);
+    for (let q = 2; q <= 6; q++) {
+      c.advance(10);
+      expect(quiet.queryDue()).toBe(true);
+      quiet.updatePrecopyInfo({ initialBytes: 60 * MIB, dirtyBytes: 0, reinit: false });
+    }
+    c.advance(10);
+    expect(quiet.queryDue()).toBe(false);
+    expect(quiet.nextQueryInMs()).toBe(990);
+    // Past the initial data the ordinary pace holds, λ or not.
+    const done = new PrecopyEstimator({ now: c.now, minQueryIntervalMs: 50, maxQueryIntervalMs: 1000, learnQueryIntervalMs: 10 });
+    done.updateStopCopySize(MIB);
+    done.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: MIB, reinit: false });
+    c.advance(10);
+    expect(done.queryDue()).toBe(false);
+    expect(done.nextQueryInMs()).toBe(990);
+  });
   it('predicts downtime from the stop-copy bytes at the wire rate when the wire is the slower', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now });
