@@ -25,6 +25,7 @@ import { DeviceState } from '../fsm/states.js';
 import type { SavingSession, Session } from '../fsm/types.js';
 import { PrecopyEstimator } from '../streams/estimator.js';
 import { createSavingStream, type SavingStream } from '../streams/saving-stream.js';
+import { chunksOf } from '../streams/chunks.js';
 import { RecordType, ROUND_FLAG_EMPTY } from '../streams/wire-format.js';
 import {
   CONTROL_PROTOCOL_VERSION,
@@ -774,7 +775,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       });
     });
     const pump = (async () => {
-      for await (const chunk of stream as AsyncIterable<Buffer>) {
+      // Chunk by chunk as read (for-await would hand over copies of several chunks joined).
+      for await (const chunk of chunksOf(stream)) {
         this.#latch.check();
         // The record is queued before the estimator hears of the read, so an 'initial-sent' control
         // it may trigger follows the data it speaks of.
