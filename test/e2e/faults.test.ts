@@ -14,6 +14,7 @@ import { MigError } from '../../src/fsm/errors.js';
 import { DeviceState } from '../../src/fsm/states.js';
 import type { SimDeviceOptions } from '../../src/devices/sim-device.js';
 import { receive } from '../../src/migration/destination.js';
+import { decisionNumbers, type Decision, type PolicySnapshot } from '../../src/migration/policy.js';
 import { migrate, type MigrateOptions } from '../../src/migration/source.js';
 import { listenTransport } from '../../src/transport/index.js';
 import { MiB, ensureBuilt, makeSims, runCli, simArgs, startReceiver, type Sims } from './helpers.js';
@@ -174,6 +175,32 @@ describe('fault matrix: rollback before the acknowledgement', () => {
     expect(r.err.device).toBe(0);
     expect(r.src.arcs.map(([, , t]) => t)).not.toContain(S.STOP_COPY);
     await expectBothRunning(r);
+  });
+
+  it('the policy aborts when it decides again after the drain: nothing stopped, the source state intact', async () => {
+    let said = '';
+    const policy = {
+      name: 'abort-after-drain',
+      decide(snap: PolicySnapshot): Decision {
+        const numbers = decisionNumbers(snap, snap.downtimeLimitMs);
+        if (said === 'switchover') {
+          said = 'abort';
+          return { action: 'abort', reason: 'lower-bound-above-limit', message: 'changed its mind after the drain', numbers };
+        }
+        if (!(snap.initialSent && snap.switchoverAcked)) return { action: 'continue', reason: 'initial-pending', message: 'waiting', numbers };
+        said = 'switchover';
+        return { action: 'switchover', reason: 'within-limit', message: 'go', numbers };
+      },
+    };
+    const r = await failingMigration({ ...draining, src: {}, opts: { ...draining.opts, policy } });
+    expect(said).toBe('abort');
+    await expectRolledBack(r, 'switchover', 'VFIO_MIG_ERR_POLICY_ABORT');
+    expect(r.err.message).toMatch(/changed its mind after the drain/);
+    // No device was stopped: PRE_COPY, then only the rollback's walk back to RUNNING.
+    const to = r.src.arcs.map(([, , t]) => t);
+    expect(to[0]).toBe(S.PRE_COPY);
+    expect(to).not.toContain(S.PRE_COPY_P2P);
+    expect(to).not.toContain(S.STOP_COPY);
   });
 
   it('policy abort: the PRE_COPY budget is spent at the capped bandwidth', async () => {
