@@ -688,7 +688,7 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(fast.predict().transferMs).toBeCloseTo(20, 6);
   });
 
-  it('the whole path rate bounds the transfer when something between device and link is slower; a link-bound path leaves it to the wire term', () => {
+  it('the whole path rate bounds the transfer when something between device and link is slower, and a credit never beats it', () => {
     // The link: 1 MiB wire (2 MiB raw) per 10 ms = 209.7 raw bytes/µs; 4 MiB of stop-copy data.
     const slow = compressedLink();
     expect(slow.predict().transferMs).toBeCloseTo(20, 6);
@@ -697,11 +697,18 @@ describe('PrecopyEstimator: rates and prediction', () => {
     slow.setLinkCredit(MIB);
     expect(slow.predict().transferMs).toBeCloseTo(40, 6);
     expect(slow.predict().highMs).toBeGreaterThan(40);
-    // The path at the link's own rate: the wire term, credit included, decides (2 MiB left: 10 ms).
+    // The path measured at the link's own rate: the credit would let 2 MiB raw leave at once, but
+    // what is beyond the link was only ever seen at that rate, so the path's rate bounds it: 4 MiB at
+    // 2 MiB per 10 ms, 20 ms (the wire term alone says 10).
     const linkBound = compressedLink();
     for (let i = 0; i < 4; i++) linkBound.recordPipeline(2 * MIB, 10);
     linkBound.setLinkCredit(MIB);
-    expect(linkBound.predict().transferMs).toBeCloseTo(10, 6);
+    expect(linkBound.predict().transferMs).toBeCloseTo(20, 6);
+    // A path measured faster than the link leaves the decision to the wire term, credit included.
+    const fastPath = compressedLink();
+    for (let i = 0; i < 4; i++) fastPath.recordPipeline(8 * MIB, 10);
+    fastPath.setLinkCredit(MIB);
+    expect(fastPath.predict().transferMs).toBeCloseTo(10, 6);
     // Fewer than minSamples samples, or nonsense ones, change nothing.
     const few = compressedLink();
     few.recordPipeline(MIB, 10);
