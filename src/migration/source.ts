@@ -210,7 +210,6 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   #running: boolean;
   #switching: boolean;
   #predicted: number | null;
-  /** The drain's budget, from the prediction the switchover was decided on. */
   /** The destination answers pings in band: a ping after the drain is a barrier (see #drain). */
   #pingable = false;
   /** The least idle round trip of the calibration pings, ms (NaN without pings). */

@@ -596,9 +596,12 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     return Math.max(0, (early ? this.opts.minQueryIntervalMs : this.opts.maxQueryIntervalMs) - since);
   }
 
-  /** The device's initial data is being read and its λ has fewer than minSamples samples (within learnQueries queries). */
+  /**
+   * The device's initial data is being read and its λ has fewer than minSamples samples (within
+   * learnQueries queries). Not after a failed query: failures are retried at the ordinary pace.
+   */
   private learning(v: DeviceView): boolean {
-    return v.initial > 0 && v.hazard.count < this.opts.minSamples && v.queries < this.opts.learnQueries;
+    return v.precopyValid && v.stopCopyValid && v.initial > 0 && v.hazard.count < this.opts.minSamples && v.queries < this.opts.learnQueries;
   }
 
   /**

@@ -232,6 +232,15 @@ describe('PrecopyEstimator: rates and prediction', () => {
     c.advance(10);
     expect(quiet.queryDue()).toBe(false);
     expect(quiet.nextQueryInMs()).toBe(990);
+    // A failed query is retried at the ordinary pace, not the learning one.
+    const failing = new PrecopyEstimator({ now: c.now, minQueryIntervalMs: 50, maxQueryIntervalMs: 1000, learnQueryIntervalMs: 10 });
+    failing.updatePrecopyInfo({ initialBytes: 60 * MIB, dirtyBytes: 0, reinit: false });
+    failing.updateStopCopySize(64 * MIB);
+    failing.precopyInfoFailed(new Error('EIO'));
+    c.advance(10);
+    expect(failing.queryDue()).toBe(false);
+    c.advance(40);
+    expect(failing.queryDue()).toBe(true);
     // Past the initial data the ordinary pace holds, λ or not.
     const done = new PrecopyEstimator({ now: c.now, minQueryIntervalMs: 50, maxQueryIntervalMs: 1000, learnQueryIntervalMs: 10 });
     done.updateStopCopySize(MIB);
