@@ -416,7 +416,7 @@ const DEFAULTS = {
  */
 const MAX_RELATIVE_BAND = 0.9;
 
-/** A path moving at least this share of the link's raw rate is bound by the link. */
+/** A link measured at this share of its cap or more is paced by the cap (its credit counts). */
 const LINK_BOUND_SHARE = 0.9;
 
 /** Compression-ratio samples sum wire chunks up to at least this many bytes. */
