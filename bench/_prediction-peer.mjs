@@ -35,6 +35,25 @@ const BLIND_POLICY = {
   },
 };
 
+/**
+ * BENCH_PREDICTION_TRACE=FILE: every snapshot the policy is asked about, and its answer, one JSON line
+ * each (ms since migrate(), the snapshot's scalars and prediction): how a verdict formed over time.
+ */
+function traced(policy, t0) {
+  const file = process.env.BENCH_PREDICTION_TRACE;
+  if (!file) return policy;
+  const fd = fs.openSync(file, 'w');
+  const scalars = (o) => Object.fromEntries(Object.entries(o).filter(([, v]) => typeof v !== 'object' || v === null));
+  return {
+    name: policy.name,
+    decide(s) {
+      const d = policy.decide(s);
+      fs.writeSync(fd, JSON.stringify({ atMs: performance.now() - t0, action: d.action, reason: d.reason, ...scalars(s), prediction: scalars(s.prediction) }) + '\n');
+      return d;
+    },
+  };
+}
+
 function send(msg) {
   return new Promise((resolve) => process.send(msg, () => resolve()));
 }
@@ -71,7 +90,7 @@ async function source(cell) {
     bandwidth: cell.bandwidth,
     compression: cell.compression,
     ...(cell.digest !== undefined ? { digest: cell.digest } : {}),
-    policy: cell.blind ? BLIND_POLICY : new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: cell.windowMs }),
+    policy: traced(cell.blind ? BLIND_POLICY : new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: cell.windowMs }), t0),
     stallTimeoutMs: cell.timeoutMs,
     signal: globalThis.AbortSignal.timeout(cell.timeoutMs),
   });

@@ -234,7 +234,7 @@ export class ConvergenceTracker {
    * One decision's sample. `bytes` NaN: not judged for draining (the initial data is still being
    * sent, and drains by definition); its `diverging` flag still counts.
    */
-  add(elapsedMs: number, bytes: number, diverging: boolean, windowMs: number, bytesRead = 0): void {
+  add(elapsedMs: number, bytes: number, diverging: boolean, windowMs: number, bytesRead?: number): void {
     if (Number.isNaN(this.since)) this.since = elapsedMs;
     if (Number.isNaN(this.bytesSince) && !Number.isNaN(bytes)) this.bytesSince = elapsedMs;
     this.t.push(elapsedMs);
@@ -247,6 +247,14 @@ export class ConvergenceTracker {
       if (!Number.isNaN(b)) this.lowBefore = Math.min(this.lowBefore, b);
       this.diverging.shift();
     }
+    if (bytesRead !== undefined) this.addRead(elapsedMs, bytesRead);
+  }
+
+  /**
+   * Raw bytes read so far at `elapsedMs`, for recentReadRate() alone (add() records it too when
+   * given): what PRE_COPY moved is plain fact, usable before the estimator's rates are.
+   */
+  addRead(elapsedMs: number, bytesRead: number): void {
     this.recentT.push(elapsedMs);
     this.recentRead.push(bytesRead);
     // The oldest kept sample is the last one at least RECENT_MS old: the span covers RECENT_MS.
@@ -338,11 +346,34 @@ function abortChecks(
     );
   }
   if (!checkConvergence || !Number.isFinite(windowMs)) return null;
-  // On usable numbers only. The dirty rate counts from the start (devices that report dirtying
-  // during their initial data give a rate then: re-dirtying of what was already sent at the link's
-  // pace already, with more of the state exposed to it as the pass goes on); the bytes a switchover
-  // would move only past the initial data (they drain by definition before).
-  if (!p.valid || !p.confident || s.queryFailed) return null;
+  // On usable numbers only: an unreadable size proves nothing.
+  if (!p.valid || s.queryFailed) return null;
+  tracker.addRead(s.elapsedMs, s.bytesRead);
+  // Without waiting for the window: even the slow edge of the devices' dirty rate (of their whole
+  // state) is at or above the fast edge of the transfer rate, and above what PRE_COPY has plainly
+  // moved per ms, on average and over the last RECENT_MS (a cross-check no model error can
+  // inflate; the recent rate keeps a path still speeding up from being judged on its start). The
+  // window guards means against noise; the bands already carry it. (NaN until the model has seen
+  // a tenth of the state.) It needs the rate's fast edge measured (rateBounded), not every rate:
+  // a device's unmeasured generation rate could only make the transfer slower.
+  if (p.rateBounded && p.highMs > limitMs) {
+    const recent = tracker.recentReadRate();
+    const movedBytesPerMs = Math.max(s.elapsedMs > 0 ? s.bytesRead / s.elapsedMs : Infinity, Number.isNaN(recent) ? 0 : recent);
+    if (p.stateDirtyRateLowBytesPerMs >= EARLY_MARGIN * Math.max(p.rateHighBytesPerMs, movedBytesPerMs)) {
+      return decision(
+        'abort',
+        'not-converging',
+        `PRE_COPY does not converge: the devices dirty their state at ${fmtRate(p.stateDirtyRateBytesPerMs)} (at least ${fmtRate(p.stateDirtyRateLowBytesPerMs)}, extrapolated from the ${fmtBytes(s.bytesRead)} read so far), ${EARLY_MARGIN} x or more the most the path moves, ${fmtRate(p.rateHighBytesPerMs)}, and the ${fmtRate(movedBytesPerMs)} PRE_COPY has moved; predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`,
+        { ...n, stateDirtyRateLowBytesPerMs: p.stateDirtyRateLowBytesPerMs, rateHighBytesPerMs: p.rateHighBytesPerMs, movedBytesPerMs },
+      );
+    }
+  }
+  // The window's verdicts on confident numbers only: an unmeasured rate proves nothing. The dirty
+  // rate counts from the start (devices that report dirtying during their initial data give a rate
+  // then: re-dirtying of what was already sent at the link's pace already, with more of the state
+  // exposed to it as the pass goes on); the bytes a switchover would move only past the initial
+  // data (they drain by definition before).
+  if (!p.confident) return null;
   // Diverging: dirtying keeps up with the link, or PRE_COPY would settle (steadyDirtyBytes) far
   // above what the limit can move, by STEADY_FACTOR: the model is an extrapolation, and a verdict
   // on it still needs DIVERGING_FRACTION of a window.
@@ -350,24 +381,8 @@ function abortChecks(
   const settlesHigh = Number.isFinite(steadyMs) && steadyMs > STEADY_FACTOR * limitMs;
   const diverging =
     (p.dirtyRateBytesPerMs > 0 && p.dirtyRateBytesPerMs >= p.rateBytesPerMs) || p.stateDirtyRateBytesPerMs >= p.rateBytesPerMs || settlesHigh;
-  tracker.add(s.elapsedMs, s.initialSent ? p.transferBytes : Number.NaN, diverging, windowMs, s.bytesRead);
+  tracker.add(s.elapsedMs, s.initialSent ? p.transferBytes : Number.NaN, diverging, windowMs);
   if (p.highMs <= limitMs) return null;
-  // Without waiting for the window: even the slow edge of the devices' dirty rate (of their whole
-  // state) is at or above the fast edge of the transfer rate, and above what PRE_COPY has plainly
-  // moved per ms, on average and over the last RECENT_MS (a cross-check no model error can
-  // inflate; the recent rate keeps a path still speeding up from being judged on its start). The
-  // window guards means against noise; the bands already carry it. (NaN until the model has seen
-  // a tenth of the state.)
-  const recent = tracker.recentReadRate();
-  const movedBytesPerMs = Math.max(s.elapsedMs > 0 ? s.bytesRead / s.elapsedMs : Infinity, Number.isNaN(recent) ? 0 : recent);
-  if (p.stateDirtyRateLowBytesPerMs >= EARLY_MARGIN * Math.max(p.rateHighBytesPerMs, movedBytesPerMs)) {
-    return decision(
-      'abort',
-      'not-converging',
-      `PRE_COPY does not converge: the devices dirty their state at ${fmtRate(p.stateDirtyRateBytesPerMs)} (at least ${fmtRate(p.stateDirtyRateLowBytesPerMs)}, extrapolated from the ${fmtBytes(s.bytesRead)} read so far), ${EARLY_MARGIN} x or more the most the path moves, ${fmtRate(p.rateHighBytesPerMs)}, and the ${fmtRate(movedBytesPerMs)} PRE_COPY has moved; predicted downtime ${fmtMs(p.highMs)} (limit ${fmtMs(limitMs)})`,
-      { ...n, stateDirtyRateLowBytesPerMs: p.stateDirtyRateLowBytesPerMs, rateHighBytesPerMs: p.rateHighBytesPerMs, movedBytesPerMs },
-    );
-  }
   const v = tracker.verdict(s.elapsedMs, windowMs);
   if (v === null) return null;
   const numbers = { ...n, windowMs, divergingFraction: v.divergingFraction, windowFirstMinBytes: v.firstMin, windowSecondMinBytes: v.secondMin };

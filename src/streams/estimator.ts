@@ -88,6 +88,14 @@ export interface Prediction {
   valid: boolean;
   /** True once every rate that matters (stop-copy sizes above smallStateBytes) has at least `minSamples` samples; else priors fill in. */
   confident: boolean;
+  /**
+   * True once `rateHighBytesPerMs` rests on measurements: the wire or the whole path has `minSamples`
+   * samples. A device whose generation rate is not measured yet can only make the transfer slower,
+   * so the fast edge is a sound upper bound before `confident` (under a cap a device that reads at
+   * 750 MB/s fills its 10 ms generation samples only every 7.5 MB: three of them took 430 ms of a
+   * 64 MiB migration at 50 MB/s). What an abort on "the path cannot keep up" needs.
+   */
+  rateBounded: boolean;
   /** Predicted downtime of a switchover now: fixed costs + stop-copy bytes at the effective rate. Infinity when invalid. */
   downtimeMs: number;
   /** Lower edge of the confidence band. */
@@ -1089,6 +1097,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     return {
       valid,
       confident,
+      rateBounded: wireKnown || (ps !== null && ps.mean > 0),
       downtimeMs: valid ? fixedMs.total + transferMs : Infinity,
       lowMs: valid ? fixedLow + transferLow : Infinity,
       highMs: valid ? fixedHigh + transferHigh : Infinity,

@@ -21,6 +21,7 @@ function prediction(p: Partial<Prediction> = {}): Prediction {
   const base = {
     valid: true,
     confident: true,
+    rateBounded: true,
     downtimeMs: 100,
     lowMs: 90,
     highMs: 110,
@@ -244,8 +245,13 @@ describe('DefaultSwitchoverPolicy', () => {
     expect(q.decide(snap({ elapsedMs: 2000 }, { highMs: 900 })).reason).toBe('above-limit');
     // Whatever the dirtying, a switchover that fits now is taken (a small state can always be stopped and copied).
     expect(q.decide(snap({ elapsedMs: 300 }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 90 })).action).toBe('switchover');
-    // Unconfident numbers prove nothing.
-    expect(q.decide(snap({ elapsedMs: 4000 }, { confident: false, stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
+    // A fast edge that rests on no measured rate (the wire's prior) proves nothing.
+    const dirty = { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 };
+    expect(q.decide(snap({ elapsedMs: 4000 }, { ...dirty, confident: false, rateBounded: false })).reason).toBe('above-limit');
+    // A measured fast edge is enough while a device's generation rate is unmeasured (not confident):
+    // that rate could only make the transfer slower.
+    const u = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 60_000 });
+    expect(u.decide(snap({ elapsedMs: 4000 }, { ...dirty, confident: false, rateBounded: true }))).toMatchObject({ action: 'abort', reason: 'not-converging' });
     // The stepwise policy answers non-convergence by raising its limit, not by aborting.
     const w = new StepwiseSwitchoverPolicy({ maxLimitMs: 1000 });
     expect(w.decide(snap({ elapsedMs: 1000 }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 })).action).toBe('continue');

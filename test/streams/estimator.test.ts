@@ -384,6 +384,24 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.lowerBoundMs).toBe(0);
   });
 
+  it('bounds the rate from above once the wire is measured, before every rate is (rateBounded)', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, priorRateBytesPerMs: 1000, smallStateBytes: 4096 });
+    est.updatePrecopyInfo({ initialBytes: 64 * MIB, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(64 * MIB);
+    expect(est.predict()).toMatchObject({ confident: false, rateBounded: false });
+    // Reads counted without generation samples (as migrate() batches them): the device's rate stays unmeasured.
+    for (let i = 0; i < 5; i++) {
+      est.recordRead(MIB, { sample: false });
+      est.recordWire(MIB, MIB, { durationMs: 20 });
+    }
+    const p = est.predict();
+    expect(p).toMatchObject({ confident: false, rateBounded: true });
+    // The fast edge is the wire's: an unmeasured device could only be slower.
+    expect(p.rateHighBytesPerMs).toBeGreaterThanOrEqual(MIB / 20);
+    expect(p.rateHighBytesPerMs).toBeLessThan((2 * MIB) / 20);
+  });
+
   it('a small device needs no rate samples of its own for a confident prediction', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now, devices: 2 });
