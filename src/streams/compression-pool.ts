@@ -71,8 +71,10 @@ parentPort.on('message', (m) => {
       if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
       const n = cctx.compress(scratch, src, m.level);
       if (n < m.len) {
-        const ab = new ArrayBuffer(n);
-        const out = Buffer.from(ab);
+        // allocUnsafeSlow: an unpooled ArrayBuffer of exactly n bytes, not zero-filled (new
+        // ArrayBuffer(n) clears memory that the copy overwrites at once).
+        const out = Buffer.allocUnsafeSlow(n);
+        const ab = out.buffer;
         scratch.copy(out, 0, 0, n);
         parentPort.postMessage({ id: m.id, out: ab, crc: m.crc ? crc32(out) : 0, back: null }, [ab]);
       } else {
@@ -81,8 +83,9 @@ parentPort.on('message', (m) => {
         else parentPort.postMessage({ id: m.id, out: null, crc, back: null });
       }
     } else {
-      const ab = new ArrayBuffer(m.rawLength);
-      const n = dctx.decompress(Buffer.from(ab), src);
+      const dst = Buffer.allocUnsafeSlow(m.rawLength);
+      const ab = dst.buffer;
+      const n = dctx.decompress(dst, src);
       if (n !== m.rawLength) throw new Error('frame holds ' + n + ' bytes, header says ' + m.rawLength);
       parentPort.postMessage({ id: m.id, out: ab, crc: 0, back: null }, [ab]);
     }
