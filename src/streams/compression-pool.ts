@@ -211,8 +211,9 @@ export class CompressionPool {
   /**
    * Start every worker now rather than on first use; resolves when all are running. A worker takes
    * tens of ms to boot (a thread, an isolate, the zstd binding): a caller that knows compression is
-   * coming (migrate() during its handshake) pays that before the first record instead of stalling
-   * the first tens of ms of data behind it.
+   * coming boots them all at once instead of one per busy moment. migrate() calls it (not awaited)
+   * once the fixed costs it predicts from are timed, since booting costs tens of ms of CPU per
+   * worker and would slow whatever else runs on the cores meanwhile.
    */
   warm(): Promise<void> {
     if (this.#closed) return Promise.resolve();
