@@ -700,16 +700,22 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   /**
    * Fixed costs a first prediction can know before any switchover. A switchover ends with a round
    * trip on an idle link (commit out, 'running' back): the least of PINGS ping/pong round trips
-   * measures it (the least, because booting compression workers and the peer's first steps only
-   * ever add to a round trip: medians read 2-4 ms with zstd, against 0.7-1.2 without). The
-   * destination's arcs into RESUMING ('ready'.setupMs) stand for its validation; its resume, two
-   * more arcs and the 'running' message after 'validated', measured 1.5-2.8 ms for 0.7-1.7 ms
-   * round trips on SimDevice, takes the round trip as its prior. Priors, not samples: they shape
-   * the prediction, never an abort's lower bound.
+   * measures it (the least, because the peer's first steps only ever add to a round trip). The
+   * destination's arcs into RESUMING ('ready'.setupMs) stand for both of its own steps, the
+   * validation (RESUMING -> STOP and the digest check) and the resume (STOP -> RUNNING through
+   * RUNNING_P2P): all three are arcs of the same device. (The round trip stood for the resume until
+   * 2026-12-02: the resume took 1.5-2 ms on SimDevice where the round trip read 0.5-0.9, and every
+   * dirty-none cell was predicted 0.4-2.8 ms short; the setup arcs had been tried before and
+   * dropped while booting compression workers still inflated them to 7-24 ms.) Priors, not
+   * samples: they shape the prediction, never an abort's lower bound.
    */
   async #calibrate(ready: ReturnMessage): Promise<void> {
     if (ready.type !== 'ready') return;
-    if (typeof ready.setupMs === 'number') this.#est.setFixedCostPrior('destValidate', ready.setupMs);
+    const setupMs = typeof ready.setupMs === 'number' ? ready.setupMs : Number.NaN;
+    if (Number.isFinite(setupMs)) {
+      this.#est.setFixedCostPrior('destValidate', setupMs);
+      this.#est.setFixedCostPrior('destResume', setupMs);
+    }
     if (ready.features.ping !== true) return;
     this.#pingable = true;
     const rtts: number[] = [];
@@ -722,7 +728,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const rtt = Math.min(...rtts);
     this.#rtt = rtt;
     this.#est.setFixedCostPrior('linkLatency', rtt);
-    this.#est.setFixedCostPrior('destResume', rtt);
+    if (!Number.isFinite(setupMs)) this.#est.setFixedCostPrior('destResume', rtt);
   }
 
   /** Query precopy info and stop-copy size of the devices whose estimator view is due (every device: `force`). */

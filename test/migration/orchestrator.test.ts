@@ -64,6 +64,9 @@ describe('migrate/receive in one process', () => {
     expect(s.compressionRatio).toBeGreaterThan(1);
     expect(decisions.at(-1)?.action).toBe('switchover');
     expect(decisions.some((x) => x.reason === 'within-limit')).toBe(true);
+    // Before any switchover the destination's two steps have one prior: its arcs into RESUMING.
+    expect(decisions[0].numbers.destValidateMs).toBeGreaterThan(0);
+    expect(decisions[0].numbers.destResumeMs).toBe(decisions[0].numbers.destValidateMs);
     expect(dst.sims[0].digest()).toBe(src.sims[0].digest());
     expect(await dst.cores[0].getState()).toBe(S.RUNNING);
     expect(await src.cores[0].getState()).toBe(S.STOP);
