@@ -11,6 +11,7 @@
  * and from dist; it loads zstd-napi's binding by an absolute path resolved here.
  */
 import { Worker } from 'node:worker_threads';
+import { crc32 } from 'node:zlib';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import { migError, ErrorCodes } from '../fsm/errors.js';
@@ -51,7 +52,8 @@ export function validateZstdLevel(level: number): number {
 const OP_COMPRESS = 1;
 const OP_DECOMPRESS = 2;
 
-// Runs in each worker (CommonJS, eval). Messages: { id, op, buf: ArrayBuffer | SharedArrayBuffer, off,
+// Runs in each worker (CommonJS, eval). Once the binding is loaded it posts { id: 0, ready: true }
+// (job ids start at 1). Messages: { id, op, buf: ArrayBuffer | SharedArrayBuffer, off,
 // len, level, crc, back, rawLength }. The compressor writes into a reused scratch buffer sized by compressBound and
 // copies the result into an exactly sized ArrayBuffer that is transferred out, so nothing larger than
 // the frame crosses back. `back` returns a transferred-in source when it is still needed (not shrunk).
@@ -93,6 +95,7 @@ parentPort.on('message', (m) => {
     parentPort.postMessage({ id: m.id, error: String(e && e.message || e) });
   }
 });
+parentPort.postMessage({ id: 0, ready: true });
 `;
 
 export interface CompressResult {
@@ -158,6 +161,10 @@ interface Slot {
   worker: Worker;
   jobs: Map<number, Job>;
   bytes: number;
+  /** The worker loaded its binding and takes jobs at once. */
+  ready: boolean;
+  /** Settles when the worker is ready, or failed or exited before. */
+  booted: Promise<void>;
 }
 
 /** An order-agnostic zstd worker pool. `compress`/`decompress` resolve per job. */
@@ -174,6 +181,9 @@ export class CompressionPool {
   #inFlightBytes: number;
   #nextId: number;
   #closed: boolean;
+  /** compressSync()'s context and output scratch, made on first use. */
+  #cctx: InstanceType<ZstdBinding['CCtx']> | null = null;
+  #scratch: Buffer = Buffer.alloc(0);
 
   constructor(opts: CompressionPoolOptions = {}) {
     const size = opts.size ?? Math.max(1, os.availableParallelism());
@@ -196,6 +206,18 @@ export class CompressionPool {
     return this.#slots.length;
   }
 
+  /** Workers that have booted (their zstd binding loaded): a job sent now starts at once. */
+  get readyWorkers(): number {
+    let n = 0;
+    for (const s of this.#slots) if (s.ready) n++;
+    return n;
+  }
+
+  /** close() was called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /** Bytes currently inside workers. */
   get inFlightBytes(): number {
     return this.#inFlightBytes;
@@ -209,7 +231,8 @@ export class CompressionPool {
   }
 
   /**
-   * Start every worker now rather than on first use; resolves when all are running. A worker takes
+   * Start every worker now rather than on first use; resolves when all have booted (those already
+   * booting included), or died trying. A worker takes
    * tens of ms to boot (a thread, an isolate, the zstd binding): a caller that knows compression is
    * coming boots them all at once instead of one per busy moment. migrate() calls it (not awaited)
    * once the fixed costs it predicts from are timed, since booting costs tens of ms of CPU per
@@ -217,18 +240,8 @@ export class CompressionPool {
    */
   warm(): Promise<void> {
     if (this.#closed) return Promise.resolve();
-    const booting: Promise<void>[] = [];
-    while (this.#slots.length < this.size) {
-      const { worker } = this.#spawn();
-      booting.push(
-        new Promise<void>((resolve) => {
-          worker.once('online', () => resolve());
-          worker.once('error', () => resolve());
-          worker.once('exit', () => resolve());
-        }),
-      );
-    }
-    return Promise.all(booting).then(() => undefined);
+    while (this.#slots.length < this.size) this.#spawn();
+    return Promise.all(this.#slots.map((s) => s.booted)).then(() => undefined);
   }
 
   /** Compress `data` as one independent zstd frame. */
@@ -250,6 +263,32 @@ export class CompressionPool {
       crc: r.crc,
       raw: r.back !== null ? Buffer.from(r.back, 0, len) : data,
     }));
+  }
+
+  /**
+   * Compress `data` here, on the calling thread (what a worker does, same result), for the moments
+   * when no worker can take a job yet: about 1 ms of CPU per MiB at level 1 on the event loop,
+   * against tens of ms of a stream stalled behind booting workers. The caller's buffer is not
+   * modified and may be reused once this returns.
+   */
+  compressSync(data: Buffer, opts: Omit<CompressOptions, 'transfer'> = {}): CompressResult {
+    const level = opts.level === undefined ? this.level : validateZstdLevel(opts.level);
+    const crc = opts.crc ?? true;
+    const bound = zstd.compressBound(data.length);
+    if (this.#scratch.length < bound) this.#scratch = Buffer.allocUnsafeSlow(bound);
+    this.#cctx ??= new zstd.CCtx();
+    let n: number;
+    try {
+      n = this.#cctx.compress(this.#scratch, data, level);
+    } catch (err) {
+      throw migError('EIO', `zstd compression failed: ${(err as Error).message}`, { cause: err });
+    }
+    if (n < data.length) {
+      const out = Buffer.allocUnsafeSlow(n);
+      this.#scratch.copy(out, 0, 0, n);
+      return { compressed: out, crc: crc ? crc32(out) : 0, raw: data };
+    }
+    return { compressed: null, crc: crc ? crc32(data) : 0, raw: data };
   }
 
   /** Decompress one zstd frame whose content is exactly `rawLength` bytes (else CORRUPT). */
@@ -319,8 +358,16 @@ export class CompressionPool {
     const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { bindingPath: BINDING_PATH } });
     // Idle workers must not keep the process alive; a worker with jobs is ref'd (see #pump/#done).
     worker.unref();
-    const slot: Slot = { worker, jobs: new Map(), bytes: 0 };
-    worker.on('message', (m: { id: number; out?: ArrayBuffer | null; crc?: number; back?: ArrayBuffer | null; error?: string }) => {
+    let booted = (): void => {};
+    const slot: Slot = { worker, jobs: new Map(), bytes: 0, ready: false, booted: new Promise<void>((resolve) => (booted = resolve)) };
+    worker.once('error', () => booted());
+    worker.once('exit', () => booted());
+    worker.on('message', (m: { id: number; ready?: boolean; out?: ArrayBuffer | null; crc?: number; back?: ArrayBuffer | null; error?: string }) => {
+      if (m.ready === true) {
+        slot.ready = true;
+        booted();
+        return;
+      }
       const job = slot.jobs.get(m.id);
       if (job === undefined) return;
       this.#done(slot, job);

@@ -4,7 +4,9 @@
  * The stream header goes out first (from the constructor). Each record leaves as two buffers, its
  * 28-byte header and its payload, never concatenated (ws Sender). DATA records may be compressed in
  * the CompressionPool: several are in flight at once, they leave in the order they were written, and
- * a record whose frame would not be smaller goes out raw.
+ * a record whose frame would not be smaller goes out raw. While no worker has booted yet they are
+ * compressed on the event loop instead (`inlineWhileBooting`), so a stream never stalls behind the
+ * workers' start.
  *
  * Backpressure: a write's callback runs at once while the bytes not yet pushed out stay under
  * `maxInFlightBytes` and the readable side is under its highWaterMark; otherwise it is held until
@@ -36,7 +38,7 @@ import {
   type WireDevice,
   type RawInput,
 } from './wire-format.js';
-import { CompressionPool, sharedCompressionPool, validateZstdLevel, DEFAULT_ZSTD_LEVEL } from './compression-pool.js';
+import { CompressionPool, sharedCompressionPool, validateZstdLevel, DEFAULT_ZSTD_LEVEL, type CompressResult } from './compression-pool.js';
 
 export interface EncoderCompressionOptions {
   /** zstd level, negative (fastest) to 19. Default DEFAULT_ZSTD_LEVEL (1). */
@@ -45,6 +47,11 @@ export interface EncoderCompressionOptions {
   pool?: CompressionPool;
   /** DATA records smaller than this are sent raw without trying (not worth a worker round trip). Default 512. */
   minBytes?: number;
+  /**
+   * While none of the pool's workers has booted, compress on the event loop instead of queueing
+   * behind the boot (an idle pool is started). Default true; false waits for the workers.
+   */
+  inlineWhileBooting?: boolean;
 }
 
 export interface RecordEncoderOptions {
@@ -118,6 +125,8 @@ export class RecordEncoder extends Transform {
   dataBytesOut: number;
   /** DATA records that went out compressed. */
   compressedRecords: number;
+  /** DATA records compressed on the event loop because no pool worker had booted yet. */
+  inlineCompressedRecords: number;
   /** With `countCarried`: raw bytes per pushed chunk not yet shifted, in push order (null: not tracked). */
   #carried: number[] | null;
   #checksums: boolean;
@@ -125,6 +134,9 @@ export class RecordEncoder extends Transform {
   #pool: CompressionPool | null;
   #minBytes: number;
   #transfer: boolean;
+  #inlineWhileBooting: boolean;
+  /** This encoder started the pool's workers (it does so once). */
+  #warmed: boolean;
   #maxInFlight: number;
   #queue: Entry[];
   #inFlight: number;
@@ -153,12 +165,15 @@ export class RecordEncoder extends Transform {
     this.dataBytes = 0;
     this.dataBytesOut = 0;
     this.compressedRecords = 0;
+    this.inlineCompressedRecords = 0;
     this.#carried = opts.countCarried === true ? [] : null;
     this.#checksums = opts.checksums !== false;
     this.#level = copts ? validateZstdLevel(copts.level ?? DEFAULT_ZSTD_LEVEL) : 0;
     this.#pool = copts ? (copts.pool ?? sharedCompressionPool()) : null;
     this.#minBytes = copts?.minBytes ?? 512;
     this.#transfer = opts.transferPayloads === true;
+    this.#inlineWhileBooting = copts?.inlineWhileBooting !== false;
+    this.#warmed = false;
     this.#maxInFlight = opts.maxInFlightBytes ?? 16 * 1024 * 1024;
     this.#queue = [];
     this.#inFlight = 0;
@@ -200,22 +215,32 @@ export class RecordEncoder extends Transform {
     }
     this.#queue.push(entry);
     this.#inFlight += entry.rawLength;
-    if (compress) {
-      this.#pool!.compress(entry.wire, { level: this.#level, crc: this.#checksums, transfer: this.#transfer }).then(
-        (r) => {
-          if (r.compressed !== null) {
-            entry.wire = r.compressed;
-            entry.flags |= RecordFlags.COMPRESSED;
-            this.compressedRecords++;
-          } else {
-            entry.wire = r.raw;
-          }
-          entry.crc = r.crc;
-          entry.crcDone = true;
-          entry.ready = true;
-          this.#drainQueue();
-        },
-        (err: unknown) => this.destroy(err as Error),
+    const done = (r: CompressResult): void => {
+      if (r.compressed !== null) {
+        entry.wire = r.compressed;
+        entry.flags |= RecordFlags.COMPRESSED;
+        this.compressedRecords++;
+      } else {
+        entry.wire = r.raw;
+      }
+      entry.crc = r.crc;
+      entry.crcDone = true;
+      entry.ready = true;
+      this.#drainQueue();
+    };
+    if (compress && this.#compressHere()) {
+      let r: CompressResult;
+      try {
+        r = this.#pool!.compressSync(entry.wire, { level: this.#level, crc: this.#checksums });
+      } catch (err) {
+        cb(err as Error);
+        return;
+      }
+      this.inlineCompressedRecords++;
+      done(r);
+    } else if (compress) {
+      this.#pool!.compress(entry.wire, { level: this.#level, crc: this.#checksums, transfer: this.#transfer }).then(done, (err: unknown) =>
+        this.destroy(err as Error),
       );
     } else {
       entry.ready = true;
@@ -245,6 +270,24 @@ export class RecordEncoder extends Transform {
     this.#heldCallback = null;
     this.#flushCallback = null;
     cb(err);
+  }
+
+  /**
+   * Compress on the event loop, not in the pool: while no worker has booted (60-70 ms each on the
+   * two-core box), a record sent to the pool waits for the boot and every record behind it waits
+   * too; compressing here costs about 1 ms of CPU per MiB at level 1 instead. An idle pool is
+   * started (once per encoder: workers that die after that are respawned by the pool on demand,
+   * and their failures reach the stream as before).
+   */
+  #compressHere(): boolean {
+    const pool = this.#pool!;
+    if (!this.#inlineWhileBooting || pool.closed || pool.readyWorkers > 0) return false;
+    if (pool.workers === 0) {
+      if (this.#warmed) return false;
+      this.#warmed = true;
+      void pool.warm();
+    }
+    return true;
   }
 
   #mayAccept(): boolean {

@@ -36,6 +36,33 @@ describe('CompressionPool', () => {
     expect(p.workers).toBe(0);
   });
 
+  it('readyWorkers counts the booted workers; compressSync() gives what a worker gives', async () => {
+    const p = new CompressionPool({ size: 2 });
+    try {
+      expect(p.readyWorkers).toBe(0);
+      const booting = p.warm();
+      expect(p.workers).toBe(2);
+      await booting;
+      expect(p.readyWorkers).toBe(2);
+      const data = mixedData(512 * 1024, 9);
+      const here = p.compressSync(data);
+      const there = await p.compress(data);
+      expect(here.compressed).not.toBeNull();
+      expect(here.compressed!.equals(there.compressed!)).toBe(true);
+      expect(here.crc).toBe(crc32(here.compressed!));
+      expect(here.raw).toBe(data);
+      expect(decompress(here.compressed!, data.length).equals(data)).toBe(true);
+      const noise = randomBytes(100_000);
+      expect(p.compressSync(noise, { level: 3 })).toEqual({ compressed: null, crc: crc32(noise), raw: noise });
+      expect(p.compressSync(data, { crc: false }).crc).toBe(0);
+      expect(() => p.compressSync(data, { level: 99 })).toThrow(expect.objectContaining({ code: ErrorCodes.USAGE }));
+    } finally {
+      await p.close();
+    }
+    expect(p.closed).toBe(true);
+    expect(p.readyWorkers).toBe(0);
+  });
+
   it('compresses into independent frames with the crc of the wire bytes', async () => {
     const data = mixedData(1024 * 1024, 1);
     for (const level of [-1, 1, 3, 19]) {

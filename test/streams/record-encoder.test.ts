@@ -99,6 +99,45 @@ describe('RecordEncoder framing', () => {
     expect(controls).toEqual([0, 50, 100, 150, 200, 250, 300, 350]);
   });
 
+  it('compresses on the event loop while no worker has booted, then in the workers (inlineWhileBooting)', async () => {
+    const state = mixedData(2 * 1024 * 1024, 21);
+    const records = (): RecordInput[] => {
+      const out: RecordInput[] = [];
+      for (let off = 0; off < state.length; off += 256 * 1024) out.push({ type: RecordType.DATA, device: 0, payload: state.subarray(off, off + 256 * 1024) });
+      out.push({ type: RecordType.STREAM_END });
+      return out;
+    };
+    const fresh = new CompressionPool({ size: 2 });
+    try {
+      // An idle pool: the encoder starts it, and the records written before a worker booted are
+      // compressed here rather than queued behind the boot.
+      const first = await encodeAll(records(), { devices: devices(1), compression: { pool: fresh } });
+      expect(fresh.workers).toBe(2);
+      expect(first.enc.inlineCompressedRecords).toBeGreaterThan(0);
+      expect(first.enc.compressedRecords).toBe(8);
+      const a = await decodeChunks([first.bytes]);
+      expect(a.error).toBeNull();
+      expect(dataOf(a.objects).equals(state)).toBe(true);
+      // Booted: the workers take every record.
+      await fresh.warm();
+      const second = await encodeAll(records(), { devices: devices(1), compression: { pool: fresh } });
+      expect(second.enc.inlineCompressedRecords).toBe(0);
+      expect(second.enc.compressedRecords).toBe(8);
+      expect(second.bytes.equals(first.bytes)).toBe(true);
+    } finally {
+      await fresh.close();
+    }
+    // inlineWhileBooting: false waits for the workers.
+    const waiting = new CompressionPool({ size: 2 });
+    try {
+      const w = await encodeAll(records(), { devices: devices(1), compression: { pool: waiting, inlineWhileBooting: false } });
+      expect(w.enc.inlineCompressedRecords).toBe(0);
+      expect(w.enc.compressedRecords).toBe(8);
+    } finally {
+      await waiting.close();
+    }
+  });
+
   it('transferPayloads moves whole-buffer payloads to the workers and still round-trips', async () => {
     const a = mixedData(512 * 1024, 1);
     const b = randomBytes(300_000);
