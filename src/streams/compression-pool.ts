@@ -331,7 +331,7 @@ export class CompressionPool {
       slot.jobs.set(job.id, job);
       slot.bytes += job.len;
       this.#inFlightBytes += job.len;
-      if (slot.jobs.size === 1) slot.worker.ref();
+      if (slot.jobs.size === 1) this.#updateRef(slot);
       let buf: ArrayBuffer | SharedArrayBuffer;
       if (job.transfer) {
         buf = job.src.buffer as ArrayBuffer;
@@ -355,9 +355,7 @@ export class CompressionPool {
   }
 
   #spawn(): Slot {
-    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { bindingPath: BINDING_PATH } });
-    // Idle workers must not keep the process alive; a worker with jobs is ref'd (see #pump/#done).
-    worker.unref();
+    const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: workerExecArgv(), workerData: { bindingPath: BINDING_PATH } });
     let booted = (): void => {};
     const slot: Slot = { worker, jobs: new Map(), bytes: 0, ready: false, booted: new Promise<void>((resolve) => (booted = resolve)) };
     worker.once('error', () => booted());
@@ -365,6 +363,7 @@ export class CompressionPool {
     worker.on('message', (m: { id: number; ready?: boolean; out?: ArrayBuffer | null; crc?: number; back?: ArrayBuffer | null; error?: string }) => {
       if (m.ready === true) {
         slot.ready = true;
+        this.#updateRef(slot);
         booted();
         return;
       }
@@ -397,6 +396,11 @@ export class CompressionPool {
     worker.on('exit', (code) => {
       if (slot.jobs.size > 0) fail(new Error(`worker exited with code ${code}`));
     });
+    // Ref'd while it boots, then only while it has jobs (#updateRef). After the listeners: on
+    // Node 20 a 'message' listener added after unref() refs the worker's port again
+    // (nodejs/node#53036), and a worker that never got a job (booted, then the migration aborted
+    // while records were compressed inline) kept its process alive for good.
+    this.#updateRef(slot);
     this.#slots.push(slot);
     return slot;
   }
@@ -428,8 +432,32 @@ export class CompressionPool {
     slot.jobs.delete(job.id);
     slot.bytes -= job.len;
     this.#inFlightBytes -= job.len;
-    if (slot.jobs.size === 0) slot.worker.unref();
+    if (slot.jobs.size === 0) this.#updateRef(slot);
   }
+
+  /**
+   * A worker keeps the process alive while it boots (whoever awaits warm() gets an answer) and
+   * while it has jobs; an idle booted worker never does.
+   */
+  #updateRef(slot: Slot): void {
+    if (!slot.ready || slot.jobs.size > 0) slot.worker.ref();
+    else slot.worker.unref();
+  }
+}
+
+/**
+ * The process's node flags for a worker, without --input-type: the worker source is CommonJS, and
+ * a host started as `node --input-type=module -e ...` would hand that flag on and every worker
+ * would die on its first `require`.
+ */
+function workerExecArgv(): string[] {
+  const out: string[] = [];
+  const argv = process.execArgv;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--input-type') i++;
+    else if (!argv[i]!.startsWith('--input-type=')) out.push(argv[i]!);
+  }
+  return out;
 }
 
 let shared: CompressionPool | null = null;

@@ -4,6 +4,11 @@ import { randomBytes } from 'node:crypto';
 import { CompressionPool, zstd, validateZstdLevel, MIN_ZSTD_LEVEL, DEFAULT_ZSTD_LEVEL } from '../../src/streams/compression-pool.js';
 import { ErrorCodes } from '../../src/fsm/errors.js';
 import { mixedData } from './wire-helpers.js';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { ROOT, ensureBuilt } from '../e2e/helpers.js';
 
 function decompress(frame: Buffer, size: number): Buffer {
   const out = Buffer.alloc(size);
@@ -61,6 +66,30 @@ describe('CompressionPool', () => {
     }
     expect(p.closed).toBe(true);
     expect(p.readyWorkers).toBe(0);
+  });
+
+  it('an idle pool never keeps its process alive, booted workers that got no job included (a child process)', async () => {
+    // Node 20 refs a worker's port again when a 'message' listener is added after unref()
+    // (nodejs/node#53036): a worker that booted and never got a job kept a migration's process
+    // alive after an abort. The child warms a pool, compresses once on its own thread, and must exit.
+    await ensureBuilt();
+    const script = [
+      `import { CompressionPool } from ${JSON.stringify(pathToFileURL(join(ROOT, 'dist', 'index.js')).href)};`,
+      'const pool = new CompressionPool({ size: 2 });',
+      'await pool.warm();',
+      'pool.compressSync(Buffer.alloc(65536, 1));',
+      "process.stdout.write(`ready ${pool.readyWorkers}`);",
+    ].join('\n');
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    const exited = await Promise.race([
+      once(child, 'exit').then(([code]) => code as number),
+      new Promise<'alive'>((resolve) => setTimeout(() => resolve('alive'), 10_000)),
+    ]);
+    if (exited === 'alive') child.kill('SIGKILL');
+    expect(out).toBe('ready 2');
+    expect(exited).toBe(0);
   });
 
   it('compresses into independent frames with the crc of the wire bytes', async () => {
