@@ -14,7 +14,7 @@ export const PREDICTION_PEER = fileURLToPath(new URL('./_prediction-peer.mjs', i
 const PEER_FLAGS = (process.env.BENCH_PEER_FLAGS ?? '').split(' ').filter(Boolean);
 
 /**
- * Fork one peer role of `script` (default _e2e-peer.mjs): { child, next(), exited } where next()
+ * Fork one peer role of `script` (default _e2e-peer.mjs): { child, next(), exited, who } where next()
  * resolves with the child's next IPC message (rejects if it exits first).
  */
 export function start(role, args, script = PEER) {
@@ -44,7 +44,34 @@ export function start(role, args, script = PEER) {
     if (exitError || child.exitCode !== null) return Promise.reject(exitError ?? new Error(`${who} exited before reporting`));
     return new Promise((resolve, reject) => (waiting = { resolve, reject }));
   };
-  return { child, next, exited };
+  return { child, next, exited, who };
+}
+
+/**
+ * Wait for peers to exit; one still running `ms` after is killed and its name returned. A process
+ * that lingers after its migration is a fault to report (the prediction bench once waited on a
+ * source held alive by an idle compression worker), not something to wait for.
+ */
+export async function exitsWithin(peers, ms = 10_000) {
+  let timer;
+  const late = new Promise((resolve) => (timer = setTimeout(resolve, ms, 'late')));
+  const lingering = [];
+  await Promise.all(
+    peers.map(async (p) => {
+      if ((await Promise.race([p.exited, late])) === 'late') {
+        lingering.push(p.who);
+        p.child.kill('SIGKILL');
+      }
+    }),
+  );
+  clearTimeout(timer);
+  return lingering;
+}
+
+/** exitsWithin(), throwing when a peer had to be killed. */
+async function noneLingering(peers) {
+  const lingering = await exitsWithin(peers);
+  if (lingering.length > 0) throw new Error(`${lingering.join(' and ')} still running 10 s after reporting`);
 }
 
 export async function withDir(prefix, fn) {
@@ -70,7 +97,7 @@ export function runPair({ size, profile = 'mixed', seed = 7, zstd = 'off' }) {
       await d.next(); // listening
       s = start('source', [sock, size, profile, seed, zstd]);
       const [src, dst] = await Promise.all([s.next(), d.next()]);
-      await Promise.all([s.exited, d.exited]);
+      await noneLingering([s, d]);
       if (src.digest !== dst.digest) throw new Error(`digest mismatch: source ${src.digest}, destination ${dst.digest}`);
       if (src.bytes !== dst.bytes) throw new Error(`byte count mismatch: source ${src.bytes}, destination ${dst.bytes}`);
       return { ms: dst.tEnd - src.t0, bytes: src.bytes, wireBytes: src.wireBytes, source: src, dest: dst };
@@ -91,7 +118,7 @@ export function runNaivePair(file) {
       await d.next();
       s = start('naive-source', [sock, file]);
       const [src, dst] = await Promise.all([s.next(), d.next()]);
-      await Promise.all([s.exited, d.exited]);
+      await noneLingering([s, d]);
       return { ms: dst.tEnd - src.t0, bytes: dst.bytes, source: src, dest: dst };
     } finally {
       d.child.kill('SIGKILL');
@@ -139,7 +166,7 @@ export function runMigratePair({ size, profile = 'mixed', seed = 7, compression 
       await d.next();
       s = start('source', [spec], PREDICTION_PEER);
       const [src, dst] = await Promise.all([s.next(), d.next()]);
-      await Promise.all([s.exited, d.exited]);
+      await noneLingering([s, d]);
       if (!src.ok) throw new Error(`migrate() failed: ${src.code}: ${src.message}`);
       if (!dst.ok) throw new Error(`receive() failed: ${dst.code}: ${dst.message}`);
       if (!src.verified || src.digest !== dst.digest) throw new Error('migrate(): destination state not verified');

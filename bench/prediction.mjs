@@ -20,7 +20,7 @@
 // infeasible cells; baseline 0.10), and one row per cell.
 import { join } from 'node:path';
 import { GiB, MiB, result } from './lib.mjs';
-import { PREDICTION_PEER, start, withDir } from './_pair.mjs';
+import { PREDICTION_PEER, exitsWithin, start, withDir } from './_pair.mjs';
 
 export const names = ['prediction-'];
 
@@ -79,8 +79,8 @@ async function runCell(cell, timeoutMs, blind = false) {
       await d.next();
       s = start('source', [spec], PREDICTION_PEER);
       const [src, dst] = await Promise.all([s.next(), d.next()]);
-      await Promise.all([s.exited, d.exited]);
-      return { src, dst };
+      const lingering = await exitsWithin([s, d]);
+      return { src, dst, lingering };
     } finally {
       d.child.kill('SIGKILL');
       s?.child.kill('SIGKILL');
@@ -108,13 +108,15 @@ export default async function run({ quick, log = () => {} }) {
     if (!c.feasible) {
       const b = await runCell(c, 60_000, true);
       if (!b.src.ok) throw new Error(`${cellName(c)}: the blind run failed (${b.src.code}: ${b.src.message})`);
+      if (b.lingering.length > 0) failures.push(`${cellName(c)} (blind): ${b.lingering.join(' and ')} still running 10 s after reporting`);
       blindMs = b.src.totalMs;
       blindDowntimeMs = b.src.downtimeMs;
       if (blindDowntimeMs <= 1.15 * LIMIT_MS) failures.push(`${cellName(c)}: classified infeasible, but its blind run met the limit (${blindDowntimeMs.toFixed(0)} ms)`);
     }
     const timeoutMs = Math.round(Math.max(15_000, Math.min(60_000, 3 * (Number.isFinite(blindMs) ? blindMs : 0))));
-    const { src, dst } = await runCell(c, timeoutMs);
+    const { src, dst, lingering } = await runCell(c, timeoutMs);
     const name = cellName(c);
+    if (lingering.length > 0) failures.push(`${name}: ${lingering.join(' and ')} still running 10 s after reporting`);
     const base = { stateBytes: c.size, dirtyRate: c.dirtyRate, bandwidth: c.bandwidth, compression: c.compression, limitMs: LIMIT_MS, windowMs: WINDOW_MS };
     if (src.ok) {
       const predicted = src.predictedDowntimeMs;
