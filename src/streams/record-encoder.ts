@@ -49,7 +49,8 @@ export interface EncoderCompressionOptions {
   minBytes?: number;
   /**
    * While none of the pool's workers has booted, compress on the event loop instead of queueing
-   * behind the boot (an idle pool is started). Default true; false waits for the workers.
+   * behind the boot (an idle pool is started), at levels up to 3 (about 3-4 ms of CPU per MiB
+   * here; slower levels always wait for the workers). Default true; false waits for the workers.
    */
   inlineWhileBooting?: boolean;
 }
@@ -86,6 +87,9 @@ export interface RecordEncoderOptions {
    */
   countCarried?: boolean;
 }
+
+/** Highest zstd level compressed on the event loop while the pool boots (see #compressHere). */
+const INLINE_MAX_LEVEL = 3;
 
 interface Entry {
   type: number;
@@ -275,13 +279,15 @@ export class RecordEncoder extends Transform {
   /**
    * Compress on the event loop, not in the pool: while no worker has booted (60-70 ms each on the
    * two-core box), a record sent to the pool waits for the boot and every record behind it waits
-   * too; compressing here costs about 1 ms of CPU per MiB at level 1 instead. An idle pool is
-   * started (once per encoder: workers that die after that are respawned by the pool on demand,
-   * and their failures reach the stream as before).
+   * too; compressing here costs about 3 ms of CPU per MiB at level 1 instead (4 at level 3). Not
+   * above INLINE_MAX_LEVEL: level 9 takes 12 ms per MiB and level 19 160, too long to hold the
+   * event loop, and next to such levels the boot is no stall. An idle pool is started (once per
+   * encoder: workers that die after that are respawned by the pool on demand, and their failures
+   * reach the stream as before).
    */
   #compressHere(): boolean {
     const pool = this.#pool!;
-    if (!this.#inlineWhileBooting || pool.closed || pool.readyWorkers > 0) return false;
+    if (!this.#inlineWhileBooting || this.#level > INLINE_MAX_LEVEL || pool.closed || pool.readyWorkers > 0) return false;
     if (pool.workers === 0) {
       if (this.#warmed) return false;
       this.#warmed = true;

@@ -127,14 +127,16 @@ describe('RecordEncoder framing', () => {
     } finally {
       await fresh.close();
     }
-    // inlineWhileBooting: false waits for the workers.
-    const waiting = new CompressionPool({ size: 2 });
-    try {
-      const w = await encodeAll(records(), { devices: devices(1), compression: { pool: waiting, inlineWhileBooting: false } });
-      expect(w.enc.inlineCompressedRecords).toBe(0);
-      expect(w.enc.compressedRecords).toBe(8);
-    } finally {
-      await waiting.close();
+    // inlineWhileBooting: false waits for the workers, and so does a slow level (9: 12 ms per MiB).
+    for (const compression of [{ inlineWhileBooting: false }, { level: 9 }]) {
+      const waiting = new CompressionPool({ size: 2 });
+      try {
+        const w = await encodeAll(records(), { devices: devices(1), compression: { pool: waiting, ...compression } });
+        expect(w.enc.inlineCompressedRecords).toBe(0);
+        expect(w.enc.compressedRecords).toBe(8);
+      } finally {
+        await waiting.close();
+      }
     }
   });
 
