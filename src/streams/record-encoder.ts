@@ -5,8 +5,8 @@
  * 28-byte header and its payload, never concatenated (ws Sender). DATA records may be compressed in
  * the CompressionPool: several are in flight at once, they leave in the order they were written, and
  * a record whose frame would not be smaller goes out raw. While no worker has booted yet they are
- * compressed on the event loop instead (`inlineWhileBooting`), so a stream never stalls behind the
- * workers' start.
+ * compressed on the event loop instead (`inlineWhileBooting`, levels up to 3), so a stream does not
+ * stall behind the workers' start.
  *
  * Backpressure: a write's callback runs at once while the bytes not yet pushed out stay under
  * `maxInFlightBytes` and the readable side is under its highWaterMark; otherwise it is held until
