@@ -68,29 +68,33 @@ describe('CompressionPool', () => {
     expect(p.readyWorkers).toBe(0);
   });
 
-  it('an idle pool never keeps its process alive, booted workers that got no job included (a child process)', async () => {
-    // Node 20 refs a worker's port again when a 'message' listener is added after unref()
-    // (nodejs/node#53036): a worker that booted and never got a job kept a migration's process
-    // alive after an abort. The child warms a pool, compresses once on its own thread, and must exit.
-    await ensureBuilt();
-    const script = [
-      `import { CompressionPool } from ${JSON.stringify(pathToFileURL(join(ROOT, 'dist', 'index.js')).href)};`,
-      'const pool = new CompressionPool({ size: 2 });',
-      'await pool.warm();',
-      'pool.compressSync(Buffer.alloc(65536, 1));',
-      "process.stdout.write(`ready ${pool.readyWorkers}`);",
-    ].join('\n');
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    const exited = await Promise.race([
-      once(child, 'exit').then(([code]) => code as number),
-      new Promise<'alive'>((resolve) => setTimeout(() => resolve('alive'), 10_000)),
-    ]);
-    if (exited === 'alive') child.kill('SIGKILL');
-    expect(out).toBe('ready 2');
-    expect(exited).toBe(0);
-  });
+  // Node 20 refs a worker's port again when a 'message' listener is added after unref()
+  // (nodejs/node#53036): a worker that booted and never got a job kept a migration's process alive
+  // after an abort. The child warms a pool, compresses once on its own thread, and must exit. It
+  // runs as `node --input-type module -e` (both spellings): the workers must not inherit that flag,
+  // their source is CommonJS.
+  for (const flags of [['--input-type=module'], ['--input-type', 'module']]) {
+    it(`an idle pool never keeps its process alive, booted workers that got no job included (child: node ${flags.join(' ')} -e)`, async () => {
+      await ensureBuilt();
+      const script = [
+        `import { CompressionPool } from ${JSON.stringify(pathToFileURL(join(ROOT, 'dist', 'index.js')).href)};`,
+        'const pool = new CompressionPool({ size: 2 });',
+        'await pool.warm();',
+        'pool.compressSync(Buffer.alloc(65536, 1));',
+        "process.stdout.write(`ready ${pool.readyWorkers}`);",
+      ].join('\n');
+      const child = spawn(process.execPath, [...flags, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      const exited = await Promise.race([
+        once(child, 'exit').then(([code]) => code as number),
+        new Promise<'alive'>((resolve) => setTimeout(() => resolve('alive'), 10_000)),
+      ]);
+      if (exited === 'alive') child.kill('SIGKILL');
+      expect(out).toBe('ready 2');
+      expect(exited).toBe(0);
+    });
+  }
 
   it('compresses into independent frames with the crc of the wire bytes', async () => {
     const data = mixedData(1024 * 1024, 1);
