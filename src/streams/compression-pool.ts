@@ -53,10 +53,12 @@ const OP_COMPRESS = 1;
 const OP_DECOMPRESS = 2;
 
 // Runs in each worker (CommonJS, eval). Once the binding is loaded it posts { id: 0, ready: true }
-// (job ids start at 1). Messages: { id, op, buf: ArrayBuffer | SharedArrayBuffer, off,
-// len, level, crc, back, rawLength }. The compressor writes into a reused scratch buffer sized by compressBound and
-// copies the result into an exactly sized ArrayBuffer that is transferred out, so nothing larger than
-// the frame crosses back. `back` returns a transferred-in source when it is still needed (not shrunk).
+// (job ids start at 1). Messages: { id, op, buf: ArrayBuffer | SharedArrayBuffer, off, len, level,
+// crc, back, rawLength, into }. The compressor writes into a reused scratch buffer sized by
+// compressBound and copies the result into an exactly sized ArrayBuffer that is transferred out, so
+// nothing larger than the frame crosses back. `back` returns a transferred-in source when it is still
+// needed (not shrunk). A decompression writes into `into` (an ArrayBuffer of exactly rawLength bytes
+// moved in by the caller: memory already mapped) or else into fresh memory.
 const WORKER_SOURCE = `
 'use strict';
 const { parentPort, workerData } = require('node:worker_threads');
@@ -85,7 +87,7 @@ parentPort.on('message', (m) => {
         else parentPort.postMessage({ id: m.id, out: null, crc, back: null });
       }
     } else {
-      const dst = Buffer.allocUnsafeSlow(m.rawLength);
+      const dst = m.into ? Buffer.from(m.into, 0, m.rawLength) : Buffer.allocUnsafeSlow(m.rawLength);
       const ab = dst.buffer;
       const n = dctx.decompress(dst, src);
       if (n !== m.rawLength) throw new Error('frame holds ' + n + ' bytes, header says ' + m.rawLength);
@@ -153,6 +155,8 @@ interface Job {
   crc: boolean;
   back: boolean;
   rawLength: number;
+  /** Decompression only: the output memory, transferred to the worker and back. */
+  into: ArrayBuffer | null;
   resolve: (v: { out: ArrayBuffer | null; crc: number; back: ArrayBuffer | null }) => void;
   reject: (e: Error) => void;
 }
@@ -257,7 +261,7 @@ export class CompressionPool {
       data.byteLength === data.buffer.byteLength;
     const len = data.length;
     return new Promise<{ out: ArrayBuffer | null; crc: number; back: ArrayBuffer | null }>((resolve, reject) => {
-      this.#submit({ id: 0, op: OP_COMPRESS, src: data, transfer: owned, slab: null, len, level, crc, back: owned, rawLength: len, resolve, reject });
+      this.#submit({ id: 0, op: OP_COMPRESS, src: data, transfer: owned, slab: null, len, level, crc, back: owned, rawLength: len, into: null, resolve, reject });
     }).then((r) => ({
       compressed: r.out === null ? null : Buffer.from(r.out),
       crc: r.crc,
@@ -291,10 +295,39 @@ export class CompressionPool {
     return { compressed: null, crc: crc ? crc32(data) : 0, raw: data };
   }
 
-  /** Decompress one zstd frame whose content is exactly `rawLength` bytes (else CORRUPT). */
-  decompress(frame: Buffer, rawLength: number): Promise<Buffer> {
+  /**
+   * Decompress one zstd frame whose content is exactly `rawLength` bytes (else CORRUPT). The frame is
+   * copied into a slab when its job starts: it must not change until then (until the promise
+   * settles, to be safe). `into`: a Buffer of exactly `rawLength` bytes spanning its whole
+   * ArrayBuffer (Buffer.allocUnsafeSlow), moved to the worker to hold the output, so that memory
+   * already mapped is reused instead of fresh pages faulted in. The caller must not touch it again:
+   * it is detached when the job starts, and the result is a new Buffer over the same memory. Any
+   * other `into` is ignored.
+   */
+  decompress(frame: Buffer, rawLength: number, opts: { into?: Buffer } = {}): Promise<Buffer> {
+    const into = opts.into;
+    const owned =
+      into !== undefined &&
+      into.length === rawLength &&
+      into.byteOffset === 0 &&
+      into.buffer instanceof ArrayBuffer &&
+      into.buffer.byteLength === rawLength;
     return new Promise<{ out: ArrayBuffer | null; crc: number; back: ArrayBuffer | null }>((resolve, reject) => {
-      this.#submit({ id: 0, op: OP_DECOMPRESS, src: frame, transfer: false, slab: null, len: frame.length, level: 0, crc: false, back: false, rawLength, resolve, reject });
+      this.#submit({
+        id: 0,
+        op: OP_DECOMPRESS,
+        src: frame,
+        transfer: false,
+        slab: null,
+        len: frame.length,
+        level: 0,
+        crc: false,
+        back: false,
+        rawLength,
+        into: owned ? (into.buffer as ArrayBuffer) : null,
+        resolve,
+        reject,
+      });
     }).then((r) => Buffer.from(r.out!));
   }
 
@@ -341,8 +374,13 @@ export class CompressionPool {
         new Uint8Array(job.slab, 0, job.len).set(job.src);
         buf = job.slab;
       }
-      const msg = { id: job.id, op: job.op, buf, off: 0, len: job.len, level: job.level, crc: job.crc, back: job.back, rawLength: job.rawLength };
-      slot.worker.postMessage(msg, job.transfer ? [buf as ArrayBuffer] : []);
+      const into = job.into;
+      job.into = null;
+      const msg = { id: job.id, op: job.op, buf, off: 0, len: job.len, level: job.level, crc: job.crc, back: job.back, rawLength: job.rawLength, into };
+      const moved: ArrayBuffer[] = [];
+      if (job.transfer) moved.push(buf as ArrayBuffer);
+      if (into !== null) moved.push(into);
+      slot.worker.postMessage(msg, moved);
     }
   }
 

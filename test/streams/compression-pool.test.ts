@@ -167,6 +167,24 @@ describe('CompressionPool', () => {
     await expect(pool.decompress(Buffer.from('junk'), 10)).rejects.toMatchObject({ code: ErrorCodes.CORRUPT });
   });
 
+  it('decompresses into memory moved in with `into` when it is exactly the output and owns its ArrayBuffer', async () => {
+    const data = mixedData(300_000, 5);
+    const { compressed } = await pool.compress(data);
+    const into = Buffer.allocUnsafeSlow(data.length);
+    const out = await pool.decompress(compressed!, data.length, { into });
+    expect(out.equals(data)).toBe(true);
+    // Moved: the caller's Buffer is detached and the result owns an ArrayBuffer of exactly its size.
+    expect(into.length).toBe(0);
+    expect(out.buffer.byteLength).toBe(data.length);
+    // Not moved: a slice of a larger buffer, or the wrong size, is left alone.
+    const big = Buffer.allocUnsafeSlow(2 * data.length);
+    const wrong = Buffer.allocUnsafeSlow(data.length + 1);
+    for (const other of [big.subarray(0, data.length), wrong]) {
+      expect((await pool.decompress(compressed!, data.length, { into: other })).equals(data)).toBe(true);
+      expect(other.length).toBeGreaterThan(0);
+    }
+  });
+
   it('close() rejects queued and running jobs with ECANCELED and later jobs too', async () => {
     const p = new CompressionPool({ size: 1, maxInFlightBytes: 1 });
     const jobs = Array.from({ length: 5 }, () => p.compress(mixedData(1024 * 1024, 2), { level: 19 }));
