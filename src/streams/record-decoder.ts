@@ -13,6 +13,11 @@
  * must therefore not be modified after they are written (Node's usual rule). A compressed frame that
  * spans chunks is gathered into a scratch buffer the decoder owns and reuses: the frame is read only
  * while its record is decoded (synchronously, before the next record) and never handed out.
+ *
+ * With a `pool`, large compressed frames decompress in its worker threads while the decoder goes on
+ * parsing: the records after such a frame wait in a FIFO (bounded by `maxPendingBytes`) and every
+ * check that depends on order (byte counts, digests, STREAM_END) runs as each record leaves it, so
+ * what comes out, and the first error, are exactly what the synchronous decoder produces.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { crc32 } from 'node:zlib';
@@ -40,7 +45,7 @@ import {
   type WireRecord,
   type DecodedObject,
 } from './wire-format.js';
-import { zstd } from './compression-pool.js';
+import { zstd, type CompressionPool } from './compression-pool.js';
 
 export interface RecordDecoderOptions {
   /** Largest payload accepted, on the wire and once decompressed. Default 16 MiB. */
@@ -70,6 +75,33 @@ export interface RecordDecoderOptions {
    * compressed. Default false: every such payload is a new buffer and release() refuses everything.
    */
   recycle?: boolean;
+  /**
+   * Decompress frames of `poolMinBytes` raw bytes or more in this pool's workers, in parallel with
+   * the parsing and with each other, instead of on the event loop. Until a worker has booted (the
+   * first such frame calls warm()) frames still decompress here. Default none.
+   */
+  pool?: CompressionPool | null;
+  /** Smallest raw length sent to the pool: a smaller frame costs less here than a round trip. Default 64 KiB. */
+  poolMinBytes?: number;
+  /**
+   * Byte cap (raw lengths) on records parsed but not yet emitted, waiting behind a frame in the pool:
+   * above it the decoder takes no more input. Default 8 MiB.
+   */
+  maxPendingBytes?: number;
+}
+
+/** A record parsed and checked, waiting for a decompression ahead of it (or its own) to finish. */
+interface Pending {
+  /** Null for an error entry. */
+  h: RecordHeader | null;
+  /** Stream offset of the record (error details). */
+  offset: number;
+  /** The payload, once there (null while its frame is in the pool). */
+  payload: Buffer | null;
+  /** The record failed (a decompression, or the parser at this point of the stream). */
+  error: Error | null;
+  /** Raw bytes it holds, counted in #pendingBytes. */
+  bytes: number;
 }
 
 /** Released payload buffers kept per size; beyond that, released memory goes back to the allocator. */
@@ -108,6 +140,14 @@ export class RecordDecoder extends Transform {
   readonly requireEnd: boolean;
   readonly verifyDigest: boolean;
   readonly maxOutputBytes: number;
+  readonly maxPendingBytes: number;
+  readonly poolMinBytes: number;
+  #pool: CompressionPool | null;
+  /** Records parsed but not emitted, in stream order (only with a pool; empty otherwise). */
+  #pending: Pending[];
+  #pendingBytes: number;
+  /** _flush's callback, held until the records in #pending are out. */
+  #flushCallback: TransformCallback | null;
   #state: number;
   #buffers: Buffer[];
   #buffered: number;
@@ -153,6 +193,12 @@ export class RecordDecoder extends Transform {
     this.requireEnd = opts.requireEnd ?? true;
     this.verifyDigest = opts.verifyDigest ?? true;
     this.maxOutputBytes = opts.maxOutputBytes ?? 16 * 1024 * 1024;
+    this.maxPendingBytes = opts.maxPendingBytes ?? 8 * 1024 * 1024;
+    this.poolMinBytes = opts.poolMinBytes ?? 64 * 1024;
+    this.#pool = opts.pool ?? null;
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    this.#flushCallback = null;
     this.#state = S_PREAMBLE;
     this.#buffers = [];
     this.#buffered = 0;
@@ -207,17 +253,29 @@ export class RecordDecoder extends Transform {
     const obj = super.read(size) as DecodedObject | null;
     if (obj !== null && obj.type === RecordType.DATA && this.#outputBytes > 0) {
       this.#outputBytes -= obj.payload.length;
-      const cb = this.#heldCallback;
-      if (cb !== null && this.#outputBytes <= this.maxOutputBytes) {
-        this.#heldCallback = null;
-        cb();
-      }
+      this.#releaseInput();
     }
     return obj;
   }
 
+  /** Over a cap (records not read, or records waiting for the pool): hold the input. */
+  #overCap(): boolean {
+    return this.#outputBytes > this.maxOutputBytes || this.#pendingBytes > this.maxPendingBytes;
+  }
+
+  /** Let a held write proceed once both caps are met again (never one held for a parse error). */
+  #releaseInput(): void {
+    const cb = this.#heldCallback;
+    if (cb === null || this.#state === S_ERRORED || this.#overCap()) return;
+    this.#heldCallback = null;
+    cb();
+  }
+
   override _destroy(err: Error | null, cb: (error: Error | null) => void): void {
     this.#heldCallback = null;
+    this.#flushCallback = null;
+    this.#pending = [];
+    this.#pendingBytes = 0;
     this.#buffers = [];
     this.#buffered = 0;
     this.#scratch = null;
@@ -235,22 +293,34 @@ export class RecordDecoder extends Transform {
       cb();
       return;
     }
-    if (this.#state === S_DONE) {
-      this.#fail(migError(ErrorCodes.CORRUPT, `${chunk.length} bytes after STREAM_END`, { detail: { offset: this.#offset } }), cb);
-      return;
-    }
-    this.#append(chunk);
     try {
+      if (this.#state === S_DONE) throw migError(ErrorCodes.CORRUPT, `${chunk.length} bytes after STREAM_END`, { detail: { offset: this.#offset } });
+      this.#append(chunk);
       this.#parse();
     } catch (err) {
-      this.#fail(err, cb);
+      if (this.#pending.length === 0) {
+        this.#fail(err, cb);
+        return;
+      }
+      // Records before the bad one are still in the pool: the error takes its place in the line,
+      // and this write's callback carries it once they are out.
+      this.#pending.push({ h: null, offset: this.#offset, payload: null, error: asError(err), bytes: 0 });
+      this.#state = S_ERRORED;
+      this.#buffers = [];
+      this.#buffered = 0;
+      this.#heldCallback = cb;
       return;
     }
-    if (this.#outputBytes > this.maxOutputBytes) this.#heldCallback = cb;
+    if (this.#overCap()) this.#heldCallback = cb;
     else cb();
   }
 
   override _flush(cb: TransformCallback): void {
+    if (this.#pending.length > 0) {
+      // Whether the input ended early is known now, but said after the records still in the pool.
+      this.#flushCallback = cb;
+      return;
+    }
     if (this.#state === S_ERRORED || this.#state === S_DONE) {
       cb();
       return;
@@ -280,7 +350,48 @@ export class RecordDecoder extends Transform {
     this.#buffers = [];
     this.#buffered = 0;
     this.#scratch = null;
-    cb(err instanceof Error ? err : migError(ErrorCodes.CORRUPT, String(err)));
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    cb(asError(err));
+  }
+
+  /**
+   * Emit the records at the head of #pending whose payloads are there, in order; called as each
+   * decompression in the pool settles. An error at the head fails the stream through the callback
+   * held for it (a write's, or _flush's), or by destroying the stream when none is held.
+   */
+  #drainPending(): void {
+    const list = this.#pending;
+    while (list.length > 0 && !this.destroyed) {
+      const p = list[0]!;
+      if (p.payload === null && p.error === null) break;
+      list.shift();
+      this.#pendingBytes -= p.bytes;
+      let err = p.error;
+      if (err === null) {
+        try {
+          this.#finish(p.h!, p.payload!, p.offset);
+        } catch (e) {
+          err = asError(e);
+        }
+      }
+      if (err !== null) {
+        const cb = this.#heldCallback ?? this.#flushCallback;
+        this.#heldCallback = null;
+        this.#flushCallback = null;
+        if (cb !== null) this.#fail(err, cb);
+        else this.#fail(err, (e) => this.destroy(e ?? undefined));
+        return;
+      }
+    }
+    if (list.length > 0 || this.destroyed) return;
+    const flush = this.#flushCallback;
+    if (flush !== null) {
+      this.#flushCallback = null;
+      this._flush(flush);
+      return;
+    }
+    this.#releaseInput();
   }
 
   /**
@@ -398,12 +509,14 @@ export class RecordDecoder extends Transform {
             return;
           }
           // A compressed frame is decompressed into a new buffer and an unknown record is skipped:
-          // neither wire payload outlives #emitRecord.
-          const internal = (h.flags & RecordFlags.COMPRESSED) !== 0 || h.type > RecordType.STREAM_END;
+          // neither wire payload outlives #accept, so when they span chunks they may use the reused
+          // scratch. Not a frame going to the pool: a worker reads it after #accept returns.
+          const toPool = this.#usePool(h);
+          const internal = !toPool && ((h.flags & RecordFlags.COMPRESSED) !== 0 || h.type > RecordType.STREAM_END);
           const payload = h.payloadLength === 0 ? Buffer.alloc(0) : this.#consume(h.payloadLength, internal, h.type === RecordType.DATA);
+          this.#accept(h, payload, toPool);
           this.#record = null;
-          this.#state = S_HEADER;
-          this.#emitRecord(h, payload);
+          this.#state = h.type === RecordType.STREAM_END ? S_DONE : S_HEADER;
           if (this.#state === S_DONE) {
             if (this.#buffered > 0) {
               throw migError(ErrorCodes.CORRUPT, `${this.#buffered} bytes after STREAM_END`, { detail: { offset: this.#offset } });
@@ -418,10 +531,10 @@ export class RecordDecoder extends Transform {
     }
   }
 
-  #err(code: string, message: string, h: RecordHeader, device?: number): MigError {
+  #err(code: string, message: string, h: RecordHeader, device?: number, offset = this.#recordOffset): MigError {
     return migError(code, message, {
       ...(device !== undefined ? { device } : {}),
-      detail: { seq: h.seq, type: recordTypeName(h.type), offset: this.#recordOffset },
+      detail: { seq: h.seq, type: recordTypeName(h.type), offset },
     });
   }
 
@@ -463,7 +576,23 @@ export class RecordDecoder extends Transform {
     this.#expectSeq = (this.#expectSeq + 1) >>> 0;
   }
 
-  #emitRecord(h: RecordHeader, wire: Buffer): void {
+  /** Should this record's frame decompress in the pool? (Warms the pool the first time it is asked.) */
+  #usePool(h: RecordHeader): boolean {
+    const pool = this.#pool;
+    if (pool === null || (h.flags & RecordFlags.COMPRESSED) === 0 || h.type !== RecordType.DATA || h.rawLength < this.poolMinBytes) return false;
+    if (pool.closed) return false;
+    if (pool.readyWorkers > 0) return true;
+    // No worker has booted: start them, and decompress here meanwhile rather than stall behind a boot.
+    if (pool.workers < pool.size) pool.warm().catch(() => {});
+    return false;
+  }
+
+  /**
+   * A record whose header and payload arrived: verify the wire crc (before anything else looks at
+   * the payload), then emit it now, or queue it behind the records still in the pool, or send its
+   * frame to the pool and queue it.
+   */
+  #accept(h: RecordHeader, wire: Buffer, toPool: boolean): void {
     if ((this.header!.features & Features.CRC32) !== 0 && crc32(wire) !== h.payloadCrc) {
       throw this.#err(ErrorCodes.CORRUPT, 'record payload crc mismatch', h, h.device === NO_DEVICE ? undefined : h.device);
     }
@@ -472,7 +601,40 @@ export class RecordDecoder extends Transform {
       this.skippedRecords++;
       return;
     }
+    const offset = this.#recordOffset;
+    if (toPool) {
+      const p: Pending = { h, offset, payload: null, error: null, bytes: h.rawLength };
+      this.#pending.push(p);
+      this.#pendingBytes += p.bytes;
+      const into = this.#lent !== null ? this.#free.get(h.rawLength)?.pop() : undefined;
+      this.#pool!.decompress(wire, h.rawLength, into !== undefined ? { into } : {}).then(
+        (out) => {
+          this.#lent?.add(out);
+          p.payload = out;
+          this.#drainPending();
+        },
+        (cause: unknown) => {
+          // A bad frame is CORRUPT as on the event loop; a dead worker (EIO) or a closed pool
+          // (ECANCELED) keeps its own code.
+          const code = cause instanceof MigError && cause.code !== ErrorCodes.CORRUPT ? cause.code : ErrorCodes.CORRUPT;
+          const message = code === ErrorCodes.CORRUPT ? `record does not decompress to its declared ${h.rawLength} bytes` : `record ${h.seq} not decompressed: ${(cause as Error).message}`;
+          p.error = migError(code, message, { cause, detail: { seq: h.seq, offset } });
+          this.#drainPending();
+        },
+      );
+      return;
+    }
     const payload = (h.flags & RecordFlags.COMPRESSED) !== 0 ? this.#decompress(h, wire) : wire;
+    if (this.#pending.length === 0) {
+      this.#finish(h, payload, offset);
+      return;
+    }
+    this.#pending.push({ h, offset, payload, error: null, bytes: payload.length });
+    this.#pendingBytes += payload.length;
+  }
+
+  /** Account a record in stream order (byte counts, digests, totals), then push it. */
+  #finish(h: RecordHeader, payload: Buffer, offset: number): void {
     const base = { flags: h.flags, device: h.device, channel: h.channel, seq: h.seq };
     let rec: WireRecord;
     try {
@@ -492,12 +654,12 @@ export class RecordDecoder extends Transform {
           const end = decodeDeviceEndPayload(payload);
           const t = this.#tracks[h.device]!;
           if (end.bytes !== t.bytes) {
-            throw this.#err(ErrorCodes.CORRUPT, `DEVICE_END says ${end.bytes} bytes, ${t.bytes} were received`, h, h.device);
+            throw this.#err(ErrorCodes.CORRUPT, `DEVICE_END says ${end.bytes} bytes, ${t.bytes} were received`, h, h.device, offset);
           }
           if (t.hash !== null) {
             const mine = t.hash.digest('hex');
             if (end.algorithm !== this.header!.digest || end.digest !== mine) {
-              throw this.#err(ErrorCodes.DIGEST, `device ${h.device} data digest mismatch`, h, h.device);
+              throw this.#err(ErrorCodes.DIGEST, `device ${h.device} data digest mismatch`, h, h.device, offset);
             }
           }
           t.ended = true;
@@ -517,15 +679,14 @@ export class RecordDecoder extends Transform {
         default: {
           const bytes = decodeStreamEndPayload(payload);
           if (bytes !== this.dataBytes) {
-            throw this.#err(ErrorCodes.CORRUPT, `STREAM_END says ${bytes} data bytes, ${this.dataBytes} were received`, h);
+            throw this.#err(ErrorCodes.CORRUPT, `STREAM_END says ${bytes} data bytes, ${this.dataBytes} were received`, h, undefined, offset);
           }
-          this.#state = S_DONE;
           this.#scratch = null;
           rec = { type: RecordType.STREAM_END, ...base, bytes };
         }
       }
     } catch (err) {
-      if (err instanceof MigError && err.detail === undefined) err.detail = { seq: h.seq, offset: this.#recordOffset };
+      if (err instanceof MigError && err.detail === undefined) err.detail = { seq: h.seq, offset };
       throw err;
     }
     this.records++;
@@ -558,6 +719,10 @@ export class RecordDecoder extends Transform {
     }
     return out;
   }
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : migError(ErrorCodes.CORRUPT, String(err));
 }
 
 /** Factory form (for symmetry with the other streams). */
