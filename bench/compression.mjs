@@ -8,11 +8,14 @@
 //   pool sized to the cores), createFdSink(1). MB/s of raw input.
 //   Baseline: `cat file | zstd -L -T2 -c | cat >/dev/null` (level -1 is `--fast=1`); `-T1` in detail.
 // - zstd-decompress-L{L}-{profile}: `cat stream | node decoder | cat >/dev/null`, the child decoding the
-//   encoder's stream (one-shot decompression on the main thread) and writing the DATA payloads out,
-//   each given back to the decoder once written (RecordDecoder `recycle`; BENCH_ZSTD_RECYCLE=0: off).
-//   MB/s of raw output. Baseline: `cat file.zst | zstd -d -c | cat >/dev/null` of the CLI's own frame.
-// Also measured in detail: decompression through the worker pool instead (pool.decompress per record,
-// in-process, in order), to answer whether the pool helps decompression.
+//   encoder's stream (one-shot decompression on the main thread, as a migration's destination does)
+//   and writing the DATA payloads out, each given back to the decoder once written (RecordDecoder
+//   `recycle`; BENCH_ZSTD_RECYCLE=0: off). MB/s of raw output.
+//   Baseline: `cat file.zst | zstd -d -c | cat >/dev/null` of the CLI's own frame.
+// Also measured in detail, to answer whether the worker pool helps decompression: the same child with
+// RecordDecoder's `pool` (frames decompressed in a CompressionPool sized to the cores, in order;
+// `poolMBps`), and the bare frames decompressed in-process, on the main thread and through
+// pool.decompress with 8 in flight.
 // Medians over runs, interleaved. RSS: maxRSS of the pipeline's processes (GNU time).
 import fs from 'node:fs';
 import os from 'node:os';
@@ -82,7 +85,7 @@ await pool?.close();
 const DECODER_CHILD = `
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createFdSource, createFdSink, RecordDecoder, RecordType } from '${DIST}';
+import { createFdSource, createFdSink, RecordDecoder, RecordType, CompressionPool } from '${DIST}';
 const sink = createFdSink(1);
 const src = createFdSource(0);
 let t0 = 0;
@@ -90,7 +93,9 @@ src.once('data', () => (t0 = performance.now()));
 // The decompressed payloads go back to the decoder once the sink wrote them (RecordDecoder recycle):
 // later frames decompress into memory already mapped. BENCH_ZSTD_RECYCLE=0 turns it off.
 const recycle = process.env.BENCH_ZSTD_RECYCLE !== '0';
-const dec = new RecordDecoder({ recycle });
+// argv[2] 'pool': frames decompress in a worker pool (RecordDecoder's \`pool\`), else on the main thread.
+const pool = process.argv[2] === 'pool' ? new CompressionPool() : null;
+const dec = new RecordDecoder({ recycle, pool });
 const out = new Writable({
   objectMode: true,
   highWaterMark: 16,
@@ -104,6 +109,7 @@ const out = new Writable({
 });
 await pipeline(src, dec, out);
 process.stderr.write('__MS__' + (performance.now() - t0) + '\\n');
+await pool?.close();
 `;
 
 function makeData(file, profile, bytes) {
@@ -198,7 +204,7 @@ export default async function run({ quick }) {
       for (const level of levels) {
         const ours = path.join(dir, `${profile}.L${level}.vfm`);
         const theirs = path.join(dir, `${profile}.L${level}.zst`);
-        const m = { enc: [], t2: [], t1: [], dec: [], zdec: [], rss: { enc: 0, t2: 0, dec: 0, zdec: 0 } };
+        const m = { enc: [], t2: [], t1: [], dec: [], pool: [], zdec: [], rss: { enc: 0, t2: 0, dec: 0, zdec: 0 } };
         // One untimed warm-up of our encoder writes the stream file the decoder runs read.
         await shell(`cat ${data} | node ${encScript} ${level} > ${ours}`);
         await shell(`cat ${data} | zstd -q ${cliLevel(level)} -T2 -c > ${theirs}`);
@@ -214,13 +220,17 @@ export default async function run({ quick }) {
           const d = await shell(`cat ${ours} | node ${decScript} | cat > /dev/null`);
           m.dec.push(mbps(bytes, d.ms));
           m.rss.dec = Math.max(m.rss.dec, d.maxRssKB);
+          const dp = await shell(`cat ${ours} | node ${decScript} pool | cat > /dev/null`);
+          m.pool.push(mbps(bytes, dp.ms));
           const e = await shell(`cat ${theirs} | zstd -q -d -c | cat > /dev/null`);
           m.zdec.push(mbps(bytes, e.ms));
           m.rss.zdec = Math.max(m.rss.zdec, e.maxRssKB);
         }
         // The decoded bytes must be the input: check once (outside the timing).
-        const check = await shell(`cat ${ours} | node ${decScript} | cmp - ${data} && echo same`);
-        if (!check.stdout.includes('same')) throw new Error(`decoded stream differs from the input (${profile}, level ${level})`);
+        for (const mode of ['', 'pool']) {
+          const check = await shell(`cat ${ours} | node ${decScript} ${mode} | cmp - ${data} && echo same`);
+          if (!check.stdout.includes('same')) throw new Error(`decoded stream differs from the input (${profile}, level ${level}${mode ? ', pool' : ''})`);
+        }
         const ourSize = fs.statSync(ours).size;
         const cliSize = fs.statSync(theirs).size;
         const inProc = await decompressInProcess(ours, bytes);
@@ -236,6 +246,7 @@ export default async function run({ quick }) {
             runs,
           }),
           result(`zstd-decompress-${tag}`, median(m.dec), 'MB/s', 'zstd -d', median(m.zdec), {
+            poolMBps: +median(m.pool).toFixed(0),
             inProcessMainThreadMBps: +inProc.main.toFixed(0),
             inProcessWorkerPoolMBps: +inProc.viaPool.toFixed(0),
             rssKB: m.rss.dec,
