@@ -96,8 +96,9 @@ export interface MigrateOptions {
   precopy?: boolean;
   /**
    * Policy period in PRE_COPY, ms: the devices' sizes are queried and the policy asked this often.
-   * Default 25: an infeasible migration is seen within a few ticks of a tenth of the state being
-   * sent, and two size ioctls per device per tick cost microseconds. Progress events come at most
+   * Default 25: two size ioctls per device per tick cost microseconds. While the initial data is
+   * read and an early verdict's numbers are still forming, the policy is asked every 10 ms whatever
+   * the tick, so an infeasible migration is seen as soon as a tenth of the state was sent. Progress events come at most
    * every 100 ms in PRE_COPY.
    */
   tickMs?: number;
@@ -133,6 +134,8 @@ const DEFAULT_CHUNK = 256 * 1024;
 const GEN_SAMPLE_MS = 10;
 /** Reads and wire batches smaller than this are counted but not used as rate samples. */
 const MIN_SAMPLE_BYTES = 64 * 1024;
+/** The policy's period while an early verdict's numbers form (the initial data's first part), ms. */
+const FORMING_TICK_MS = 10;
 /** PRE_COPY's default policy period, ms (MigrateOptions.tickMs). */
 const DEFAULT_TICK_MS = 25;
 /** Least ms between two progress events in PRE_COPY (its ticks are shorter). */
@@ -589,8 +592,14 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         for (const d of this.#devs) d.stream?.releaseReads();
         this.#setPhase('precopy');
       }
-      // The next look comes after a tick, or sooner when a device's query falls due (the estimator's learning pace).
-      let wait = tick;
+      // The next look comes after a tick, or sooner when a device's query falls due (the estimator's
+      // learning pace). While the initial data is read and the numbers an early verdict needs are
+      // still forming (no confident prediction yet, or the dirtying model not ready on devices that
+      // dirty), every FORMING_TICK_MS: the verdict is due the moment they form, and the bytes read
+      // meanwhile (which make the model ready) need no query.
+      const p = snap.prediction;
+      const forming = !snap.initialSent && (!p.confident || (p.dirtyRateBytesPerMs > 0 && Number.isNaN(p.stateDirtyRateBytesPerMs)));
+      let wait = forming ? Math.min(tick, FORMING_TICK_MS) : tick;
       for (let i = 0; i < this.#devs.length; i++) wait = Math.min(wait, this.#est.nextQueryInMs(i));
       await this.#latch.guard(sleep(Math.max(1, wait)));
     }

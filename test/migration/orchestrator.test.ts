@@ -195,6 +195,44 @@ describe('migrate/receive in one process', () => {
     dst.close();
   });
 
+  it('while an early verdict\'s numbers form, the policy is asked every few ms even with a long tick', async () => {
+    // A 1 s tick: before the change the policy was asked at the learning pace until λ had its
+    // samples, then not again for a whole tick, although a tenth of the state (what the dirtying
+    // model waits for) arrived in between. Stop as soon as the model speaks.
+    const asked: Array<{ at: number; ready: boolean }> = [];
+    const policy = {
+      name: 'watch-forming',
+      decide(snap: PolicySnapshot): Decision {
+        const ready = !Number.isNaN(snap.prediction.stateDirtyRateBytesPerMs);
+        asked.push({ at: snap.elapsedMs, ready });
+        const numbers = decisionNumbers(snap, snap.downtimeLimitMs);
+        if (ready || snap.elapsedMs > 5000) return { action: 'abort', reason: 'not-converging', message: 'seen enough', numbers };
+        return { action: 'continue', reason: 'initial-pending', message: 'forming', numbers };
+      },
+    };
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-orch-'));
+    const src = makeSims(1, { size: 64 * MiB, dirtyRate: 64 * MiB }, () => ({ flags: 7 }));
+    const dst = makeSims(1, { size: 64 * MiB }, () => ({ flags: 7 }));
+    const listener = await listenTransport(`unix:${join(dir, 'f.sock')}`);
+    try {
+      const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
+      const run = migrate({ devices: src.cores, transport: listener.url, policy, tickMs: 1000, bandwidth: 32_000_000 });
+      await expect(run.done).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_POLICY_ABORT' });
+      await incoming.done.catch(() => {});
+    } finally {
+      await listener.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    const first = asked.findIndex((a) => a.ready);
+    expect(first).toBeGreaterThan(0);
+    // Every look until the model spoke came well within one tick of the one before.
+    const gaps = asked.slice(1, first + 1).map((a, i) => a.at - asked[i]!.at);
+    expect(Math.max(...gaps)).toBeLessThan(500);
+    expect(await src.cores[0].getState()).toBe(S.RUNNING);
+    src.close();
+    dst.close();
+  });
+
   it('the DEVICE_END digest is selectable: crc32 and none move the state as sha256 does, verified', async () => {
     for (const digest of ['crc32', null] as const) {
       const { s, d, src, dst } = await pairRun(1, 8 * MiB, () => 7, { digest }, 2 * MiB);
