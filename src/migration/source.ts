@@ -98,8 +98,8 @@ export interface MigrateOptions {
    * Policy period in PRE_COPY, ms: the devices' sizes are queried and the policy asked this often.
    * Default 25: two size ioctls per device per tick cost microseconds. While the initial data is
    * read and an early verdict's numbers are still forming, the policy is asked every 10 ms whatever
-   * the tick, so an infeasible migration is seen as soon as a tenth of the state was sent. Progress events come at most
-   * every 100 ms in PRE_COPY.
+   * the tick, so an infeasible migration is seen as soon as a tenth of the state was sent. Progress
+   * events come at most every 100 ms in PRE_COPY.
    */
   tickMs?: number;
   /** Progress event period outside PRE_COPY, ms. Default 250. */
