@@ -86,6 +86,35 @@ describe('SavingStream over a method-backed session', () => {
     expect(memories.size).toBeGreaterThanOrEqual(kept.length);
   });
 
+  it('release(): a burst of chunks given back at once (a socket\'s write callbacks) is kept for reuse, up to 16', async () => {
+    const chunk = 64 * 1024;
+    const size = 48 * chunk;
+    const session = new ScriptedSaving({ available: size });
+    const s = createSavingStream(session, { chunkSize: chunk, recycle: true });
+    const held: Buffer[] = [];
+    const firstMemories = new Set<ArrayBufferLike>();
+    const parts: Buffer[] = [];
+    let reused = 0;
+    await new Promise<void>((resolve, reject) => {
+      s.on('data', (c: Buffer) => {
+        parts.push(Buffer.from(c));
+        if (held.length < 12 && firstMemories.size < 12) {
+          held.push(c);
+          firstMemories.add(c.buffer);
+          return;
+        }
+        if (firstMemories.has(c.buffer)) reused++;
+        if (held.length > 0) for (const h of held.splice(0)) expect(s.release(h)).toBe(true);
+      });
+      s.on('end', () => resolve());
+      s.on('error', reject);
+    });
+    expect(sha(...parts)).toBe(sha(pattern(0, size)));
+    // Every one of the twelve released together came back as a later chunk (with 4 kept, 4 did).
+    expect(firstMemories.size).toBe(12);
+    expect(reused).toBe(12);
+  });
+
   it('works with stream.pipeline and pump', async () => {
     const size = 2 * MiB + 7;
     const a = new ScriptedSaving({ available: size });
