@@ -336,6 +336,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         sender: { channel: 0, migration: migrationId },
         onWire,
         digest: opts.digest,
+        onWritten: this.#released,
       }, onError);
       this.#writers = [this.#w];
       await this.#send({
@@ -359,7 +360,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         const t = (await this.#latch.guard(openTransport(opts.transport as string, opts.transportOptions))) as Duplex;
         this.#extra.push(t);
         this.#watchTransport(t, false, false);
-        this.#writers.push(openForward(t, { devices: table, compression, bandwidth: 0, bucket, sender: { channel: k, migration: migrationId }, onWire, digest: opts.digest }, onError));
+        this.#writers.push(openForward(t, { devices: table, compression, bandwidth: 0, bucket, sender: { channel: k, migration: migrationId }, onWire, digest: opts.digest, onWritten: this.#released }, onError));
       }
 
       // Devices without PRE_COPY have no PRE_COPY data: their counters are 0 from the start.
@@ -778,8 +779,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     d.session = session;
     // The read's own duration samples the device's generation rate (not the gaps between reads).
     let readMs: number | undefined;
+    // recycle: a chunk the transport has written comes back (#released) and a later read reuses its
+    // memory instead of faulting in fresh pages.
     const stream = createSavingStream(session, {
       chunkSize: this.#opts.chunkSize ?? DEFAULT_CHUNK,
+      recycle: true,
       onRead: (_bytes, ms) => {
         readMs = ms;
       },
@@ -845,6 +849,15 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     pump.catch((err) => this.#latch.fail(asPhaseError(err, this.#phase)));
     d.pump = pump;
   }
+
+  /**
+   * A chunk the transport wrote: when it is a device's SavingStream chunk (an uncompressed DATA
+   * payload, passed on whole), its memory goes back to that stream for a later read. Anything else
+   * (headers, compressed frames, control records) is refused by every stream and left to the GC.
+   */
+  #released = (chunk: Buffer): void => {
+    for (const d of this.#devs) if (d.stream?.release(chunk)) return;
+  };
 
   /** One DATA record: on the main connection, or round robin over the channels with its sequence number. */
   #data(i: number, chunk: Buffer): Promise<void> {

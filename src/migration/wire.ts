@@ -69,6 +69,11 @@ export interface ForwardOptions {
   onWire?: (wireBytes: number, rawBytes: number, durationMs: number | undefined) => void;
   /** Digest algorithm of DEVICE_END records (the decoder verifies). Default 'sha256'. */
   digest?: string | null;
+  /**
+   * Called with each chunk once the transport has written it (its write callback, without error):
+   * an uncompressed DATA payload is the caller's own buffer, free again from then on.
+   */
+  onWritten?: (chunk: Buffer) => void;
 }
 
 /** Queues ahead of a capped link hold about this many milliseconds of its rate... */
@@ -168,7 +173,23 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
     lastAt = now;
     backlog = queued();
   });
-  out.pipe(transport, { end: false });
+  // Forwarded by hand rather than with pipe(): each write gets a callback, so the caller learns when
+  // a chunk's memory is free again (onWritten). The transport is never ended from here.
+  const onWritten = opts.onWritten;
+  let waiting = false;
+  const resume = (): void => {
+    waiting = false;
+    out.resume();
+  };
+  const forward = (chunk: Buffer): void => {
+    const ok = onWritten === undefined ? transport.write(chunk) : transport.write(chunk, (err) => err == null && onWritten(chunk));
+    if (!ok && !waiting && !transport.destroyed) {
+      waiting = true;
+      out.pause();
+      transport.once('drain', resume);
+    }
+  };
+  out.on('data', forward);
   let error: unknown = null;
   enc.once('error', (err) => (error = err));
   // Raw DATA bytes handed to write(); enc.dataBytes counts those the encoder has taken in.
@@ -245,7 +266,8 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
       return { rawBytes: Math.max(0, submitted - enc.dataBytes) + enc.inFlightBytes, wireBytes: wire };
     },
     destroy() {
-      out.unpipe(transport);
+      out.off('data', forward);
+      transport.off('drain', resume);
       enc.destroy();
       if (out !== enc) out.destroy();
     },
