@@ -65,13 +65,15 @@ interface Loan {
 const PULL_SLICE_MS = 1;
 
 /**
- * Released chunk buffers kept for reuse; beyond that, released memory goes back to the allocator.
- * Releases come in bursts (a socket completes several writes at once), so the list must hold a
- * burst: with 4, a 1 GiB e2e source dropped 730 of 1026 releases and read into fresh memory for
- * 728 chunks (a page fault per 4 KiB); with 16 the source's system time fell from 0.52-0.74 s to
- * 0.18-0.32 s per GiB. At most 16 chunks (16 MiB at the default size) of memory kept.
+ * Released chunk memory kept for reuse, bytes (and at least MIN_FREE_CHUNKS chunks); beyond that,
+ * released memory goes back to the allocator. Releases come in bursts (a socket completes several
+ * writes at once), so the list must hold a burst: with 4 chunks of 1 MiB, a 1 GiB e2e source dropped
+ * 730 of 1026 releases and read into fresh memory for 728 chunks (a page fault per 4 KiB); with 16
+ * the source's system time fell from 0.52-0.74 s to 0.18-0.32 s per GiB. A byte bound, so that a
+ * large chunkSize does not keep 16 large chunks.
  */
-const MAX_FREE_CHUNKS = 16;
+const MAX_FREE_BYTES = 16 * 1024 * 1024;
+const MIN_FREE_CHUNKS = 4;
 
 /** Backend states. */
 const IDLE = 0;
@@ -109,8 +111,10 @@ export abstract class ChunkSource extends Readable {
   #lent: WeakMap<ArrayBufferLike, Loan> | null;
   /** With `recycle`: views handed downstream and not yet released (a view is released once). */
   #views: WeakSet<Buffer> | null;
-  /** Released whole chunk buffers, reused before any new allocation (at most MAX_FREE_CHUNKS). */
+  /** Released whole chunk buffers, reused before any new allocation (at most #maxFree). */
   #free: Buffer[];
+  /** Released chunks kept: MAX_FREE_BYTES of them, at least MIN_FREE_CHUNKS. */
+  #maxFree: number;
   /** holdReads(): no new read starts until releaseReads(). */
   #held: boolean;
   /** The consumer wanted data while reads were held: releaseReads() starts reading again. */
@@ -143,6 +147,7 @@ export abstract class ChunkSource extends Readable {
     this.#lent = opts.recycle === true ? new WeakMap() : null;
     this.#views = opts.recycle === true ? new WeakSet() : null;
     this.#free = [];
+    this.#maxFree = Math.max(MIN_FREE_CHUNKS, Math.floor(MAX_FREE_BYTES / chunkSize));
     this.#minReadSpace = Math.min(chunkSize, MIN_READ_SPACE);
     this.#flushScheduled = false;
     this.#lastDelivery = 0;
@@ -494,7 +499,7 @@ export abstract class ChunkSource extends Readable {
   #recycle(loan: Loan): void {
     if (loan.filling || loan.back < loan.out) return;
     this.#lent?.delete(loan.buf.buffer);
-    if (!this.destroyed && this.#free.length < MAX_FREE_CHUNKS && loan.buf.length === this.chunkSize) this.#free.push(loan.buf);
+    if (!this.destroyed && this.#free.length < this.#maxFree && loan.buf.length === this.chunkSize) this.#free.push(loan.buf);
   }
 
   /**

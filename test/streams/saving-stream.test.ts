@@ -86,9 +86,9 @@ describe('SavingStream over a method-backed session', () => {
     expect(memories.size).toBeGreaterThanOrEqual(kept.length);
   });
 
-  it('release(): a burst of chunks given back at once (a socket\'s write callbacks) is kept for reuse, up to 16', async () => {
-    const chunk = 64 * 1024;
-    const size = 48 * chunk;
+  /** Hold the first `burst` chunks, release them together, and count how many come back as later chunks. */
+  async function burstReuse(chunk: number, burst: number): Promise<number> {
+    const size = (4 * burst + 8) * chunk;
     const session = new ScriptedSaving({ available: size });
     const s = createSavingStream(session, { chunkSize: chunk, recycle: true });
     const held: Buffer[] = [];
@@ -98,7 +98,7 @@ describe('SavingStream over a method-backed session', () => {
     await new Promise<void>((resolve, reject) => {
       s.on('data', (c: Buffer) => {
         parts.push(Buffer.from(c));
-        if (held.length < 12 && firstMemories.size < 12) {
+        if (held.length < burst && firstMemories.size < burst) {
           held.push(c);
           firstMemories.add(c.buffer);
           return;
@@ -110,9 +110,15 @@ describe('SavingStream over a method-backed session', () => {
       s.on('error', reject);
     });
     expect(sha(...parts)).toBe(sha(pattern(0, size)));
-    // Every one of the twelve released together came back as a later chunk (with 4 kept, 4 did).
-    expect(firstMemories.size).toBe(12);
-    expect(reused).toBe(12);
+    expect(firstMemories.size).toBe(burst);
+    return reused;
+  }
+
+  it('release(): a burst of chunks given back at once (a socket\'s write callbacks) is kept for reuse, up to 16 MiB of them', async () => {
+    // Every one of twelve 64 KiB chunks released together comes back (with 4 kept, 4 did).
+    expect(await burstReuse(64 * 1024, 12)).toBe(12);
+    // Large chunks: 16 MiB of them, but never fewer than 4 (here 4 of 8 chunks of 4 MiB).
+    expect(await burstReuse(4 * MiB, 8)).toBe(4);
   });
 
   it('works with stream.pipeline and pump', async () => {
