@@ -3,7 +3,7 @@
  * on: what it holds before the kernel, and the raw bytes each chunk leaving a bandwidth cap carried.
  */
 import { describe, it, expect } from 'vitest';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
 import { openForward } from '../../src/migration/wire.js';
 
 const KiB = 1024;
@@ -52,6 +52,61 @@ describe('openForward', () => {
     for (let i = 0; i < 8; i++) await w.data(0, Buffer.alloc(100 * KiB, i));
     await w.finish();
     expect(raw).toBe(800 * KiB);
+    w.destroy();
+  });
+
+  it('onWritten: each chunk once its write completed, never before; a slow transport holds the encoder back', async () => {
+    // A transport that completes each write 2 ms later and takes 64 KiB before it says "wait".
+    const completed = new Set<Buffer>();
+    const received: Buffer[] = [];
+    let maxBuffered = 0;
+    const transport = new Writable({
+      highWaterMark: 64 * KiB,
+      write(chunk: Buffer, _e, cb) {
+        maxBuffered = Math.max(maxBuffered, this.writableLength);
+        received.push(Buffer.from(chunk));
+        setTimeout(() => {
+          completed.add(chunk);
+          cb();
+        }, 2);
+      },
+    });
+    const written: Buffer[] = [];
+    const early: Buffer[] = [];
+    const w = openForward(
+      transport,
+      {
+        devices: [device] as never,
+        compression: false,
+        bandwidth: 0,
+        digest: null,
+        onWritten: (chunk) => {
+          if (!completed.has(chunk)) early.push(chunk);
+          written.push(chunk);
+        },
+      },
+      (err) => {
+        throw err;
+      },
+    );
+    const payloads = Array.from({ length: 24 }, (_, i) => Buffer.alloc(32 * KiB, i));
+    await Promise.all(payloads.map((p) => w.data(0, p)));
+    await w.finish();
+    expect(early).toEqual([]);
+    // Every payload came back once, as the very buffer written (the caller's memory).
+    for (const p of payloads) expect(written.filter((c) => c === p)).toHaveLength(1);
+    // Every chunk the encoder sent came back (finish() adds an empty write of its own, to wait on).
+    expect(written.length).toBe(received.filter((c) => c.length > 0).length);
+    // In order and whole: the wire carries each payload after its header.
+    const wire = Buffer.concat(received);
+    let at = 0;
+    for (const p of payloads) {
+      at = wire.indexOf(p, at);
+      expect(at).toBeGreaterThanOrEqual(0);
+      at += p.length;
+    }
+    // Backpressure: the transport never held much more than its highWaterMark plus one chunk.
+    expect(maxBuffered).toBeLessThanOrEqual(64 * KiB + 32 * KiB + 28);
     w.destroy();
   });
 });
