@@ -616,9 +616,10 @@ export class RecordDecoder extends Transform {
         (cause: unknown) => {
           // A bad frame is CORRUPT as on the event loop; a dead worker (EIO) or a closed pool
           // (ECANCELED) keeps its own code.
-          const code = cause instanceof MigError && cause.code !== ErrorCodes.CORRUPT ? cause.code : ErrorCodes.CORRUPT;
-          const message = code === ErrorCodes.CORRUPT ? `record does not decompress to its declared ${h.rawLength} bytes` : `record ${h.seq} not decompressed: ${(cause as Error).message}`;
-          p.error = migError(code, message, { cause, detail: { seq: h.seq, offset } });
+          p.error =
+            cause instanceof MigError && cause.code !== ErrorCodes.CORRUPT
+              ? migError(cause.code, `record ${h.seq} not decompressed: ${cause.message}`, { cause, detail: { seq: h.seq, offset } })
+              : badFrame(h, offset, cause);
           this.#drainPending();
         },
       );
@@ -709,16 +710,18 @@ export class RecordDecoder extends Transform {
     } catch (cause) {
       // A failed frame can leave the context mid-frame: start the next record from a fresh one.
       this.#dctx = null;
-      throw migError(ErrorCodes.CORRUPT, `record does not decompress to its declared ${h.rawLength} bytes`, {
-        cause,
-        detail: { seq: h.seq, offset: this.#recordOffset },
-      });
+      throw badFrame(h, this.#recordOffset, cause);
     }
     if (n !== h.rawLength) {
       throw this.#err(ErrorCodes.CORRUPT, `record decompressed to ${n} bytes, header says ${h.rawLength}`, h);
     }
     return out;
   }
+}
+
+/** A frame zstd rejects, or one that would expand past its declared raw length: CORRUPT. */
+function badFrame(h: RecordHeader, offset: number, cause: unknown): MigError {
+  return migError(ErrorCodes.CORRUPT, `record does not decompress to its declared ${h.rawLength} bytes`, { cause, detail: { seq: h.seq, offset } });
 }
 
 function asError(err: unknown): Error {
