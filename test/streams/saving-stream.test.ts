@@ -54,31 +54,39 @@ describe('SavingStream over a method-backed session', () => {
     expect(session.closed).toBe(false); // not ours unless autoClose
   });
 
-  it('release(): chunks given back are reused for later reads; chunks kept are never overwritten', async () => {
-    const size = 8 * MiB;
-    const session = new ScriptedSaving({ available: size });
-    const s = createSavingStream(session, { chunkSize: 256 * 1024, recycle: true });
-    const kept: Buffer[] = [];
-    const keptCopies: Buffer[] = [];
-    const memories = new Set<ArrayBufferLike>();
+  /**
+   * Read `size` bytes of a scripted session through a recycling SavingStream of `chunk`-byte chunks,
+   * handing each chunk to `onChunk` (which may keep or release it), and check the bytes read.
+   */
+  async function readRecycled(size: number, chunk: number, onChunk: (c: Buffer, s: ReturnType<typeof createSavingStream>) => void): Promise<void> {
+    const s = createSavingStream(new ScriptedSaving({ available: size }), { chunkSize: chunk, recycle: true });
     const parts: Buffer[] = [];
-    let n = 0;
     await new Promise<void>((resolve, reject) => {
       s.on('data', (c: Buffer) => {
         parts.push(Buffer.from(c));
-        memories.add(c.buffer);
-        // Keep every fifth chunk (never released): its bytes must survive the reuse of the others.
-        if (n++ % 5 === 0) {
-          kept.push(c);
-          keptCopies.push(Buffer.from(c));
-        } else {
-          expect(s.release(c)).toBe(true);
-        }
+        onChunk(c, s);
       });
       s.on('end', () => resolve());
       s.on('error', reject);
     });
     expect(sha(...parts)).toBe(sha(pattern(0, size)));
+  }
+
+  it('release(): chunks given back are reused for later reads; chunks kept are never overwritten', async () => {
+    const kept: Buffer[] = [];
+    const keptCopies: Buffer[] = [];
+    const memories = new Set<ArrayBufferLike>();
+    let n = 0;
+    await readRecycled(8 * MiB, 256 * 1024, (c, s) => {
+      memories.add(c.buffer);
+      // Keep every fifth chunk (never released): its bytes must survive the reuse of the others.
+      if (n++ % 5 === 0) {
+        kept.push(c);
+        keptCopies.push(Buffer.from(c));
+      } else {
+        expect(s.release(c)).toBe(true);
+      }
+    });
     for (let i = 0; i < kept.length; i++) expect(kept[i].equals(keptCopies[i])).toBe(true);
     // 32 chunks; the kept ones need memory of their own, the released ones mostly recycle.
     expect(n).toBe(32);
@@ -88,28 +96,18 @@ describe('SavingStream over a method-backed session', () => {
 
   /** Hold the first `burst` chunks, release them together, and count how many come back as later chunks. */
   async function burstReuse(chunk: number, burst: number): Promise<number> {
-    const size = (4 * burst + 8) * chunk;
-    const session = new ScriptedSaving({ available: size });
-    const s = createSavingStream(session, { chunkSize: chunk, recycle: true });
     const held: Buffer[] = [];
     const firstMemories = new Set<ArrayBufferLike>();
-    const parts: Buffer[] = [];
     let reused = 0;
-    await new Promise<void>((resolve, reject) => {
-      s.on('data', (c: Buffer) => {
-        parts.push(Buffer.from(c));
-        if (held.length < burst && firstMemories.size < burst) {
-          held.push(c);
-          firstMemories.add(c.buffer);
-          return;
-        }
-        if (firstMemories.has(c.buffer)) reused++;
-        if (held.length > 0) for (const h of held.splice(0)) expect(s.release(h)).toBe(true);
-      });
-      s.on('end', () => resolve());
-      s.on('error', reject);
+    await readRecycled((4 * burst + 8) * chunk, chunk, (c, s) => {
+      if (held.length < burst && firstMemories.size < burst) {
+        held.push(c);
+        firstMemories.add(c.buffer);
+        return;
+      }
+      if (firstMemories.has(c.buffer)) reused++;
+      if (held.length > 0) for (const h of held.splice(0)) expect(s.release(h)).toBe(true);
     });
-    expect(sha(...parts)).toBe(sha(pattern(0, size)));
     expect(firstMemories.size).toBe(burst);
     return reused;
   }
