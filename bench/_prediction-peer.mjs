@@ -58,6 +58,12 @@ function send(msg) {
   return new Promise((resolve) => process.send(msg, () => resolve()));
 }
 
+// The process's CPU time so far (start-up included), as _e2e-peer.mjs reports it.
+const cpuMs = () => {
+  const c = process.cpuUsage();
+  return { userMs: c.user / 1000, sysMs: c.system / 1000 };
+};
+
 function errorInfo(err) {
   return { code: err?.code ?? 'ERROR', message: String(err?.message ?? err), phase: err?.phase ?? null };
 }
@@ -69,7 +75,7 @@ async function dest(cell) {
   const run = receive({ devices: [new MigrationCore(dev)], transport: () => listener.accept(), stallTimeoutMs: cell.timeoutMs });
   try {
     const s = await run.done;
-    await send({ ok: true, downtimeMs: s.downtimeMs, phases: s.phases, bytes: s.bytes, verified: s.verified, digest: dev.digest(), maxRssKB: maxRssKB() });
+    await send({ ok: true, downtimeMs: s.downtimeMs, phases: s.phases, bytes: s.bytes, verified: s.verified, digest: dev.digest(), maxRssKB: maxRssKB(), cpu: cpuMs() });
   } catch (err) {
     await send({ ok: false, ...errorInfo(err) });
   } finally {
@@ -119,6 +125,7 @@ async function source(cell) {
       switchNumbers: last?.action === 'switchover' ? last.numbers : null,
       digest: dev.digest(),
       maxRssKB: maxRssKB(),
+      cpu: cpuMs(),
     });
   } catch (err) {
     const abort = decisions.find((d) => d.action === 'abort') ?? null;

@@ -71,9 +71,12 @@ export interface MigrateOptions {
   compression?: Compression;
   /**
    * Digest of each device's raw data in its DEVICE_END record, which the destination's decoder
-   * verifies: 'sha256' (default), 'crc32', any node:crypto hash name, or null for none (every record
-   * still carries its payload crc32, sequence number and the device's byte count). sha256 costs about
-   * 15% of each side's CPU on an uncompressed local link (docs/PERFORMANCE.md).
+   * verifies: 'crc32' (default), 'sha256', any node:crypto hash name, or null for none (every record
+   * still carries its payload crc32, sequence number and the device's byte count). 'crc32' chains the
+   * records' own crcs, so it costs nothing more for uncompressed records; 'sha256' reads every byte
+   * once more at each end, about a quarter of each side's CPU on an uncompressed local link
+   * (docs/PERFORMANCE.md), and catches nothing more in transit: an attacker who can alter records can
+   * recompute either (use the tls transport against that).
    */
   digest?: string | null;
   /** Downtime limit given to the policy, ms. Default 300. */

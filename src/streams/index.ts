@@ -2,7 +2,7 @@ export {
   STREAM_MAGIC, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR, STREAM_HEADER_SIZE, RECORD_SYNC, RECORD_HEADER_SIZE, NO_DEVICE,
   Features, RecordFlags, RecordType, recordTypeName, ROUND_FLAG_EMPTY, ROUND_FLAG_FINAL, MAX_DEVICES,
   encodeStreamHeader, decodeStreamHeader, encodeRecordHeader, decodeRecordHeader, writeRecordHeader, encodeRecord,
-  createDataDigest, digestAvailable,
+  createDataDigest, digestAvailable, crc32Combine,
 } from './wire-format.js';
 export type {
   WireDevice, StreamHeader, StreamHeaderInit, DataDigest, RecordHeader, WireRecord, DecodedObject, StreamHeaderRecord,

@@ -643,7 +643,12 @@ export class RecordDecoder extends Transform {
         case RecordType.DATA: {
           const t = this.#tracks[h.device]!;
           t.bytes += payload.length;
-          t.hash?.update(payload);
+          // An uncompressed payload's crc was verified in #accept: the digest joins it to its chain.
+          if (t.hash?.appendCrc !== undefined && (h.flags & RecordFlags.COMPRESSED) === 0 && (this.header!.features & Features.CRC32) !== 0) {
+            t.hash.appendCrc(h.payloadCrc, payload.length);
+          } else {
+            t.hash?.update(payload);
+          }
           this.dataBytes += payload.length;
           rec = { type: RecordType.DATA, ...base, payload };
           break;

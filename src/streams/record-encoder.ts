@@ -66,8 +66,9 @@ export interface RecordEncoderOptions {
   checksums?: boolean;
   /**
    * Digest algorithm of the raw data per device ('crc32', or a `crypto.createHash` name such as 'sha256',
-   * which costs about 1 ms per MiB on the event loop at each end): the encoder
-   * fills DEVICE_END digests itself and the decoder verifies them. Default null (no digest).
+   * which costs about 0.65 ms per MiB on the event loop at each end; 'crc32' reuses the records' own
+   * crcs and costs nothing more for uncompressed records): the encoder fills DEVICE_END digests
+   * itself and the decoder verifies them. Default null (no digest).
    */
   digest?: string | null;
   /** Cap on the raw bytes written but not yet pushed out (compressing). Default 16 MiB. */
@@ -365,6 +366,7 @@ export class RecordEncoder extends Transform {
     let device = NO_DEVICE;
     let payload: Buffer;
     let compress = false;
+    let knownCrc = -1;
     if (isRaw(rec)) {
       const r = rec;
       if (!Number.isInteger(r.type) || r.type < 1 || r.type > 255 || !Buffer.isBuffer(r.payload)) {
@@ -381,9 +383,16 @@ export class RecordEncoder extends Transform {
           if (!Buffer.isBuffer(payload)) throw migError(ErrorCodes.USAGE, 'DATA payload must be a Buffer');
           const t = this.#tracks[device]!;
           t.bytes += payload.length;
-          t.hash?.update(payload);
           this.dataBytes += payload.length;
           compress = this.#pool !== null && payload.length >= this.#minBytes;
+          if (t.hash?.appendCrc !== undefined && this.#checksums) {
+            // One crc pass serves the digest and, when the payload goes out as it is, the record.
+            const crc = crc32(payload);
+            t.hash.appendCrc(crc, payload.length);
+            if (!compress) knownCrc = crc;
+          } else {
+            t.hash?.update(payload);
+          }
           break;
         }
         case RecordType.ROUND:
@@ -438,8 +447,8 @@ export class RecordEncoder extends Transform {
       seq,
       wire: payload,
       rawLength: payload.length,
-      crc: 0,
-      crcDone: false,
+      crc: knownCrc === -1 ? 0 : knownCrc,
+      crcDone: knownCrc !== -1,
       ready: false,
     };
     return { entry, compress };

@@ -464,6 +464,38 @@ describe('RecordDecoder: bad input', () => {
     await expect(encodeAll([], { devices: devices(1), digest: 'no-such-hash' })).rejects.toMatchObject({ code: ErrorCodes.UNSUPPORTED });
   });
 
+  it("the 'crc32' digest, chained from the records' crcs, equals crc32 over the raw data with and without compression or record crcs", async () => {
+    // Compressible pages, random bytes that go out raw even when compressing, an empty record.
+    const parts = [mixedData(200_000, 3), randomBytes(70_000), Buffer.alloc(0), mixedData(1_000_001, 4), randomBytes(1)];
+    const whole = crc32(Buffer.concat(parts)).toString(16).padStart(8, '0');
+    for (const compression of [false, true]) {
+      for (const checksums of [true, false]) {
+        const { bytes, enc } = await encodeAll(
+          [...parts.map((payload) => ({ type: RecordType.DATA, device: 0, payload }) as const), { type: RecordType.DEVICE_END, device: 0 }, { type: RecordType.STREAM_END }],
+          { devices: devices(1), digest: 'crc32', compression, checksums },
+        );
+        if (compression) expect(enc.compressedRecords).toBeGreaterThan(0);
+        const out = await decodeChunks(randomSplit(bytes, 11, 70_000));
+        expect(out.error).toBeNull();
+        expect(out.objects.find((o) => o.type === RecordType.DEVICE_END)).toMatchObject({ algorithm: 'crc32', digest: whole });
+      }
+    }
+  });
+
+  it("the 'crc32' digest still reads the data: a payload altered along with its record crc is DIGEST", async () => {
+    const state = mixedData(100_000, 9);
+    const altered = Buffer.from(state);
+    altered[5000] ^= 0x40;
+    const bytes = Buffer.concat([
+      encodeStreamHeader({ features: Features.CRC32, devices: devices(1), digest: 'crc32' }),
+      // encodeRecord computes the crc of the altered payload: the record itself is consistent.
+      ...encodeRecord({ type: RecordType.DATA, device: 0, seq: 0 }, altered),
+      ...encodeRecord({ type: RecordType.DEVICE_END, device: 0, seq: 1 }, encodeDeviceEndPayload(state.length, 'crc32', crc32(state).toString(16).padStart(8, '0'))),
+      ...encodeRecord({ type: RecordType.STREAM_END, seq: 2 }, encodeStreamEndPayload(state.length)),
+    ]);
+    await expectFailure(bytes, ErrorCodes.DIGEST, 1);
+  });
+
   it('CONTROL records: invalid JSON is CORRUPT, an oversized one LIMIT before its payload is read', async () => {
     await expectFailure(craftStream([{ type: RecordType.CONTROL, payload: Buffer.from('{nope') }]), ErrorCodes.CORRUPT, 0);
     const big = craftStream([{ type: RecordType.CONTROL, payload: Buffer.from(JSON.stringify({ s: 'x'.repeat(2000) })) }]);

@@ -1,5 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { crc32 } from 'node:zlib';
+import { randomBytes } from 'node:crypto';
 import {
   encodeStreamHeader,
   decodeStreamHeader,
@@ -20,6 +21,8 @@ import {
   STREAM_HEADER_SIZE,
   STREAM_MAGIC,
   NO_DEVICE,
+  crc32Combine,
+  createDataDigest,
 } from '../../src/streams/wire-format.js';
 import { ErrorCodes } from '../../src/fsm/errors.js';
 import { devices, identity } from './wire-helpers.js';
@@ -173,5 +176,29 @@ describe('typed payloads', () => {
     expect(decodeStreamEndPayload(encodeStreamEndPayload(2 ** 45))).toBe(2 ** 45);
     expect(codeOf(() => decodeStreamEndPayload(Buffer.alloc(4)))).toBe(ErrorCodes.CORRUPT);
     expect(codeOf(() => encodeStreamEndPayload(-1))).toBe(ErrorCodes.USAGE);
+  });
+});
+
+describe('crc32Combine', () => {
+  it('gives the crc32 of two buffers joined, from their crcs and the second length', () => {
+    const data = randomBytes(3_000_000);
+    for (const [a, b] of [[0, 0], [0, 17], [17, 17], [1, 2], [4096, 1 << 20], [999_999, 3_000_000], [0, 3_000_000], [3_000_000, 3_000_000]] as const) {
+      const left = data.subarray(0, a);
+      const right = data.subarray(a, b);
+      expect(crc32Combine(crc32(left), crc32(right), right.length)).toBe(crc32(data.subarray(0, b)));
+    }
+    // Lengths past 32 bits: appending 2^32 + 5 zero bytes twice equals appending them in one go.
+    const z = crc32Combine(crc32Combine(0x12345678, 0, 2 ** 32 + 5), 0, 2 ** 32 + 5);
+    expect(z).toBe(crc32Combine(0x12345678, 0, 2 ** 33 + 10));
+    expect(() => crc32Combine(0, 0, -1)).toThrow(RangeError);
+    expect(() => crc32Combine(0, 0, 1.5)).toThrow(RangeError);
+  });
+
+  it("the 'crc32' digest mixes appendCrc and update in any order", () => {
+    const parts = [randomBytes(10), randomBytes(70_000), Buffer.alloc(0), randomBytes(5)];
+    const d = createDataDigest('crc32');
+    parts.forEach((p, i) => (i % 2 === 0 ? d.update(p) : d.appendCrc!(crc32(p), p.length)));
+    expect(d.digest('hex')).toBe(crc32(Buffer.concat(parts)).toString(16).padStart(8, '0'));
+    expect(createDataDigest('sha256').appendCrc).toBeUndefined();
   });
 });
