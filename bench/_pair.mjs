@@ -154,7 +154,7 @@ export function runMigratePair({ size, profile = 'mixed', seed = 7, compression 
       dirtyRate: 0,
       bandwidth: 0,
       compression,
-      // migrate()'s DEVICE_END digest ('sha256' by default; BENCH_MIGRATE_DIGEST=crc32 or none to compare).
+      // migrate()'s DEVICE_END digest ('crc32' by default; BENCH_MIGRATE_DIGEST=sha256 or none to compare).
       ...(digest !== undefined ? { digest: digest === 'none' ? null : digest } : {}),
       limitMs: 1000,
       windowMs: 3000,

@@ -14,7 +14,7 @@
 // `recycle`: chunks and payloads given back once written; BENCH_E2E_OPTIONS='{"recycle":false}'
 // turns it off).
 // - e2e-unix-migrate the whole product on the same device: migrate()/receive() in two processes
-//                   (_prediction-peer.mjs; PRE_COPY, handshake, sha256 digests, switchover-ack,
+//                   (_prediction-peer.mjs; PRE_COPY, handshake, crc32 digests, switchover-ack,
 //                   validation, resume), MB/s of device bytes over the source's durationMs.
 //                   Baseline: the naive Node pair, as above. Profile 'mixed'. Runs interleaved after one untimed warm-up of
 // each; medians. Each side's peak RSS (VmHWM) goes in the detail.
