@@ -30,3 +30,5 @@ export { DEFAULT_CHUNK_SIZE } from './chunk-source.js';
 export { chunksOf } from './chunks.js';
 export type { ChunkSourceOptions } from './chunk-source.js';
 export type { ChunkSinkOptions } from './chunk-sink.js';
+export { READ_TARGET, readTargetHook } from './read-target.js';
+export type { ReadTargetProvider, ReadTargetHook } from './read-target.js';

@@ -46,6 +46,7 @@ import {
   type DecodedObject,
 } from './wire-format.js';
 import { zstd, type CompressionPool } from './compression-pool.js';
+import { readTargetHook, type ReadTargetProvider } from './read-target.js';
 
 export interface RecordDecoderOptions {
   /** Largest payload accepted, on the wire and once decompressed. Default 16 MiB. */
@@ -88,6 +89,13 @@ export interface RecordDecoderOptions {
    * above it the decoder takes no more input. Default 8 MiB.
    */
   maxPendingBytes?: number;
+  /**
+   * Offer read targets to a source piped into the decoder that takes them (src/streams/read-target.ts;
+   * the unix and tcp transports' accepted sockets): the rest of an uncompressed DATA payload that
+   * spans reads is read straight into the buffer it is handed out in, and after a large record the
+   * next header is read alone. Default true.
+   */
+  readTargets?: boolean;
 }
 
 /** A record parsed and checked, waiting for a decompression ahead of it (or its own) to finish. */
@@ -106,6 +114,12 @@ interface Pending {
 
 /** Released payload buffers kept per size; beyond that, released memory goes back to the allocator. */
 const MAX_FREE_PER_SIZE = 4;
+/**
+ * After a DATA payload of at least this size, a source taking read targets is asked to read the next
+ * record header alone (one more read per record, so only where records are large): the payload after
+ * it then goes straight to its buffer instead of partly into the source's memory and a copy.
+ */
+const HEADER_ALONE_AFTER = 64 * 1024;
 
 // Parser states (ws Receiver style: one integer, fields set in the constructor in one order).
 const S_PREAMBLE = 0;
@@ -173,6 +187,15 @@ export class RecordDecoder extends Transform {
   #lent: WeakSet<Buffer> | null;
   /** With `recycle`: released payload buffers by length, reused before any new allocation. */
   #free: Map<number, Buffer[]>;
+  /**
+   * The payload of the current uncompressed DATA record, assembled as its bytes arrive once they
+   * span input chunks (a copy was due anyway, or a source read into it); null otherwise. While it is
+   * set, #buffered counts its #asmFill bytes and #buffers holds only bytes after it.
+   */
+  #asm: Buffer | null;
+  #asmFill: number;
+  /** Payload length of the last record parsed (is the next header read alone?). */
+  #lastPayload: number;
 
   constructor(opts: RecordDecoderOptions = {}) {
     super({
@@ -214,6 +237,14 @@ export class RecordDecoder extends Transform {
     this.#heldCallback = null;
     this.#lent = opts.recycle === true ? new WeakSet() : null;
     this.#free = new Map();
+    this.#asm = null;
+    this.#asmFill = 0;
+    this.#lastPayload = 0;
+    if (opts.readTargets ?? true) {
+      const provider: ReadTargetProvider = (pushed) => this.#readTarget(pushed);
+      this.on('pipe', (src: unknown) => readTargetHook(src)?.(provider));
+      this.on('unpipe', (src: unknown) => readTargetHook(src)?.(null));
+    }
   }
 
   /**
@@ -278,6 +309,7 @@ export class RecordDecoder extends Transform {
     this.#pendingBytes = 0;
     this.#buffers = [];
     this.#buffered = 0;
+    this.#asm = null;
     this.#scratch = null;
     this.#free.clear();
     cb(err);
@@ -308,6 +340,7 @@ export class RecordDecoder extends Transform {
       this.#state = S_ERRORED;
       this.#buffers = [];
       this.#buffered = 0;
+      this.#asm = null;
       this.#heldCallback = cb;
       return;
     }
@@ -349,6 +382,7 @@ export class RecordDecoder extends Transform {
     this.#state = S_ERRORED;
     this.#buffers = [];
     this.#buffered = 0;
+    this.#asm = null;
     this.#scratch = null;
     this.#pending = [];
     this.#pendingBytes = 0;
@@ -401,6 +435,20 @@ export class RecordDecoder extends Transform {
    * The merged view covers only bytes that were written to us, in the order they were written.
    */
   #append(chunk: Buffer): void {
+    if (this.#asm !== null) {
+      this.#buffered += chunk.length;
+      chunk = this.#fillAsm(chunk);
+      if (chunk.length === 0) return;
+      this.#buffered -= chunk.length;
+    } else if (this.#buffered > 0 && this.#assembles()) {
+      const last = this.#buffers[this.#buffers.length - 1]!;
+      if (last.buffer !== chunk.buffer || last.byteOffset + last.length !== chunk.byteOffset) {
+        // The payload spans memory that is not contiguous: its copy starts now, as its bytes come.
+        this.#startAsm();
+        this.#append(chunk);
+        return;
+      }
+    }
     const list = this.#buffers;
     const last = list.length > 0 ? list[list.length - 1]! : null;
     if (last !== null && last.buffer === chunk.buffer && last.byteOffset + last.length === chunk.byteOffset) {
@@ -420,6 +468,12 @@ export class RecordDecoder extends Transform {
   #consume(n: number, internal = false, data = false): Buffer {
     this.#buffered -= n;
     this.#offset += n;
+    const asm = this.#asm;
+    if (asm !== null) {
+      // The assembled payload (#parse consumes nothing else while it is set, and only once it is full).
+      this.#asm = null;
+      return asm;
+    }
     const first = this.#buffers[0]!;
     // Fast path: inside one chunk, a view and no copy.
     if (first.length === n) {
@@ -448,6 +502,54 @@ export class RecordDecoder extends Transform {
     }
     list.splice(0, i);
     return out;
+  }
+
+  /** Is the current record's payload assembled in #asm when it spans chunks? */
+  #assembles(): boolean {
+    if (this.#state !== S_PAYLOAD) return false;
+    const h = this.#record!;
+    return (
+      h.type === RecordType.DATA &&
+      (h.flags & RecordFlags.COMPRESSED) === 0 &&
+      this.#buffered < h.payloadLength &&
+      // Over the queue limit #parse fails the record before anything is allocated for it.
+      h.payloadLength + RECORD_HEADER_SIZE <= this.maxQueuedBytes
+    );
+  }
+
+  /** Move the buffered start of the current payload into its own buffer (the one handed out). */
+  #startAsm(): void {
+    const out = this.#payloadBuffer(this.#record!.payloadLength);
+    let at = 0;
+    for (const b of this.#buffers) {
+      b.copy(out, at);
+      at += b.length;
+    }
+    this.#buffers = [];
+    this.#asm = out;
+    this.#asmFill = at;
+  }
+
+  /** Put the front of `chunk` into #asm (in place when a source read it there); returns the rest. */
+  #fillAsm(chunk: Buffer): Buffer {
+    const asm = this.#asm!;
+    const take = Math.min(chunk.length, asm.length - this.#asmFill);
+    if (chunk.buffer !== asm.buffer || chunk.byteOffset !== asm.byteOffset + this.#asmFill) chunk.copy(asm, this.#asmFill, 0, take);
+    this.#asmFill += take;
+    return take === chunk.length ? chunk.subarray(chunk.length) : chunk.subarray(take);
+  }
+
+  /** The ReadTargetProvider this decoder registers with a source piped into it (read-target.ts). */
+  #readTarget(pushed: number): Buffer | number | null {
+    // Bytes still on their way here: the parse state is not where the next read's bytes go.
+    if (pushed !== this.bytesIn || this.destroyed || this.#state === S_ERRORED) return null;
+    if (this.#asm !== null || this.#assembles()) {
+      if (this.#asm === null) this.#startAsm();
+      const asm = this.#asm!;
+      return asm.subarray(this.#asmFill);
+    }
+    if (this.#state === S_HEADER && this.#buffered === 0 && this.#lastPayload >= HEADER_ALONE_AFTER) return RECORD_HEADER_SIZE;
+    return null;
   }
 
   #takeScratch(n: number): Buffer {
@@ -496,6 +598,7 @@ export class RecordDecoder extends Transform {
           const h = decodeRecordHeader(this.#consume(RECORD_HEADER_SIZE));
           this.#checkHeader(h);
           this.#record = h;
+          this.#lastPayload = h.payloadLength;
           this.#state = S_PAYLOAD;
           break;
         }

@@ -11,6 +11,7 @@ import type { TransportListener, TransportOptions, TransportPlugin } from './typ
 import { abortError, connectError, usageError, withTypedErrors } from './errors.js';
 import { QueueListener } from './listener.js';
 import { formatHostPort, parseHostPort, parseTransportUrl } from './url.js';
+import { READ_TARGET, type ReadTargetHook, type ReadTargetProvider } from '../streams/read-target.js';
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
@@ -25,7 +26,10 @@ const MIN_READ_SPACE = 64 * 1024;
  * pushed as a view of it, a full chunk is replaced by a new one, and no pushed byte is ever written
  * again. Node's own reads allocate 64 KiB per read; this takes whatever the kernel holds in one
  * read (a unix socket's ~200 KiB), and consecutive reads are consecutive views of one buffer,
- * which the RecordDecoder merges: a 1 MiB record then mostly arrives in one piece, without a copy.
+ * which the RecordDecoder merges: a record within one chunk arrives in one piece, without a copy.
+ * The socket also offers read targets (src/streams/read-target.ts): a RecordDecoder piped from it
+ * has the rest of a payload that spans reads read straight into the buffer it hands out, and the
+ * header after a large record read alone, so large records are not copied at all.
  * Node's server gives no `onread` option for accepted sockets, so the connection's handle moves to
  * a new net.Socket that has one (the `handle` option, as Node's own server uses it). When the
  * handle cannot be taken (a Node without `_handle`), the socket is returned as it is, resumed.
@@ -40,16 +44,34 @@ export function withChunkReads(socket: net.Socket): net.Socket {
   let chunk: Buffer | null = null;
   let fill = 0;
   let out: net.Socket | null = null;
+  let provider: ReadTargetProvider | null = null;
+  /** Bytes pushed so far (what a provider compares with what reached it). */
+  let pushed = 0;
+  /** The consumer's buffer the current read goes into, if it gave one. */
+  let target: Buffer | null = null;
   const buffer = (): Buffer => {
+    const want = provider === null ? null : provider(pushed);
+    if (want !== null && typeof want !== 'number' && want.length > 0) {
+      target = want;
+      return want;
+    }
+    target = null;
     if (chunk === null || chunk.length - fill < MIN_READ_SPACE) {
       chunk = Buffer.allocUnsafeSlow(READ_CHUNK);
       fill = 0;
     }
-    return chunk.subarray(fill);
+    return typeof want === 'number' && want > 0 ? chunk.subarray(fill, fill + want) : chunk.subarray(fill);
   };
   const callback = (n: number): boolean => {
-    const view = (chunk as Buffer).subarray(fill, fill + n);
-    fill += n;
+    let view: Buffer;
+    if (target !== null) {
+      view = target.subarray(0, n);
+      target = null;
+    } else {
+      view = (chunk as Buffer).subarray(fill, fill + n);
+      fill += n;
+    }
+    pushed += n;
     return (out as net.Socket).push(view);
   };
   // The old object lets go of the handle first: destroying it then closes nothing, and the
@@ -57,6 +79,9 @@ export function withChunkReads(socket: net.Socket): net.Socket {
   owner._handle = null;
   out = new net.Socket({ handle, allowHalfOpen: true, readable: true, writable: true, onread: { buffer, callback } } as net.SocketConstructorOpts);
   socket.destroy();
+  (out as unknown as { [READ_TARGET]: ReadTargetHook })[READ_TARGET] = (p) => {
+    provider = p;
+  };
   return out;
 }
 
