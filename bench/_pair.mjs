@@ -139,12 +139,14 @@ export async function dumpStream(file, { size, profile = 'mixed', seed = 7 }) {
   }
 }
 
+const envNumber = (name) => (process.env[name] ? Number(process.env[name]) : undefined);
+
 /**
  * One migration through the orchestrator, migrate() and receive() in two processes
  * (_prediction-peer.mjs), no dirtying, no cap: { ms, bytes, source, dest } where ms is the source
  * summary's durationMs (migrate() called to the destination running). Throws when it fails.
  */
-export function runMigratePair({ size, profile = 'mixed', seed = 7, compression = 'none', digest = process.env.BENCH_MIGRATE_DIGEST }) {
+export function runMigratePair({ size, profile = 'mixed', seed = 7, compression = 'none', digest = process.env.BENCH_MIGRATE_DIGEST, chunkSize = envNumber('BENCH_MIGRATE_CHUNK') }) {
   return withDir('bench-mig-', async (dir) => {
     const spec = JSON.stringify({
       socket: join(dir, 'm.sock'),
@@ -156,6 +158,8 @@ export function runMigratePair({ size, profile = 'mixed', seed = 7, compression 
       compression,
       // migrate()'s DEVICE_END digest ('crc32' by default; BENCH_MIGRATE_DIGEST=sha256 or none to compare).
       ...(digest !== undefined ? { digest: digest === 'none' ? null : digest } : {}),
+      // migrate()'s device read size (BENCH_MIGRATE_CHUNK=bytes to compare).
+      ...(chunkSize !== undefined ? { chunkSize } : {}),
       limitMs: 1000,
       windowMs: 3000,
       timeoutMs: 120_000,

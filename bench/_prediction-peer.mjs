@@ -96,6 +96,7 @@ async function source(cell) {
     bandwidth: cell.bandwidth,
     compression: cell.compression,
     ...(cell.digest !== undefined ? { digest: cell.digest } : {}),
+    ...(cell.chunkSize !== undefined ? { chunkSize: cell.chunkSize } : {}),
     policy: traced(cell.blind ? BLIND_POLICY : new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: cell.windowMs }), t0),
     stallTimeoutMs: cell.timeoutMs,
     signal: globalThis.AbortSignal.timeout(cell.timeoutMs),

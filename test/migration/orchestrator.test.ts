@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeviceState } from '../../src/fsm/states.js';
 import { receive } from '../../src/migration/destination.js';
-import { migrate, type MigrateOptions } from '../../src/migration/source.js';
+import { autoChunkSize, migrate, type MigrateOptions } from '../../src/migration/source.js';
 import type { DecisionEvent } from '../../src/migration/summary.js';
 import { decisionNumbers, type Decision, type PolicySnapshot } from '../../src/migration/policy.js';
 import type { ResumingSession, SavingSession } from '../../src/fsm/types.js';
@@ -257,6 +257,34 @@ describe('migrate/receive in one process', () => {
     // 32 MiB and more in 256 KiB chunks: at least 128 reads, into a few dozen buffers at most.
     expect(reads).toBeGreaterThanOrEqual(128);
     expect(memories.size).toBeLessThan(reads / 2);
+    src.close();
+    dst.close();
+  });
+
+  it('the device read size follows the estimated state size: 256 KiB for a small state, up to 1 MiB for a large one', async () => {
+    expect([0, NaN, 64 * MiB, 128 * MiB - 1, 128 * MiB, 256 * MiB, 1024 * 1024 * MiB].map(autoChunkSize)).toEqual([
+      256 * 1024, 256 * 1024, 256 * 1024, 256 * 1024, 512 * 1024, MiB, MiB,
+    ]);
+    const sizes = new Set<number>();
+    const { s, src, dst } = await pairRun(1, 8 * MiB, () => 7, {}, 0, (_run, src, dst) => {
+      // The identity says 1 GiB (both ends, which compare identities); the device holds 8 MiB.
+      for (const core of [src.cores[0], dst.cores[0]]) {
+        const real = core.identity.bind(core);
+        core.identity = () => ({ ...real(), stateSize: 1024 * MiB });
+      }
+      src.cores[0].on('arc', (a) => {
+        if (a.to !== S.PRE_COPY && a.to !== S.STOP_COPY) return;
+        const session = src.sims[0].session as SavingSession;
+        const inner = session.read.bind(session);
+        session.read = async (buf: Buffer) => {
+          sizes.add(buf.length);
+          return inner(buf);
+        };
+      });
+    });
+    expect(s.verified).toBe(true);
+    expect(dst.sims[0].digest()).toBe(src.sims[0].digest());
+    expect([...sizes]).toEqual([MiB]);
     src.close();
     dst.close();
   });
