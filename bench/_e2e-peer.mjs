@@ -46,6 +46,8 @@ const MiB = 1024 * 1024;
 // recycle (default true): the source's device chunks go back to its SavingStream once the socket
 // has written them, and the destination's decoder gets its payloads back once the device took them
 // (the data path's opt-in reuse; '{"recycle":false}' measures without it).
+// conn: transport options of both ends, e.g. '{"conn":{"sendBufferBytes":0}}' for the kernel's default
+// unix send buffer.
 const X = { recycle: true, ...JSON.parse(process.env.BENCH_E2E_OPTIONS ?? '{}') };
 
 function send(msg) {
@@ -70,7 +72,7 @@ async function dest([sock, sizeArg, profile, seedArg]) {
   const dev = new SimDevice({ size, profile, seed: Number(seedArg) });
   const core = new MigrationCore(dev);
   const session = await core.setState(DeviceState.RESUMING);
-  const listener = await listenTransport(`unix:${sock}`);
+  const listener = await listenTransport(`unix:${sock}`, X.conn ?? {});
   await send({ listening: listener.url });
   const conn = await listener.accept();
   const tAccept = now();
@@ -109,7 +111,7 @@ async function source([sock, sizeArg, profile, seedArg, zstd]) {
   const size = Number(sizeArg);
   const dev = sourceDevice(size, profile, Number(seedArg));
   const core = new MigrationCore(dev);
-  const conn = await connectTransport(`unix:${sock}`);
+  const conn = await connectTransport(`unix:${sock}`, X.conn ?? {});
   const t0 = now();
   const cpu0 = process.cpuUsage();
   const session = await core.setState(DeviceState.STOP_COPY);

@@ -29,6 +29,12 @@ export interface TransportOptions {
   requestCert?: boolean;
   /** tls (client): name checked against the server certificate. Default the host. */
   servername?: string;
+  /**
+   * unix: the send buffer (SO_SNDBUF) to ask for on both ends of a connection, in bytes; 0 keeps
+   * the kernel's default. Needs the native addon (src/transport/sockopt.ts) and is capped by
+   * net.core.wmem_max; the kernel doubles it. Default 4 MiB.
+   */
+  sendBufferBytes?: number;
   /** file (connect): mode of the checkpoint file. Default 0o600. */
   mode?: number;
   /** Plugin-specific options. */

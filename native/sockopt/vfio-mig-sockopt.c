@@ -1,0 +1,66 @@
+// vfio-mig-sockopt: a Node-API addon with the socket options Node does not expose.
+//
+// sndbuf(fd, bytes): set SO_SNDBUF of the socket `fd` when bytes > 0, then return the size the
+// kernel uses (getsockopt: twice what it accepted, capped by net.core.wmem_max), or -errno.
+//
+// Why: on a unix stream socket the sender's SO_SNDBUF is the whole window between two processes.
+// At the default 208 KiB a 1 GiB device stream crosses in ~5000 windows, each a wake-up of the
+// other side; docs/PERFORMANCE.md has the measurements.
+//
+// Node-API is a stable C ABI resolved from the node binary when the addon is loaded, so the few
+// declarations it needs are written out here and the build needs only a C compiler (no node
+// headers, no node-gyp). Built by scripts/build-native.mjs; optional: without it the sockets keep
+// the kernel's default buffers (src/transport/sockopt.ts).
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+typedef struct napi_env__ *napi_env;
+typedef struct napi_value__ *napi_value;
+typedef struct napi_callback_info__ *napi_callback_info;
+typedef int napi_status; // an enum in node_api.h; 0 is napi_ok
+typedef napi_value (*napi_callback)(napi_env env, napi_callback_info info);
+
+extern napi_status napi_get_cb_info(napi_env env, napi_callback_info info, size_t *argc, napi_value *argv, napi_value *this_arg, void **data);
+extern napi_status napi_get_value_int32(napi_env env, napi_value value, int32_t *result);
+extern napi_status napi_create_int32(napi_env env, int32_t value, napi_value *result);
+extern napi_status napi_create_function(napi_env env, const char *utf8name, size_t length, napi_callback cb, void *data, napi_value *result);
+extern napi_status napi_set_named_property(napi_env env, napi_value object, const char *utf8name, napi_value value);
+extern napi_status napi_throw_type_error(napi_env env, const char *code, const char *msg);
+
+static napi_value int_result(napi_env env, int32_t v) {
+  napi_value out = NULL;
+  napi_create_int32(env, v, &out);
+  return out;
+}
+
+static napi_value sndbuf(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd, bytes;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != 0 || argc < 2 ||
+      napi_get_value_int32(env, argv[0], &fd) != 0 || napi_get_value_int32(env, argv[1], &bytes) != 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "sndbuf(fd, bytes) takes two integers");
+    return NULL;
+  }
+  if (bytes > 0) {
+    int v = bytes;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v) != 0) return int_result(env, -errno);
+  }
+  int got = 0;
+  socklen_t len = sizeof got;
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) != 0) return int_result(env, -errno);
+  return int_result(env, got);
+}
+
+__attribute__((visibility("default"))) int32_t node_api_module_get_api_version_v1(void) {
+  return 8;
+}
+
+__attribute__((visibility("default"))) napi_value napi_register_module_v1(napi_env env, napi_value exports) {
+  napi_value fn = NULL;
+  if (napi_create_function(env, "sndbuf", (size_t)-1, sndbuf, NULL, &fn) != 0) return NULL;
+  if (napi_set_named_property(env, exports, "sndbuf", fn) != 0) return NULL;
+  return exports;
+}
