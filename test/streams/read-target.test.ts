@@ -211,6 +211,47 @@ describe('read targets', () => {
     expect(slow.targets).toBeGreaterThan(0);
   });
 
+  it('a peer that dies in the middle of a payload read in place: TRUNCATED, and nothing of that record reaches the consumer', async () => {
+    const first = mixedData(MIB, 21);
+    const second = mixedData(2 * MIB, 22);
+    const { bytes } = await encodeAll(
+      [{ type: RecordType.DATA, device: 0, payload: first }, { type: RecordType.DATA, device: 0, payload: second }, { type: RecordType.STREAM_END }],
+      { devices: devices(1) },
+    );
+    const t = tempDir();
+    try {
+      const l = await listenTransport(`unix:${join(t.dir, 'cut.sock')}`);
+      const [client, server] = await Promise.all([connectTransport(l.url, {}), l.accept()]);
+      let targets = 0;
+      const hook = (server as unknown as { [READ_TARGET]: (p: ReadTargetProvider | null) => void })[READ_TARGET];
+      (server as unknown as { [READ_TARGET]: (p: ReadTargetProvider | null) => void })[READ_TARGET] = (p) =>
+        hook(p === null ? null : (n) => {
+          const a = p(n);
+          if (Buffer.isBuffer(a)) targets++;
+          return a;
+        });
+      // Everything up to the middle of the second payload, then the peer is gone.
+      const cut = bytes.length - MIB;
+      client.write(bytes.subarray(0, cut), () => client.destroy());
+      const dec = new RecordDecoder({ recycle: true });
+      const got: Buffer[] = [];
+      const sink = new Writable({
+        objectMode: true,
+        write(o: DecodedObject, _e, cb) {
+          if (o.type === RecordType.DATA) got.push(Buffer.from(o.payload));
+          cb();
+        },
+      });
+      const err = await pipeline(server, dec, sink).then(() => null, (e: unknown) => e);
+      expect(err).toMatchObject({ code: ErrorCodes.TRUNCATED });
+      expectSame(got, [first]);
+      expect(targets).toBeGreaterThan(0);
+      await l.close();
+    } finally {
+      t.cleanup();
+    }
+  });
+
   /** Send `bytes` over a unix transport connection into a recycling decoder; `stallEvery` > 0 makes the consumer wait 5 ms every that many records. */
   async function overSocket(bytes: Buffer, stallEvery: number): Promise<{ got: Buffer[]; inPlace: number; targets: number }> {
     const t = tempDir();
