@@ -74,7 +74,9 @@ export interface ForwardOptions {
   digest?: string | null;
   /**
    * Called with each chunk once the transport has written it (its write callback, without error):
-   * an uncompressed DATA payload is the caller's own buffer, free again from then on.
+   * an uncompressed DATA payload is the caller's own buffer, free again from then on. Also called
+   * with a DATA payload that went out compressed, once its frame is ready (the encoder's
+   * onPayloadFree).
    */
   onWritten?: (chunk: Buffer) => void;
 }
@@ -127,6 +129,8 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
     sender: { program: 'vfio-mig', host: os.hostname(), pid: process.pid, ...opts.sender },
     compression: opts.compression === false ? false : { level: opts.compression },
     digest: opts.digest === undefined ? 'crc32' : opts.digest,
+    // A payload that went out compressed is free once its frame is ready, not once written.
+    ...(opts.onWritten !== undefined ? { onPayloadFree: opts.onWritten } : {}),
     readableHighWaterMark: queue,
     ...(capped ? { writableHighWaterMark: 2, maxInFlightBytes: Math.max(queue, 2 * MIN_QUEUE_BYTES) } : {}),
   });

@@ -87,6 +87,13 @@ export interface RecordEncoderOptions {
    * chunks pushed and not yet shifted. Default false.
    */
   countCarried?: boolean;
+  /**
+   * Called with a DATA payload once the encoder no longer reads it because it went out compressed:
+   * its frame is ready, so the caller may reuse the payload's memory (a SavingStream's release()).
+   * Not called for a payload that goes out as it is (it is the output chunk: free it once written),
+   * nor for one moved to a worker (transferPayloads; its memory is gone).
+   */
+  onPayloadFree?: (payload: Buffer) => void;
 }
 
 /** Highest zstd level compressed on the event loop while the pool boots (see #compressHere). */
@@ -139,6 +146,7 @@ export class RecordEncoder extends Transform {
   #pool: CompressionPool | null;
   #minBytes: number;
   #transfer: boolean;
+  #onPayloadFree: ((payload: Buffer) => void) | null;
   #inlineWhileBooting: boolean;
   /** This encoder started the pool's workers (it does so once). */
   #warmed: boolean;
@@ -177,6 +185,7 @@ export class RecordEncoder extends Transform {
     this.#pool = copts ? (copts.pool ?? sharedCompressionPool()) : null;
     this.#minBytes = copts?.minBytes ?? 512;
     this.#transfer = opts.transferPayloads === true;
+    this.#onPayloadFree = opts.onPayloadFree ?? null;
     this.#inlineWhileBooting = copts?.inlineWhileBooting !== false;
     this.#warmed = false;
     this.#maxInFlight = opts.maxInFlightBytes ?? 16 * 1024 * 1024;
@@ -220,11 +229,15 @@ export class RecordEncoder extends Transform {
     }
     this.#queue.push(entry);
     this.#inFlight += entry.rawLength;
+    const payload = entry.wire;
     const done = (r: CompressResult): void => {
       if (r.compressed !== null) {
         entry.wire = r.compressed;
         entry.flags |= RecordFlags.COMPRESSED;
         this.compressedRecords++;
+        // The pool copied the payload (or read it here): nothing reads it any more. A payload moved
+        // to a worker is detached (length 0) and not handed back.
+        if (this.#onPayloadFree !== null && payload.length === entry.rawLength && !this.destroyed) this.#onPayloadFree(payload);
       } else {
         entry.wire = r.raw;
       }

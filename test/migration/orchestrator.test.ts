@@ -233,10 +233,10 @@ describe('migrate/receive in one process', () => {
     dst.close();
   });
 
-  it('the source reads into memory the transport gave back: few chunk buffers for many chunks, and the state arrives intact', async () => {
+  it.each(['none', 'zstd'] as const)('the source reads into memory the transport (or the compressor) gave back: few chunk buffers for many chunks, and the state arrives intact (compression %s)', async (compression) => {
     // Every device read, by the memory it lands in. A chunk is given back only once the socket has
-    // written it; given back too early, a later read would overwrite bytes still queued and the
-    // destination's digest would differ.
+    // written it, or once its frame is ready when it went out compressed; given back too early, a
+    // later read would overwrite bytes still queued and the destination's digest would differ.
     const memories = new Set<ArrayBufferLike>();
     let reads = 0;
     const watch = (session: SavingSession): void => {
@@ -247,7 +247,7 @@ describe('migrate/receive in one process', () => {
         return inner(buf);
       };
     };
-    const { s, src, dst } = await pairRun(1, 32 * MiB, () => 7, {}, 8 * MiB, (_run, src) => {
+    const { s, src, dst } = await pairRun(1, 32 * MiB, () => 7, { compression }, 8 * MiB, (_run, src) => {
       src.cores[0].on('arc', (a) => {
         if (a.to === S.PRE_COPY || a.to === S.STOP_COPY) watch(src.sims[0].session as SavingSession);
       });

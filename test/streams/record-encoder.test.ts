@@ -159,6 +159,42 @@ describe('RecordEncoder framing', () => {
     expect(dataOf(objects).equals(Buffer.concat([copyA, copyB]))).toBe(true);
   });
 
+  it('onPayloadFree hands back a payload that went out compressed, once its frame is ready; never one sent raw or moved', async () => {
+    const compressible = mixedData(256 * 1024, 4);
+    const random = randomBytes(200_000); // does not shrink: goes out as it is
+    const small = Buffer.from('tiny'); // under minBytes: raw without trying
+    const freed: Buffer[] = [];
+    // Each freed payload is overwritten at once, as a reader reusing its memory would: the stream
+    // must still carry the original bytes.
+    const onPayloadFree = (p: Buffer): void => {
+      freed.push(p);
+      p.fill(0xee);
+    };
+    const originals = [Buffer.from(compressible), Buffer.from(random), Buffer.from(small)];
+    const { bytes, enc } = await encodeAll(
+      [compressible, random, small].map((payload) => ({ type: RecordType.DATA, device: 0, payload }) as const).concat([{ type: RecordType.STREAM_END } as never]),
+      { devices: devices(1), compression: { pool }, onPayloadFree },
+    );
+    expect(enc.compressedRecords).toBe(1);
+    expect(freed).toEqual([compressible]);
+    const { objects, error } = await decodeChunks([bytes]);
+    expect(error).toBeNull();
+    expect(dataOf(objects).equals(Buffer.concat(originals))).toBe(true);
+    // Moved to a worker (a booted one: while the pool boots, records compress here): detached, not handed back.
+    await pool.warm();
+    const moved: Buffer[] = [];
+    const owned = Buffer.allocUnsafeSlow(compressible.length);
+    originals[0]!.copy(owned);
+    await encodeAll([{ type: RecordType.DATA, device: 0, payload: owned }, { type: RecordType.STREAM_END }], {
+      devices: devices(1),
+      compression: { pool },
+      transferPayloads: true,
+      onPayloadFree: (p) => moved.push(p),
+    });
+    expect(owned.byteLength).toBe(0);
+    expect(moved).toEqual([]);
+  });
+
   it('without checksums the stream says so and the decoder accepts it', async () => {
     const { bytes } = await encodeAll([{ type: RecordType.DATA, device: 0, payload: Buffer.from('abc') }, { type: RecordType.STREAM_END }], { devices: devices(1), checksums: false });
     const { objects, error, dec } = await decodeChunks([bytes]);
