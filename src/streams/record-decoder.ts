@@ -91,9 +91,10 @@ export interface RecordDecoderOptions {
   maxPendingBytes?: number;
   /**
    * Offer read targets to a source piped into the decoder that takes them (src/streams/read-target.ts;
-   * the unix and tcp transports' accepted sockets): the rest of an uncompressed DATA payload that
-   * spans reads is read straight into the buffer it is handed out in, and after a large record the
-   * next header is read alone. Default true.
+   * the unix and tcp transports' accepted sockets): the rest of a DATA payload that spans reads is
+   * read straight into the buffer it is handed out in (a compressed frame into the buffer it is
+   * decompressed from, unless frames go to a `pool`), and after a large record the next header is
+   * read alone. Default true.
    */
   readTargets?: boolean;
 }
@@ -188,8 +189,8 @@ export class RecordDecoder extends Transform {
   /** With `recycle`: released payload buffers by length, reused before any new allocation. */
   #free: Map<number, Buffer[]>;
   /**
-   * The payload of the current uncompressed DATA record, assembled as its bytes arrive once they
-   * span input chunks (a copy was due anyway, or a source read into it); null otherwise. While it is
+   * The payload (or compressed frame) of the current DATA record, assembled as its bytes arrive once
+   * they span input chunks (a copy was due anyway, or a source read into it); null otherwise. While it is
    * set, #buffered counts its #asmFill bytes and #buffers holds only bytes after it.
    */
   #asm: Buffer | null;
@@ -504,22 +505,27 @@ export class RecordDecoder extends Transform {
     return out;
   }
 
-  /** Is the current record's payload assembled in #asm when it spans chunks? */
+  /**
+   * Is the current record's payload assembled in #asm when it spans chunks? A DATA payload, in the
+   * buffer it is handed out in; a compressed frame, in the reused #scratch (it is decompressed
+   * before the next record is parsed), unless frames go to a pool (a worker reads them later).
+   */
   #assembles(): boolean {
     if (this.#state !== S_PAYLOAD) return false;
     const h = this.#record!;
     return (
       h.type === RecordType.DATA &&
-      (h.flags & RecordFlags.COMPRESSED) === 0 &&
+      ((h.flags & RecordFlags.COMPRESSED) === 0 || this.#pool === null) &&
       this.#buffered < h.payloadLength &&
       // Over the queue limit #parse fails the record before anything is allocated for it.
       h.payloadLength + RECORD_HEADER_SIZE <= this.maxQueuedBytes
     );
   }
 
-  /** Move the buffered start of the current payload into its own buffer (the one handed out). */
+  /** Move the buffered start of the current payload into the buffer it is assembled in. */
   #startAsm(): void {
-    const out = this.#payloadBuffer(this.#record!.payloadLength);
+    const h = this.#record!;
+    const out = (h.flags & RecordFlags.COMPRESSED) !== 0 ? this.#takeScratch(h.payloadLength) : this.#payloadBuffer(h.payloadLength);
     let at = 0;
     for (const b of this.#buffers) {
       b.copy(out, at);

@@ -6,6 +6,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import { RecordDecoder } from '../../src/streams/record-decoder.js';
+import { CompressionPool } from '../../src/streams/compression-pool.js';
 import { READ_TARGET, type ReadTargetProvider } from '../../src/streams/read-target.js';
 import { RecordType, RECORD_HEADER_SIZE, type DecodedObject, type RecordInput } from '../../src/streams/wire-format.js';
 import { listenTransport, connectTransport } from '../../src/transport/index.js';
@@ -128,6 +129,33 @@ describe('read targets', () => {
     expect(src.inPlace).toBeGreaterThan(0.8 * large);
     // After each large record the next header was asked for alone.
     expect(src.answers.filter((a) => a === RECORD_HEADER_SIZE).length).toBeGreaterThanOrEqual(6);
+  });
+
+  it('compressed frames are read in place too (into the buffer they are decompressed from), but not when a pool decompresses them', async () => {
+    const payloads = Array.from({ length: 12 }, (_, i) => mixedData(MIB, 30 + i));
+    const { bytes, enc } = await encodeAll(
+      [...payloads.map((payload) => ({ type: RecordType.DATA, device: 0, payload }) as const), { type: RecordType.DEVICE_END, device: 0 }, { type: RecordType.STREAM_END }],
+      { devices: devices(1), digest: 'crc32', compression: { level: 1, inlineWhileBooting: true } },
+    );
+    expect(enc.compressedRecords).toBe(payloads.length);
+    const r = prng(3);
+    const src = new ScriptedSource(bytes, () => 1 + (r() % (128 * KIB)));
+    const out = await decodeFrom(src);
+    expect(out.error).toBeNull();
+    expectSame(out.data, payloads);
+    // All but the first frame's start (it came with the stream header).
+    expect(src.inPlace).toBeGreaterThan(0.9 * (bytes.length - 64 * KIB - 128 * KIB));
+    const pool = new CompressionPool({ size: 1 });
+    try {
+      const r2 = prng(3);
+      const pooled = new ScriptedSource(bytes, () => 1 + (r2() % (128 * KIB)));
+      const out2 = await decodeFrom(pooled, { pool, poolMinBytes: 1 });
+      expect(out2.error).toBeNull();
+      expectSame(out2.data, payloads);
+      expect(pooled.inPlace).toBe(0);
+    } finally {
+      await pool.close();
+    }
   });
 
   it('gives no target while bytes are on their way to the decoder, and a source that ignores targets still decodes', async () => {
