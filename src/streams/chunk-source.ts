@@ -14,12 +14,17 @@
  * of the current chunk (no copy) and a partial chunk is pushed as a view of its filled part while
  * later reads fill the part behind it. On the pull path a buffer is reused only when its bytes
  * were copied out (a short read).
+ *
+ * Read targets (read-target.ts): on the epoll path the stream offers them to a consumer piped from
+ * it (a RecordDecoder): while nothing read is waiting to be pushed, each read asks the consumer
+ * where its bytes belong, and a read into the consumer's buffer is pushed at once as a view of it.
  */
 import { Readable } from 'node:stream';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { migError, ErrorCodes, isErrno, MigError } from '../fsm/errors.js';
 import { Backoff, ioError, type BackoffOptions } from './retry.js';
+import { READ_TARGET, type ReadTargetProvider } from './read-target.js';
 
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 /** Free space below which a chunk is retired on the epoll path: one read of a default 64 KiB pipe. */
@@ -122,6 +127,9 @@ export abstract class ChunkSource extends Readable {
   /** holdReads() waiting for the pull loop to stop, and its resolver. */
   #holding: Promise<void> | null;
   #onHeld: (() => void) | null;
+  /** Epoll path: the consumer's read-target provider (READ_TARGET), and the buffer the current read goes into. */
+  #targetProvider: ReadTargetProvider | null = null;
+  #target: Buffer | null = null;
 
   constructor(opts: ChunkSourceOptions = {}) {
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
@@ -196,6 +204,9 @@ export abstract class ChunkSource extends Readable {
     } as net.SocketConstructorOpts);
     this.#socket = sock;
     this.#state = SOCKET_PAUSED;
+    (this as unknown as { [READ_TARGET]: (p: ReadTargetProvider | null) => void })[READ_TARGET] = (p) => {
+      this.#targetProvider = p;
+    };
     sock.on('end', () => this.#onSocketEof());
     sock.on('error', (err) => this.destroy(this.mapSocketError(err)));
   }
@@ -375,6 +386,17 @@ export abstract class ChunkSource extends Readable {
    * is retired (its bytes were pushed) and a new one started.
    */
   #nextReadBuffer(): Buffer {
+    // A consumer's answer is only good when everything read has been pushed (bytesRead counts it).
+    let limit = 0;
+    this.#target = null;
+    if (this.#targetProvider !== null && this.#fill === this.#start && !this.destroyed) {
+      const want = this.#targetProvider(this.bytesRead);
+      if (want !== null && typeof want !== 'number' && want.length > 0) {
+        this.#target = want;
+        return want;
+      }
+      if (typeof want === 'number' && want > 0) limit = want;
+    }
     let chunk = this.#chunk;
     if (chunk === null || chunk.length - this.#fill < this.#minReadSpace) {
       if (chunk !== null) this.#retire(chunk);
@@ -383,16 +405,33 @@ export abstract class ChunkSource extends Readable {
       this.#start = 0;
       this.#fill = 0;
     }
-    return chunk.subarray(this.#fill);
+    return limit > 0 ? chunk.subarray(this.#fill, this.#fill + limit) : chunk.subarray(this.#fill);
   }
 
   #onSocketRead(n: number, _buf: Buffer): boolean {
     if (this.destroyed) return false;
+    const target = this.#target;
+    if (target !== null) {
+      // Read into the consumer's own buffer: pushed at once, never lent or recycled here.
+      this.#target = null;
+      const view = target.subarray(0, n);
+      const now = performance.now();
+      this.#deliver(view, now - this.#lastDelivery);
+      this.#lastDelivery = now;
+      let more = this.push(view);
+      if (this.#held) {
+        this.#wanted = true;
+        more = false;
+      }
+      if (!more) this.#state = SOCKET_PAUSED;
+      return more;
+    }
     // The bytes are chunk[fill, fill + n): libuv read into the view #nextReadBuffer returned.
     this.#fill += n;
     let more = true;
-    if (this.#chunk!.length - this.#fill < this.#minReadSpace) {
-      // Fast path: a full chunk goes downstream whole; the next read starts a new chunk.
+    if (this.#chunk!.length - this.#fill < this.#minReadSpace || this.#targetProvider !== null) {
+      // Fast path: a full chunk goes downstream whole; the next read starts a new chunk. With a
+      // consumer taking read targets every read goes at once, so that the next read can ask it.
       more = this.#flushChunk();
     } else if (!this.#flushScheduled) {
       // Push the partial chunk once libuv has drained what is readable now (the check phase runs

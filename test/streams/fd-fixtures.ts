@@ -204,6 +204,7 @@ const CHILD_MODULES = [
   'fsm/states.ts',
   'streams/retry.ts',
   'streams/fd-kind.ts',
+  'streams/read-target.ts',
   'streams/chunk-source.ts',
   'streams/chunk-sink.ts',
   'streams/fd-source.ts',
