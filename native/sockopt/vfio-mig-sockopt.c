@@ -1,17 +1,22 @@
-// vfio-mig-sockopt: a Node-API addon with the socket options Node does not expose.
+// vfio-mig-sockopt: a Node-API addon with the fd options Node does not expose.
 //
 // sndbuf(fd, bytes): set SO_SNDBUF of the socket `fd` when bytes > 0, then return the size the
 // kernel uses (getsockopt: twice what it accepted, capped by net.core.wmem_max), or -errno.
+// pipesz(fd, bytes): set the capacity of the pipe or FIFO `fd` (F_SETPIPE_SZ) when bytes > 0,
+// then return it (F_GETPIPE_SZ: rounded up to a power-of-two number of pages), or -errno.
 //
 // Why: on a unix stream socket the sender's SO_SNDBUF is the whole window between two processes.
 // At the default 208 KiB a 1 GiB device stream crosses in ~5000 windows, each a wake-up of the
-// other side; docs/PERFORMANCE.md has the measurements.
+// other side; docs/PERFORMANCE.md has the measurements. A pipe's capacity (64 KiB by default) is
+// the same window for pipes and FIFOs.
 //
 // Node-API is a stable C ABI resolved from the node binary when the addon is loaded, so the few
 // declarations it needs are written out here and the build needs only a C compiler (no node
 // headers, no node-gyp). Built by scripts/build-native.mjs; optional: without it the sockets keep
-// the kernel's default buffers (src/transport/sockopt.ts).
+// the kernel's default buffers (src/streams/fd-tuning.ts).
+#define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -54,6 +59,20 @@ static napi_value sndbuf(napi_env env, napi_callback_info info) {
   return int_result(env, got);
 }
 
+static napi_value pipesz(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd, bytes;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != 0 || argc < 2 ||
+      napi_get_value_int32(env, argv[0], &fd) != 0 || napi_get_value_int32(env, argv[1], &bytes) != 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "pipesz(fd, bytes) takes two integers");
+    return NULL;
+  }
+  if (bytes > 0 && fcntl(fd, F_SETPIPE_SZ, bytes) < 0) return int_result(env, -errno);
+  int got = fcntl(fd, F_GETPIPE_SZ);
+  return int_result(env, got < 0 ? -errno : got);
+}
+
 __attribute__((visibility("default"))) int32_t node_api_module_get_api_version_v1(void) {
   return 8;
 }
@@ -62,5 +81,7 @@ __attribute__((visibility("default"))) napi_value napi_register_module_v1(napi_e
   napi_value fn = NULL;
   if (napi_create_function(env, "sndbuf", (size_t)-1, sndbuf, NULL, &fn) != 0) return NULL;
   if (napi_set_named_property(env, exports, "sndbuf", fn) != 0) return NULL;
+  if (napi_create_function(env, "pipesz", (size_t)-1, pipesz, NULL, &fn) != 0) return NULL;
+  if (napi_set_named_property(env, exports, "pipesz", fn) != 0) return NULL;
   return exports;
 }

@@ -12,7 +12,7 @@ import { abortError, connectError, usageError, withTypedErrors } from './errors.
 import { QueueListener } from './listener.js';
 import { formatHostPort, parseHostPort, parseTransportUrl } from './url.js';
 import { READ_TARGET, type ReadTargetHook, type ReadTargetProvider } from '../streams/read-target.js';
-import { sendBufferSize } from './sockopt.js';
+import { sendBufferSize } from '../streams/fd-tuning.js';
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
@@ -214,7 +214,7 @@ export const unixTransport: TransportPlugin = {
 
 /**
  * The send buffer a unix connection asks for (TransportOptions.sendBufferBytes): the window between
- * the two processes, see src/transport/sockopt.ts. The kernel doubles it. 1 GiB e2e pairs, three
+ * the two processes, see src/streams/fd-tuning.ts. The kernel doubles it. 1 GiB e2e pairs, three
  * rounds: 642-768 MB/s with the default 208 KiB, 776-910 asking 1 MiB, 832-961 asking 2 MiB,
  * 887-1120 asking 4 MiB.
  */

@@ -31,7 +31,7 @@ export interface TransportOptions {
   servername?: string;
   /**
    * unix: the send buffer (SO_SNDBUF) to ask for on both ends of a connection, in bytes; 0 keeps
-   * the kernel's default. Needs the native addon (src/transport/sockopt.ts) and is capped by
+   * the kernel's default. Needs the native addon (src/streams/fd-tuning.ts) and is capped by
    * net.core.wmem_max; the kernel doubles it. Default 4 MiB.
    */
   sendBufferBytes?: number;

@@ -205,6 +205,7 @@ const CHILD_MODULES = [
   'streams/retry.ts',
   'streams/fd-kind.ts',
   'streams/read-target.ts',
+  'streams/fd-tuning.ts',
   'streams/chunk-source.ts',
   'streams/chunk-sink.ts',
   'streams/fd-source.ts',

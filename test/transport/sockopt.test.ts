@@ -1,4 +1,4 @@
-// The unix transport asks for a larger send buffer through the native addon (src/transport/sockopt.ts).
+// The unix transport asks for a larger send buffer through the native addon (src/streams/fd-tuning.ts).
 // Real sockets; the expected sizes come from this machine's sysctls, as the kernel applies them.
 import { describe, it, expect } from 'vitest';
 import net from 'node:net';
@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { connectTransport, listenTransport } from '../../src/transport/index.js';
-import { sendBufferSize, sockoptAddon } from '../../src/transport/sockopt.js';
+import { sendBufferSize, fdTuningAddon as sockoptAddon } from '../../src/streams/fd-tuning.js';
 import { exchange, tempDir, MIB } from './helpers.js';
 
 const sysctl = (name: string): number => Number(readFileSync(`/proc/sys/net/core/${name}`, 'utf8').trim());
