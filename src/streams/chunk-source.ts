@@ -87,6 +87,9 @@ const SOCKET_READING = 2;
 const SOCKET_PAUSED = 3;
 const DONE = 4;
 
+/** The first read on the epoll path (see #firstRead). */
+const FIRST_READ_BYTES = 64 * 1024;
+
 export abstract class ChunkSource extends Readable {
   /** Bytes delivered downstream so far. */
   bytesRead: number;
@@ -130,6 +133,11 @@ export abstract class ChunkSource extends Readable {
   /** Epoll path: the consumer's read-target provider (READ_TARGET), and the buffer the current read goes into. */
   #targetProvider: ReadTargetProvider | null = null;
   #target: Buffer | null = null;
+  /**
+   * Node asks for the first read's buffer when the socket is made, before any consumer could say
+   * where its bytes belong: that read is kept to a default pipe read (64 KiB), not a whole chunk.
+   */
+  #firstRead = true;
 
   constructor(opts: ChunkSourceOptions = {}) {
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
@@ -404,6 +412,10 @@ export abstract class ChunkSource extends Readable {
       this.#chunk = chunk;
       this.#start = 0;
       this.#fill = 0;
+    }
+    if (this.#firstRead) {
+      this.#firstRead = false;
+      if (limit === 0) limit = FIRST_READ_BYTES;
     }
     return limit > 0 ? chunk.subarray(this.#fill, this.#fill + limit) : chunk.subarray(this.#fill);
   }

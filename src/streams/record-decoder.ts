@@ -554,7 +554,11 @@ export class RecordDecoder extends Transform {
       const asm = this.#asm!;
       return asm.subarray(this.#asmFill);
     }
-    if (this.#state === S_HEADER && this.#buffered === 0 && this.#lastPayload >= HEADER_ALONE_AFTER) return RECORD_HEADER_SIZE;
+    // The stream header and the first record header are read alone too: a source's first read takes
+    // whatever it holds (a whole 1 MiB pipe), and the first payload would land in its memory.
+    if (this.#state === S_PREAMBLE) return STREAM_HEADER_SIZE - this.#buffered;
+    if (this.#state === S_PREAMBLE_BODY) return this.#fixed!.bodyLength - this.#buffered || null;
+    if (this.#state === S_HEADER && this.#buffered === 0 && (this.#lastPayload >= HEADER_ALONE_AFTER || this.records === 0)) return RECORD_HEADER_SIZE;
     return null;
   }
 

@@ -50,6 +50,9 @@ export function withChunkReads(socket: net.Socket): net.Socket {
   let pushed = 0;
   /** The consumer's buffer the current read goes into, if it gave one. */
   let target: Buffer | null = null;
+  // Node asks for the first buffer when the socket is made, before a consumer can be piped: that
+  // read is kept to MIN_READ_SPACE, so that not a whole chunk of payload lands in it.
+  let first = true;
   const buffer = (): Buffer => {
     const want = provider === null ? null : provider(pushed);
     if (want !== null && typeof want !== 'number' && want.length > 0) {
@@ -61,7 +64,9 @@ export function withChunkReads(socket: net.Socket): net.Socket {
       chunk = Buffer.allocUnsafeSlow(READ_CHUNK);
       fill = 0;
     }
-    return typeof want === 'number' && want > 0 ? chunk.subarray(fill, fill + want) : chunk.subarray(fill);
+    const limit = typeof want === 'number' && want > 0 ? want : first ? MIN_READ_SPACE : 0;
+    first = false;
+    return limit > 0 ? chunk.subarray(fill, fill + limit) : chunk.subarray(fill);
   };
   const callback = (n: number): boolean => {
     let view: Buffer;
