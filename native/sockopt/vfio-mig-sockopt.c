@@ -40,15 +40,21 @@ static napi_value int_result(napi_env env, int32_t v) {
   return out;
 }
 
-static napi_value sndbuf(napi_env env, napi_callback_info info) {
+/** Both functions take (fd, bytes): read them, or throw a TypeError naming `usage` and return -1. */
+static int fd_and_bytes(napi_env env, napi_callback_info info, const char *usage, int32_t *fd, int32_t *bytes) {
   size_t argc = 2;
   napi_value argv[2];
-  int32_t fd, bytes;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != 0 || argc < 2 ||
-      napi_get_value_int32(env, argv[0], &fd) != 0 || napi_get_value_int32(env, argv[1], &bytes) != 0) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "sndbuf(fd, bytes) takes two integers");
-    return NULL;
+      napi_get_value_int32(env, argv[0], fd) != 0 || napi_get_value_int32(env, argv[1], bytes) != 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", usage);
+    return -1;
   }
+  return 0;
+}
+
+static napi_value sndbuf(napi_env env, napi_callback_info info) {
+  int32_t fd, bytes;
+  if (fd_and_bytes(env, info, "sndbuf(fd, bytes) takes two integers", &fd, &bytes) != 0) return NULL;
   if (bytes > 0) {
     int v = bytes;
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v) != 0) return int_result(env, -errno);
@@ -60,14 +66,8 @@ static napi_value sndbuf(napi_env env, napi_callback_info info) {
 }
 
 static napi_value pipesz(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
   int32_t fd, bytes;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != 0 || argc < 2 ||
-      napi_get_value_int32(env, argv[0], &fd) != 0 || napi_get_value_int32(env, argv[1], &bytes) != 0) {
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "pipesz(fd, bytes) takes two integers");
-    return NULL;
-  }
+  if (fd_and_bytes(env, info, "pipesz(fd, bytes) takes two integers", &fd, &bytes) != 0) return NULL;
   if (bytes > 0 && fcntl(fd, F_SETPIPE_SZ, bytes) < 0) return int_result(env, -errno);
   int got = fcntl(fd, F_GETPIPE_SZ);
   return int_result(env, got < 0 ? -errno : got);
