@@ -24,7 +24,7 @@ import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { migError, ErrorCodes, isErrno, MigError } from '../fsm/errors.js';
 import { Backoff, ioError, type BackoffOptions } from './retry.js';
-import { READ_TARGET, type ReadTargetProvider } from './read-target.js';
+import { READ_TARGET, ReadTargets, type ReadTargetHook } from './read-target.js';
 
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 /** Free space below which a chunk is retired on the epoll path: one read of a default 64 KiB pipe. */
@@ -87,9 +87,6 @@ const SOCKET_READING = 2;
 const SOCKET_PAUSED = 3;
 const DONE = 4;
 
-/** The first read on the epoll path (see #firstRead). */
-const FIRST_READ_BYTES = 64 * 1024;
-
 export abstract class ChunkSource extends Readable {
   /** Bytes delivered downstream so far. */
   bytesRead: number;
@@ -130,14 +127,8 @@ export abstract class ChunkSource extends Readable {
   /** holdReads() waiting for the pull loop to stop, and its resolver. */
   #holding: Promise<void> | null;
   #onHeld: (() => void) | null;
-  /** Epoll path: the consumer's read-target provider (READ_TARGET), and the buffer the current read goes into. */
-  #targetProvider: ReadTargetProvider | null = null;
-  #target: Buffer | null = null;
-  /**
-   * Node asks for the first read's buffer when the socket is made, before any consumer could say
-   * where its bytes belong: that read is kept to a default pipe read (64 KiB), not a whole chunk.
-   */
-  #firstRead = true;
+  /** Epoll path: read targets offered to a consumer (READ_TARGET). */
+  readonly #targets = new ReadTargets();
 
   constructor(opts: ChunkSourceOptions = {}) {
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
@@ -212,9 +203,7 @@ export abstract class ChunkSource extends Readable {
     } as net.SocketConstructorOpts);
     this.#socket = sock;
     this.#state = SOCKET_PAUSED;
-    (this as unknown as { [READ_TARGET]: (p: ReadTargetProvider | null) => void })[READ_TARGET] = (p) => {
-      this.#targetProvider = p;
-    };
+    (this as unknown as { [READ_TARGET]: ReadTargetHook })[READ_TARGET] = this.#targets.hook;
     sock.on('end', () => this.#onSocketEof());
     sock.on('error', (err) => this.destroy(this.mapSocketError(err)));
   }
@@ -395,16 +384,8 @@ export abstract class ChunkSource extends Readable {
    */
   #nextReadBuffer(): Buffer {
     // A consumer's answer is only good when everything read has been pushed (bytesRead counts it).
-    let limit = 0;
-    this.#target = null;
-    if (this.#targetProvider !== null && this.#fill === this.#start && !this.destroyed) {
-      const want = this.#targetProvider(this.bytesRead);
-      if (want !== null && typeof want !== 'number' && want.length > 0) {
-        this.#target = want;
-        return want;
-      }
-      if (typeof want === 'number' && want > 0) limit = want;
-    }
+    const limit = this.#targets.ask(this.bytesRead, this.#fill === this.#start && !this.destroyed);
+    if (typeof limit !== 'number') return limit;
     let chunk = this.#chunk;
     if (chunk === null || chunk.length - this.#fill < this.#minReadSpace) {
       if (chunk !== null) this.#retire(chunk);
@@ -413,20 +394,14 @@ export abstract class ChunkSource extends Readable {
       this.#start = 0;
       this.#fill = 0;
     }
-    if (this.#firstRead) {
-      this.#firstRead = false;
-      if (limit === 0) limit = FIRST_READ_BYTES;
-    }
     return limit > 0 ? chunk.subarray(this.#fill, this.#fill + limit) : chunk.subarray(this.#fill);
   }
 
   #onSocketRead(n: number, _buf: Buffer): boolean {
     if (this.destroyed) return false;
-    const target = this.#target;
-    if (target !== null) {
+    const view = this.#targets.took(n);
+    if (view !== null) {
       // Read into the consumer's own buffer: pushed at once, never lent or recycled here.
-      this.#target = null;
-      const view = target.subarray(0, n);
       const now = performance.now();
       this.#deliver(view, now - this.#lastDelivery);
       this.#lastDelivery = now;
@@ -441,7 +416,7 @@ export abstract class ChunkSource extends Readable {
     // The bytes are chunk[fill, fill + n): libuv read into the view #nextReadBuffer returned.
     this.#fill += n;
     let more = true;
-    if (this.#chunk!.length - this.#fill < this.#minReadSpace || this.#targetProvider !== null) {
+    if (this.#chunk!.length - this.#fill < this.#minReadSpace || this.#targets.active) {
       // Fast path: a full chunk goes downstream whole; the next read starts a new chunk. With a
       // consumer taking read targets every read goes at once, so that the next read can ask it.
       more = this.#flushChunk();

@@ -32,3 +32,60 @@ export function readTargetHook(source: unknown): ReadTargetHook | null {
   const hook = (source as { [READ_TARGET]?: unknown } | null)?.[READ_TARGET];
   return typeof hook === 'function' ? (hook as ReadTargetHook).bind(source) : null;
 }
+
+/** A source's first read, asked for before any consumer could be piped, is kept to this much. */
+export const FIRST_READ_BYTES = 64 * 1024;
+
+/**
+ * The source side, for a source that reads through an `onread` buffer function (an accepted socket,
+ * ChunkSource's epoll path): it carries `hook` under READ_TARGET, calls `ask()` for each read's
+ * buffer and `took()` in the read's callback. Node asks for the first buffer when the socket is
+ * made, before a consumer can be piped, so that read is kept to FIRST_READ_BYTES: a whole chunk of
+ * payload would otherwise land in the source's memory.
+ */
+export class ReadTargets {
+  #provider: ReadTargetProvider | null = null;
+  #target: Buffer | null = null;
+  #first = true;
+
+  /** What the source carries under READ_TARGET. */
+  readonly hook: ReadTargetHook = (provider) => {
+    this.#provider = provider;
+  };
+
+  /** A consumer is registered (the source should push each read at once, so the next can ask). */
+  get active(): boolean {
+    return this.#provider !== null;
+  }
+
+  /**
+   * Before a read: the consumer's buffer to read into, or the most bytes to read into the source's
+   * own memory (0: no limit). `settled`: everything read so far has been pushed (`pushed` counts it);
+   * otherwise the consumer is not asked, as its answer would not see those bytes.
+   */
+  ask(pushed: number, settled: boolean): Buffer | number {
+    this.#target = null;
+    let limit = 0;
+    if (this.#provider !== null && settled) {
+      const want = this.#provider(pushed);
+      if (want !== null && typeof want !== 'number' && want.length > 0) {
+        this.#target = want;
+        return want;
+      }
+      if (typeof want === 'number' && want > 0) limit = want;
+    }
+    if (this.#first) {
+      this.#first = false;
+      if (limit === 0) limit = FIRST_READ_BYTES;
+    }
+    return limit;
+  }
+
+  /** In the read's callback: the view of the consumer's buffer it read `n` bytes into, or null (the source's own memory). */
+  took(n: number): Buffer | null {
+    const t = this.#target;
+    if (t === null) return null;
+    this.#target = null;
+    return t.subarray(0, n);
+  }
+}

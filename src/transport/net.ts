@@ -11,7 +11,7 @@ import type { TransportListener, TransportOptions, TransportPlugin } from './typ
 import { abortError, connectError, usageError, withTypedErrors } from './errors.js';
 import { QueueListener } from './listener.js';
 import { formatHostPort, parseHostPort, parseTransportUrl } from './url.js';
-import { READ_TARGET, type ReadTargetHook, type ReadTargetProvider } from '../streams/read-target.js';
+import { READ_TARGET, ReadTargets, type ReadTargetHook } from '../streams/read-target.js';
 import { sendBufferSize } from '../streams/fd-tuning.js';
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
@@ -45,35 +45,21 @@ export function withChunkReads(socket: net.Socket): net.Socket {
   let chunk: Buffer | null = null;
   let fill = 0;
   let out: net.Socket | null = null;
-  let provider: ReadTargetProvider | null = null;
+  const targets = new ReadTargets();
   /** Bytes pushed so far (what a provider compares with what reached it). */
   let pushed = 0;
-  /** The consumer's buffer the current read goes into, if it gave one. */
-  let target: Buffer | null = null;
-  // Node asks for the first buffer when the socket is made, before a consumer can be piped: that
-  // read is kept to MIN_READ_SPACE, so that not a whole chunk of payload lands in it.
-  let first = true;
   const buffer = (): Buffer => {
-    const want = provider === null ? null : provider(pushed);
-    if (want !== null && typeof want !== 'number' && want.length > 0) {
-      target = want;
-      return want;
-    }
-    target = null;
+    const t = targets.ask(pushed, true);
+    if (typeof t !== 'number') return t;
     if (chunk === null || chunk.length - fill < MIN_READ_SPACE) {
       chunk = Buffer.allocUnsafeSlow(READ_CHUNK);
       fill = 0;
     }
-    const limit = typeof want === 'number' && want > 0 ? want : first ? MIN_READ_SPACE : 0;
-    first = false;
-    return limit > 0 ? chunk.subarray(fill, fill + limit) : chunk.subarray(fill);
+    return t > 0 ? chunk.subarray(fill, fill + t) : chunk.subarray(fill);
   };
   const callback = (n: number): boolean => {
-    let view: Buffer;
-    if (target !== null) {
-      view = target.subarray(0, n);
-      target = null;
-    } else {
+    let view = targets.took(n);
+    if (view === null) {
       view = (chunk as Buffer).subarray(fill, fill + n);
       fill += n;
     }
@@ -85,9 +71,7 @@ export function withChunkReads(socket: net.Socket): net.Socket {
   owner._handle = null;
   out = new net.Socket({ handle, allowHalfOpen: true, readable: true, writable: true, onread: { buffer, callback } } as net.SocketConstructorOpts);
   socket.destroy();
-  (out as unknown as { [READ_TARGET]: ReadTargetHook })[READ_TARGET] = (p) => {
-    provider = p;
-  };
+  (out as unknown as { [READ_TARGET]: ReadTargetHook })[READ_TARGET] = targets.hook;
   return out;
 }
 

@@ -11,7 +11,7 @@ import { createFdSource } from '../../src/streams/fd-source.js';
 import { mkfifo, openFifoReader, tempDir as fdTempDir } from './fd-fixtures.js';
 import { RecordDecoder } from '../../src/streams/record-decoder.js';
 import { CompressionPool } from '../../src/streams/compression-pool.js';
-import { READ_TARGET, type ReadTargetProvider } from '../../src/streams/read-target.js';
+import { FIRST_READ_BYTES, READ_TARGET, ReadTargets, type ReadTargetProvider } from '../../src/streams/read-target.js';
 import { RecordType, RECORD_HEADER_SIZE, type DecodedObject, type RecordInput } from '../../src/streams/wire-format.js';
 import { listenTransport, connectTransport } from '../../src/transport/index.js';
 import { ErrorCodes } from '../../src/fsm/errors.js';
@@ -196,6 +196,28 @@ describe('read targets', () => {
     expect(out.error).toMatchObject({ code: ErrorCodes.CORRUPT });
     expect(out.data).toHaveLength(0);
     expect(src.inPlace).toBeGreaterThan(MIB / 2);
+  });
+
+  it('ReadTargets (the source side): the first read is limited, an unsettled source does not ask, a target binds one read', () => {
+    const t = new ReadTargets();
+    expect(t.active).toBe(false);
+    expect(t.ask(0, true)).toBe(FIRST_READ_BYTES); // no consumer yet: the first read only is limited
+    expect(t.ask(0, true)).toBe(0);
+    const into = Buffer.alloc(100);
+    const asked: number[] = [];
+    t.hook((pushed) => (asked.push(pushed), pushed === 7 ? into : 32));
+    expect(t.active).toBe(true);
+    expect(t.ask(5, false)).toBe(0); // bytes not pushed yet: the consumer is not asked
+    expect(asked).toEqual([]);
+    expect(t.ask(5, true)).toBe(32);
+    expect(t.took(10)).toBeNull(); // that read went to the source's memory
+    expect(t.ask(7, true)).toBe(into);
+    const view = t.took(40)!;
+    expect(view.buffer).toBe(into.buffer);
+    expect(view.length).toBe(40);
+    expect(t.took(1)).toBeNull(); // one read only
+    t.hook(null);
+    expect(t.active).toBe(false);
   });
 
   it('readTargets: false registers nothing', async () => {
