@@ -16,19 +16,13 @@ import fs from 'node:fs';
 import { migError, ErrorCodes } from '../fsm/errors.js';
 import { ChunkSink, type ChunkSinkOptions } from './chunk-sink.js';
 import { fdKind, isEpollKind, reopenFifo, type FdKind } from './fd-kind.js';
-import { pipeCapacity, PIPE_CAPACITY } from './fd-tuning.js';
+import { tunePipe, type PipeCapacityOption } from './fd-tuning.js';
 
-export interface FdSinkOptions extends ChunkSinkOptions {
+export interface FdSinkOptions extends ChunkSinkOptions, PipeCapacityOption {
   /** Close the fd when the stream closes (default true). Never closes fds 0-2. */
   autoClose?: boolean;
   /** 'auto' (default) picks by fd kind; 'fs' forces the threadpool fs path (e.g. a blocking fd another API must keep using blocking). */
   io?: 'auto' | 'fs';
-  /**
-   * Pipes and FIFOs: the capacity to ask for (F_SETPIPE_SZ, through the optional native addon;
-   * src/streams/fd-tuning.ts). The pipe's own, so its other end gets it too. 0 keeps the kernel's
-   * (64 KiB). Default 1 MiB, fs.pipe-max-size for an unprivileged process.
-   */
-  pipeCapacity?: number;
 }
 
 /** `fs.write` at the current file position (`position: null`), as a promise of bytes accepted. */
@@ -47,12 +41,8 @@ export class FdSink extends ChunkSink {
   constructor(fd: number, opts: FdSinkOptions = {}) {
     if (!Number.isInteger(fd) || fd < 0) throw migError(ErrorCodes.USAGE, `invalid fd ${String(fd)}`);
     const kind = fdKind(fd);
-    const capacity = opts.pipeCapacity ?? PIPE_CAPACITY;
-    if (!Number.isInteger(capacity) || capacity < 0) throw migError(ErrorCodes.USAGE, `pipeCapacity must be a byte count, got ${String(capacity)}`);
+    tunePipe(fd, kind, opts);
     super(opts);
-    // 64 KiB is the window between this process and the pipe's other end: each time it fills, one
-    // of them waits for the other to be woken (docs/PERFORMANCE.md, zstd-*). Best effort.
-    if (kind === 'fifo' && capacity > 0) pipeCapacity(fd, capacity);
     const autoClose = opts.autoClose ?? true;
     this.fd = fd;
     this.kind = kind;

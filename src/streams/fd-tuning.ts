@@ -19,6 +19,8 @@
  */
 import { createRequire } from 'node:module';
 import type net from 'node:net';
+import { migError, ErrorCodes } from '../fsm/errors.js';
+import type { FdKind } from './fd-kind.js';
 
 interface FdAddon {
   sndbuf(fd: number, bytes: number): number;
@@ -74,4 +76,25 @@ export function pipeCapacity(fd: number, bytes = 0): number | null {
   if (a === null || !Number.isInteger(fd) || fd < 0 || !validBytes(bytes)) return null;
   const r = a.pipesz(fd, bytes);
   return r < 0 ? null : r;
+}
+
+/** The fd streams' `pipeCapacity` option, documented once. */
+export interface PipeCapacityOption {
+  /**
+   * Pipes and FIFOs: the capacity to ask for (F_SETPIPE_SZ, through the optional native addon). The
+   * pipe's own, so its other end gets it too. 0 keeps the kernel's (64 KiB). Default 1 MiB,
+   * fs.pipe-max-size for an unprivileged process.
+   */
+  pipeCapacity?: number;
+}
+
+/**
+ * What the fd streams do with their `pipeCapacity` option before they start: ask for it when `fd` is
+ * a pipe or FIFO (best effort: 64 KiB is the window between this process and the other end, and
+ * each time it fills one of them waits for the other to be woken). A bad value is USAGE.
+ */
+export function tunePipe(fd: number, kind: FdKind, opts: PipeCapacityOption): void {
+  const capacity = opts.pipeCapacity ?? PIPE_CAPACITY;
+  if (!Number.isInteger(capacity) || capacity < 0) throw migError(ErrorCodes.USAGE, `pipeCapacity must be a byte count, got ${String(capacity)}`);
+  if (kind === 'fifo' && capacity > 0) pipeCapacity(fd, capacity);
 }

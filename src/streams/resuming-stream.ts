@@ -15,10 +15,11 @@ import { migError, isErrno, type MigError } from '../fsm/errors.js';
 import type { ResumingSession } from '../fsm/types.js';
 import { ChunkSink, type ChunkSinkOptions } from './chunk-sink.js';
 import { fdKind, isEpollKind, reopenFifo } from './fd-kind.js';
+import { tunePipe, type PipeCapacityOption } from './fd-tuning.js';
 import { fdWrite } from './fd-sink.js';
 import { ioError } from './retry.js';
 
-export interface ResumingStreamOptions extends ChunkSinkOptions {
+export interface ResumingStreamOptions extends ChunkSinkOptions, PipeCapacityOption {
   /** Close the session (session.close()) when this stream closes (default false: the caller owns it). */
   autoClose?: boolean;
   /**
@@ -47,6 +48,8 @@ export class ResumingStream extends ChunkSink {
       return;
     }
     const kind = fdKind(fd);
+    // A device's data fd that is a pipe or FIFO (a device host's) gets the larger window too.
+    tunePipe(fd, kind, opts);
     // The fd is the session's: libuv gets a private reopen of a pipe/FIFO, never the fd itself.
     const own = isEpollKind(kind) && kind === 'fifo' ? reopenFifo(fd, 'w') : null;
     if (own !== null) {

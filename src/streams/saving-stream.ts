@@ -22,13 +22,14 @@ import { migError, isErrno, type MigError } from '../fsm/errors.js';
 import type { PrecopyInfo, SavingSession } from '../fsm/types.js';
 import { ChunkSource, type ChunkSourceOptions, type PullVerdict } from './chunk-source.js';
 import { fdKind, isEpollKind, reopenFifo } from './fd-kind.js';
+import { tunePipe, type PipeCapacityOption } from './fd-tuning.js';
 import { fdRead } from './fd-source.js';
 import { ioError } from './retry.js';
 
 /** First idle-probe period on the epoll path. */
 const PROBE_MIN_MS = 10;
 
-export interface SavingStreamOptions extends ChunkSourceOptions {
+export interface SavingStreamOptions extends ChunkSourceOptions, PipeCapacityOption {
   /** Close the session (session.close()) when this stream closes (default false: the caller owns it). */
   autoClose?: boolean;
 }
@@ -74,6 +75,8 @@ export class SavingStream extends ChunkSource {
       return;
     }
     const kind = fdKind(fd);
+    // A device's data fd that is a pipe or FIFO (a device host's) gets the larger window too.
+    tunePipe(fd, kind, opts);
     // The fd belongs to the session, so libuv must not get it (it would close it and set
     // O_NONBLOCK on the session's description): a pipe/FIFO is reopened privately for epoll.
     const own = isEpollKind(kind) && kind === 'fifo' ? reopenFifo(fd, 'r') : null;

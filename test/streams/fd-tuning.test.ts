@@ -5,6 +5,9 @@ import fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { createFdSource } from '../../src/streams/fd-source.js';
 import { createFdSink } from '../../src/streams/fd-sink.js';
+import { createSavingStream } from '../../src/streams/saving-stream.js';
+import { createResumingStream } from '../../src/streams/resuming-stream.js';
+import type { ResumingSession, SavingSession } from '../../src/fsm/types.js';
 import { fdTuningAddon, pipeCapacity, PIPE_CAPACITY } from '../../src/streams/fd-tuning.js';
 import { mkfifo, openFifoReader, tempDir } from './fd-fixtures.js';
 
@@ -38,6 +41,20 @@ describe('pipe capacities', () => {
     expect(pipeCapacity(b.r)).toBe(want);
     sink.destroy();
     fs.closeSync(b.r);
+  });
+
+  it('a saving or resuming stream over a device data fd that is a FIFO (a device host\'s) asks for it too', () => {
+    const want = fdTuningAddon() === null ? null : Math.min(PIPE_CAPACITY, maxSize) >= PIPE_CAPACITY ? PIPE_CAPACITY : 65536;
+    const base = { id: 1, disabled: false, close: async () => {}, precopyInfo: async () => ({ initialBytes: 0, dirtyBytes: 0 }) };
+    const a = fifoPair('saving');
+    const saving = createSavingStream({ ...base, direction: 'saving', fd: a.r, read: async () => 0 } as unknown as SavingSession);
+    expect(pipeCapacity(a.w)).toBe(want);
+    saving.destroy();
+    const b = fifoPair('resuming');
+    const resuming = createResumingStream({ ...base, direction: 'resuming', fd: b.w, write: async (buf: Buffer) => buf.length } as unknown as ResumingSession);
+    expect(pipeCapacity(b.r)).toBe(want);
+    resuming.destroy();
+    for (const fd of [a.r, a.w, b.r, b.w]) fs.closeSync(fd);
   });
 
   it('pipeCapacity: 0 keeps the kernel default; a bad value is a usage error; a file is left alone', () => {
