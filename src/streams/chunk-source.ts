@@ -399,32 +399,24 @@ export abstract class ChunkSource extends Readable {
 
   #onSocketRead(n: number, _buf: Buffer): boolean {
     if (this.destroyed) return false;
+    let more = true;
     const view = this.#targets.took(n);
     if (view !== null) {
       // Read into the consumer's own buffer: pushed at once, never lent or recycled here.
-      const now = performance.now();
-      this.#deliver(view, now - this.#lastDelivery);
-      this.#lastDelivery = now;
-      let more = this.push(view);
-      if (this.#held) {
-        this.#wanted = true;
-        more = false;
+      more = this.#pushRead(view);
+    } else {
+      // The bytes are chunk[fill, fill + n): libuv read into the view #nextReadBuffer returned.
+      this.#fill += n;
+      if (this.#chunk!.length - this.#fill < this.#minReadSpace || this.#targets.active) {
+        // Fast path: a full chunk goes downstream whole; the next read starts a new chunk. With a
+        // consumer taking read targets every read goes at once, so that the next read can ask it.
+        more = this.#flushChunk();
+      } else if (!this.#flushScheduled) {
+        // Push the partial chunk once libuv has drained what is readable now (the check phase runs
+        // after poll); the rest of the chunk keeps filling behind the part handed out.
+        this.#flushScheduled = true;
+        setImmediate(this.#flushLater);
       }
-      if (!more) this.#state = SOCKET_PAUSED;
-      return more;
-    }
-    // The bytes are chunk[fill, fill + n): libuv read into the view #nextReadBuffer returned.
-    this.#fill += n;
-    let more = true;
-    if (this.#chunk!.length - this.#fill < this.#minReadSpace || this.#targets.active) {
-      // Fast path: a full chunk goes downstream whole; the next read starts a new chunk. With a
-      // consumer taking read targets every read goes at once, so that the next read can ask it.
-      more = this.#flushChunk();
-    } else if (!this.#flushScheduled) {
-      // Push the partial chunk once libuv has drained what is readable now (the check phase runs
-      // after poll); the rest of the chunk keeps filling behind the part handed out.
-      this.#flushScheduled = true;
-      setImmediate(this.#flushLater);
     }
     if (this.#held) {
       this.#wanted = true;
@@ -458,6 +450,11 @@ export abstract class ChunkSource extends Readable {
     const out = this.#start === 0 && this.#fill === chunk.length ? chunk : chunk.subarray(this.#start, this.#fill);
     this.#start = this.#fill;
     this.#lend(chunk, out, true);
+    return this.#pushRead(out);
+  }
+
+  /** Hand bytes read on the epoll path downstream (accounting first); false: stop reading. */
+  #pushRead(out: Buffer): boolean {
     const now = performance.now();
     this.#deliver(out, now - this.#lastDelivery);
     this.#lastDelivery = now;
