@@ -13,8 +13,9 @@
  *   raises it) and doubles what it accepts. The unix transport asks for it (src/transport/net.ts);
  *   TCP sockets are left alone: the kernel sizes their buffers itself, and a fixed SO_SNDBUF would
  *   switch that off.
- * - A pipe's or FIFO's capacity (64 KiB by default, F_SETPIPE_SZ): FdSource and FdSink ask for 1 MiB,
- *   fs.pipe-max-size for an unprivileged process. The capacity belongs to the pipe, so the process
+ * - A pipe's or FIFO's capacity (64 KiB by default, F_SETPIPE_SZ): FdSource, FdSink and the saving
+ *   and resuming streams over a pipe or FIFO data fd ask for 1 MiB (tunePipe), fs.pipe-max-size for
+ *   an unprivileged process. The capacity belongs to the pipe, so the process
  *   at the other end sees it too (only more room; nothing else changes for it).
  */
 import { createRequire } from 'node:module';
@@ -48,7 +49,7 @@ function fdOf(socket: net.Socket): number {
   return typeof fd === 'number' ? fd : -1;
 }
 
-/** The capacity FdSource and FdSink ask for on a pipe or FIFO by default. */
+/** The capacity the fd streams ask for on a pipe or FIFO by default. */
 export const PIPE_CAPACITY = 1024 * 1024;
 
 const validBytes = (bytes: number): boolean => Number.isInteger(bytes) && bytes >= 0 && bytes <= 0x7fffffff;

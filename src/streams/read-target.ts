@@ -3,7 +3,8 @@
  * next bytes belong, so that the source reads them there and nothing copies them afterwards.
  *
  * A source that can read into caller-given memory (an accepted socket of the unix and tcp
- * transports, src/transport/net.ts `withChunkReads`) carries a function under `READ_TARGET`. A
+ * transports, src/transport/net.ts `withChunkReads`; FdSource on a pipe, FIFO or socket fd, through
+ * ChunkSource's epoll path) carries a function under `READ_TARGET`, usually through `ReadTargets`. A
  * consumer piped from it (RecordDecoder, on its 'pipe' event) registers a provider there; before each
  * read the source asks it, with the number of bytes it has pushed so far:
  *
