@@ -27,8 +27,11 @@ import { Backoff, ioError, type BackoffOptions } from './retry.js';
 import { READ_TARGET, ReadTargets, type ReadTargetHook } from './read-target.js';
 
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
-/** Free space below which a chunk is retired on the epoll path: one read of a default 64 KiB pipe. */
-const MIN_READ_SPACE = 64 * 1024;
+/**
+ * Free space below which a chunk is retired on the epoll path: one read of a default 64 KiB pipe
+ * (and of Node's own socket reads; the accepted sockets' withChunkReads uses it too).
+ */
+export const MIN_READ_SPACE = 64 * 1024;
 
 export interface ChunkSourceOptions extends BackoffOptions {
   /** Bytes per chunk pushed downstream (default 1 MiB). */

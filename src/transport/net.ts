@@ -12,14 +12,13 @@ import { abortError, connectError, usageError, withTypedErrors } from './errors.
 import { QueueListener } from './listener.js';
 import { formatHostPort, parseHostPort, parseTransportUrl } from './url.js';
 import { READ_TARGET, ReadTargets, type ReadTargetHook } from '../streams/read-target.js';
+import { DEFAULT_CHUNK_SIZE, MIN_READ_SPACE } from '../streams/chunk-source.js';
 import { sendBufferSize } from '../streams/fd-tuning.js';
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 
-/** Bytes per chunk an accepted connection reads into (see withChunkReads). */
-const READ_CHUNK = 1024 * 1024;
-/** A chunk with less free space than this is retired: one read of Node's default 64 KiB. */
-const MIN_READ_SPACE = 64 * 1024;
+/** Bytes per chunk an accepted connection reads into (see withChunkReads): ChunkSource's size. */
+const READ_CHUNK = DEFAULT_CHUNK_SIZE;
 
 /**
  * An accepted connection (from a server with pauseOnConnect, so it has not read yet) that reads
