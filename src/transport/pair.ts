@@ -2,14 +2,20 @@
  * PairDuplex: one Duplex over a separate Readable and Writable (a pair of pipes passed as fd:R,W,
  * or a checkpoint file read with its return path discarded). Backpressure crosses in both
  * directions: the readable is paused while our buffer is full, and a write's callback waits for
- * the writable's 'drain'.
+ * the writable's own callback of that chunk. So, as on a socket, a chunk whose write callback ran
+ * has been written (a net.Socket handed it to the kernel) and its memory may be reused: migrate()
+ * recycles device buffers and compressed frames on that promise. Chunks queued meanwhile go down
+ * together (_writev), so waiting costs no batching.
  */
 import { Duplex, type Readable, type Writable } from 'node:stream';
+
+type Callback = (err?: Error | null) => void;
 
 export class PairDuplex extends Duplex {
   readonly #r: Readable;
   readonly #w: Writable;
-  #pending: ((err?: Error | null) => void) | null;
+  /** The callback of the write (or batch) the writable still holds. */
+  #pending: Callback | null;
 
   constructor(readable: Readable, writable: Writable, opts: { highWaterMark?: number } = {}) {
     super({ readableHighWaterMark: opts.highWaterMark, writableHighWaterMark: opts.highWaterMark, allowHalfOpen: true });
@@ -22,11 +28,6 @@ export class PairDuplex extends Duplex {
     readable.on('end', () => this.push(null));
     readable.on('error', (err) => this.destroy(err));
     writable.on('error', (err) => this.destroy(err));
-    writable.on('drain', () => {
-      const cb = this.#pending;
-      this.#pending = null;
-      cb?.();
-    });
     readable.pause();
   }
 
@@ -34,22 +35,36 @@ export class PairDuplex extends Duplex {
     this.#r.resume();
   }
 
-  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
-    // Fast path: the writable took it under its high-water mark; acknowledge at once.
-    if (this.#w.write(chunk)) cb();
-    else this.#pending = cb;
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: Callback): void {
+    this.#w.write(chunk, this.#hold(cb));
   }
 
-  override _final(cb: (err?: Error | null) => void): void {
+  override _writev(chunks: Array<{ chunk: Buffer }>, cb: Callback): void {
+    const last = chunks.length - 1;
+    for (let i = 0; i < last; i++) this.#w.write(chunks[i]!.chunk);
+    this.#w.write(chunks[last]!.chunk, this.#hold(cb));
+  }
+
+  override _final(cb: Callback): void {
     this.#w.end((err?: Error | null) => cb(err));
   }
 
-  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+  override _destroy(err: Error | null, cb: Callback): void {
     const pending = this.#pending;
     this.#pending = null;
     if (!this.#r.destroyed) this.#r.destroy();
     if (!this.#w.destroyed) this.#w.destroy();
     pending?.(err ?? new Error('destroyed'));
     cb(err);
+  }
+
+  /** `cb`, run once: by the writable's callback, or by destroy if that never comes. */
+  #hold(cb: Callback): Callback {
+    this.#pending = cb;
+    return (err) => {
+      if (this.#pending !== cb) return;
+      this.#pending = null;
+      cb(err);
+    };
   }
 }

@@ -1,11 +1,11 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import net from 'node:net';
 import { once } from 'node:events';
-import { existsSync, readdirSync, writeFileSync, readFileSync, openSync, closeSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync, readFileSync, openSync, closeSync, constants as fsConstants } from 'node:fs';
 import { open as openCb } from 'node:fs';
 import { promisify } from 'node:util';
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { connectTransport, listenTransport, type TransportListener } from '../../src/transport/index.js';
@@ -435,6 +435,48 @@ describe('fd:', () => {
       expect(res.received).toEqual({ hash: sent, bytes: 4 * MIB });
       expect(received).toEqual({ hash: res.sent, bytes: 4 * MIB });
       conn.destroy();
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('fd:R,W: a write callback means the bytes left the process, even behind a full pipe', async () => {
+    // migrate() reuses a chunk's memory once its write callback ran (device buffers, compressed
+    // frames): a small chunk queued behind a full pipe must not be acknowledged before it is written.
+    const t = tempDir();
+    try {
+      const down = join(t.dir, 'down');
+      const up = join(t.dir, 'up');
+      execFileSync('mkfifo', [down, up]);
+      // Readers first (non-blocking opens), then writers: no end blocks waiting for the other.
+      const farR = openSync(down, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+      const w = openSync(down, 'w');
+      const r = openSync(up, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+      const farW = openSync(up, 'w');
+      const conn = await connectTransport(`fd:${r},${w}`);
+      // 64 KiB fills a new pipe (16 pages): written at once, so acknowledged at once.
+      const fill = randomBytes(64 * 1024);
+      await new Promise<void>((resolve, reject) => conn.write(fill, (err) => (err ? reject(err) : resolve())));
+      // The pipe is full now: a small chunk waits in the process, and so does its callback.
+      const small = randomBytes(28);
+      const want = Buffer.concat([fill, small]);
+      let acked = false;
+      conn.write(small, () => {
+        acked = true;
+        small.fill(0xee); // what a recycler does with the memory
+      });
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(acked).toBe(false);
+      const far = new net.Socket({ fd: farR, readable: true, writable: false });
+      const got: Buffer[] = [];
+      far.on('data', (c: Buffer) => got.push(c));
+      const ended = once(far, 'end');
+      conn.end();
+      await ended;
+      expect(acked).toBe(true);
+      expect(Buffer.concat(got).equals(want)).toBe(true);
+      conn.destroy();
+      closeSync(farW);
     } finally {
       t.cleanup();
     }
