@@ -4,9 +4,10 @@
 // Data: a file in the temp dir (page cache) of SimDevice pages: 'mixed' (25% zero, 25% templates,
 // 25% text, 25% random pages) and 'random' (incompressible), from the package's PageGenerator.
 // - zstd-compress-L{L}-{profile}: `cat file | node encoder | cat >/dev/null`, where the node child
-//   reads stdin with createFdSource, cuts 1 MiB DATA records (into buffers the encoder gives back with
-//   onPayloadFree once compressed), RecordEncoder (zstd level L in the worker pool sized to the
-//   cores), createFdSink(1). MB/s of raw input.
+//   reads stdin with createFdSource (recycle: each chunk given back once cut), cuts 1 MiB DATA
+//   records (into buffers the encoder gives back with onPayloadFree once compressed), RecordEncoder
+//   (zstd level L in the worker pool sized to the cores; recycleFrames: each frame given back once
+//   the sink wrote it), createFdSink(1). The same reuse of memory as migrate(). MB/s of raw input.
 //   Baseline: `cat file | zstd -L -T2 -c | cat >/dev/null` (level -1 is `--fast=1`); `-T1` in detail.
 // - zstd-decompress-L{L}-{profile}: `cat stream | node decoder | cat >/dev/null`, the child decoding the
 //   encoder's stream (one-shot decompression on the main thread, as a migration's destination does)
@@ -50,7 +51,12 @@ const enc = new RecordEncoder({
   onPayloadFree: (p) => {
     if (p.length === MiB && free.length < 32) free.push(p);
   },
+  // Frames are written into memory the pool lends and go back once the sink wrote them (below).
+  recycleFrames: true,
 });
+// Input chunks go back to the source once cut into records: later reads reuse their memory.
+const src = createFdSource(0, { recycle: true });
+const sink = createFdSink(1);
 const free = [];
 let cur = Buffer.allocUnsafeSlow(MiB);
 let fill = 0;
@@ -58,8 +64,12 @@ let t0 = 0;
 const send = (buf, cb) => (enc.write({ type: RecordType.DATA, device: 0, payload: buf }) ? cb() : enc.once('drain', cb));
 const cutter = new Writable({
   highWaterMark: MiB,
-  write(chunk, _e, cb) {
+  write(chunk, _e, done) {
     if (t0 === 0) t0 = performance.now();
+    const cb = () => {
+      src.release(chunk);
+      done();
+    };
     let at = 0;
     const step = () => {
       while (at < chunk.length) {
@@ -83,7 +93,16 @@ const cutter = new Writable({
     if (fill > 0) send(cur.subarray(0, fill), done); else done();
   },
 });
-await Promise.all([pipeline(createFdSource(0), cutter), pipeline(enc, createFdSink(1))]);
+// Forwarded by hand, as migrate() does, so each frame goes back once written.
+const forward = new Writable({
+  highWaterMark: 4 * MiB,
+  write(c, _e, cb) {
+    if (sink.write(c, () => enc.release(c))) cb();
+    else sink.once('drain', cb);
+  },
+  final(cb) { sink.end(cb); },
+});
+await Promise.all([pipeline(src, cutter), pipeline(enc, forward)]);
 process.stderr.write('__MS__' + (performance.now() - t0) + '\\n');
 await pool?.close();
 `;

@@ -76,7 +76,8 @@ export interface ForwardOptions {
    * Called with each chunk once the transport has written it (its write callback, without error):
    * an uncompressed DATA payload is the caller's own buffer, free again from then on. Also called
    * with a DATA payload that went out compressed, once its frame is ready (the encoder's
-   * onPayloadFree).
+   * onPayloadFree). Compressed frames are not passed: with onWritten they are written into memory
+   * the compression pool lends, and go back to it once written.
    */
   onWritten?: (chunk: Buffer) => void;
 }
@@ -129,8 +130,9 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
     sender: { program: 'vfio-mig', host: os.hostname(), pid: process.pid, ...opts.sender },
     compression: opts.compression === false ? false : { level: opts.compression },
     digest: opts.digest === undefined ? 'crc32' : opts.digest,
-    // A payload that went out compressed is free once its frame is ready, not once written.
-    ...(opts.onWritten !== undefined ? { onPayloadFree: opts.onWritten } : {}),
+    // A payload that went out compressed is free once its frame is ready, not once written; the
+    // frame itself is free once written (below).
+    ...(opts.onWritten !== undefined ? { onPayloadFree: opts.onWritten, recycleFrames: true } : {}),
     readableHighWaterMark: queue,
     ...(capped ? { writableHighWaterMark: 2, maxInFlightBytes: Math.max(queue, 2 * MIN_QUEUE_BYTES) } : {}),
   });
@@ -182,7 +184,14 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   });
   // Forwarded by hand rather than with pipe(): each write gets a callback, so the caller learns when
   // a chunk's memory is free again (onWritten). The transport is never ended from here.
-  const onWritten = opts.onWritten;
+  const written = opts.onWritten;
+  const onWritten =
+    written === undefined
+      ? undefined
+      : (chunk: Buffer): void => {
+          // A compressed frame goes back to the pool's lent memory; anything else is the caller's.
+          if (!enc.release(chunk)) written(chunk);
+        };
   let waiting = false;
   const resume = (): void => {
     waiting = false;

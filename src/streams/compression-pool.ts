@@ -54,11 +54,13 @@ const OP_DECOMPRESS = 2;
 
 // Runs in each worker (CommonJS, eval). Once the binding is loaded it posts { id: 0, ready: true }
 // (job ids start at 1). Messages: { id, op, buf: ArrayBuffer | SharedArrayBuffer, off, len, level,
-// crc, back, rawLength, into }. The compressor writes into a reused scratch buffer sized by
-// compressBound and copies the result into an exactly sized ArrayBuffer that is transferred out, so
-// nothing larger than the frame crosses back. `back` returns a transferred-in source when it is still
-// needed (not shrunk). A decompression writes into `into` (an ArrayBuffer of exactly rawLength bytes
-// moved in by the caller: memory already mapped) or else into fresh memory.
+// crc, back, rawLength, into, frame }. With `frame` (a SharedArrayBuffer of at least compressBound
+// bytes, lent by the pool) the compressor writes the frame straight into it and replies with its
+// length only. Without, it writes into a reused scratch buffer and copies the result into an exactly
+// sized ArrayBuffer that is transferred out, so nothing larger than the frame crosses back. `back`
+// returns a transferred-in source when it is still needed (not shrunk). A decompression writes into
+// `into` (an ArrayBuffer of exactly rawLength bytes moved in by the caller: memory already mapped)
+// or else into fresh memory.
 const WORKER_SOURCE = `
 'use strict';
 const { parentPort, workerData } = require('node:worker_threads');
@@ -72,14 +74,19 @@ parentPort.on('message', (m) => {
     const src = Buffer.from(m.buf, m.off, m.len);
     if (m.op === ${OP_COMPRESS}) {
       const bound = zstd.compressBound(m.len);
-      if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
-      const n = cctx.compress(scratch, src, m.level);
-      if (n < m.len) {
+      let dst;
+      if (m.frame) dst = Buffer.from(m.frame, 0, bound);
+      else if (scratch.length < bound) dst = scratch = Buffer.allocUnsafeSlow(bound);
+      else dst = scratch;
+      const n = cctx.compress(dst, src, m.level);
+      if (n < m.len && m.frame) {
+        parentPort.postMessage({ id: m.id, out: null, n, crc: m.crc ? crc32(dst.subarray(0, n)) : 0, back: null });
+      } else if (n < m.len) {
         // allocUnsafeSlow: an unpooled ArrayBuffer of exactly n bytes, not zero-filled (new
         // ArrayBuffer(n) clears memory that the copy overwrites at once).
         const out = Buffer.allocUnsafeSlow(n);
         const ab = out.buffer;
-        scratch.copy(out, 0, 0, n);
+        dst.copy(out, 0, 0, n);
         parentPort.postMessage({ id: m.id, out: ab, crc: m.crc ? crc32(out) : 0, back: null }, [ab]);
       } else {
         const crc = m.crc ? crc32(src) : 0;
@@ -120,6 +127,13 @@ export interface CompressOptions {
    * 70 µs per MiB, against about 1 ms to compress); `data` must not change until the promise settles.
    */
   transfer?: boolean;
+  /**
+   * Write the frame into memory the pool lends (a SharedArrayBuffer from its free list) instead of
+   * fresh memory: the worker compresses straight into it, with no copy. Give it back with
+   * `releaseFrame(compressed)` once nothing reads it any more (a transport's write callback); a
+   * frame never given back is garbage-collected like any other. Default false.
+   */
+  lendFrame?: boolean;
 }
 
 export interface CompressionPoolOptions {
@@ -129,7 +143,10 @@ export interface CompressionPoolOptions {
   level?: number;
   /** Bytes handed to workers at once; further jobs wait in the pool's queue. Default 64 MiB. */
   maxInFlightBytes?: number;
-  /** Idle input slabs kept for reuse (SharedArrayBuffers). Default min(maxInFlightBytes, 32 MiB). */
+  /**
+   * Idle slabs kept for reuse (SharedArrayBuffers: job inputs and lent frames). Default
+   * min(maxInFlightBytes, 48 MiB).
+   */
   maxCachedBytes?: number;
 }
 
@@ -141,6 +158,15 @@ function slabSize(len: number): number {
   return n;
 }
 
+/**
+ * Lent frames hold zstd's bound for the input (a little over its length), rounded up to 64 KiB: a
+ * 1 MiB record's frame slab is 1 MiB + 64 KiB, not 2 MiB. Only the pages a frame is written into
+ * are ever touched.
+ */
+function frameSlabSize(len: number): number {
+  return Math.ceil(zstd.compressBound(len) / MIN_SLAB) * MIN_SLAB;
+}
+
 interface Job {
   id: number;
   op: number;
@@ -150,6 +176,9 @@ interface Job {
   transfer: boolean;
   /** The slab src was copied into while the job runs, returned to the free list when it settles. */
   slab: SharedArrayBuffer | null;
+  /** compress() with lendFrame: the frame is written into `frame`, a slab of the free list. */
+  lend: boolean;
+  frame: SharedArrayBuffer | null;
   len: number;
   level: number;
   crc: boolean;
@@ -157,8 +186,17 @@ interface Job {
   rawLength: number;
   /** Decompression only: the output memory, transferred to the worker and back. */
   into: ArrayBuffer | null;
-  resolve: (v: { out: ArrayBuffer | null; crc: number; back: ArrayBuffer | null }) => void;
+  resolve: (v: JobResult) => void;
   reject: (e: Error) => void;
+}
+
+interface JobResult {
+  out: ArrayBuffer | null;
+  /** The lent slab the frame was written into (its first `n` bytes), or null. */
+  frame: SharedArrayBuffer | null;
+  n: number;
+  crc: number;
+  back: ArrayBuffer | null;
 }
 
 interface Slot {
@@ -181,6 +219,8 @@ export class CompressionPool {
   /** Free input slabs by size: fresh memory costs page faults (about 4x a copy into warm memory). */
   #freeSlabs: Map<number, SharedArrayBuffer[]>;
   #freeSlabBytes: number;
+  /** Slabs lent out as frames (compress with lendFrame) and not given back yet. */
+  #lent: WeakSet<SharedArrayBuffer>;
   #waiting: Job[];
   #inFlightBytes: number;
   #nextId: number;
@@ -195,10 +235,11 @@ export class CompressionPool {
     this.size = size;
     this.level = validateZstdLevel(opts.level ?? DEFAULT_ZSTD_LEVEL);
     this.maxInFlightBytes = opts.maxInFlightBytes ?? 64 * 1024 * 1024;
-    this.maxCachedBytes = opts.maxCachedBytes ?? Math.min(this.maxInFlightBytes, 32 * 1024 * 1024);
+    this.maxCachedBytes = opts.maxCachedBytes ?? Math.min(this.maxInFlightBytes, 48 * 1024 * 1024);
     this.#slots = [];
     this.#freeSlabs = new Map();
     this.#freeSlabBytes = 0;
+    this.#lent = new WeakSet();
     this.#waiting = [];
     this.#inFlightBytes = 0;
     this.#nextId = 1;
@@ -260,13 +301,27 @@ export class CompressionPool {
       data.buffer instanceof ArrayBuffer &&
       data.byteLength === data.buffer.byteLength;
     const len = data.length;
-    return new Promise<{ out: ArrayBuffer | null; crc: number; back: ArrayBuffer | null }>((resolve, reject) => {
-      this.#submit({ id: 0, op: OP_COMPRESS, src: data, transfer: owned, slab: null, len, level, crc, back: owned, rawLength: len, into: null, resolve, reject });
+    const lend = opts.lendFrame === true;
+    return new Promise<JobResult>((resolve, reject) => {
+      this.#submit({ id: 0, op: OP_COMPRESS, src: data, transfer: owned, slab: null, frame: null, len, level, crc, back: owned, rawLength: len, into: null, lend, resolve, reject });
     }).then((r) => ({
-      compressed: r.out === null ? null : Buffer.from(r.out),
+      compressed: r.out !== null ? Buffer.from(r.out) : r.frame !== null ? Buffer.from(r.frame, 0, r.n) : null,
       crc: r.crc,
       raw: r.back !== null ? Buffer.from(r.back, 0, len) : data,
     }));
+  }
+
+  /**
+   * Give back a frame that compress() wrote into lent memory (`lendFrame`), once nothing reads it
+   * any more; its memory holds a later frame. Returns false (and does nothing) for any other
+   * Buffer, or for a frame already given back.
+   */
+  releaseFrame(frame: Buffer): boolean {
+    const sab = frame.buffer;
+    if (!(sab instanceof SharedArrayBuffer) || !this.#lent.has(sab)) return false;
+    this.#lent.delete(sab);
+    this.#giveSlab(sab);
+    return true;
   }
 
   /**
@@ -312,13 +367,15 @@ export class CompressionPool {
       into.byteOffset === 0 &&
       into.buffer instanceof ArrayBuffer &&
       into.buffer.byteLength === rawLength;
-    return new Promise<{ out: ArrayBuffer | null; crc: number; back: ArrayBuffer | null }>((resolve, reject) => {
+    return new Promise<JobResult>((resolve, reject) => {
       this.#submit({
         id: 0,
         op: OP_DECOMPRESS,
         src: frame,
         transfer: false,
         slab: null,
+        frame: null,
+        lend: false,
         len: frame.length,
         level: 0,
         crc: false,
@@ -370,13 +427,14 @@ export class CompressionPool {
         buf = job.src.buffer as ArrayBuffer;
       } else {
         // A shared slab is not transferred: the worker reads it and replies before it is reused.
-        job.slab = this.#takeSlab(job.len);
+        job.slab = this.#takeSlab(slabSize(job.len));
         new Uint8Array(job.slab, 0, job.len).set(job.src);
         buf = job.slab;
       }
       const into = job.into;
       job.into = null;
-      const msg = { id: job.id, op: job.op, buf, off: 0, len: job.len, level: job.level, crc: job.crc, back: job.back, rawLength: job.rawLength, into };
+      if (job.lend) job.frame = this.#takeSlab(frameSlabSize(job.len));
+      const msg = { id: job.id, op: job.op, buf, off: 0, len: job.len, level: job.level, crc: job.crc, back: job.back, rawLength: job.rawLength, into, frame: job.frame };
       const moved: ArrayBuffer[] = [];
       if (job.transfer) moved.push(buf as ArrayBuffer);
       if (into !== null) moved.push(into);
@@ -398,7 +456,7 @@ export class CompressionPool {
     const slot: Slot = { worker, jobs: new Map(), bytes: 0, ready: false, booted: new Promise<void>((resolve) => (booted = resolve)) };
     worker.once('error', () => booted());
     worker.once('exit', () => booted());
-    worker.on('message', (m: { id: number; ready?: boolean; out?: ArrayBuffer | null; crc?: number; back?: ArrayBuffer | null; error?: string }) => {
+    worker.on('message', (m: { id: number; ready?: boolean; out?: ArrayBuffer | null; n?: number; crc?: number; back?: ArrayBuffer | null; error?: string }) => {
       if (m.ready === true) {
         slot.ready = true;
         this.#updateRef(slot);
@@ -407,12 +465,19 @@ export class CompressionPool {
       }
       const job = slot.jobs.get(m.id);
       if (job === undefined) return;
+      // A frame written into the lent slab: the slab is the caller's until releaseFrame().
+      let frame: SharedArrayBuffer | null = null;
+      if (m.n !== undefined && job.frame !== null) {
+        frame = job.frame;
+        job.frame = null;
+        this.#lent.add(frame);
+      }
       this.#done(slot, job);
       if (m.error !== undefined) {
         const code = job.op === OP_DECOMPRESS ? ErrorCodes.CORRUPT : 'EIO';
         job.reject(migError(code, `zstd ${job.op === OP_DECOMPRESS ? 'decompression' : 'compression'} failed: ${m.error}`));
       } else {
-        job.resolve({ out: m.out ?? null, crc: m.crc ?? 0, back: m.back ?? null });
+        job.resolve({ out: m.out ?? null, frame, n: m.n ?? 0, crc: m.crc ?? 0, back: m.back ?? null });
       }
       this.#pump();
     });
@@ -422,8 +487,9 @@ export class CompressionPool {
       const err = migError('EIO', 'compression worker died', { cause });
       for (const j of slot.jobs.values()) {
         this.#inFlightBytes -= j.len;
-        // The slab is not reused: a dying worker may still have been reading it.
+        // The slabs are not reused: a dying worker may still have been using them.
         j.slab = null;
+        j.frame = null;
         j.reject(err);
       }
       slot.jobs.clear();
@@ -443,8 +509,8 @@ export class CompressionPool {
     return slot;
   }
 
-  #takeSlab(len: number): SharedArrayBuffer {
-    const size = slabSize(len);
+  /** A slab of exactly `size` bytes from the free list, or a new one. */
+  #takeSlab(size: number): SharedArrayBuffer {
     const free = this.#freeSlabs.get(size);
     const slab = free?.pop();
     if (slab !== undefined) {
@@ -454,10 +520,8 @@ export class CompressionPool {
     return new SharedArrayBuffer(size);
   }
 
-  #giveSlab(job: Job): void {
-    const slab = job.slab;
+  #giveSlab(slab: SharedArrayBuffer | null): void {
     if (slab === null) return;
-    job.slab = null;
     if (this.#closed || this.#freeSlabBytes + slab.byteLength > this.maxCachedBytes) return;
     let free = this.#freeSlabs.get(slab.byteLength);
     if (free === undefined) this.#freeSlabs.set(slab.byteLength, (free = []));
@@ -466,7 +530,10 @@ export class CompressionPool {
   }
 
   #done(slot: Slot, job: Job): void {
-    this.#giveSlab(job);
+    this.#giveSlab(job.slab);
+    this.#giveSlab(job.frame);
+    job.slab = null;
+    job.frame = null;
     slot.jobs.delete(job.id);
     slot.bytes -= job.len;
     this.#inFlightBytes -= job.len;

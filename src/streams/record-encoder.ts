@@ -94,6 +94,13 @@ export interface RecordEncoderOptions {
    * nor for one moved to a worker (transferPayloads; its memory is gone).
    */
   onPayloadFree?: (payload: Buffer) => void;
+  /**
+   * Write compressed frames into memory the pool lends (CompressionPool `lendFrame`) instead of
+   * fresh memory. The reader gives each output chunk back with release(chunk) once it is written
+   * (its transport's write callback); a frame never given back is garbage-collected like any other
+   * chunk. Default false.
+   */
+  recycleFrames?: boolean;
 }
 
 /** Highest zstd level compressed on the event loop while the pool boots (see #compressHere). */
@@ -147,6 +154,7 @@ export class RecordEncoder extends Transform {
   #minBytes: number;
   #transfer: boolean;
   #onPayloadFree: ((payload: Buffer) => void) | null;
+  #recycleFrames: boolean;
   #inlineWhileBooting: boolean;
   /** This encoder started the pool's workers (it does so once). */
   #warmed: boolean;
@@ -186,6 +194,7 @@ export class RecordEncoder extends Transform {
     this.#minBytes = copts?.minBytes ?? 512;
     this.#transfer = opts.transferPayloads === true;
     this.#onPayloadFree = opts.onPayloadFree ?? null;
+    this.#recycleFrames = opts.recycleFrames === true;
     this.#inlineWhileBooting = copts?.inlineWhileBooting !== false;
     this.#warmed = false;
     this.#maxInFlight = opts.maxInFlightBytes ?? 16 * 1024 * 1024;
@@ -210,6 +219,15 @@ export class RecordEncoder extends Transform {
    */
   shiftChunkRawBytes(): number {
     return this.#carried?.shift() ?? 0;
+  }
+
+  /**
+   * With `recycleFrames`: give back an output chunk once it is written. True when it was a
+   * compressed frame in the pool's lent memory (which a later frame reuses); false, and nothing
+   * done, for any other chunk (headers, raw payloads: the caller's own).
+   */
+  release(chunk: Buffer): boolean {
+    return this.#pool !== null && this.#pool.releaseFrame(chunk);
   }
 
   /** Raw bytes written but not yet pushed out. */
@@ -257,7 +275,7 @@ export class RecordEncoder extends Transform {
       this.inlineCompressedRecords++;
       done(r);
     } else if (compress) {
-      this.#pool!.compress(entry.wire, { level: this.#level, crc: this.#checksums, transfer: this.#transfer }).then(done, (err: unknown) =>
+      this.#pool!.compress(entry.wire, { level: this.#level, crc: this.#checksums, transfer: this.#transfer, lendFrame: this.#recycleFrames }).then(done, (err: unknown) =>
         this.destroy(err as Error),
       );
     } else {

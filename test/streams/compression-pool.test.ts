@@ -158,6 +158,41 @@ describe('CompressionPool', () => {
     expect(pooled.toString()).toContain('pooled');
   });
 
+  it('lendFrame: the frame is written into lent shared memory that releaseFrame() gives back for a later frame', async () => {
+    const p = new CompressionPool({ size: 1 });
+    try {
+      const a = mixedData(1024 * 1024, 11);
+      const ra = await p.compress(a, { lendFrame: true });
+      const frameA = ra.compressed!;
+      expect(frameA.buffer).toBeInstanceOf(SharedArrayBuffer);
+      expect(ra.crc).toBe(crc32(frameA));
+      expect(decompress(frameA, a.length).equals(a)).toBe(true);
+      // Not given back yet: the next frame gets other memory.
+      const b = mixedData(1024 * 1024, 12);
+      const rb = await p.compress(b, { lendFrame: true });
+      expect(rb.compressed!.buffer).not.toBe(frameA.buffer);
+      const copyB = Buffer.from(rb.compressed!);
+      // Given back once (a second time, or anything not lent, is refused and changes nothing).
+      expect(p.releaseFrame(frameA)).toBe(true);
+      expect(p.releaseFrame(frameA)).toBe(false);
+      expect(p.releaseFrame(Buffer.from(copyB))).toBe(false);
+      expect(pool.releaseFrame(rb.compressed!)).toBe(false); // another pool's
+      const c = mixedData(1024 * 1024, 13);
+      const rc = await p.compress(c, { lendFrame: true });
+      expect(rc.compressed!.buffer).toBe(frameA.buffer);
+      expect(decompress(rc.compressed!, c.length).equals(c)).toBe(true);
+      expect(rb.compressed!.equals(copyB)).toBe(true); // still lent: untouched
+      // Data that does not shrink goes out raw; its unused frame memory serves the next job.
+      const rnd = randomBytes(300_000);
+      const rr = await p.compress(rnd, { lendFrame: true });
+      expect(rr.compressed).toBeNull();
+      expect(rr.raw).toBe(rnd);
+      expect(rr.crc).toBe(crc32(rnd));
+    } finally {
+      await p.close();
+    }
+  });
+
   it('decompresses in a worker to exactly the declared size, else CORRUPT', async () => {
     const data = mixedData(500_000, 4);
     const { compressed } = await pool.compress(data);

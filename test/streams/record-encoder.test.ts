@@ -2,6 +2,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
+import { once } from 'node:events';
 import { RecordEncoder } from '../../src/streams/record-encoder.js';
 import { RecordDecoder } from '../../src/streams/record-decoder.js';
 import { CompressionPool } from '../../src/streams/compression-pool.js';
@@ -193,6 +194,43 @@ describe('RecordEncoder framing', () => {
     });
     expect(owned.byteLength).toBe(0);
     expect(moved).toEqual([]);
+  });
+
+  it('recycleFrames: frames given back with release() once read carry later frames, and the stream stays intact', async () => {
+    const p = new CompressionPool({ size: 2 });
+    try {
+      await p.warm(); // frames from the workers (records compressed inline while booting are fresh memory)
+      // A small in-flight cap: few frames out at once, so later ones meet released memory.
+      const enc = new RecordEncoder({ devices: devices(1), compression: { pool: p }, recycleFrames: true, maxInFlightBytes: 1024 * 1024 });
+      const out: Buffer[] = [];
+      const memory = new Set<ArrayBufferLike>();
+      let released = 0;
+      let refused = 0;
+      // The reader copies each chunk out (as a transport writes it), then gives it back and
+      // scribbles over a released frame, as the frame's next user would.
+      enc.on('data', (c: Buffer) => {
+        out.push(Buffer.from(c));
+        if (c.buffer instanceof SharedArrayBuffer) memory.add(c.buffer);
+        if (enc.release(c)) {
+          released++;
+          c.fill(0xee);
+        } else refused++;
+      });
+      const ended = once(enc, 'end');
+      const payloads = Array.from({ length: 40 }, (_, i) => (i % 5 === 4 ? randomBytes(100_000) : mixedData(256 * 1024, 100 + i)));
+      for (const payload of payloads) if (!enc.write({ type: RecordType.DATA, device: 0, payload })) await once(enc, 'drain');
+      enc.end({ type: RecordType.STREAM_END });
+      await ended;
+      expect(released).toBe(enc.compressedRecords);
+      expect(enc.compressedRecords).toBe(32);
+      expect(refused).toBeGreaterThan(40); // the headers and the raw payloads are the caller's
+      expect(memory.size).toBeLessThan(16); // later frames reused released memory
+      const { objects, error } = await decodeChunks(out);
+      expect(error).toBeNull();
+      expect(dataOf(objects).equals(Buffer.concat(payloads))).toBe(true);
+    } finally {
+      await p.close();
+    }
   });
 
   it('without checksums the stream says so and the decoder accepts it', async () => {
