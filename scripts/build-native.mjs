@@ -2,12 +2,13 @@
 // Build the native helpers in native/ when their build dependencies are present:
 //
 // - the FUSE data-fd server (native/fuse/vfio-mig-fuse.c, an executable; needs libfuse3);
-// - the socket-option addon (native/sockopt/vfio-mig-sockopt.c, a Node-API module; needs only a C
-//   compiler, see the file's comment).
+// - the socket-option addon (native/sockopt/vfio-mig-sockopt.c) and the crc32 addon
+//   (native/crc32/vfio-mig-crc32.c): Node-API modules that need only a C compiler (declarations in
+//   native/napi-min.h).
 //
 // Each build is optional: without a C compiler or libfuse3's development files it prints one line
 // and goes on, so `npm install` never fails; FUSE data fds are then unavailable (their tests report
-// themselves as skipped) and unix sockets keep the kernel's default send buffer.
+// themselves as skipped), unix sockets keep the kernel's default send buffer and crc32 is zlib's.
 // VFIO_MIG_NATIVE_STRICT=1 turns a missing dependency or a compile error into a failure (for CI).
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, statSync } from 'node:fs';
@@ -25,7 +26,7 @@ function run(cmd, args) {
 }
 
 /** Compile `source` into `output` (paths relative to the root) unless it is up to date. */
-function build({ what, source, output, flags, missing }) {
+function build({ what, source, output, flags, missing, deps = [] }) {
   const skip = (reason) => {
     console.log(`build-native: skipping ${what} (${reason}); ${missing}`);
     if (strict) failed = true;
@@ -38,7 +39,8 @@ function build({ what, source, output, flags, missing }) {
   const src = path.join(root, source);
   const out = path.join(root, output);
   try {
-    if (statSync(out).mtimeMs >= statSync(src).mtimeMs && !force) {
+    const newest = Math.max(...[source, ...deps].map((f) => statSync(path.join(root, f)).mtimeMs));
+    if (statSync(out).mtimeMs >= newest && !force) {
       console.log(`build-native: ${output} is up to date`);
       return;
     }
@@ -72,5 +74,14 @@ build({
   output: 'native/sockopt/build/vfio-mig-sockopt.node',
   missing: 'unix sockets keep the default send buffer',
   flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
+  deps: ['native/napi-min.h'],
+});
+build({
+  what: 'the crc32 addon',
+  source: 'native/crc32/vfio-mig-crc32.c',
+  output: 'native/crc32/build/vfio-mig-crc32.node',
+  missing: 'crc32 stays node:zlib\'s',
+  flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
+  deps: ['native/napi-min.h'],
 });
 process.exit(failed ? 1 : 0);

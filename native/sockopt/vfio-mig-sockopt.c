@@ -10,29 +10,13 @@
 // other side; docs/PERFORMANCE.md has the measurements. A pipe's capacity (64 KiB by default) is
 // the same window for pipes and FIFOs.
 //
-// Node-API is a stable C ABI resolved from the node binary when the addon is loaded, so the few
-// declarations it needs are written out here and the build needs only a C compiler (no node
-// headers, no node-gyp). Built by scripts/build-native.mjs; optional: without it the sockets keep
-// the kernel's default buffers (src/streams/fd-tuning.ts).
+// Built by scripts/build-native.mjs against native/napi-min.h (a C compiler is all it needs);
+// optional: without it the sockets keep the kernel's default buffers (src/streams/fd-tuning.ts).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <stddef.h>
-#include <stdint.h>
 #include <sys/socket.h>
-
-typedef struct napi_env__ *napi_env;
-typedef struct napi_value__ *napi_value;
-typedef struct napi_callback_info__ *napi_callback_info;
-typedef int napi_status; // an enum in node_api.h; 0 is napi_ok
-typedef napi_value (*napi_callback)(napi_env env, napi_callback_info info);
-
-extern napi_status napi_get_cb_info(napi_env env, napi_callback_info info, size_t *argc, napi_value *argv, napi_value *this_arg, void **data);
-extern napi_status napi_get_value_int32(napi_env env, napi_value value, int32_t *result);
-extern napi_status napi_create_int32(napi_env env, int32_t value, napi_value *result);
-extern napi_status napi_create_function(napi_env env, const char *utf8name, size_t length, napi_callback cb, void *data, napi_value *result);
-extern napi_status napi_set_named_property(napi_env env, napi_value object, const char *utf8name, napi_value value);
-extern napi_status napi_throw_type_error(napi_env env, const char *code, const char *msg);
+#include "../napi-min.h"
 
 static napi_value int_result(napi_env env, int32_t v) {
   napi_value out = NULL;
@@ -73,15 +57,9 @@ static napi_value pipesz(napi_env env, napi_callback_info info) {
   return int_result(env, got < 0 ? -errno : got);
 }
 
-__attribute__((visibility("default"))) int32_t node_api_module_get_api_version_v1(void) {
-  return 8;
-}
+VFIO_MIG_NAPI_MODULE_VERSION
 
 __attribute__((visibility("default"))) napi_value napi_register_module_v1(napi_env env, napi_value exports) {
-  napi_value fn = NULL;
-  if (napi_create_function(env, "sndbuf", (size_t)-1, sndbuf, NULL, &fn) != 0) return NULL;
-  if (napi_set_named_property(env, exports, "sndbuf", fn) != 0) return NULL;
-  if (napi_create_function(env, "pipesz", (size_t)-1, pipesz, NULL, &fn) != 0) return NULL;
-  if (napi_set_named_property(env, exports, "pipesz", fn) != 0) return NULL;
+  if (vfio_mig_export(env, exports, "sndbuf", sndbuf) != 0 || vfio_mig_export(env, exports, "pipesz", pipesz) != 0) return NULL;
   return exports;
 }

@@ -11,7 +11,7 @@
  * and from dist; it loads zstd-napi's binding by an absolute path resolved here.
  */
 import { Worker } from 'node:worker_threads';
-import { crc32 } from 'node:zlib';
+import { crc32, CRC32_ADDON_PATH } from './crc32.js';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import { migError, ErrorCodes } from '../fsm/errors.js';
@@ -64,8 +64,9 @@ const OP_DECOMPRESS = 2;
 const WORKER_SOURCE = `
 'use strict';
 const { parentPort, workerData } = require('node:worker_threads');
-const { crc32 } = require('node:zlib');
 const zstd = require(workerData.bindingPath);
+// The crc32 addon when the main thread uses it (src/streams/crc32.ts), else zlib's: same values.
+const crc32 = workerData.crcPath ? require(workerData.crcPath).crc32 : require('node:zlib').crc32;
 const cctx = new zstd.CCtx();
 const dctx = new zstd.DCtx();
 let scratch = Buffer.allocUnsafeSlow(0);
@@ -451,7 +452,7 @@ export class CompressionPool {
   }
 
   #spawn(): Slot {
-    const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: workerExecArgv(), workerData: { bindingPath: BINDING_PATH } });
+    const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: workerExecArgv(), workerData: { bindingPath: BINDING_PATH, crcPath: CRC32_ADDON_PATH } });
     let booted = (): void => {};
     const slot: Slot = { worker, jobs: new Map(), bytes: 0, ready: false, booted: new Promise<void>((resolve) => (booted = resolve)) };
     worker.once('error', () => booted());

@@ -20,7 +20,7 @@
  * what comes out, and the first error, are exactly what the synchronous decoder produces.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc32.js';
 import { migError, ErrorCodes, MigError } from '../fsm/errors.js';
 import {
   RecordType,

@@ -18,7 +18,7 @@
  * moved to a worker and the caller's Buffer is detached.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc32.js';
 import { migError, ErrorCodes } from '../fsm/errors.js';
 import {
   RecordType,

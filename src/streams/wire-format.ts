@@ -6,7 +6,7 @@
  * Everything is little-endian. A stream is one stream header, then records. Every record header
  * carries a crc32 of itself, so a corrupt length is caught before it is trusted or allocated for.
  */
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc32.js';
 import { createHash, getHashes } from 'node:crypto';
 import { migError, ErrorCodes } from '../fsm/errors.js';
 import type { DeviceIdentity } from '../fsm/types.js';
