@@ -5,8 +5,8 @@
  *
  * Every record's payload is checksummed once on each side of a migration. Node 20's bundled zlib
  * computes crc32 at ~5 GB/s on this VM, a fifth of a core at the data path's 1 GB/s; the addon's
- * PCLMULQDQ folding runs at ~12 GB/s, ~20 with VPCLMULQDQ (docs/PERFORMANCE.md). Both give the same values; the tests
- * compare them for every length class and start value.
+ * PCLMULQDQ folding runs at ~12 GB/s, ~20 with VPCLMULQDQ (docs/PERFORMANCE.md). Both give the
+ * same values; the tests compare them for every length class and start value.
  */
 import { createRequire } from 'node:module';
 import { crc32 as zlibCrc32 } from 'node:zlib';
