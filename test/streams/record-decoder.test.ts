@@ -200,6 +200,29 @@ describe('RecordDecoder: recycle', () => {
     });
   }
 
+  it('keeps a burst of released payloads (up to 16 MiB), so the records after it reuse all of them', async () => {
+    const { chunks, data } = await stream(true);
+    const dec = new RecordDecoder({ recycle: true });
+    const held: Buffer[] = [];
+    const memories = new Set<ArrayBufferLike>();
+    const copies: Buffer[] = [];
+    dec.on('data', (o: DecodedObject) => {
+      if (o.type !== RecordType.DATA) return;
+      memories.add(o.payload.buffer);
+      copies.push(Buffer.from(o.payload));
+      // The first 13 are held (a sink still writing them), then given back at once, as a sink's
+      // completed writes come back together; the later ones are all held.
+      held.push(o.payload);
+      if (copies.length === 13) for (const p of held.splice(0)) expect(dec.release(p)).toBe(true);
+    });
+    for (const c of chunks) dec.write(c);
+    dec.end();
+    await new Promise((r) => dec.on('end', r));
+    expect(copies.map((c, i) => c.equals(data[i]!))).toEqual(data.map(() => true));
+    // 13 buffers were out at once; each of the 11 later records found one of them released.
+    expect(memories.size).toBe(13);
+  });
+
   it('refuses what it did not allocate: zero-copy views, foreign buffers, and everything without the option', async () => {
     const { bytes } = await encodeAll([{ type: RecordType.DATA, device: 0, payload: Buffer.from('in one chunk') }, { type: RecordType.STREAM_END }], { devices: devices(1) });
     const dec = new RecordDecoder({ recycle: true });
