@@ -93,11 +93,13 @@ const cutter = new Writable({
     if (fill > 0) send(cur.subarray(0, fill), done); else done();
   },
 });
-// Forwarded by hand, as migrate() does, so each frame goes back once written.
+// Forwarded by hand, as migrate() does, so each frame or raw payload goes back once written.
 const forward = new Writable({
   highWaterMark: 4 * MiB,
   write(c, _e, cb) {
-    if (sink.write(c, () => enc.release(c))) cb();
+    // A frame goes back to the pool; a record that went out raw is one of our 1 MiB buffers.
+    const done = () => enc.release(c) || (c.length === MiB && free.length < 32 && free.push(c));
+    if (sink.write(c, done)) cb();
     else sink.once('drain', cb);
   },
   final(cb) { sink.end(cb); },
