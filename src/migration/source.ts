@@ -805,6 +805,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const stream = createSavingStream(session, {
       chunkSize: this.#opts.chunkSize ?? autoChunkSize(d.core.identity().stateSize),
       recycle: true,
+      // Compressed, each chunk goes to a worker: in shared memory it is read there, not copied.
+      sharedMemory: this.#compressing,
       onRead: (_bytes, ms) => {
         readMs = ms;
       },

@@ -51,6 +51,12 @@ export interface ChunkSourceOptions extends BackoffOptions {
    * for later reads. Default false: nothing is tracked and release() refuses everything.
    */
   recycle?: boolean;
+  /**
+   * Allocate chunk buffers in SharedArrayBuffer memory: a compression worker then reads a chunk where
+   * it is instead of copying it into memory of its own (CompressionPool.compress). For a consumer that
+   * compresses; with `recycle`, the buffers are reused as usual. Default false.
+   */
+  sharedMemory?: boolean;
 }
 
 /** What the pull loop does after a 0-byte read or a failed pull. */
@@ -117,6 +123,8 @@ export abstract class ChunkSource extends Readable {
   #onAbort: (() => void) | null;
   /** With `recycle`: chunk buffers lent out in views, by backing memory (views out, released, still filling). */
   #lent: WeakMap<ArrayBufferLike, Loan> | null;
+  /** sharedMemory: new chunks are SharedArrayBuffer views. */
+  readonly #shared: boolean;
   /** With `recycle`: views handed downstream and not yet released (a view is released once). */
   #views: WeakSet<Buffer> | null;
   /** Released whole chunk buffers, reused before any new allocation (at most #maxFree). */
@@ -155,6 +163,7 @@ export abstract class ChunkSource extends Readable {
     this.#fill = 0;
     // Only when asked: weak tables keyed by every chunk's memory delay its reclaim to a full GC.
     this.#lent = opts.recycle === true ? new WeakMap() : null;
+    this.#shared = opts.sharedMemory === true;
     this.#views = opts.recycle === true ? new WeakSet() : null;
     this.#free = [];
     this.#maxFree = Math.max(MIN_FREE_CHUNKS, Math.floor(MAX_FREE_BYTES / chunkSize));
@@ -498,7 +507,9 @@ export abstract class ChunkSource extends Readable {
   }
 
   #newChunk(): Buffer {
-    return this.#free.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize);
+    const free = this.#free.pop();
+    if (free !== undefined) return free;
+    return this.#shared ? Buffer.from(new SharedArrayBuffer(this.chunkSize)) : Buffer.allocUnsafeSlow(this.chunkSize);
   }
 
   /** `view` of chunk buffer `buf` goes downstream; `filling`: more views of it may follow. */

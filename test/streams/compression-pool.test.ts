@@ -193,6 +193,21 @@ describe('CompressionPool', () => {
     }
   });
 
+  it('reads a view of a SharedArrayBuffer in place, at its offset', async () => {
+    const data = mixedData(300_000, 21);
+    const shared = Buffer.from(new SharedArrayBuffer(400_000));
+    data.copy(shared, 12_345);
+    const view = shared.subarray(12_345, 12_345 + data.length);
+    const r = await pool.compress(view);
+    expect(r.raw).toBe(view);
+    expect(decompress(r.compressed!, data.length).equals(data)).toBe(true);
+    const rnd = randomBytes(100_000);
+    rnd.copy(shared, 7);
+    const rr = await pool.compress(shared.subarray(7, 100_007));
+    expect(rr.compressed).toBeNull();
+    expect(rr.crc).toBe(crc32(rnd));
+  });
+
   it('decompresses in a worker to exactly the declared size, else CORRUPT', async () => {
     const data = mixedData(500_000, 4);
     const { compressed } = await pool.compress(data);

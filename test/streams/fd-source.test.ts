@@ -123,6 +123,30 @@ describe('createFdSource on pipes, FIFOs and sockets (epoll path)', () => {
     expect(viaSocket).toEqual({ kind: 'socket', path: 'epoll', bytes: data.length, sha: sha(data) });
   });
 
+  it('sharedMemory: a FIFO is read into SharedArrayBuffer chunks through the epoll path, bytes intact', async () => {
+    const fifo = mkfifo(dir, 'shared');
+    const fd = openFifoReader(fifo);
+    const s = createFdSource(fd, { recycle: true, sharedMemory: true });
+    const child = spawn('sh', ['-c', `head -c ${data.length} "${dataFile}" > "${fifo}"`], { stdio: 'ignore' });
+    const hash = createHash('sha256');
+    let shared = 0;
+    let chunks = 0;
+    await new Promise<void>((resolve, reject) => {
+      s.on('data', (c: Buffer) => {
+        hash.update(c);
+        chunks++;
+        if (c.buffer instanceof SharedArrayBuffer) shared++;
+        s.release(c);
+      });
+      s.on('end', () => resolve());
+      s.on('error', reject);
+    });
+    await new Promise((r) => child.on('close', r));
+    fs.unlinkSync(fifo);
+    expect(hash.digest('hex')).toBe(sha(data));
+    expect(shared).toBe(chunks);
+  });
+
   it('release(): a consumer that gives chunks back gets their memory again, bytes intact; foreign and repeated releases are refused', async () => {
     const fifo = mkfifo(dir, 'recycle');
     const fd = openFifoReader(fifo);

@@ -3,7 +3,7 @@ import { Writable, PassThrough } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { once } from 'node:events';
 import pump from 'pump';
-import { createSavingStream, SavingStream } from '../../src/streams/saving-stream.js';
+import { createSavingStream, SavingStream, type SavingStreamOptions } from '../../src/streams/saving-stream.js';
 import { MigError, ErrorCodes } from '../../src/fsm/errors.js';
 import { MiB, ScriptedSaving, errnoError, pattern, sha } from './fd-fixtures.js';
 
@@ -58,8 +58,8 @@ describe('SavingStream over a method-backed session', () => {
    * Read `size` bytes of a scripted session through a recycling SavingStream of `chunk`-byte chunks,
    * handing each chunk to `onChunk` (which may keep or release it), and check the bytes read.
    */
-  async function readRecycled(size: number, chunk: number, onChunk: (c: Buffer, s: ReturnType<typeof createSavingStream>) => void): Promise<void> {
-    const s = createSavingStream(new ScriptedSaving({ available: size }), { chunkSize: chunk, recycle: true });
+  async function readRecycled(size: number, chunk: number, onChunk: (c: Buffer, s: ReturnType<typeof createSavingStream>) => void, opts: SavingStreamOptions = {}): Promise<void> {
+    const s = createSavingStream(new ScriptedSaving({ available: size }), { chunkSize: chunk, recycle: true, ...opts });
     const parts: Buffer[] = [];
     await new Promise<void>((resolve, reject) => {
       s.on('data', (c: Buffer) => {
@@ -71,6 +71,22 @@ describe('SavingStream over a method-backed session', () => {
     });
     expect(sha(...parts)).toBe(sha(pattern(0, size)));
   }
+
+  it('sharedMemory: chunks are views of SharedArrayBuffers (a compression worker reads them in place), recycled the same way', async () => {
+    const memories = new Set<ArrayBufferLike>();
+    let n = 0;
+    await readRecycled(
+      8 * MiB,
+      256 * 1024,
+      (c, s) => {
+        expect(c.buffer).toBeInstanceOf(SharedArrayBuffer);
+        memories.add(c.buffer);
+        if (n++ % 2 === 0) expect(s.release(c)).toBe(true);
+      },
+      { sharedMemory: true },
+    );
+    expect(memories.size).toBeLessThan(n);
+  });
 
   it('release(): chunks given back are reused for later reads; chunks kept are never overwritten', async () => {
     const kept: Buffer[] = [];
