@@ -5,7 +5,8 @@
 // 25% text, 25% random pages) and 'random' (incompressible), from the package's PageGenerator.
 // - zstd-compress-L{L}-{profile}: `cat file | node encoder | cat >/dev/null`, where the node child
 //   reads stdin with createFdSource (recycle: each chunk given back once cut), cuts 1 MiB DATA
-//   records (into buffers the encoder gives back with onPayloadFree once compressed), RecordEncoder
+//   records (into shared-memory buffers the encoder gives back with onPayloadFree once compressed,
+//   or the sink once written raw), RecordEncoder
 //   (zstd level L in the worker pool sized to the cores; recycleFrames: each frame given back once
 //   the sink wrote it), createFdSink(1). The same reuse of memory as migrate(). MB/s of raw input.
 //   Baseline: `cat file | zstd -L -T2 -c | cat >/dev/null` (level -1 is `--fast=1`); `-T1` in detail.
@@ -58,7 +59,9 @@ const enc = new RecordEncoder({
 const src = createFdSource(0, { recycle: true });
 const sink = createFdSink(1);
 const free = [];
-let cur = Buffer.allocUnsafeSlow(MiB);
+// Records are cut into shared memory, which the workers read in place, as migrate() reads devices.
+const newBuf = () => Buffer.from(new SharedArrayBuffer(MiB));
+let cur = newBuf();
 let fill = 0;
 let t0 = 0;
 const send = (buf, cb) => (enc.write({ type: RecordType.DATA, device: 0, payload: buf }) ? cb() : enc.once('drain', cb));
@@ -79,7 +82,7 @@ const cutter = new Writable({
         at += n;
         if (fill === MiB) {
           const full = cur;
-          cur = free.pop() ?? Buffer.allocUnsafeSlow(MiB);
+          cur = free.pop() ?? newBuf();
           fill = 0;
           return send(full, step);
         }
