@@ -25,7 +25,9 @@ class MemEnd extends Duplex {
       cb(Object.assign(new Error('peer closed'), { code: 'EPIPE' }));
       return;
     }
-    if (this.peer.push(chunk)) cb();
+    // A copy: the writer may reuse the chunk's memory once cb runs (migrate() does), while the
+    // peer's reader may not have taken it yet.
+    if (this.peer.push(Buffer.from(chunk))) cb();
     else this.#waiting = () => cb();
   }
 

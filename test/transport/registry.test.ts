@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join, dirname } from 'node:path';
-import type { Duplex } from 'node:stream';
+import { Duplex } from 'node:stream';
 import {
   registerTransport,
   unregisterTransport,
@@ -18,6 +18,9 @@ import {
 import { MigError } from '../../src/fsm/errors.js';
 import { memTransport } from './mem-plugin.js';
 import { MIB, exchange, receiveAll } from './helpers.js';
+import { makeSims } from '../e2e/helpers.js';
+import { migrate } from '../../src/migration/source.js';
+import { receive } from '../../src/migration/destination.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -105,6 +108,43 @@ describe('registry', () => {
   });
 });
 
+/** A Duplex over `conn` whose reader takes a chunk, then waits a millisecond before the next. */
+function slowReader(conn: Duplex): Duplex {
+  const d = new Duplex({
+    allowHalfOpen: true,
+    read() {
+      conn.resume();
+    },
+    write(chunk: Buffer, _e, cb) {
+      conn.write(chunk, cb);
+    },
+    final(cb) {
+      conn.end(cb);
+    },
+    destroy(err, cb) {
+      conn.destroy();
+      cb(err);
+    },
+  });
+  let waiting = 0;
+  let ended = false;
+  conn.on('data', (chunk: Buffer) => {
+    conn.pause();
+    waiting++;
+    setTimeout(() => {
+      waiting--;
+      if (d.push(chunk)) conn.resume();
+      if (ended && waiting === 0) d.push(null);
+    }, 1);
+  });
+  conn.on('end', () => {
+    ended = true;
+    if (waiting === 0) d.push(null);
+  });
+  conn.on('error', (err) => d.destroy(err));
+  return d;
+}
+
 describe('the documented plugin example (mem:)', () => {
   it('is the code docs/transports.md shows', () => {
     const doc = readFileSync(join(here, '..', '..', 'docs', 'transports.md'), 'utf8');
@@ -127,6 +167,28 @@ describe('the documented plugin example (mem:)', () => {
     }
     expect((await rejection(connectTransport('mem:demo'))).code).toBe('ECONNREFUSED');
   });
+
+  for (const compression of ['none', 'zstd'] as const) {
+    it(`carries a whole migration intact (${compression}): migrate() reuses memory in write callbacks`, async () => {
+      const src = makeSims(1, { size: 24 * MIB, dirtyRate: 0 });
+      const dst = makeSims(1, { size: 24 * MIB });
+      const l = await listenTransport(`mem:migrate-${compression}`);
+      try {
+        // A destination that reads slowly: chunks wait in the connection before they are taken.
+        const incoming = receive({ devices: dst.cores, transport: async () => slowReader(await l.accept()) });
+        const run = migrate({ devices: src.cores, transport: l.url, downtimeLimitMs: 1000, compression });
+        const [s, d] = await Promise.all([run.done, incoming.done]);
+        expect(s.verified).toBe(true);
+        expect(d.verified).toBe(true);
+        expect(d.bytes).toBe(s.bytes);
+        expect(dst.sims[0]!.digest()).toEqual(src.sims[0]!.digest());
+      } finally {
+        await l.close();
+        src.close();
+        dst.close();
+      }
+    });
+  }
 
   it('a peer torn down mid-stream is a typed error on the other end', async () => {
     const l = await listenTransport('mem:reset');
