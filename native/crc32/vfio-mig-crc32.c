@@ -49,6 +49,22 @@ __attribute__((target("pclmul,sse4.1"))) static inline __m128i fold(__m128i x, _
   return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)), next);
 }
 
+/**
+ * Fold the `n` bytes left (fewer than a block of the caller's loop) into lane `x` 16 at a time, then
+ * finish through the byte table: the lane as message bytes from a zero register, then the tail.
+ */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t finish(__m128i x, const uint8_t *p, size_t n) {
+  const __m128i k1 = _mm_set_epi64x((long long)k128hi, (long long)k128lo);
+  while (n >= 16) {
+    x = fold(x, k1, _mm_loadu_si128((const __m128i *)p));
+    p += 16;
+    n -= 16;
+  }
+  uint8_t lane[16];
+  _mm_storeu_si128((__m128i *)lane, x);
+  return bytes_crc(bytes_crc(0, lane, 16), p, n);
+}
+
 /** The register after `n` bytes (n >= 64), starting from register `r`. */
 __attribute__((target("pclmul,sse4.1"))) static uint32_t pclmul_crc(uint32_t r, const uint8_t *p, size_t n) {
   __m128i x0 = _mm_loadu_si128((const __m128i *)(p + 0));
@@ -71,14 +87,7 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t pclmul_crc(uint32_t r, 
   __m128i x = fold(x0, k1, x1);
   x = fold(x, k1, x2);
   x = fold(x, k1, x3);
-  while (n >= 16) {
-    x = fold(x, k1, _mm_loadu_si128((const __m128i *)p));
-    p += 16;
-    n -= 16;
-  }
-  uint8_t lane[16];
-  _mm_storeu_si128((__m128i *)lane, x);
-  return bytes_crc(bytes_crc(0, lane, 16), p, n);
+  return finish(x, p, n);
 }
 
 __attribute__((target("vpclmulqdq,avx2,pclmul,sse4.1"))) static inline __m256i fold2(__m256i x, __m256i k, __m256i next) {
@@ -117,15 +126,7 @@ __attribute__((target("vpclmulqdq,avx2,pclmul,sse4.1"))) static uint32_t vpclmul
     n -= 32;
   }
   const __m128i k1 = _mm_set_epi64x((long long)k128hi, (long long)k128lo);
-  __m128i x = fold(_mm256_castsi256_si128(y), k1, _mm256_extracti128_si256(y, 1));
-  while (n >= 16) {
-    x = fold(x, k1, _mm_loadu_si128((const __m128i *)p));
-    p += 16;
-    n -= 16;
-  }
-  uint8_t lane[16];
-  _mm_storeu_si128((__m128i *)lane, x);
-  return bytes_crc(bytes_crc(0, lane, 16), p, n);
+  return finish(fold(_mm256_castsi256_si128(y), k1, _mm256_extracti128_si256(y, 1)), p, n);
 }
 
 static uint32_t crc32_of(uint32_t crc, const uint8_t *p, size_t n) {

@@ -9,6 +9,7 @@ export type {
   DataRecord, RoundRecord, DeviceEndRecord, ControlRecord, StreamEndRecord,
   RecordInput, DataInput, RoundInput, DeviceEndInput, ControlInput, StreamEndInput, RawInput,
 } from './wire-format.js';
+export { crc32, crc32Accelerated } from './crc32.js';
 export { RecordEncoder, createRecordEncoder } from './record-encoder.js';
 export type { RecordEncoderOptions, EncoderCompressionOptions } from './record-encoder.js';
 export { RecordDecoder, createRecordDecoder } from './record-decoder.js';
