@@ -16,24 +16,24 @@ interface CrcAddon {
   accelerated(): boolean;
 }
 
-/** Where the addon is, for worker threads that load it themselves (null: not built). */
-export let CRC32_ADDON_PATH: string | null = null;
-
-function load(): CrcAddon | null {
+/** The addon and its path, when built, loadable, and the CPU has PCLMULQDQ. */
+function load(): { addon: CrcAddon; path: string } | null {
   const require = createRequire(import.meta.url);
   try {
     // Two levels below the package root both in src/streams and in dist/streams.
     const path = require.resolve('../../native/crc32/build/vfio-mig-crc32.node');
     const addon = require(path) as CrcAddon;
-    if (!addon.accelerated()) return null;
-    CRC32_ADDON_PATH = path;
-    return addon;
+    return addon.accelerated() ? { addon, path } : null;
   } catch {
     return null;
   }
 }
 
-const addon = load();
+const loaded = load();
+const addon = loaded?.addon ?? null;
+
+/** Where the addon is, for worker threads that load it themselves (null: not in use). */
+export const CRC32_ADDON_PATH: string | null = loaded?.path ?? null;
 
 /** The addon is in use (built, loaded, and the CPU has PCLMULQDQ). */
 export const crc32Accelerated = addon !== null;
