@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { connectTransport, listenTransport, type TransportListener } from '../../src/transport/index.js';
 import { MigError } from '../../src/fsm/errors.js';
+import { pipeCapacity } from '../../src/streams/fd-tuning.js';
 import { MIB, acceptFrom, exchange, sendRandom, receiveAll, spawnPeer, tempDir, hasOpenssl, makePki, type TestPki } from './helpers.js';
 
 const openFd = promisify(openCb);
@@ -454,8 +455,9 @@ describe('fd:', () => {
       const r = openSync(up, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
       const farW = openSync(up, 'w');
       const conn = await connectTransport(`fd:${r},${w}`);
-      // 64 KiB fills a new pipe (16 pages): written at once, so acknowledged at once.
-      const fill = randomBytes(64 * 1024);
+      // The pipe's capacity (64 KiB unless a user's pipe memory is spent: then a page) fills it:
+      // written at once, so acknowledged at once.
+      const fill = randomBytes(pipeCapacity(w) ?? 64 * 1024);
       await new Promise<void>((resolve, reject) => conn.write(fill, (err) => (err ? reject(err) : resolve())));
       // The pipe is full now: a small chunk waits in the process, and so does its callback.
       const small = randomBytes(28);
