@@ -59,7 +59,7 @@ const enc = new RecordEncoder({
 const src = createFdSource(0, { recycle: true });
 const sink = createFdSink(1);
 const free = [];
-// Records are cut into shared memory, which the workers read in place, as migrate() reads devices.
+// Records are cut into shared memory, which the workers read in place, as migrate() reads a data fd.
 const newBuf = () => Buffer.from(new SharedArrayBuffer(MiB));
 let cur = newBuf();
 let fill = 0;
