@@ -47,6 +47,7 @@ import {
 } from './wire-format.js';
 import { zstd, type CompressionPool } from './compression-pool.js';
 import { readTargetHook, type ReadTargetProvider } from './read-target.js';
+import { MAX_FREE_BYTES, MIN_FREE_CHUNKS } from './chunk-source.js';
 
 export interface RecordDecoderOptions {
   /** Largest payload accepted, on the wire and once decompressed. Default 16 MiB. */
@@ -113,15 +114,6 @@ interface Pending {
   bytes: number;
 }
 
-/**
- * Released payload memory kept for reuse, bytes (and at least MIN_FREE_PER_SIZE buffers of a size);
- * beyond that, released memory goes back to the allocator. Releases come in bursts (a sink completes
- * several writes at once), so the list must hold a burst, as ChunkSource's does: with 4 buffers per
- * size, the bench's zstd decoder child kept few of its 256 released 1 MiB payloads and decompressed
- * into fresh memory for a third of them (20k of its 21k page faults were zstd writing output).
- */
-const MAX_FREE_BYTES = 16 * 1024 * 1024;
-const MIN_FREE_PER_SIZE = 4;
 /**
  * After a DATA payload of at least this size, a source taking read targets is asked to read the next
  * record header alone (one more read per record, so only where records are large): the payload after
@@ -274,7 +266,10 @@ export class RecordDecoder extends Transform {
       list = [];
       this.#free.set(payload.length, list);
     }
-    if (list.length < MIN_FREE_PER_SIZE || this.#freeBytes + payload.length <= MAX_FREE_BYTES) {
+    // ChunkSource's bound (MAX_FREE_BYTES, at least MIN_FREE_CHUNKS per size): releases come in
+    // bursts, and with 4 per size the bench's zstd decoder child decompressed a third of its
+    // payloads into fresh memory (20k of its 21k page faults were zstd writing output).
+    if (list.length < MIN_FREE_CHUNKS || this.#freeBytes + payload.length <= MAX_FREE_BYTES) {
       list.push(payload);
       this.#freeBytes += payload.length;
     }
