@@ -25,6 +25,7 @@ extern napi_status napi_get_typedarray_info(napi_env env, napi_value typedarray,
 extern napi_status napi_create_function(napi_env env, const char *utf8name, size_t length, napi_callback cb, void *data, napi_value *result);
 extern napi_status napi_set_named_property(napi_env env, napi_value object, const char *utf8name, napi_value value);
 extern napi_status napi_throw_type_error(napi_env env, const char *code, const char *msg);
+extern napi_status napi_throw_range_error(napi_env env, const char *code, const char *msg);
 
 /** The version of Node-API the addons need (8: Node 12.22 / 14.17 and later). */
 #define VFIO_MIG_NAPI_MODULE_VERSION                                                            \

@@ -2,13 +2,14 @@
 // Build the native helpers in native/ when their build dependencies are present:
 //
 // - the FUSE data-fd server (native/fuse/vfio-mig-fuse.c, an executable; needs libfuse3);
-// - the socket-option addon (native/sockopt/vfio-mig-sockopt.c) and the crc32 addon
-//   (native/crc32/vfio-mig-crc32.c): Node-API modules that need only a C compiler (declarations in
-//   native/napi-min.h).
+// - the socket-option addon (native/sockopt/vfio-mig-sockopt.c), the crc32 addon
+//   (native/crc32/vfio-mig-crc32.c) and SimDevice's page addon (native/simpages/vfio-mig-simpages.c):
+//   Node-API modules that need only a C compiler (declarations in native/napi-min.h).
 //
 // Each build is optional: without a C compiler or libfuse3's development files it prints one line
 // and goes on, so `npm install` never fails; FUSE data fds are then unavailable (their tests report
-// themselves as skipped), unix sockets keep the kernel's default send buffer and crc32 is zlib's.
+// themselves as skipped), unix sockets keep the kernel's default send buffer, crc32 is zlib's and
+// SimDevice's pages are generated and checked in JavaScript.
 // VFIO_MIG_NATIVE_STRICT=1 turns a missing dependency or a compile error into a failure (for CI).
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, statSync } from 'node:fs';
@@ -81,6 +82,14 @@ build({
   source: 'native/crc32/vfio-mig-crc32.c',
   output: 'native/crc32/build/vfio-mig-crc32.node',
   missing: 'crc32 stays node:zlib\'s',
+  flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
+  deps: ['native/napi-min.h'],
+});
+build({
+  what: 'the SimDevice page addon',
+  source: 'native/simpages/vfio-mig-simpages.c',
+  output: 'native/simpages/build/vfio-mig-simpages.node',
+  missing: 'SimDevice generates and checks its pages in JavaScript',
   flags: ['-shared', '-fPIC', '-fvisibility=hidden'],
   deps: ['native/napi-min.h'],
 });

@@ -16,6 +16,7 @@
  *   like real device memory.
  */
 import { createCipheriv } from 'node:crypto';
+import { createRequire } from 'node:module';
 
 export const PAGE_SIZE = 4096;
 export const PAGE_SHIFT = 12;
@@ -60,6 +61,7 @@ export function pageHash(seed: number, index: number, version: number, salt: num
 
 interface Pools {
   random: Buffer;
+  templates: Buffer;
   randomViews: Uint8Array[];
   templateViews: Uint8Array[];
   text: Buffer;
@@ -164,6 +166,7 @@ function getPools(): Pools {
   const text = buildText(TEXT_POOL_PAGES * PAGE_SIZE);
   pools = {
     random,
+    templates,
     randomViews: views(random, RANDOM_POOL_PAGES, PAGE_SIZE),
     templateViews: views(templates, TEMPLATE_PAGES, PAGE_SIZE),
     text,
@@ -172,6 +175,42 @@ function getPools(): Pools {
   };
   return pools;
 }
+
+/** The same page function, a run of pages per call (native/simpages/vfio-mig-simpages.c). */
+interface PagesAddon {
+  writePages(...args: PagesArgs): void;
+  verifyPages(...args: PagesArgs): number;
+}
+type PagesArgs = [
+  buf: Uint8Array,
+  off: number,
+  idx: Uint32Array,
+  ver: Uint32Array,
+  k: number,
+  count: number,
+  seed: number,
+  kindMask: number,
+  fixedKind: number,
+  random: Buffer,
+  templates: Buffer,
+  text: Buffer,
+];
+
+/** The optional addon (built by scripts/build-native.mjs with a C compiler), or null. */
+function loadAddon(): PagesAddon | null {
+  if (process.env.VFIO_MIG_SIM_PAGES_JS === '1') return null;
+  try {
+    // Two levels below the package root both in src/devices and in dist/devices.
+    return createRequire(import.meta.url)('../../native/simpages/build/vfio-mig-simpages.node') as PagesAddon;
+  } catch {
+    return null;
+  }
+}
+
+const addon = loadAddon();
+
+/** Pages are generated and verified by the native addon (a run per call), not page by page in JavaScript. */
+export const simPagesNative = addon !== null;
 
 /**
  * Generates and verifies the pages of one (seed, profile). Cheap to construct; the pools are shared.
@@ -236,6 +275,32 @@ export class PageGenerator {
     dst[off + 13] = h >>> 8;
     dst[off + 14] = h >>> 16;
     dst[off + 15] = h >>> 24;
+  }
+
+  /**
+   * Write pages (idx[k + j], ver[k + j]) for j < count at dst[off + 4096 j ..): what `count` calls
+   * of writePage() write, in one call of the native addon when it is built.
+   */
+  writePages(dst: Uint8Array, off: number, idx: Uint32Array, ver: Uint32Array, k: number, count: number): void {
+    if (addon !== null) {
+      const p = this._pools;
+      addon.writePages(dst, off, idx, ver, k, count, this.seed, this._kindMask, this._fixedKind, p.random, p.templates, p.text);
+      return;
+    }
+    for (let j = 0; j < count; j++, off += PAGE_SIZE) this.writePage(dst, off, idx[k + j], ver[k + j]);
+  }
+
+  /**
+   * How many of the pages (idx[k + j], ver[k + j]) at src[off + 4096 j ..), from the first, are
+   * exactly what writePage() writes: `count` when all are.
+   */
+  verifyPages(src: Buffer, off: number, idx: Uint32Array, ver: Uint32Array, k: number, count: number): number {
+    if (addon !== null) {
+      const p = this._pools;
+      return addon.verifyPages(src, off, idx, ver, k, count, this.seed, this._kindMask, this._fixedKind, p.random, p.templates, p.text);
+    }
+    for (let j = 0; j < count; j++, off += PAGE_SIZE) if (!this.verifyPage(src, off, idx[k + j], ver[k + j])) return j;
+    return count;
   }
 
   /** True when src[off .. off+4096) is exactly page (index, version); no copy, no allocation. */

@@ -369,12 +369,13 @@ export class SimSaver implements SavingBackend {
         continue;
       }
       const dataOff = this._recOff - this._prefixLen;
-      let k = dataOff >>> 12;
+      const k = dataOff >>> 12;
       const inPage = dataOff & (PAGE_SIZE - 1);
       if (inPage === 0 && limit - pos >= PAGE_SIZE) {
-        // Fast path: whole pages generated straight into the caller's buffer (one memcpy each).
+        // Fast path: whole pages generated straight into the caller's buffer, a run per call.
         const pages = Math.min(this._count - k, Math.floor((limit - pos) / PAGE_SIZE));
-        for (const stop = k + pages; k < stop; k++, pos += PAGE_SIZE) gen.writePage(buf, pos, this._idx[k], this._ver[k]);
+        gen.writePages(buf, pos, this._idx, this._ver, k, pages);
+        pos += pages * PAGE_SIZE;
         this._recOff += pages * PAGE_SIZE;
       } else {
         // Slow path: a page split across reads is generated in scratch and copied in part.

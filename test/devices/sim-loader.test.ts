@@ -147,7 +147,7 @@ describe('SimDevice loader', () => {
     const { stream } = await capture(base, 5);
     const badContent = Buffer.from(stream);
     badContent[META_BYTES + 24 + 40 * 8 + 7 * P + 4000] ^= 0x10;
-    await expect(writeAll((await destination(base)).out, badContent)).rejects.toMatchObject({ code: 'EFAULT' });
+    await expect(writeAll((await destination(base)).out, badContent)).rejects.toMatchObject({ code: 'EFAULT', message: /^page \d+ version \d+: content differs/ });
 
     const badVersion = Buffer.from(stream);
     badVersion.writeUInt32LE(9, META_BYTES + 24 + 4); // page 0 claims version 9

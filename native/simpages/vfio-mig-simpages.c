@@ -1,0 +1,183 @@
+// vfio-mig-simpages: SimDevice's page generator and checker, a run of pages per call.
+//
+// writePages(dst, pos, idx, ver, k, count, seed, kindMask, fixedKind, random, templates, text)
+//   writes pages (idx[k + j], ver[k + j]) for j < count at dst[pos + 4096 j ...).
+// verifyPages(src, pos, idx, ver, k, count, seed, kindMask, fixedKind, random, templates, text)
+//   returns how many of those pages, from the first, are exactly what writePages would write.
+//
+// The page content is defined by src/devices/sim-pages.ts (PageGenerator.writePage/verifyPage):
+// this file computes the same function, and the tests compare the two for every profile. What the
+// addon saves is one JavaScript-to-C++ call and a bounds-checked store loop per 4 KiB page: on the
+// benchmarks' 1 GiB moves that per-page work was the largest user-space item of both the source
+// (memcpy and stamp) and the destination (Buffer.compare), and the reference device's cost is not
+// what the data path's benchmarks mean to measure. docs/PERFORMANCE.md has the numbers.
+#include <stdint.h>
+#include <string.h>
+#include "../napi-min.h"
+
+#define PAGE_SIZE 4096u
+#define STAMP_BYTES 16u
+#define RANDOM_POOL_PAGES 8192u
+#define TEMPLATE_PAGES 16u
+#define TEXT_POOL_PAGES 1024u
+#define SALT_KIND 0x9e3779b9u
+
+enum { KIND_ZERO = 0, KIND_TEMPLATE = 1, KIND_TEXT = 2, KIND_RANDOM = 3 };
+
+static inline uint32_t mix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85ebca6bu;
+  h ^= h >> 13;
+  h *= 0xc2b2ae35u;
+  h ^= h >> 16;
+  return h;
+}
+
+static inline uint32_t page_hash(uint32_t seed, uint32_t index, uint32_t version, uint32_t salt) {
+  return mix32(mix32(mix32(seed ^ salt) ^ index) + version);
+}
+
+struct pages {
+  uint8_t *buf;
+  size_t len;
+  const uint32_t *idx;
+  const uint32_t *ver;
+  size_t idx_len, ver_len;
+  uint32_t pos, k, count, seed;
+  int32_t kind_mask, fixed_kind;
+  const uint8_t *random, *templates, *text;
+};
+
+/** The pool page of kind hash `h`, or NULL for a zero page. */
+static inline const uint8_t *source_page(const struct pages *p, uint32_t h) {
+  uint32_t kind = p->kind_mask == 0 ? (uint32_t)p->fixed_kind : (h & 3u);
+  uint32_t sel = h >> 2;
+  switch (kind) {
+    case KIND_TEMPLATE:
+      return p->templates + (size_t)(sel & (TEMPLATE_PAGES - 1)) * PAGE_SIZE;
+    case KIND_TEXT:
+      return p->text + (size_t)(sel & (TEXT_POOL_PAGES - 1)) * PAGE_SIZE;
+    case KIND_RANDOM:
+      return p->random + (size_t)(sel & (RANDOM_POOL_PAGES - 1)) * PAGE_SIZE;
+    default:
+      return NULL;
+  }
+}
+
+static inline void put32(uint8_t *d, uint32_t v) {
+  d[0] = (uint8_t)v;
+  d[1] = (uint8_t)(v >> 8);
+  d[2] = (uint8_t)(v >> 16);
+  d[3] = (uint8_t)(v >> 24);
+}
+
+static inline void stamp(uint8_t *d, uint32_t index, uint32_t version, uint32_t seed, uint32_t h) {
+  put32(d, index);
+  put32(d + 4, version);
+  put32(d + 8, seed);
+  put32(d + 12, h);
+}
+
+static void write_pages(const struct pages *p) {
+  uint8_t *d = p->buf + p->pos;
+  for (uint32_t j = 0; j < p->count; j++, d += PAGE_SIZE) {
+    uint32_t index = p->idx[p->k + j], version = p->ver[p->k + j];
+    uint32_t h = page_hash(p->seed, index, version, SALT_KIND);
+    const uint8_t *s = source_page(p, h);
+    if (s == NULL) {
+      memset(d, 0, PAGE_SIZE);
+      continue;
+    }
+    memcpy(d + STAMP_BYTES, s + STAMP_BYTES, PAGE_SIZE - STAMP_BYTES);
+    stamp(d, index, version, p->seed, h);
+  }
+}
+
+static int is_zero(const uint8_t *d) {
+  uint64_t acc = 0;
+  for (uint32_t i = 0; i < PAGE_SIZE; i += 8) {
+    uint64_t w;
+    memcpy(&w, d + i, 8);
+    acc |= w;
+  }
+  return acc == 0;
+}
+
+static uint32_t verify_pages(const struct pages *p) {
+  const uint8_t *d = p->buf + p->pos;
+  for (uint32_t j = 0; j < p->count; j++, d += PAGE_SIZE) {
+    uint32_t index = p->idx[p->k + j], version = p->ver[p->k + j];
+    uint32_t h = page_hash(p->seed, index, version, SALT_KIND);
+    const uint8_t *s = source_page(p, h);
+    if (s == NULL) {
+      if (!is_zero(d)) return j;
+      continue;
+    }
+    uint8_t st[STAMP_BYTES];
+    stamp(st, index, version, p->seed, h);
+    if (memcmp(d, st, STAMP_BYTES) != 0 || memcmp(d + STAMP_BYTES, s + STAMP_BYTES, PAGE_SIZE - STAMP_BYTES) != 0) return j;
+  }
+  return p->count;
+}
+
+static int bytes_of(napi_env env, napi_value v, int want_type, void **data, size_t *count) {
+  napi_typedarray_type type;
+  return napi_get_typedarray_info(env, v, &type, count, data, NULL, NULL) == 0 && type == want_type ? 0 : -1;
+}
+
+#define UINT8 1
+#define UINT32 6
+
+/** Parse and bounds-check the twelve arguments; 0 on success (a TypeError/RangeError is thrown otherwise). */
+static int parse(napi_env env, napi_callback_info info, struct pages *p, const char *name) {
+  size_t argc = 12;
+  napi_value a[12];
+  void *buf, *idx, *ver, *random, *templates, *text;
+  size_t random_len, templates_len, text_len;
+  if (napi_get_cb_info(env, info, &argc, a, NULL, NULL) != 0 || argc < 12 || bytes_of(env, a[0], UINT8, &buf, &p->len) != 0 ||
+      napi_get_value_uint32(env, a[1], &p->pos) != 0 || bytes_of(env, a[2], UINT32, &idx, &p->idx_len) != 0 ||
+      bytes_of(env, a[3], UINT32, &ver, &p->ver_len) != 0 || napi_get_value_uint32(env, a[4], &p->k) != 0 ||
+      napi_get_value_uint32(env, a[5], &p->count) != 0 || napi_get_value_uint32(env, a[6], &p->seed) != 0 ||
+      napi_get_value_int32(env, a[7], &p->kind_mask) != 0 || napi_get_value_int32(env, a[8], &p->fixed_kind) != 0 ||
+      bytes_of(env, a[9], UINT8, &random, &random_len) != 0 || bytes_of(env, a[10], UINT8, &templates, &templates_len) != 0 ||
+      bytes_of(env, a[11], UINT8, &text, &text_len) != 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", name);
+    return -1;
+  }
+  if ((uint64_t)p->pos + (uint64_t)p->count * PAGE_SIZE > p->len || (uint64_t)p->k + p->count > p->idx_len ||
+      (uint64_t)p->k + p->count > p->ver_len || random_len < (size_t)RANDOM_POOL_PAGES * PAGE_SIZE ||
+      templates_len < (size_t)TEMPLATE_PAGES * PAGE_SIZE || text_len < (size_t)TEXT_POOL_PAGES * PAGE_SIZE ||
+      (p->kind_mask != 0 && p->kind_mask != 3) || p->fixed_kind < 0 || p->fixed_kind > 3) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", name);
+    return -1;
+  }
+  p->buf = buf;
+  p->idx = idx;
+  p->ver = ver;
+  p->random = random;
+  p->templates = templates;
+  p->text = text;
+  return 0;
+}
+
+static napi_value write_fn(napi_env env, napi_callback_info info) {
+  struct pages p;
+  if (parse(env, info, &p, "writePages(dst, pos, idx, ver, k, count, seed, kindMask, fixedKind, random, templates, text)") != 0) return NULL;
+  write_pages(&p);
+  return NULL;
+}
+
+static napi_value verify_fn(napi_env env, napi_callback_info info) {
+  struct pages p;
+  if (parse(env, info, &p, "verifyPages(src, pos, idx, ver, k, count, seed, kindMask, fixedKind, random, templates, text)") != 0) return NULL;
+  napi_value out = NULL;
+  napi_create_uint32(env, verify_pages(&p), &out);
+  return out;
+}
+
+VFIO_MIG_NAPI_MODULE_VERSION
+
+__attribute__((visibility("default"))) napi_value napi_register_module_v1(napi_env env, napi_value exports) {
+  if (vfio_mig_export(env, exports, "writePages", write_fn) != 0 || vfio_mig_export(env, exports, "verifyPages", verify_fn) != 0) return NULL;
+  return exports;
+}

@@ -1,0 +1,102 @@
+// SimDevice's pages, a run per call: the native addon (native/simpages) and the JavaScript fallback
+// must write exactly what writePage() writes and accept exactly what verifyPage() accepts, and name
+// the first page that differs.
+import { describe, it, expect, vi } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { PageGenerator, SIM_PROFILES, simPagesNative, PAGE_SIZE, type SimProfile } from '../../src/devices/sim-pages.js';
+
+const hasCompiler = spawnSync(process.env.CC || 'cc', ['--version']).status === 0;
+
+/** The module again, loaded with VFIO_MIG_SIM_PAGES_JS=1: its run calls take the JavaScript loop. */
+async function jsOnlyModule(): Promise<typeof import('../../src/devices/sim-pages.js')> {
+  vi.stubEnv('VFIO_MIG_SIM_PAGES_JS', '1');
+  vi.resetModules();
+  try {
+    return await import('../../src/devices/sim-pages.js');
+  } finally {
+    vi.unstubAllEnvs();
+    vi.resetModules();
+  }
+}
+
+/** Page indexes and versions that reach every kind, the u32 edges and repeats. */
+function run(count: number, seed: number): { idx: Uint32Array; ver: Uint32Array } {
+  const idx = new Uint32Array(count);
+  const ver = new Uint32Array(count);
+  for (let i = 0; i < count; i++) {
+    idx[i] = i % 7 === 3 ? 0xffffffff - i : (i * 2654435761 + seed) >>> 0;
+    ver[i] = i % 5 === 0 ? 0 : i % 5 === 1 ? 0xffffffff : (i * 40503) >>> 0;
+  }
+  return { idx, ver };
+}
+
+/** writePage() page by page: the definition of the content. */
+function reference(gen: PageGenerator, idx: Uint32Array, ver: Uint32Array, k: number, count: number): Buffer {
+  const out = Buffer.alloc(count * PAGE_SIZE);
+  for (let j = 0; j < count; j++) gen.writePage(out, j * PAGE_SIZE, idx[k + j], ver[k + j]);
+  return out;
+}
+
+describe('SimDevice pages, a run per call', () => {
+  it('the native addon is in use wherever a C compiler was at install time', () => {
+    expect(simPagesNative).toBe(hasCompiler);
+  });
+
+  it('writePages writes what writePage writes, for every profile, at any offset and start', async () => {
+    const js = await jsOnlyModule();
+    expect(js.simPagesNative).toBe(false);
+    for (const profile of SIM_PROFILES) {
+      for (const seed of [0, 11, 0xffffffff]) {
+        const gen = new PageGenerator(seed, profile);
+        const jsGen = new js.PageGenerator(seed, profile);
+        const { idx, ver } = run(300, seed);
+        const want = reference(gen, idx, ver, 17, 256);
+        for (const g of [gen, jsGen]) {
+          const dst = Buffer.alloc(256 * PAGE_SIZE + 3 * PAGE_SIZE, 0xee);
+          g.writePages(dst, PAGE_SIZE + 5, idx, ver, 17, 256);
+          expect(dst.subarray(PAGE_SIZE + 5, PAGE_SIZE + 5 + want.length).equals(want)).toBe(true);
+          // Nothing outside the run is touched.
+          expect(dst.subarray(0, PAGE_SIZE + 5).every((b) => b === 0xee)).toBe(true);
+          expect(dst.subarray(PAGE_SIZE + 5 + want.length).every((b) => b === 0xee)).toBe(true);
+        }
+      }
+    }
+  });
+
+  it('verifyPages accepts a good run and returns the index of the first page that differs', async () => {
+    const js = await jsOnlyModule();
+    for (const profile of ['mixed', 'random', 'zero'] as SimProfile[]) {
+      const gen = new PageGenerator(7, profile);
+      const jsGen = new js.PageGenerator(7, profile);
+      const { idx, ver } = run(64, 7);
+      const good = reference(gen, idx, ver, 0, 64);
+      for (const g of [gen, jsGen]) {
+        expect(g.verifyPages(good, 0, idx, ver, 0, 64)).toBe(64);
+        expect(g.verifyPages(good, 4 * PAGE_SIZE, idx, ver, 4, 60)).toBe(60);
+        expect(g.verifyPages(good, 0, idx, ver, 0, 0)).toBe(0);
+        // One bit anywhere in page 9: the stamp, the body's first and last bytes.
+        for (const at of [0, 5, 15, 16, 2000, PAGE_SIZE - 1]) {
+          const bad = Buffer.from(good);
+          bad[9 * PAGE_SIZE + at] ^= 0x01;
+          expect(g.verifyPages(bad, 0, idx, ver, 0, 64)).toBe(9);
+          expect(g.verifyPages(bad, 10 * PAGE_SIZE, idx, ver, 10, 54)).toBe(54);
+        }
+        // The right bytes under another version or index are wrong (except a zero page's).
+        const other = Uint32Array.from(ver);
+        other[20] = (other[20] + 1) >>> 0;
+        expect(g.verifyPages(good, 0, idx, other, 0, 64)).toBe(profile === 'zero' ? 64 : 20);
+      }
+    }
+  });
+
+  it.runIf(simPagesNative)('the addon refuses runs outside the buffer or the page lists (RangeError) and wrong types (TypeError)', () => {
+    const gen = new PageGenerator(1, 'mixed');
+    const { idx, ver } = run(8, 1);
+    const buf = Buffer.alloc(8 * PAGE_SIZE);
+    expect(() => gen.writePages(buf, 1, idx, ver, 0, 8)).toThrow(RangeError);
+    expect(() => gen.writePages(buf, 0, idx, ver, 1, 8)).toThrow(RangeError);
+    expect(() => gen.verifyPages(buf, 0, idx.subarray(0, 4), ver, 0, 5)).toThrow(RangeError);
+    expect(() => gen.verifyPages(buf, 0, new Uint16Array(8) as unknown as Uint32Array, ver, 0, 1)).toThrow(TypeError);
+    expect(buf.every((b) => b === 0)).toBe(true);
+  });
+});
