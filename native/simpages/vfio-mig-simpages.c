@@ -78,12 +78,26 @@ static inline void stamp(uint8_t *d, uint32_t index, uint32_t version, uint32_t 
   put32(d + 12, h);
 }
 
+/** Start loading the first lines of page j's pool source (if any) while the previous page is copied. */
+static inline const uint8_t *prefetch_source(const struct pages *p, uint32_t j, uint32_t *h) {
+  if (j >= p->count) return NULL;
+  *h = page_hash(p->seed, p->idx[p->k + j], p->ver[p->k + j], SALT_KIND);
+  const uint8_t *s = source_page(p, *h);
+  if (s != NULL) {
+    for (uint32_t line = 0; line < 512; line += 64) __builtin_prefetch(s + line);
+  }
+  return s;
+}
+
 static void write_pages(const struct pages *p) {
   uint8_t *d = p->buf + p->pos;
+  uint32_t next_h = 0;
+  const uint8_t *next = prefetch_source(p, 0, &next_h);
   for (uint32_t j = 0; j < p->count; j++, d += PAGE_SIZE) {
     uint32_t index = p->idx[p->k + j], version = p->ver[p->k + j];
-    uint32_t h = page_hash(p->seed, index, version, SALT_KIND);
-    const uint8_t *s = source_page(p, h);
+    uint32_t h = next_h;
+    const uint8_t *s = next;
+    next = prefetch_source(p, j + 1, &next_h);
     if (s == NULL) {
       memset(d, 0, PAGE_SIZE);
       continue;
@@ -105,10 +119,13 @@ static int is_zero(const uint8_t *d) {
 
 static uint32_t verify_pages(const struct pages *p) {
   const uint8_t *d = p->buf + p->pos;
+  uint32_t next_h = 0;
+  const uint8_t *next = prefetch_source(p, 0, &next_h);
   for (uint32_t j = 0; j < p->count; j++, d += PAGE_SIZE) {
     uint32_t index = p->idx[p->k + j], version = p->ver[p->k + j];
-    uint32_t h = page_hash(p->seed, index, version, SALT_KIND);
-    const uint8_t *s = source_page(p, h);
+    uint32_t h = next_h;
+    const uint8_t *s = next;
+    next = prefetch_source(p, j + 1, &next_h);
     if (s == NULL) {
       if (!is_zero(d)) return j;
       continue;
