@@ -10,6 +10,9 @@
 import { PAGE_SIZE, PROFILE_CODE, PageGenerator, digestHi, digestLo, mix32, type SimProfile } from './sim-pages.js';
 import { digestHex } from './sim-format.js';
 
+/** Pages per bit of the map of where versioned pages are (a bit per 128 KiB of state). */
+const GROUP_PAGES = 32;
+
 /** Listener told about each page that changes (the saving session's dirty tracker). */
 export type DirtyListener = (index: number) => void;
 
@@ -20,6 +23,8 @@ export class SimMemory {
   readonly gen: PageGenerator;
   /** page index -> version, only for pages at a non-zero version. */
   private _versions: Map<number, number>;
+  /** Bit g set when some page in [32 g, 32 g + 32) may have a version; null until one has. */
+  private _groups: Uint32Array | null;
   private _accHi: number;
   private _accLo: number;
   private readonly _baseHi: number;
@@ -32,6 +37,7 @@ export class SimMemory {
     this.profile = profile;
     this.gen = new PageGenerator(this.seed, profile);
     this._versions = new Map();
+    this._groups = null;
     this._accHi = 0;
     this._accLo = 0;
     const countLo = pageCount >>> 0;
@@ -54,9 +60,30 @@ export class SimMemory {
     return this._versions.get(index) ?? 0;
   }
 
-  /** The map itself is only read by savers when it is non-empty (fast path for fresh devices). */
-  get hasVersions(): boolean {
-    return this._versions.size > 0;
+  /**
+   * out[j] = version(first + j) for j < count: a run of zeros at once wherever no page of a
+   * 32-page group was ever dirtied (savers read the versions of every page they send).
+   */
+  versionsInto(first: number, count: number, out: Uint32Array): void {
+    const groups = this._groups;
+    if (groups === null || this._versions.size === 0) {
+      out.fill(0, 0, count);
+      return;
+    }
+    const versions = this._versions;
+    for (let j = 0; j < count; ) {
+      const g = Math.floor((first + j) / GROUP_PAGES);
+      const end = Math.min(count, (g + 1) * GROUP_PAGES - first);
+      if ((groups[g >>> 5] & (1 << (g & 31))) === 0) out.fill(0, j, end);
+      else for (let i = j; i < end; i++) out[i] = versions.get(first + i) ?? 0;
+      j = end;
+    }
+  }
+
+  private _mark(index: number): void {
+    this._groups ??= new Uint32Array(Math.ceil(this.pageCount / GROUP_PAGES / 32));
+    const g = Math.floor(index / GROUP_PAGES);
+    this._groups[g >>> 5] |= 1 << (g & 31);
   }
 
   /** Set the (single) dirty listener; null to clear. */
@@ -69,6 +96,7 @@ export class SimMemory {
     const old = this._versions.get(index) ?? 0;
     const next = (old + 1) >>> 0 || 1; // u32 wrap skips 0: version 0 means "never dirtied"
     this._apply(index, old, next);
+    if (old === 0) this._mark(index);
     this._versions.set(index, next);
     this._listener?.(index);
   }
@@ -96,6 +124,8 @@ export class SimMemory {
   /** Replace the whole state with loaded versions (a successful RESUMING -> STOP). */
   replace(versions: Map<number, number>, accHi: number, accLo: number): void {
     this._versions = versions;
+    this._groups = null;
+    for (const index of versions.keys()) this._mark(index);
     this._accHi = accHi >>> 0;
     this._accLo = accLo >>> 0;
   }

@@ -281,11 +281,8 @@ export class SimSaver implements SavingBackend {
     if (this._nextInitial < mem.pageCount) {
       const first = this._nextInitial;
       const count = Math.min(RUN_PAGES, mem.pageCount - first);
-      const sparse = mem.hasVersions;
-      for (let i = 0; i < count; i++) {
-        this._idx[i] = first + i;
-        this._ver[i] = sparse ? mem.version(first + i) : 0;
-      }
+      for (let i = 0; i < count; i++) this._idx[i] = first + i;
+      mem.versionsInto(first, count, this._ver);
       this._nextInitial = first + count;
       this._startPages(REC_INITIAL, count);
       return true;

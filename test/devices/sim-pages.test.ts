@@ -100,3 +100,29 @@ describe('SimDevice pages, a run per call', () => {
     expect(buf.every((b) => b === 0)).toBe(true);
   });
 });
+
+describe('SimMemory.versionsInto', () => {
+  it('reads what version() reads, for runs across dirtied and clean groups, before and after replace()', async () => {
+    const { SimMemory } = await import('../../src/devices/sim-memory.js');
+    const pageCount = 2 ** 32 - 5; // indexes up to u32: groups past 2^27
+    const mem = new SimMemory(pageCount, 3, 'mixed');
+    const out = new Uint32Array(300).fill(7);
+    mem.versionsInto(1000, 300, out);
+    expect(out.every((v) => v === 0)).toBe(true);
+    const touched = [0, 31, 32, 1000, 1031, 1032, 1299, 4000, pageCount - 1, pageCount - 40, 2 ** 31 + 5];
+    for (const i of touched) mem.touch(i);
+    mem.touch(1000); // version 2
+    const check = (m: InstanceType<typeof SimMemory>, first: number, count: number): void => {
+      const got = new Uint32Array(count).fill(9);
+      m.versionsInto(first, count, got);
+      for (let j = 0; j < count; j++) expect(got[j], `page ${first + j}`).toBe(m.version(first + j));
+    };
+    for (const [first, count] of [[0, 300], [17, 256], [990, 320], [3990, 40], [pageCount - 300, 300], [2 ** 31 - 100, 256]]) check(mem, first, count);
+    expect(mem.version(1000)).toBe(2);
+    const loaded = new SimMemory(pageCount, 3, 'mixed');
+    loaded.replace(new Map([[5, 4], [pageCount - 2, 1]]), 0, 0);
+    check(loaded, 0, 256);
+    check(loaded, pageCount - 256, 256);
+    expect(loaded.version(5)).toBe(4);
+  });
+});
