@@ -17,6 +17,8 @@ const doc = JSON.parse(text.slice(text.search(/^\{/m)));
 const m = doc.machine;
 process.stdout.write(`Machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}\n\n`);
 process.stdout.write('| result | value | unit | baseline | baseline value | ratio |\n|---|---:|---|---|---:|---:|\n');
+// A '|' inside a cell (the `cat | cat` baseline) would end the cell: escape it.
+const cell = (text) => String(text).replaceAll('|', '\\|');
 for (const r of doc.results) {
-  process.stdout.write(`| \`${r.name}\` | ${fmt(r.value)} | ${r.unit} | ${r.baseline} | ${fmt(r.baselineValue)} | ${fmt(r.ratio)} |\n`);
+  process.stdout.write(`| \`${r.name}\` | ${fmt(r.value)} | ${r.unit} | ${cell(r.baseline)} | ${fmt(r.baselineValue)} | ${fmt(r.ratio)} |\n`);
 }
