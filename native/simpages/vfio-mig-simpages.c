@@ -89,24 +89,6 @@ static inline const uint8_t *prefetch_source(const struct pages *p, uint32_t j, 
   return s;
 }
 
-static void write_pages(const struct pages *p) {
-  uint8_t *d = p->buf + p->pos;
-  uint32_t next_h = 0;
-  const uint8_t *next = prefetch_source(p, 0, &next_h);
-  for (uint32_t j = 0; j < p->count; j++, d += PAGE_SIZE) {
-    uint32_t index = p->idx[p->k + j], version = p->ver[p->k + j];
-    uint32_t h = next_h;
-    const uint8_t *s = next;
-    next = prefetch_source(p, j + 1, &next_h);
-    if (s == NULL) {
-      memset(d, 0, PAGE_SIZE);
-      continue;
-    }
-    memcpy(d + STAMP_BYTES, s + STAMP_BYTES, PAGE_SIZE - STAMP_BYTES);
-    stamp(d, index, version, p->seed, h);
-  }
-}
-
 static int is_zero(const uint8_t *d) {
   uint64_t acc = 0;
   for (uint32_t i = 0; i < PAGE_SIZE; i += 8) {
@@ -117,8 +99,29 @@ static int is_zero(const uint8_t *d) {
   return acc == 0;
 }
 
-static uint32_t verify_pages(const struct pages *p) {
-  const uint8_t *d = p->buf + p->pos;
+/** Page (index, version) with kind hash h and pool source s (NULL: a zero page) is at d. */
+static int page_matches(const uint8_t *d, const uint8_t *s, uint32_t index, uint32_t version, uint32_t seed, uint32_t h) {
+  if (s == NULL) return is_zero(d);
+  uint8_t st[STAMP_BYTES];
+  stamp(st, index, version, seed, h);
+  return memcmp(d, st, STAMP_BYTES) == 0 && memcmp(d + STAMP_BYTES, s + STAMP_BYTES, PAGE_SIZE - STAMP_BYTES) == 0;
+}
+
+static void write_page(uint8_t *d, const uint8_t *s, uint32_t index, uint32_t version, uint32_t seed, uint32_t h) {
+  if (s == NULL) {
+    memset(d, 0, PAGE_SIZE);
+    return;
+  }
+  memcpy(d + STAMP_BYTES, s + STAMP_BYTES, PAGE_SIZE - STAMP_BYTES);
+  stamp(d, index, version, seed, h);
+}
+
+/**
+ * Write the run's pages (verify 0) or check them (verify 1); returns how many pages, from the
+ * first, were written or matched.
+ */
+static uint32_t run_pages(const struct pages *p, int verify) {
+  uint8_t *d = p->buf + p->pos;
   uint32_t next_h = 0;
   const uint8_t *next = prefetch_source(p, 0, &next_h);
   for (uint32_t j = 0; j < p->count; j++, d += PAGE_SIZE) {
@@ -126,13 +129,8 @@ static uint32_t verify_pages(const struct pages *p) {
     uint32_t h = next_h;
     const uint8_t *s = next;
     next = prefetch_source(p, j + 1, &next_h);
-    if (s == NULL) {
-      if (!is_zero(d)) return j;
-      continue;
-    }
-    uint8_t st[STAMP_BYTES];
-    stamp(st, index, version, p->seed, h);
-    if (memcmp(d, st, STAMP_BYTES) != 0 || memcmp(d + STAMP_BYTES, s + STAMP_BYTES, PAGE_SIZE - STAMP_BYTES) != 0) return j;
+    if (!verify) write_page(d, s, index, version, p->seed, h);
+    else if (!page_matches(d, s, index, version, p->seed, h)) return j;
   }
   return p->count;
 }
@@ -180,7 +178,7 @@ static int parse(napi_env env, napi_callback_info info, struct pages *p, const c
 static napi_value write_fn(napi_env env, napi_callback_info info) {
   struct pages p;
   if (parse(env, info, &p, "writePages(dst, pos, idx, ver, k, count, seed, kindMask, fixedKind, random, templates, text)") != 0) return NULL;
-  write_pages(&p);
+  run_pages(&p, 0);
   return NULL;
 }
 
@@ -188,7 +186,7 @@ static napi_value verify_fn(napi_env env, napi_callback_info info) {
   struct pages p;
   if (parse(env, info, &p, "verifyPages(src, pos, idx, ver, k, count, seed, kindMask, fixedKind, random, templates, text)") != 0) return NULL;
   napi_value out = NULL;
-  napi_create_uint32(env, verify_pages(&p), &out);
+  napi_create_uint32(env, run_pages(&p, 1), &out);
   return out;
 }
 
