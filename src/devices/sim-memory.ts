@@ -13,6 +13,11 @@ import { digestHex } from './sim-format.js';
 /** Pages per bit of the map of where versioned pages are (a bit per 128 KiB of state). */
 const GROUP_PAGES = 32;
 
+function mark(groups: Uint32Array, index: number): void {
+  const g = Math.floor(index / GROUP_PAGES);
+  groups[g >>> 5] |= 1 << (g & 31);
+}
+
 /** Listener told about each page that changes (the saving session's dirty tracker). */
 export type DirtyListener = (index: number) => void;
 
@@ -23,7 +28,11 @@ export class SimMemory {
   readonly gen: PageGenerator;
   /** page index -> version, only for pages at a non-zero version. */
   private _versions: Map<number, number>;
-  /** Bit g set when some page in [32 g, 32 g + 32) may have a version; null until one has. */
+  /**
+   * Bit g set when some page in [32 g, 32 g + 32) may have a version. Null until a saver asks
+   * (versionsInto() builds it from the map, touch() keeps it), and again after replace(): a loaded
+   * state becomes the device's at RESUMING -> STOP, inside the downtime, where O(pages) is not spent.
+   */
   private _groups: Uint32Array | null;
   private _accHi: number;
   private _accLo: number;
@@ -65,12 +74,12 @@ export class SimMemory {
    * 32-page group was ever dirtied (savers read the versions of every page they send).
    */
   versionsInto(first: number, count: number, out: Uint32Array): void {
-    const groups = this._groups;
-    if (groups === null || this._versions.size === 0) {
+    const versions = this._versions;
+    if (versions.size === 0) {
       out.fill(0, 0, count);
       return;
     }
-    const versions = this._versions;
+    const groups = this._groups ?? this._buildGroups();
     for (let j = 0; j < count; ) {
       const g = Math.floor((first + j) / GROUP_PAGES);
       const end = Math.min(count, (g + 1) * GROUP_PAGES - first);
@@ -80,10 +89,11 @@ export class SimMemory {
     }
   }
 
-  private _mark(index: number): void {
-    this._groups ??= new Uint32Array(Math.ceil(this.pageCount / GROUP_PAGES / 32));
-    const g = Math.floor(index / GROUP_PAGES);
-    this._groups[g >>> 5] |= 1 << (g & 31);
+  private _buildGroups(): Uint32Array {
+    const groups = new Uint32Array(Math.ceil(this.pageCount / GROUP_PAGES / 32));
+    for (const index of this._versions.keys()) mark(groups, index);
+    this._groups = groups;
+    return groups;
   }
 
   /** Set the (single) dirty listener; null to clear. */
@@ -96,7 +106,7 @@ export class SimMemory {
     const old = this._versions.get(index) ?? 0;
     const next = (old + 1) >>> 0 || 1; // u32 wrap skips 0: version 0 means "never dirtied"
     this._apply(index, old, next);
-    if (old === 0) this._mark(index);
+    if (old === 0 && this._groups !== null) mark(this._groups, index);
     this._versions.set(index, next);
     this._listener?.(index);
   }
@@ -125,7 +135,6 @@ export class SimMemory {
   replace(versions: Map<number, number>, accHi: number, accLo: number): void {
     this._versions = versions;
     this._groups = null;
-    for (const index of versions.keys()) this._mark(index);
     this._accHi = accHi >>> 0;
     this._accLo = accLo >>> 0;
   }

@@ -119,10 +119,23 @@ describe('SimMemory.versionsInto', () => {
     };
     for (const [first, count] of [[0, 300], [17, 256], [990, 320], [3990, 40], [pageCount - 300, 300], [2 ** 31 - 100, 256]]) check(mem, first, count);
     expect(mem.version(1000)).toBe(2);
+    // Pages dirtied after the map of groups was built are in it too.
+    mem.touch(700);
+    mem.touch(2 ** 31 + 77);
+    check(mem, 640, 100);
+    check(mem, 2 ** 31 + 64, 32);
     const loaded = new SimMemory(pageCount, 3, 'mixed');
     loaded.replace(new Map([[5, 4], [pageCount - 2, 1]]), 0, 0);
     check(loaded, 0, 256);
     check(loaded, pageCount - 256, 256);
     expect(loaded.version(5)).toBe(4);
+    // Replaced again (a later migration in), and dirtied before and after a saver asks.
+    loaded.replace(new Map([[9000, 2]]), 0, 0);
+    loaded.touch(40);
+    check(loaded, 0, 64);
+    check(loaded, 8990, 20);
+    loaded.touch(9001);
+    check(loaded, 8990, 20);
+    expect(loaded.version(5)).toBe(0);
   });
 });
