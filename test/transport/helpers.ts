@@ -139,6 +139,19 @@ export function tempDir(prefix = 'vfio-mig-transport-'): { dir: string; cleanup:
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
+/** Run `fn` with two fresh FIFOs, `down` and `up`, in a temporary directory removed afterwards. */
+export async function withFifoPair<T>(fn: (down: string, up: string) => Promise<T>): Promise<T> {
+  const t = tempDir();
+  try {
+    const down = join(t.dir, 'down');
+    const up = join(t.dir, 'up');
+    execFileSync('mkfifo', [down, up]);
+    return await fn(down, up);
+  } finally {
+    t.cleanup();
+  }
+}
+
 export function hasOpenssl(): boolean {
   try {
     execFileSync('openssl', ['version'], { stdio: 'ignore' });

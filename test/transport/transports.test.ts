@@ -11,7 +11,7 @@ import type { Duplex } from 'node:stream';
 import { connectTransport, listenTransport, type TransportListener } from '../../src/transport/index.js';
 import { MigError } from '../../src/fsm/errors.js';
 import { pipeCapacity } from '../../src/streams/fd-tuning.js';
-import { MIB, acceptFrom, exchange, sendRandom, receiveAll, spawnPeer, tempDir, hasOpenssl, makePki, type TestPki } from './helpers.js';
+import { MIB, acceptFrom, exchange, sendRandom, receiveAll, spawnPeer, tempDir, withFifoPair, hasOpenssl, makePki, type TestPki } from './helpers.js';
 
 const openFd = promisify(openCb);
 
@@ -417,11 +417,7 @@ describe('fd:', () => {
   });
 
   it('fd:R,W: a pair of FIFOs on both sides, 4 MiB each way', async () => {
-    const t = tempDir();
-    try {
-      const toChild = join(t.dir, 'down');
-      const fromChild = join(t.dir, 'up');
-      execFileSync('mkfifo', [toChild, fromChild]);
+    await withFifoPair(async (toChild, fromChild) => {
       const peer = spawnPeer(['fifos', toChild, fromChild, String(4 * MIB)]);
       // Opening a FIFO blocks until its other end opens: done in the thread pool, both at once.
       const [w, r] = await Promise.all([openFd(toChild, 'w'), openFd(fromChild, 'r')]);
@@ -436,19 +432,13 @@ describe('fd:', () => {
       expect(res.received).toEqual({ hash: sent, bytes: 4 * MIB });
       expect(received).toEqual({ hash: res.sent, bytes: 4 * MIB });
       conn.destroy();
-    } finally {
-      t.cleanup();
-    }
+    });
   });
 
   it('fd:R,W: a write callback means the bytes left the process, even behind a full pipe', async () => {
     // migrate() reuses a chunk's memory once its write callback ran (device buffers, compressed
     // frames): a small chunk queued behind a full pipe must not be acknowledged before it is written.
-    const t = tempDir();
-    try {
-      const down = join(t.dir, 'down');
-      const up = join(t.dir, 'up');
-      execFileSync('mkfifo', [down, up]);
+    await withFifoPair(async (down, up) => {
       // Readers first (non-blocking opens), then writers: no end blocks waiting for the other.
       const farR = openSync(down, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
       const w = openSync(down, 'w');
@@ -479,9 +469,7 @@ describe('fd:', () => {
       expect(Buffer.concat(got).equals(want)).toBe(true);
       conn.destroy();
       closeSync(farW);
-    } finally {
-      t.cleanup();
-    }
+    });
   });
 
   it('refuses stdio, regular files and closed fds with typed errors', async () => {
