@@ -17,9 +17,6 @@
 
 #define PAGE_SIZE 4096u
 #define STAMP_BYTES 16u
-#define RANDOM_POOL_PAGES 8192u
-#define TEMPLATE_PAGES 16u
-#define TEXT_POOL_PAGES 1024u
 #define SALT_KIND 0x9e3779b9u
 
 enum { KIND_ZERO = 0, KIND_TEMPLATE = 1, KIND_TEXT = 2, KIND_RANDOM = 3 };
@@ -46,6 +43,8 @@ struct pages {
   uint32_t pos, k, count, seed;
   int32_t kind_mask, fixed_kind;
   const uint8_t *random, *templates, *text;
+  /** Page counts of the pools less one (each count a power of two, as in sim-pages.ts): selector masks. */
+  uint32_t random_mask, templates_mask, text_mask;
 };
 
 /** The pool page of kind hash `h`, or NULL for a zero page. */
@@ -54,11 +53,11 @@ static inline const uint8_t *source_page(const struct pages *p, uint32_t h) {
   uint32_t sel = h >> 2;
   switch (kind) {
     case KIND_TEMPLATE:
-      return p->templates + (size_t)(sel & (TEMPLATE_PAGES - 1)) * PAGE_SIZE;
+      return p->templates + (size_t)(sel & p->templates_mask) * PAGE_SIZE;
     case KIND_TEXT:
-      return p->text + (size_t)(sel & (TEXT_POOL_PAGES - 1)) * PAGE_SIZE;
+      return p->text + (size_t)(sel & p->text_mask) * PAGE_SIZE;
     case KIND_RANDOM:
-      return p->random + (size_t)(sel & (RANDOM_POOL_PAGES - 1)) * PAGE_SIZE;
+      return p->random + (size_t)(sel & p->random_mask) * PAGE_SIZE;
     default:
       return NULL;
   }
@@ -140,6 +139,14 @@ static int bytes_of(napi_env env, napi_value v, int want_type, void **data, size
   return napi_get_typedarray_info(env, v, &type, count, data, NULL, NULL) == 0 && type == want_type ? 0 : -1;
 }
 
+/** A pool's selector mask from its length (a power-of-two number of whole pages); 0 on success. */
+static int pool_mask(size_t len, uint32_t *mask) {
+  size_t pages = len / PAGE_SIZE;
+  if (len % PAGE_SIZE != 0 || pages == 0 || pages > 0x80000000u || (pages & (pages - 1)) != 0) return -1;
+  *mask = (uint32_t)(pages - 1);
+  return 0;
+}
+
 #define UINT8 1
 #define UINT32 6
 
@@ -160,8 +167,8 @@ static int parse(napi_env env, napi_callback_info info, struct pages *p, const c
     return -1;
   }
   if ((uint64_t)p->pos + (uint64_t)p->count * PAGE_SIZE > p->len || (uint64_t)p->k + p->count > p->idx_len ||
-      (uint64_t)p->k + p->count > p->ver_len || random_len < (size_t)RANDOM_POOL_PAGES * PAGE_SIZE ||
-      templates_len < (size_t)TEMPLATE_PAGES * PAGE_SIZE || text_len < (size_t)TEXT_POOL_PAGES * PAGE_SIZE ||
+      (uint64_t)p->k + p->count > p->ver_len || pool_mask(random_len, &p->random_mask) != 0 ||
+      pool_mask(templates_len, &p->templates_mask) != 0 || pool_mask(text_len, &p->text_mask) != 0 ||
       (p->kind_mask != 0 && p->kind_mask != 3) || p->fixed_kind < 0 || p->fixed_kind > 3) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", name);
     return -1;
