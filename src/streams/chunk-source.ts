@@ -24,7 +24,7 @@ import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { migError, ErrorCodes, isErrno, MigError } from '../fsm/errors.js';
 import { Backoff, ioError, type BackoffOptions } from './retry.js';
-import { READ_TARGET, ReadTargets, type ReadTargetHook } from './read-target.js';
+import { INPUT_RELEASE, READ_TARGET, ReadTargets, type InputReleaseHook, type ReadTargetHook } from './read-target.js';
 
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 /**
@@ -48,7 +48,8 @@ export interface ChunkSourceOptions extends BackoffOptions {
   onRead?: (bytes: number, ms: number) => void;
   /**
    * The consumer gives chunks back with release() once done with them, and their memory is reused
-   * for later reads. Default false: nothing is tracked and release() refuses everything.
+   * for later reads; a RecordDecoder piped from this stream does so by itself (INPUT_RELEASE,
+   * read-target.ts). Default false: nothing is tracked and release() refuses everything.
    */
   recycle?: boolean;
   /**
@@ -166,6 +167,8 @@ export abstract class ChunkSource extends Readable {
     this.#lent = opts.recycle === true ? new WeakMap() : null;
     this.#shared = opts.sharedMemory === true;
     this.#views = opts.recycle === true ? new WeakSet() : null;
+    // A RecordDecoder piped from a recycling source gives chunks back itself (read-target.ts).
+    if (opts.recycle === true) (this as unknown as { [INPUT_RELEASE]: InputReleaseHook })[INPUT_RELEASE] = (chunk) => this.release(chunk);
     this.#free = [];
     this.#maxFree = Math.max(MIN_FREE_CHUNKS, Math.floor(MAX_FREE_BYTES / chunkSize));
     this.#minReadSpace = Math.min(chunkSize, MIN_READ_SPACE);

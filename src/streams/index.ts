@@ -31,6 +31,6 @@ export { DEFAULT_CHUNK_SIZE } from './chunk-source.js';
 export { chunksOf } from './chunks.js';
 export type { ChunkSourceOptions } from './chunk-source.js';
 export type { ChunkSinkOptions } from './chunk-sink.js';
-export { READ_TARGET, readTargetHook, ReadTargets, FIRST_READ_BYTES } from './read-target.js';
-export type { ReadTargetProvider, ReadTargetHook } from './read-target.js';
+export { READ_TARGET, readTargetHook, ReadTargets, FIRST_READ_BYTES, INPUT_RELEASE, inputReleaseHook } from './read-target.js';
+export type { ReadTargetProvider, ReadTargetHook, InputReleaseHook } from './read-target.js';
 export { sendBufferSize, pipeCapacity, PIPE_CAPACITY } from './fd-tuning.js';

@@ -17,6 +17,13 @@
  * reached it; it compares the count it was given with what it received and returns null otherwise
  * (bytes in flight in the source's readable buffer or its own writable buffer). The answer binds for
  * exactly one read. Unregistering passes null.
+ *
+ * Input release, the other direction: a source that reuses its memory once the consumer is done
+ * with it (ChunkSource with `recycle`) carries a function under `INPUT_RELEASE`. A consumer piped
+ * from it that knows when it no longer needs a chunk it was written (RecordDecoder: every byte
+ * parsed, no payload handed out as a view of it still held, no frame of it still in a worker)
+ * gives that exact chunk back through it, and the source reads later bytes into the same memory
+ * instead of fresh pages.
  */
 
 /** The key under which a source offers read targets: `source[READ_TARGET](provider | null)`. */
@@ -32,6 +39,18 @@ export type ReadTargetHook = (provider: ReadTargetProvider | null) => void;
 export function readTargetHook(source: unknown): ReadTargetHook | null {
   const hook = (source as { [READ_TARGET]?: unknown } | null)?.[READ_TARGET];
   return typeof hook === 'function' ? (hook as ReadTargetHook).bind(source) : null;
+}
+
+/** The key under which a source takes back chunks it pushed: `source[INPUT_RELEASE](chunk)`. */
+export const INPUT_RELEASE: unique symbol = Symbol.for('vfio-mig.inputRelease');
+
+/** The function a source carries under INPUT_RELEASE: true when it took the chunk back. */
+export type InputReleaseHook = (chunk: Buffer) => boolean;
+
+/** The source's input release function when `source` offers one, else null. */
+export function inputReleaseHook(source: unknown): InputReleaseHook | null {
+  const hook = (source as { [INPUT_RELEASE]?: unknown } | null)?.[INPUT_RELEASE];
+  return typeof hook === 'function' ? (hook as InputReleaseHook).bind(source) : null;
 }
 
 /** A source's first read, asked for before any consumer could be piped, is kept to this much. */

@@ -14,6 +14,12 @@
  * spans chunks is gathered into a scratch buffer the decoder owns and reuses: the frame is read only
  * while its record is decoded (synchronously, before the next record) and never handed out.
  *
+ * Piped from a source that takes its chunks back (INPUT_RELEASE: ChunkSource and FdSource with
+ * `recycle`), the decoder gives each input chunk back once it is done with it: every byte parsed,
+ * no payload handed out as a view of it still held (given back with release(), the `recycle`
+ * option; one never given back keeps its chunk from reuse), no frame of it still in a worker. The
+ * source then reads into memory already mapped instead of fresh pages.
+ *
  * With a `pool`, large compressed frames decompress in its worker threads while the decoder goes on
  * parsing: the records after such a frame wait in a FIFO (bounded by `maxPendingBytes`) and every
  * check that depends on order (byte counts, digests, STREAM_END) runs as each record leaves it, so
@@ -46,7 +52,7 @@ import {
   type DecodedObject,
 } from './wire-format.js';
 import { zstd, type CompressionPool } from './compression-pool.js';
-import { readTargetHook, type ReadTargetProvider } from './read-target.js';
+import { inputReleaseHook, readTargetHook, type InputReleaseHook, type ReadTargetProvider } from './read-target.js';
 import { MAX_FREE_BYTES, MIN_FREE_CHUNKS } from './chunk-source.js';
 
 export interface RecordDecoderOptions {
@@ -112,6 +118,18 @@ interface Pending {
   error: Error | null;
   /** Raw bytes it holds, counted in #pendingBytes. */
   bytes: number;
+}
+
+/** An input chunk a source wants back (INPUT_RELEASE), until the decoder is done with it. */
+interface InputChunk {
+  chunk: Buffer;
+  /** Stream offset just past its last byte. */
+  end: number;
+  /** Payload views and pool frames that point into it and are still out. */
+  refs: number;
+  /** Every byte of it parsed. */
+  parsed: boolean;
+  give: InputReleaseHook;
 }
 
 /**
@@ -198,6 +216,15 @@ export class RecordDecoder extends Transform {
   #asmFill: number;
   /** Payload length of the last record parsed (is the next header read alone?). */
   #lastPayload: number;
+  /** The piped source's INPUT_RELEASE, or null: then no input chunk is tracked. */
+  #giveInput: InputReleaseHook | null;
+  /** Input chunks not yet wholly parsed, in stream order, from #inputHead on. */
+  #inputs: InputChunk[];
+  #inputHead: number;
+  /** Zero-copy payloads handed out, to the input chunks they point into (released with release()). */
+  #pins: WeakMap<Buffer, InputChunk[]>;
+  /** The last #consume() returned a view of the input (no copy). */
+  #viewOut: boolean;
 
   constructor(opts: RecordDecoderOptions = {}) {
     super({
@@ -243,6 +270,13 @@ export class RecordDecoder extends Transform {
     this.#asm = null;
     this.#asmFill = 0;
     this.#lastPayload = 0;
+    this.#giveInput = null;
+    this.#inputs = [];
+    this.#inputHead = 0;
+    this.#pins = new WeakMap();
+    this.#viewOut = false;
+    this.on('pipe', (src: unknown) => (this.#giveInput = inputReleaseHook(src)));
+    this.on('unpipe', () => (this.#giveInput = null));
     if (opts.readTargets ?? true) {
       const provider: ReadTargetProvider = (pushed) => this.#readTarget(pushed);
       this.on('pipe', (src: unknown) => readTargetHook(src)?.(provider));
@@ -254,10 +288,17 @@ export class RecordDecoder extends Transform {
    * With the `recycle` option: give back a DATA payload this decoder allocated, once its bytes are
    * no longer needed (the device took them). Its memory then holds a later payload instead of fresh
    * memory, which costs a page fault per 4 KiB on first touch. After release() the caller must not
-   * touch the payload. Returns false (and does nothing) for a payload that is a view of an input chunk
-   * (zero-copy: the memory is the transport's), one already released, or any other buffer.
+   * touch the payload. A payload that is a view of an input chunk (zero-copy) lets that chunk go back
+   * to a source that takes chunks back (INPUT_RELEASE); any other source's memory is not ours: false.
+   * Returns false (and does nothing) for one already released or any other buffer.
    */
   release(payload: Buffer): boolean {
+    const pinned = this.#pins.get(payload);
+    if (pinned !== undefined) {
+      this.#pins.delete(payload);
+      this.#unpin(pinned);
+      return true;
+    }
     if (this.#lent === null || !this.#lent.has(payload)) return false;
     this.#lent.delete(payload);
     if (this.destroyed) return true;
@@ -344,8 +385,14 @@ export class RecordDecoder extends Transform {
     }
     try {
       if (this.#state === S_DONE) throw migError(ErrorCodes.CORRUPT, `${chunk.length} bytes after STREAM_END`, { detail: { offset: this.#offset } });
+      // Bytes a source read into our own buffer (a read target) are not its memory to take back.
+      const give = this.#giveInput;
+      if (give !== null && (this.#asm === null || chunk.buffer !== this.#asm.buffer)) {
+        this.#inputs.push({ chunk, end: this.bytesIn, refs: 0, parsed: false, give });
+      }
       this.#append(chunk);
       this.#parse();
+      if (this.#inputs.length > 0) this.#freeInputs();
     } catch (err) {
       if (this.#pending.length === 0) {
         this.#fail(err, cb);
@@ -486,6 +533,7 @@ export class RecordDecoder extends Transform {
     this.#buffered -= n;
     this.#offset += n;
     const asm = this.#asm;
+    this.#viewOut = false;
     if (asm !== null) {
       // The assembled payload (#parse consumes nothing else while it is set, and only once it is full).
       this.#asm = null;
@@ -495,10 +543,12 @@ export class RecordDecoder extends Transform {
     // Fast path: inside one chunk, a view and no copy.
     if (first.length === n) {
       this.#buffers.shift();
+      this.#viewOut = true;
       return first;
     }
     if (first.length > n) {
       this.#buffers[0] = first.subarray(n);
+      this.#viewOut = true;
       return first.subarray(0, n);
     }
     // Slow path: the bytes span chunks; one copy, into the warm scratch when they stay internal (a fresh
@@ -578,6 +628,45 @@ export class RecordDecoder extends Transform {
     return null;
   }
 
+  /** Give back the input chunks now wholly parsed that nothing out points into. */
+  #freeInputs(): void {
+    const list = this.#inputs;
+    let i = this.#inputHead;
+    while (i < list.length && list[i]!.end <= this.#offset) {
+      const c = list[i++]!;
+      c.parsed = true;
+      if (c.refs === 0 && !this.destroyed) c.give(c.chunk);
+    }
+    if (i === list.length) {
+      list.length = 0;
+      i = 0;
+    } else if (i >= 64 && i * 2 >= list.length) {
+      list.splice(0, i);
+      i = 0;
+    }
+    this.#inputHead = i;
+  }
+
+  /** The tracked input chunks holding stream bytes [start, end), each counted as pointed into. */
+  #pin(start: number, end: number): InputChunk[] {
+    const out: InputChunk[] = [];
+    const list = this.#inputs;
+    for (let i = this.#inputHead; i < list.length && list[i]!.end - list[i]!.chunk.length < end; i++) {
+      const c = list[i]!;
+      if (c.end <= start) continue;
+      c.refs++;
+      out.push(c);
+    }
+    return out;
+  }
+
+  /** What pointed into these chunks is done: give back those also wholly parsed. */
+  #unpin(chunks: InputChunk[]): void {
+    for (const c of chunks) {
+      if (--c.refs === 0 && c.parsed && !this.destroyed) c.give(c.chunk);
+    }
+  }
+
   #takeScratch(n: number): Buffer {
     let s = this.#scratch;
     if (s === null || s.length < n) {
@@ -643,7 +732,16 @@ export class RecordDecoder extends Transform {
           const toPool = this.#usePool(h);
           const internal = !toPool && ((h.flags & RecordFlags.COMPRESSED) !== 0 || h.type > RecordType.STREAM_END);
           const payload = h.payloadLength === 0 ? Buffer.alloc(0) : this.#consume(h.payloadLength, internal, h.type === RecordType.DATA);
-          this.#accept(h, payload, toPool);
+          // A view of tracked input that outlives this call (a frame a worker reads, a raw payload
+          // handed out) keeps its chunks until it is done with (before #accept: a flowing reader
+          // may give the payload back from inside push()).
+          let pins: InputChunk[] | null = null;
+          if (this.#viewOut && h.payloadLength > 0 && (toPool || (h.type === RecordType.DATA && !internal)) && this.#inputHead < this.#inputs.length) {
+            pins = this.#pin(this.#offset - h.payloadLength, this.#offset);
+            // Without `recycle` nothing is given back: the chunks stay out for good (left to the GC).
+            if (!toPool && this.#lent !== null) this.#pins.set(payload, pins);
+          }
+          this.#accept(h, payload, toPool, pins);
           this.#record = null;
           this.#state = h.type === RecordType.STREAM_END ? S_DONE : S_HEADER;
           if (this.#state === S_DONE) {
@@ -721,7 +819,7 @@ export class RecordDecoder extends Transform {
    * the payload), then emit it now, or queue it behind the records still in the pool, or send its
    * frame to the pool and queue it.
    */
-  #accept(h: RecordHeader, wire: Buffer, toPool: boolean): void {
+  #accept(h: RecordHeader, wire: Buffer, toPool: boolean, pins: InputChunk[] | null): void {
     if ((this.header!.features & Features.CRC32) !== 0 && crc32(wire) !== h.payloadCrc) {
       throw this.#err(ErrorCodes.CORRUPT, 'record payload crc mismatch', h, h.device === NO_DEVICE ? undefined : h.device);
     }
@@ -738,11 +836,13 @@ export class RecordDecoder extends Transform {
       const into = this.#lent !== null ? this.#takeFree(h.rawLength) : undefined;
       this.#pool!.decompress(wire, h.rawLength, into !== undefined ? { into } : {}).then(
         (out) => {
+          if (pins !== null) this.#unpin(pins);
           this.#lent?.add(out);
           p.payload = out;
           this.#drainPending();
         },
         (cause: unknown) => {
+          if (pins !== null) this.#unpin(pins);
           // A bad frame is CORRUPT as on the event loop; a dead worker (EIO) or a closed pool
           // (ECANCELED) keeps its own code.
           p.error =
