@@ -12,8 +12,9 @@
 //   Baseline: `cat file | zstd -L -T2 -c | cat >/dev/null` (level -1 is `--fast=1`); `-T1` in detail.
 // - zstd-decompress-L{L}-{profile}: `cat stream | node decoder | cat >/dev/null`, the child decoding the
 //   encoder's stream (one-shot decompression on the main thread, as a migration's destination does)
-//   and writing the DATA payloads out, each given back to the decoder once written (RecordDecoder
-//   `recycle`; BENCH_ZSTD_RECYCLE=0: off). MB/s of raw output.
+//   and writing the DATA payloads out one record at a time, each given back to the decoder once
+//   written (RecordDecoder `recycle`), and stdin's chunks given back by the decoder once parsed
+//   (createFdSource `recycle`, INPUT_RELEASE); BENCH_ZSTD_RECYCLE=0: both off. MB/s of raw output.
 //   Baseline: `cat file.zst | zstd -d -c | cat >/dev/null` of the CLI's own frame.
 // Also measured in detail, to answer whether the worker pool helps decompression: the same child with
 // RecordDecoder's `pool` (frames decompressed in a CompressionPool sized to the cores, in order;
@@ -127,16 +128,20 @@ import { createFdSource, createFdSink, RecordDecoder, RecordType, CompressionPoo
 const pool = process.argv[2] === 'pool' ? new CompressionPool() : null;
 await pool?.warm();
 const sink = createFdSink(1);
-const src = createFdSource(0);
+// The decompressed payloads go back to the decoder once the sink wrote them (RecordDecoder recycle):
+// later frames decompress into memory already mapped; and the decoder gives stdin's chunks back to
+// the source once parsed (INPUT_RELEASE), so later pipe reads land in memory already mapped too.
+// BENCH_ZSTD_RECYCLE=0 turns both off.
+const recycle = process.env.BENCH_ZSTD_RECYCLE !== '0';
+const src = createFdSource(0, { recycle });
 let t0 = 0;
 src.once('data', () => (t0 = performance.now()));
-// The decompressed payloads go back to the decoder once the sink wrote them (RecordDecoder recycle):
-// later frames decompress into memory already mapped. BENCH_ZSTD_RECYCLE=0 turns it off.
-const recycle = process.env.BENCH_ZSTD_RECYCLE !== '0';
 const dec = new RecordDecoder({ recycle, pool });
+// One record at a time into the sink (whose queue holds 1 MiB), as receive() writes each payload
+// into a device's ResumingStream.
 const out = new Writable({
   objectMode: true,
-  highWaterMark: 16,
+  highWaterMark: 1,
   write(rec, _e, cb) {
     if (rec.type !== RecordType.DATA) return cb();
     const payload = rec.payload;

@@ -74,7 +74,9 @@ export interface RecordDecoderOptions {
   readableHighWaterMark?: number;
   /**
    * Byte cap on emitted records not yet read (the readable highWaterMark counts objects, not bytes):
-   * above it the decoder takes no more input until the reader catches up. Default 16 MiB.
+   * above it the decoder takes no more input until the reader catches up. Default 4 MiB: a deeper
+   * queue only adds payloads in flight, each in memory of its own (fresh pages, once), while the
+   * reader sets the pace anyway (docs/PERFORMANCE.md, zstd-*).
    */
   maxOutputBytes?: number;
   /**
@@ -244,7 +246,7 @@ export class RecordDecoder extends Transform {
     this.maxControlBytes = opts.maxControlBytes ?? 1024 * 1024;
     this.requireEnd = opts.requireEnd ?? true;
     this.verifyDigest = opts.verifyDigest ?? true;
-    this.maxOutputBytes = opts.maxOutputBytes ?? 16 * 1024 * 1024;
+    this.maxOutputBytes = opts.maxOutputBytes ?? 4 * 1024 * 1024;
     this.maxPendingBytes = opts.maxPendingBytes ?? 8 * 1024 * 1024;
     this.poolMinBytes = opts.poolMinBytes ?? 64 * 1024;
     this.#pool = opts.pool ?? null;
