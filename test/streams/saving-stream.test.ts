@@ -5,6 +5,7 @@ import { once } from 'node:events';
 import pump from 'pump';
 import { createSavingStream, SavingStream, type SavingStreamOptions } from '../../src/streams/saving-stream.js';
 import { MigError, ErrorCodes } from '../../src/fsm/errors.js';
+import { MAX_FREE_BYTES } from '../../src/streams/chunk-source.js';
 import { MiB, ScriptedSaving, errnoError, pattern, sha } from './fd-fixtures.js';
 
 /** Collect a readable's chunks (and the event order). */
@@ -115,7 +116,7 @@ describe('SavingStream over a method-backed session', () => {
     const held: Buffer[] = [];
     const firstMemories = new Set<ArrayBufferLike>();
     let reused = 0;
-    await readRecycled((4 * burst + 8) * chunk, chunk, (c, s) => {
+    await readRecycled((2 * burst + 4) * chunk, chunk, (c, s) => {
       if (held.length < burst && firstMemories.size < burst) {
         held.push(c);
         firstMemories.add(c.buffer);
@@ -128,11 +129,13 @@ describe('SavingStream over a method-backed session', () => {
     return reused;
   }
 
-  it('release(): a burst of chunks given back at once (a socket\'s write callbacks) is kept for reuse, up to 16 MiB of them', async () => {
+  it('release(): a burst of chunks given back at once (a socket\'s write callbacks) is kept for reuse, up to MAX_FREE_BYTES of them', async () => {
+    expect(MAX_FREE_BYTES).toBe(32 * MiB);
     // Every one of twelve 64 KiB chunks released together comes back (with 4 kept, 4 did).
     expect(await burstReuse(64 * 1024, 12)).toBe(12);
-    // Large chunks: 16 MiB of them, but never fewer than 4 (here 4 of 8 chunks of 4 MiB).
-    expect(await burstReuse(4 * MiB, 8)).toBe(4);
+    // Large chunks: 32 MiB of them (8 of 10 chunks of 4 MiB), but never fewer than 4 (4 of 5 of 16 MiB).
+    expect(await burstReuse(4 * MiB, 10)).toBe(8);
+    expect(await burstReuse(16 * MiB, 5)).toBe(4);
   });
 
   it('works with stream.pipeline and pump', async () => {
