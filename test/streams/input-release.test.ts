@@ -11,7 +11,7 @@ import { CompressionPool } from '../../src/streams/compression-pool.js';
 import { INPUT_RELEASE, inputReleaseHook } from '../../src/streams/read-target.js';
 import { RecordType, type DecodedObject, type RecordInput } from '../../src/streams/wire-format.js';
 import { MiB, mkfifo, openFifoReader, pattern, tempDir } from './fd-fixtures.js';
-import { devices, encodeAll, mixedData } from './wire-helpers.js';
+import { ForwardingPool, devices, encodeAll, mixedData } from './wire-helpers.js';
 
 let dir: string;
 /** Small records (a chunk holds hundreds, handed out as views of it) and some of 256 KiB (spanning chunks). */
@@ -46,12 +46,12 @@ interface Run {
  * with what was sent when it arrives; those whose index `keep` selects are never given back and
  * compared again at the end.
  */
-async function run(file: string, opts: { recycleSource: boolean; recycleDecoder: boolean; keep: (i: number) => boolean; pool?: CompressionPool | LatePool }): Promise<Run> {
+async function run(file: string, opts: { recycleSource: boolean; recycleDecoder: boolean; keep: (i: number) => boolean; pool?: CompressionPool }): Promise<Run> {
   const fifo = mkfifo(dir, `f${Math.random().toString(36).slice(2)}`);
   const src = createFdSource(openFifoReader(fifo), { recycle: opts.recycleSource });
   const child = spawn('sh', ['-c', `cat "${file}" > "${fifo}"`], { stdio: 'ignore' });
   const exited = new Promise((r) => child.on('close', r));
-  const dec = new RecordDecoder({ recycle: opts.recycleDecoder, ...(opts.pool ? { pool: opts.pool as CompressionPool, poolMinBytes: 1 } : {}) });
+  const dec = new RecordDecoder({ recycle: opts.recycleDecoder, ...(opts.pool ? { pool: opts.pool, poolMinBytes: 1 } : {}) });
   const memories = new Set<ArrayBufferLike>();
   const kept: [number, Buffer][] = [];
   const mismatches: number[] = [];
@@ -85,23 +85,7 @@ async function run(file: string, opts: { recycleSource: boolean; recycleDecoder:
  * A pool whose jobs start a few ms late, as jobs queued behind others do: a frame is read only then,
  * so a chunk given back while its frame waits would be read into again under it.
  */
-class LatePool {
-  constructor(readonly inner: CompressionPool) {}
-  get closed(): boolean {
-    return this.inner.closed;
-  }
-  get readyWorkers(): number {
-    return this.inner.readyWorkers;
-  }
-  get workers(): number {
-    return this.inner.workers;
-  }
-  get size(): number {
-    return this.inner.size;
-  }
-  warm(): Promise<void> {
-    return this.inner.warm();
-  }
+class LatePool extends ForwardingPool {
   decompress(frame: Buffer, rawLength: number, opts: { into?: Buffer } = {}): Promise<Buffer> {
     return new Promise((r) => setTimeout(r, 3)).then(() => this.inner.decompress(frame, rawLength, opts));
   }
@@ -148,7 +132,7 @@ describe('RecordDecoder gives input chunks back to a recycling FdSource', () => 
       const r = await run(zstdFile, { recycleSource: true, recycleDecoder: true, keep: (n) => n % 1000 === 7, pool });
       expect(r.mismatches).toEqual([]);
       expect(r.keptIntact).toBe(true);
-      const late = await run(zstdFile, { recycleSource: true, recycleDecoder: true, keep: () => false, pool: new LatePool(pool) });
+      const late = await run(zstdFile, { recycleSource: true, recycleDecoder: true, keep: () => false, pool: new LatePool(pool).asPool() });
       expect(late.mismatches).toEqual([]);
       const main = await run(zstdFile, { recycleSource: true, recycleDecoder: true, keep: (n) => n % 1000 === 7 });
       expect(main.mismatches).toEqual([]);

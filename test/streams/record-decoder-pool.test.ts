@@ -18,7 +18,7 @@ import {
   type RecordInput,
 } from '../../src/streams/wire-format.js';
 import { ErrorCodes } from '../../src/fsm/errors.js';
-import { byteByByte, decodeChunks, devices, encodeAll, mixedData, randomSplit } from './wire-helpers.js';
+import { ForwardingPool, byteByByte, decodeChunks, devices, encodeAll, mixedData, randomSplit } from './wire-helpers.js';
 
 const MiB = 1024 * 1024;
 const pool = new CompressionPool({ size: 2 });
@@ -35,29 +35,12 @@ interface Call {
  * `gate` false settles jobs as they finish; otherwise they wait in `calls` until settle() or
  * settleAll(order).
  */
-class GatedPool {
+class GatedPool extends ForwardingPool {
   calls: Call[] = [];
   gate: boolean;
-  constructor(
-    readonly inner: CompressionPool,
-    gate = true,
-  ) {
+  constructor(inner: CompressionPool, gate = true) {
+    super(inner);
     this.gate = gate;
-  }
-  get closed(): boolean {
-    return this.inner.closed;
-  }
-  get readyWorkers(): number {
-    return this.inner.readyWorkers;
-  }
-  get workers(): number {
-    return this.inner.workers;
-  }
-  get size(): number {
-    return this.inner.size;
-  }
-  warm(): Promise<void> {
-    return this.inner.warm();
   }
   decompress(frame: Buffer, rawLength: number, opts: { into?: Buffer } = {}): Promise<Buffer> {
     const into = opts.into?.length ?? null;
@@ -75,9 +58,6 @@ class GatedPool {
     const held = this.calls.splice(0);
     if (reverse) held.reverse();
     for (const c of held) c.settle();
-  }
-  asPool(): CompressionPool {
-    return this as unknown as CompressionPool;
   }
 }
 

@@ -12,6 +12,7 @@ import {
   type WireDevice,
 } from '../../src/streams/wire-format.js';
 import type { DeviceIdentity } from '../../src/fsm/types.js';
+import type { CompressionPool } from '../../src/streams/compression-pool.js';
 
 export function identity(over: Partial<DeviceIdentity> = {}): DeviceIdentity {
   return { kind: 'sim', model: 'size=1048576', version: '1.0', flags: 0x7, stateSize: 1 << 20, ...over };
@@ -146,4 +147,31 @@ export function craftStream(
   ];
   recs.forEach((r, seq) => parts.push(...encodeRecord({ ...r, seq }, r.payload)));
   return Buffer.concat(parts);
+}
+
+/**
+ * A stand-in for a CompressionPool that a RecordDecoder can take: everything it asks of a pool but
+ * decompress() goes to a real one; a test's subclass decides how decompress() reaches it.
+ */
+export abstract class ForwardingPool {
+  constructor(readonly inner: CompressionPool) {}
+  get closed(): boolean {
+    return this.inner.closed;
+  }
+  get readyWorkers(): number {
+    return this.inner.readyWorkers;
+  }
+  get workers(): number {
+    return this.inner.workers;
+  }
+  get size(): number {
+    return this.inner.size;
+  }
+  warm(): Promise<void> {
+    return this.inner.warm();
+  }
+  abstract decompress(frame: Buffer, rawLength: number, opts?: { into?: Buffer }): Promise<Buffer>;
+  asPool(): CompressionPool {
+    return this as unknown as CompressionPool;
+  }
 }
