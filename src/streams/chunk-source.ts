@@ -25,6 +25,7 @@ import { performance } from 'node:perf_hooks';
 import { migError, ErrorCodes, isErrno, MigError } from '../fsm/errors.js';
 import { Backoff, ioError, type BackoffOptions } from './retry.js';
 import { INPUT_RELEASE, READ_TARGET, ReadTargets, type InputReleaseHook, type ReadTargetHook } from './read-target.js';
+import { ChunkLoans } from './chunk-loans.js';
 
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 /**
@@ -63,13 +64,6 @@ export interface ChunkSourceOptions extends BackoffOptions {
 /** What the pull loop does after a 0-byte read or a failed pull. */
 export type PullVerdict = 'end' | 'retry' | MigError;
 
-/** A chunk buffer lent out in views (see release()). */
-interface Loan {
-  buf: Buffer;
-  out: number;
-  back: number;
-  filling: boolean;
-}
 
 /**
  * The pull loop gives the event loop a turn once it has run this long without one. A method-backed
@@ -79,19 +73,6 @@ interface Loan {
  */
 const PULL_SLICE_MS = 1;
 
-/**
- * Released memory kept for reuse, bytes (and at least MIN_FREE_CHUNKS buffers); beyond that,
- * released memory goes back to the allocator. Releases come in bursts (a socket completes several
- * writes at once), so the list must hold a burst: with 4 chunks of 1 MiB, a 1 GiB e2e source dropped
- * 730 of 1026 releases and read into fresh memory for 728 chunks (a page fault per 4 KiB); with 16
- * the source's system time fell from 0.52-0.74 s to 0.18-0.32 s per GiB. With 16 MiB a 1 GiB e2e
- * source still read into 48-75 fresh chunks, the pipeline behind it (encoder 16 MiB, socket buffer
- * 8 MiB) returning more at once than the list kept; with 32 MiB, 23 (its depth, once), and a lower
- * peak RSS (137 against 170 MiB for 4 GiB). A byte bound, so that a large chunkSize does not keep
- * 32 large chunks. RecordDecoder's released payloads follow the same bound.
- */
-export const MAX_FREE_BYTES = 32 * 1024 * 1024;
-export const MIN_FREE_CHUNKS = 4;
 
 /** Backend states. */
 const IDLE = 0;
@@ -125,16 +106,8 @@ export abstract class ChunkSource extends Readable {
   #lastDelivery: number;
   #signal: AbortSignal | null;
   #onAbort: (() => void) | null;
-  /** With `recycle`: chunk buffers lent out in views, by backing memory (views out, released, still filling). */
-  #lent: WeakMap<ArrayBufferLike, Loan> | null;
-  /** sharedMemory: new chunks are SharedArrayBuffer views. */
-  readonly #shared: boolean;
-  /** With `recycle`: views handed downstream and not yet released (a view is released once). */
-  #views: WeakSet<Buffer> | null;
-  /** Released whole chunk buffers, reused before any new allocation (at most #maxFree). */
-  #free: Buffer[];
-  /** Released chunks kept: MAX_FREE_BYTES of them, at least MIN_FREE_CHUNKS. */
-  #maxFree: number;
+  /** Chunk buffers, lent downstream in views and, with `recycle`, taken back (release()). */
+  readonly #loans: ChunkLoans;
   /** holdReads(): no new read starts until releaseReads(). */
   #held: boolean;
   /** The consumer wanted data while reads were held: releaseReads() starts reading again. */
@@ -166,13 +139,9 @@ export abstract class ChunkSource extends Readable {
     this.#start = 0;
     this.#fill = 0;
     // Only when asked: weak tables keyed by every chunk's memory delay its reclaim to a full GC.
-    this.#lent = opts.recycle === true ? new WeakMap() : null;
-    this.#shared = opts.sharedMemory === true;
-    this.#views = opts.recycle === true ? new WeakSet() : null;
+    this.#loans = new ChunkLoans(chunkSize, { shared: opts.sharedMemory === true, track: opts.recycle === true });
     // A RecordDecoder piped from a recycling source gives chunks back itself (read-target.ts).
     if (opts.recycle === true) (this as unknown as { [INPUT_RELEASE]: InputReleaseHook })[INPUT_RELEASE] = (chunk) => this.release(chunk);
-    this.#free = [];
-    this.#maxFree = Math.max(MIN_FREE_CHUNKS, Math.floor(MAX_FREE_BYTES / chunkSize));
     this.#minReadSpace = Math.min(chunkSize, MIN_READ_SPACE);
     this.#flushScheduled = false;
     this.#lastDelivery = 0;
@@ -282,7 +251,7 @@ export abstract class ChunkSource extends Readable {
           this.#wanted = true;
           return;
         }
-        const buf = this.#spare ?? this.#newChunk();
+        const buf = this.#spare ?? this.#loans.newChunk();
         this.#spare = null;
         const t0 = performance.now();
         let n = 0;
@@ -306,7 +275,7 @@ export abstract class ChunkSource extends Readable {
           if (n >= buf.length >>> 1) {
             // Fast path: the chunk buffer itself leaves; the next pull allocates a new one.
             out = n === buf.length ? buf : buf.subarray(0, n);
-            this.#lend(buf, out, false);
+            this.#loans.lend(buf, out, false);
           } else {
             // Slow path: short read. Copy out so a small chunk does not pin a whole chunk buffer.
             out = Buffer.allocUnsafe(n);
@@ -406,8 +375,8 @@ export abstract class ChunkSource extends Readable {
     if (typeof limit !== 'number') return limit;
     let chunk = this.#chunk;
     if (chunk === null || chunk.length - this.#fill < this.#minReadSpace) {
-      if (chunk !== null) this.#retire(chunk);
-      chunk = this.#newChunk();
+      if (chunk !== null) this.#loans.retire(chunk);
+      chunk = this.#loans.newChunk();
       this.#chunk = chunk;
       this.#start = 0;
       this.#fill = 0;
@@ -467,7 +436,7 @@ export abstract class ChunkSource extends Readable {
     const chunk = this.#chunk!;
     const out = this.#start === 0 && this.#fill === chunk.length ? chunk : chunk.subarray(this.#start, this.#fill);
     this.#start = this.#fill;
-    this.#lend(chunk, out, true);
+    this.#loans.lend(chunk, out, true);
     return this.#pushRead(out);
   }
 
@@ -503,46 +472,7 @@ export abstract class ChunkSource extends Readable {
    * already took back. A chunk buffer pushed in several views is reused once all of them are released.
    */
   release(chunk: Buffer): boolean {
-    if (this.#views === null || this.#lent === null || !this.#views.has(chunk)) return false;
-    this.#views.delete(chunk);
-    const loan = this.#lent.get(chunk.buffer);
-    if (loan === undefined) return false;
-    loan.back++;
-    this.#recycle(loan);
-    return true;
-  }
-
-  #newChunk(): Buffer {
-    const free = this.#free.pop();
-    if (free !== undefined) return free;
-    return this.#shared ? Buffer.from(new SharedArrayBuffer(this.chunkSize)) : Buffer.allocUnsafeSlow(this.chunkSize);
-  }
-
-  /** `view` of chunk buffer `buf` goes downstream; `filling`: more views of it may follow. */
-  #lend(buf: Buffer, view: Buffer, filling: boolean): void {
-    if (this.#lent === null || this.#views === null) return;
-    let loan = this.#lent.get(buf.buffer);
-    if (loan === undefined) {
-      loan = { buf, out: 0, back: 0, filling };
-      this.#lent.set(buf.buffer, loan);
-    }
-    loan.out++;
-    loan.filling = filling;
-    this.#views.add(view);
-  }
-
-  /** The epoll path is done filling `buf`: no more views of it will be pushed. */
-  #retire(buf: Buffer): void {
-    const loan = this.#lent?.get(buf.buffer);
-    if (loan === undefined) return;
-    loan.filling = false;
-    this.#recycle(loan);
-  }
-
-  #recycle(loan: Loan): void {
-    if (loan.filling || loan.back < loan.out) return;
-    this.#lent?.delete(loan.buf.buffer);
-    if (!this.destroyed && this.#free.length < this.#maxFree && loan.buf.length === this.chunkSize) this.#free.push(loan.buf);
+    return this.#loans.release(chunk);
   }
 
   /**
@@ -585,7 +515,7 @@ export abstract class ChunkSource extends Readable {
     if (this.#socket !== null) this.#socket.destroy();
     this.#chunk = null;
     this.#spare = null;
-    this.#free.length = 0;
+    this.#loans.close();
     cb(err);
   }
 }

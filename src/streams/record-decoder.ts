@@ -53,7 +53,7 @@ import {
 } from './wire-format.js';
 import { zstd, type CompressionPool } from './compression-pool.js';
 import { inputReleaseHook, readTargetHook, type InputReleaseHook, type ReadTargetProvider } from './read-target.js';
-import { MAX_FREE_BYTES, MIN_FREE_CHUNKS } from './chunk-source.js';
+import { MAX_FREE_BYTES, MIN_FREE_CHUNKS } from './chunk-loans.js';
 
 export interface RecordDecoderOptions {
   /** Largest payload accepted, on the wire and once decompressed. Default 16 MiB. */

@@ -11,8 +11,9 @@ import type { TransportListener, TransportOptions, TransportPlugin } from './typ
 import { abortError, connectError, usageError, withTypedErrors } from './errors.js';
 import { QueueListener } from './listener.js';
 import { formatHostPort, parseHostPort, parseTransportUrl } from './url.js';
-import { READ_TARGET, ReadTargets, type ReadTargetHook } from '../streams/read-target.js';
+import { INPUT_RELEASE, READ_TARGET, ReadTargets, type InputReleaseHook, type ReadTargetHook } from '../streams/read-target.js';
 import { DEFAULT_CHUNK_SIZE, MIN_READ_SPACE } from '../streams/chunk-source.js';
+import { ChunkLoans } from '../streams/chunk-loans.js';
 import { sendBufferSize } from '../streams/fd-tuning.js';
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
@@ -30,6 +31,10 @@ const READ_CHUNK = DEFAULT_CHUNK_SIZE;
  * The socket also offers read targets (src/streams/read-target.ts): a RecordDecoder piped from it
  * has the rest of a payload that spans reads read straight into the buffer it hands out, and the
  * header after a large record read alone, so large records are not copied at all.
+ * And it takes chunks back (INPUT_RELEASE): once a consumer registers for read targets (a
+ * RecordDecoder, which gives each input chunk back when done with it) the chunks are lent in
+ * tracked views and reused instead of fresh memory. That matters when the decoder is held back by
+ * a slower device: its reads cannot go to read targets then and land in chunks.
  * Node's server gives no `onread` option for accepted sockets, so the connection's handle moves to
  * a new net.Socket that has one (the `handle` option, as Node's own server uses it). When the
  * handle cannot be taken (a Node without `_handle`), the socket is returned as it is, resumed.
@@ -45,13 +50,22 @@ export function withChunkReads(socket: net.Socket): net.Socket {
   let fill = 0;
   let out: net.Socket | null = null;
   const targets = new ReadTargets();
+  const loans = new ChunkLoans(READ_CHUNK);
+  /**
+   * The chunk being filled when tracking began: views of it went out untracked, so it is never lent
+   * as tracked nor reused; the next buffer asked for starts a new chunk (one read may still be
+   * landing in it: libuv asks for the next buffer as soon as a read completes).
+   */
+  let stale: Buffer | null = null;
   /** Bytes pushed so far (what a provider compares with what reached it). */
   let pushed = 0;
   const buffer = (): Buffer => {
     const t = targets.ask(pushed, true);
     if (typeof t !== 'number') return t;
-    if (chunk === null || chunk.length - fill < MIN_READ_SPACE) {
-      chunk = Buffer.allocUnsafeSlow(READ_CHUNK);
+    if (chunk === null || chunk === stale || chunk.length - fill < MIN_READ_SPACE) {
+      if (chunk !== null && chunk !== stale) loans.retire(chunk);
+      stale = null;
+      chunk = loans.newChunk();
       fill = 0;
     }
     return t > 0 ? chunk.subarray(fill, fill + t) : chunk.subarray(fill);
@@ -59,18 +73,29 @@ export function withChunkReads(socket: net.Socket): net.Socket {
   const callback = (n: number): boolean => {
     let view = targets.took(n);
     if (view === null) {
-      view = (chunk as Buffer).subarray(fill, fill + n);
+      const c = chunk as Buffer;
+      view = c.subarray(fill, fill + n);
+      if (c !== stale) loans.lend(c, view, true);
       fill += n;
     }
     pushed += n;
     return (out as net.Socket).push(view);
+  };
+  const hook: ReadTargetHook = (provider) => {
+    if (provider !== null && !loans.tracking) {
+      loans.track();
+      stale = chunk;
+    }
+    targets.hook(provider);
   };
   // The old object lets go of the handle first: destroying it then closes nothing, and the
   // server forgets it (its connection count).
   owner._handle = null;
   out = new net.Socket({ handle, allowHalfOpen: true, readable: true, writable: true, onread: { buffer, callback } } as net.SocketConstructorOpts);
   socket.destroy();
-  (out as unknown as { [READ_TARGET]: ReadTargetHook })[READ_TARGET] = targets.hook;
+  (out as unknown as { [READ_TARGET]: ReadTargetHook })[READ_TARGET] = hook;
+  (out as unknown as { [INPUT_RELEASE]: InputReleaseHook })[INPUT_RELEASE] = (view) => loans.release(view);
+  out.once('close', () => loans.close());
   return out;
 }
 

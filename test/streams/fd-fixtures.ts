@@ -206,6 +206,7 @@ const CHILD_MODULES = [
   'streams/fd-kind.ts',
   'streams/read-target.ts',
   'streams/fd-tuning.ts',
+  'streams/chunk-loans.ts',
   'streams/chunk-source.ts',
   'streams/chunk-sink.ts',
   'streams/fd-source.ts',

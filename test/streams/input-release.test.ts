@@ -10,6 +10,9 @@ import { RecordDecoder } from '../../src/streams/record-decoder.js';
 import { CompressionPool } from '../../src/streams/compression-pool.js';
 import { INPUT_RELEASE, inputReleaseHook } from '../../src/streams/read-target.js';
 import { RecordType, type DecodedObject, type RecordInput } from '../../src/streams/wire-format.js';
+import { join } from 'node:path';
+import { connectTransport, listenTransport } from '../../src/transport/index.js';
+import { tempDir as transportDir } from '../transport/helpers.js';
 import { MiB, mkfifo, openFifoReader, pattern, tempDir } from './fd-fixtures.js';
 import { ForwardingPool, devices, encodeAll, mixedData } from './wire-helpers.js';
 
@@ -139,6 +142,63 @@ describe('RecordDecoder gives input chunks back to a recycling FdSource', () => 
       expect(main.keptIntact).toBe(true);
     } finally {
       await pool.close();
+    }
+  });
+
+  it('the unix transport\'s accepted socket takes its chunks back from a RecordDecoder too; without read targets it lends nothing', async () => {
+    const t = transportDir();
+    try {
+      const l = await listenTransport(`unix:${join(t.dir, 'ir.sock')}`);
+      /** Send the raw stream; decode it on the accepted socket; count chunk memories of payload views. */
+      const once = async (readTargets: boolean): Promise<Run> => {
+        const [client, server] = await Promise.all([connectTransport(l.url, {}), l.accept()]);
+        const dec = new RecordDecoder({ recycle: true, readTargets });
+        const keep = (n: number) => n === 10 || n === 3000;
+        const memories = new Set<ArrayBufferLike>();
+        const kept: [number, Buffer][] = [];
+        const mismatches: number[] = [];
+        let i = 0;
+        let views = 0;
+        // The first read lands before the decoder is piped (views lent before the socket tracks any):
+        // that chunk must never be reused under the payload kept from it.
+        client.write(fs.readFileSync(rawFile));
+        await new Promise((r) => setTimeout(r, 50));
+        expect(server.readableLength).toBeGreaterThan(0);
+        server.pipe(dec);
+        const done = new Promise<void>((resolve, reject) => {
+          dec.on('data', (o: DecodedObject) => {
+            if (o.type !== RecordType.DATA) return;
+            const n = i++;
+            const p = o.payload;
+            if (!p.equals(payloads[n]!)) mismatches.push(n);
+            if (p.buffer.byteLength === MiB && p.length < MiB) {
+              views++;
+              memories.add(p.buffer);
+            }
+            if (keep(n)) kept.push([n, p]);
+            else dec.release(p);
+          });
+          dec.on('end', () => resolve());
+          dec.on('error', reject);
+        });
+        client.end();
+        await done;
+        client.destroy();
+        server.destroy();
+        expect(i).toBe(payloads.length);
+        return { chunkMemories: memories.size, views, mismatches, keptIntact: kept.every(([n, p]) => p.equals(payloads[n]!)) };
+      };
+      const recycled = await once(true);
+      expect(recycled.mismatches).toEqual([]);
+      expect(recycled.keptIntact).toBe(true);
+      expect(recycled.views).toBeGreaterThan(5000);
+      const fresh = await once(false);
+      expect(fresh.mismatches).toEqual([]);
+      expect(fresh.chunkMemories).toBeGreaterThanOrEqual(12);
+      expect(recycled.chunkMemories).toBeLessThan(fresh.chunkMemories / 2);
+      await l.close();
+    } finally {
+      t.cleanup();
     }
   });
 });

@@ -5,7 +5,7 @@ import { once } from 'node:events';
 import pump from 'pump';
 import { createSavingStream, SavingStream, type SavingStreamOptions } from '../../src/streams/saving-stream.js';
 import { MigError, ErrorCodes } from '../../src/fsm/errors.js';
-import { MAX_FREE_BYTES } from '../../src/streams/chunk-source.js';
+import { MAX_FREE_BYTES } from '../../src/streams/chunk-loans.js';
 import { MiB, ScriptedSaving, errnoError, pattern, sha } from './fd-fixtures.js';
 
 /** Collect a readable's chunks (and the event order). */
