@@ -28,6 +28,7 @@ export { FdSink, createFdSink } from './fd-sink.js';
 export type { FdSinkOptions } from './fd-sink.js';
 export { fdKind } from './fd-kind.js';
 export { DEFAULT_CHUNK_SIZE } from './chunk-source.js';
+export { ChunkLoans } from './chunk-loans.js';
 export { chunksOf } from './chunks.js';
 export type { ChunkSourceOptions } from './chunk-source.js';
 export type { ChunkSinkOptions } from './chunk-sink.js';
