@@ -6,7 +6,9 @@
 //   the same payload bytes (the one per-byte cost the format asks for). Detail: µs per record, and
 //   the pure encodeRecord (header + crc) alone.
 // - record-decode-{size}: a prepared stream of the same records fed to a RecordDecoder in 64 KiB chunks
-//   (what a socket delivers), every check on; MB/s of payload. Baseline: crc32 as above.
+//   (what a socket delivers), every check on, each payload given back once seen (`recycle`, as
+//   receive() does); MB/s of payload. Baseline: crc32 as above. Detail: the same without `recycle`
+//   (every record spanning input chunks copied into fresh memory).
 // - crc32-1MiB: the package's crc32 (the native addon where built, src/streams/crc32.ts) over 1 MiB,
 //   MB/s; zlib.crc32 in detail. Baseline: Buffer.copy of 1 MiB (memory bandwidth).
 // The crc32 baselines of the record rows are the package's crc32, the one the encoder and decoder use.
@@ -69,10 +71,15 @@ async function encodedStream(payloads) {
   return out;
 }
 
-function decodeOnce(chunks) {
+/**
+ * Decode the prepared stream once. `recycle`: each DATA payload is given back as soon as it is seen,
+ * as receive() gives it back once its device took it, so a record spanning input chunks is copied
+ * into memory already mapped (all but the op's first); without, every such record gets fresh memory.
+ */
+function decodeOnce(chunks, recycle) {
   return new Promise((resolve, reject) => {
-    const dec = new RecordDecoder({ readableHighWaterMark: 1024 });
-    dec.on('data', () => {});
+    const dec = new RecordDecoder({ readableHighWaterMark: 1024, recycle });
+    dec.on('data', recycle ? (o) => o.type === RecordType.DATA && dec.release(o.payload) : () => {});
     dec.on('end', resolve);
     dec.on('error', reject);
     for (const c of chunks) dec.write(c);
@@ -104,13 +111,16 @@ async function recordSuites(quick) {
       }),
     );
     const chunks = await encodedStream(payloads);
-    const dec = await measure(`record-decode-${label}`, (d) => decodeOnce(chunks).then(() => d.resolve(), (e) => { throw e; }), { quick, defer: true });
+    const dec = await measure(`record-decode-${label}`, (d) => decodeOnce(chunks, true).then(() => d.resolve(), (e) => { throw e; }), { quick, defer: true });
+    const fresh = await measure(`record-decode-fresh-${label}`, (d) => decodeOnce(chunks, false).then(() => d.resolve(), (e) => { throw e; }), { quick, defer: true });
     rows.push(
       result(`record-decode-${label}`, (dec.hz * bytes) / 1e6, 'MB/s', 'crc32 of the payloads', crcMBps, {
         usPerRecord: +((dec.meanMs * 1000) / k).toFixed(2),
         recordsPerOp: k,
         inputChunk: '64 KiB',
+        recycle: true,
         rme: +dec.rme.toFixed(1),
+        withoutRecycleMBps: +((fresh.hz * bytes) / 1e6).toFixed(0),
       }),
     );
   }
