@@ -58,9 +58,9 @@ function send(msg) {
   return new Promise((resolve) => process.send(msg, () => resolve()));
 }
 
-// The process's CPU time so far (start-up included), as _e2e-peer.mjs reports it.
-const cpuMs = () => {
-  const c = process.cpuUsage();
+/** CPU milliseconds (user, system) since `from` (a process.cpuUsage() value), as _e2e-peer.mjs reports it. */
+const cpuMs = (from) => {
+  const c = process.cpuUsage(from);
   return { userMs: c.user / 1000, sysMs: c.system / 1000 };
 };
 
@@ -72,10 +72,12 @@ async function dest(cell) {
   const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed });
   const listener = await listenTransport(`unix:${cell.socket}`);
   await send({ listening: listener.url });
+  // CPU over the migration only (the device's content pools are built before).
+  const cpu0 = process.cpuUsage();
   const run = receive({ devices: [new MigrationCore(dev)], transport: () => listener.accept(), stallTimeoutMs: cell.timeoutMs });
   try {
     const s = await run.done;
-    await send({ ok: true, downtimeMs: s.downtimeMs, phases: s.phases, bytes: s.bytes, verified: s.verified, digest: dev.digest(), maxRssKB: maxRssKB(), cpu: cpuMs() });
+    await send({ ok: true, downtimeMs: s.downtimeMs, phases: s.phases, bytes: s.bytes, verified: s.verified, digest: dev.digest(), maxRssKB: maxRssKB(), cpu: cpuMs(cpu0) });
   } catch (err) {
     await send({ ok: false, ...errorInfo(err) });
   } finally {
@@ -88,6 +90,7 @@ async function source(cell) {
   const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed, dirtyRate: cell.dirtyRate });
   const core = new MigrationCore(dev);
   const decisions = [];
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const run = migrate({
     devices: [core],
@@ -126,7 +129,7 @@ async function source(cell) {
       switchNumbers: last?.action === 'switchover' ? last.numbers : null,
       digest: dev.digest(),
       maxRssKB: maxRssKB(),
-      cpu: cpuMs(),
+      cpu: cpuMs(cpu0),
     });
   } catch (err) {
     const abort = decisions.find((d) => d.action === 'abort') ?? null;
