@@ -458,7 +458,7 @@ export class CompressionPool {
   }
 
   #spawn(): Slot {
-    const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: workerExecArgv(), workerData: { bindingPath: BINDING_PATH, crcPath: CRC32_ADDON_PATH } });
+    const worker = spawnWorker({ bindingPath: BINDING_PATH, crcPath: CRC32_ADDON_PATH });
     let booted = (): void => {};
     const slot: Slot = { worker, jobs: new Map(), bytes: 0, ready: false, booted: new Promise<void>((resolve) => (booted = resolve)) };
     worker.once('error', () => booted());
@@ -570,6 +570,35 @@ function workerExecArgv(): string[] {
     else if (!argv[i]!.startsWith('--input-type=')) out.push(argv[i]!);
   }
   return out;
+}
+
+/** The execArgv a worker was last spawned with (null until one was). */
+let acceptedExecArgv: string[] | null = null;
+
+/**
+ * A worker with the process's node flags, less those Node refuses in a worker's execArgv: V8 and
+ * per-process options (--max-old-space-size, --trace-gc, --expose-gc, --title...) throw
+ * ERR_WORKER_INVALID_EXEC_ARGV, which names them. Every zstd migration of an agent started with
+ * `--max-old-space-size` failed on it. Those flags are dropped (the worker only compresses); if
+ * the error cannot be read, the worker gets none of the process's flags.
+ */
+function spawnWorker(workerData: Record<string, unknown>): Worker {
+  const first = acceptedExecArgv ?? workerExecArgv();
+  const tried: string[][] = [first];
+  for (;;) {
+    const execArgv = tried[tried.length - 1]!;
+    try {
+      const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv, workerData });
+      acceptedExecArgv = execArgv;
+      return worker;
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'ERR_WORKER_INVALID_EXEC_ARGV' || execArgv.length === 0) throw err;
+      const message = err instanceof Error ? err.message : '';
+      const refused = new Set(message.slice(message.indexOf(': ') + 2).split(', '));
+      const kept = execArgv.filter((a) => !refused.has(a));
+      tried.push(kept.length < execArgv.length && tried.length === 1 ? kept : []);
+    }
+  }
 }
 
 let shared: CompressionPool | null = null;

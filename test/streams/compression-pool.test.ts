@@ -96,6 +96,32 @@ describe('CompressionPool', () => {
     });
   }
 
+  // Node refuses V8 and per-process flags in a worker's explicit execArgv (ERR_WORKER_INVALID_EXEC_ARGV):
+  // an agent started with `--max-old-space-size` (or `--trace-gc`, `--expose-gc`, next to flags a worker
+  // may take, like --no-deprecation) must still compress and decompress.
+  it('workers boot and compress in a process started with flags a worker may not take (node --max-old-space-size=4096 --trace-gc --expose-gc)', async () => {
+    await ensureBuilt();
+    const script = [
+      `import { CompressionPool } from ${JSON.stringify(pathToFileURL(join(ROOT, 'dist', 'index.js')).href)};`,
+      'const pool = new CompressionPool({ size: 2 });',
+      'await pool.warm();',
+      'const r = await pool.compress(Buffer.alloc(1 << 20, 7), { level: 1 });',
+      'const back = await pool.decompress(r.compressed, 1 << 20);',
+      "process.stdout.write(`ready ${pool.readyWorkers} ${back.equals(Buffer.alloc(1 << 20, 7))}`);",
+      'await pool.close();',
+    ].join('\n');
+    const flags = ['--max-old-space-size=4096', '--trace-gc', '--expose-gc', '--no-deprecation', '--input-type=module'];
+    const child = spawn(process.execPath, [...flags, '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const [code] = await once(child, 'exit');
+    // --trace-gc prints its lines on stdout: the result is the last thing written.
+    expect(out.trim().split('\n').at(-1), err).toMatch(/ready 2 true$/);
+    expect(code).toBe(0);
+  });
+
   it('compresses into independent frames with the crc of the wire bytes', async () => {
     const data = mixedData(1024 * 1024, 1);
     for (const level of [-1, 1, 3, 19]) {
