@@ -17,6 +17,21 @@ function decompress(frame: Buffer, size: number): Buffer {
   return out;
 }
 
+/** Run `node ...args`; its stdout, stderr and exit code, or 'alive' (then killed) after 10 s. */
+async function nodeChild(args: string[]): Promise<{ out: string; err: string; exited: number | 'alive' }> {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+  const exited = await Promise.race([
+    once(child, 'exit').then(([code]) => code as number),
+    new Promise<'alive'>((resolve) => setTimeout(() => resolve('alive'), 10_000)),
+  ]);
+  if (exited === 'alive') child.kill('SIGKILL');
+  return { out, err, exited };
+}
+
 describe('CompressionPool', () => {
   const pool = new CompressionPool({ size: 2 });
   afterAll(() => pool.close());
@@ -83,14 +98,7 @@ describe('CompressionPool', () => {
         'pool.compressSync(Buffer.alloc(65536, 1));',
         "process.stdout.write(`ready ${pool.readyWorkers}`);",
       ].join('\n');
-      const child = spawn(process.execPath, [...flags, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-      let out = '';
-      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-      const exited = await Promise.race([
-        once(child, 'exit').then(([code]) => code as number),
-        new Promise<'alive'>((resolve) => setTimeout(() => resolve('alive'), 10_000)),
-      ]);
-      if (exited === 'alive') child.kill('SIGKILL');
+      const { out, exited } = await nodeChild([...flags, '-e', script]);
       expect(out).toBe('ready 2');
       expect(exited).toBe(0);
     });
@@ -111,15 +119,10 @@ describe('CompressionPool', () => {
       'await pool.close();',
     ].join('\n');
     const flags = ['--max-old-space-size=4096', '--trace-gc', '--expose-gc', '--no-deprecation', '--input-type=module'];
-    const child = spawn(process.execPath, [...flags, '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-    const [code] = await once(child, 'exit');
+    const { out, err, exited } = await nodeChild([...flags, '-e', script]);
     // --trace-gc prints its lines on stdout: the result is the last thing written.
     expect(out.trim().split('\n').at(-1), err).toMatch(/ready 2 true$/);
-    expect(code).toBe(0);
+    expect(exited).toBe(0);
   });
 
   it('compresses into independent frames with the crc of the wire bytes', async () => {

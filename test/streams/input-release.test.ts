@@ -55,13 +55,25 @@ async function run(file: string, opts: { recycleSource: boolean; recycleDecoder:
   const child = spawn('sh', ['-c', `cat "${file}" > "${fifo}"`], { stdio: 'ignore' });
   const exited = new Promise((r) => child.on('close', r));
   const dec = new RecordDecoder({ recycle: opts.recycleDecoder, ...(opts.pool ? { pool: opts.pool, poolMinBytes: 1 } : {}) });
+  src.pipe(dec);
+  src.on('error', (err) => dec.destroy(err));
+  const r = await collect(dec, opts.keep, opts.recycleDecoder);
+  await exited;
+  fs.unlinkSync(fifo);
+  return r;
+}
+
+/**
+ * Compare every DATA payload with what was sent as the decoder emits it; never give back those
+ * `keep` selects (compared again at the end), give the others back when `release`.
+ */
+function collect(dec: RecordDecoder, keep: (i: number) => boolean, release: boolean): Promise<Run> {
   const memories = new Set<ArrayBufferLike>();
   const kept: [number, Buffer][] = [];
   const mismatches: number[] = [];
   let i = 0;
   let views = 0;
-  src.pipe(dec);
-  await new Promise<void>((resolve, reject) => {
+  return new Promise<Run>((resolve, reject) => {
     dec.on('data', (o: DecodedObject) => {
       if (o.type !== RecordType.DATA) return;
       const n = i++;
@@ -71,17 +83,15 @@ async function run(file: string, opts: { recycleSource: boolean; recycleDecoder:
         views++;
         memories.add(p.buffer);
       }
-      if (opts.keep(n)) kept.push([n, p]);
-      else if (opts.recycleDecoder) dec.release(p);
+      if (keep(n)) kept.push([n, p]);
+      else if (release) dec.release(p);
     });
-    dec.on('end', () => resolve());
+    dec.on('end', () => {
+      expect(i).toBe(payloads.length);
+      resolve({ chunkMemories: memories.size, views, mismatches, keptIntact: kept.every(([n, p]) => p.equals(payloads[n]!)) });
+    });
     dec.on('error', reject);
-    src.on('error', reject);
   });
-  await exited;
-  fs.unlinkSync(fifo);
-  expect(i).toBe(payloads.length);
-  return { chunkMemories: memories.size, views, mismatches, keptIntact: kept.every(([n, p]) => p.equals(payloads[n]!)) };
 }
 
 /**
@@ -153,40 +163,18 @@ describe('RecordDecoder gives input chunks back to a recycling FdSource', () => 
       const once = async (readTargets: boolean): Promise<Run> => {
         const [client, server] = await Promise.all([connectTransport(l.url, {}), l.accept()]);
         const dec = new RecordDecoder({ recycle: true, readTargets });
-        const keep = (n: number) => n === 10 || n === 3000;
-        const memories = new Set<ArrayBufferLike>();
-        const kept: [number, Buffer][] = [];
-        const mismatches: number[] = [];
-        let i = 0;
-        let views = 0;
         // The first read lands before the decoder is piped (views lent before the socket tracks any):
         // that chunk must never be reused under the payload kept from it.
         client.write(fs.readFileSync(rawFile));
         await new Promise((r) => setTimeout(r, 50));
         expect(server.readableLength).toBeGreaterThan(0);
         server.pipe(dec);
-        const done = new Promise<void>((resolve, reject) => {
-          dec.on('data', (o: DecodedObject) => {
-            if (o.type !== RecordType.DATA) return;
-            const n = i++;
-            const p = o.payload;
-            if (!p.equals(payloads[n]!)) mismatches.push(n);
-            if (p.buffer.byteLength === MiB && p.length < MiB) {
-              views++;
-              memories.add(p.buffer);
-            }
-            if (keep(n)) kept.push([n, p]);
-            else dec.release(p);
-          });
-          dec.on('end', () => resolve());
-          dec.on('error', reject);
-        });
+        const done = collect(dec, (n) => n === 10 || n === 3000, true);
         client.end();
-        await done;
+        const r = await done;
         client.destroy();
         server.destroy();
-        expect(i).toBe(payloads.length);
-        return { chunkMemories: memories.size, views, mismatches, keptIntact: kept.every(([n, p]) => p.equals(payloads[n]!)) };
+        return r;
       };
       const recycled = await once(true);
       expect(recycled.mismatches).toEqual([]);
