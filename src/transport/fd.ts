@@ -5,7 +5,8 @@
  * Both connect() and listen() wrap the inherited fd(s); listen() yields that one connection once.
  * The transport takes ownership: the fds are closed when the stream is destroyed. Sockets, pipes and
  * FIFOs go through net.Socket({ fd }), libuv's epoll path (the fastest here, see
- * node-streams-performance.md). stdio (0-2) is refused: closing it would break the process.
+ * node-streams-performance.md), reading into 1 MiB chunks with read targets as the unix and tcp
+ * transports' accepted connections do (net.ts withChunkReads). stdio (0-2) is refused: closing it would break the process.
  */
 import net from 'node:net';
 import { fstatSync } from 'node:fs';
@@ -15,6 +16,7 @@ import { connectError, usageError, withTypedErrors } from './errors.js';
 import { QueueListener } from './listener.js';
 import { PairDuplex } from './pair.js';
 import { parseTransportUrl } from './url.js';
+import { withChunkReads } from './net.js';
 
 function parseFds(url: string): number[] {
   const { address } = parseTransportUrl(url);
@@ -44,10 +46,13 @@ function checkStreamFd(fd: number, url: string): void {
 function open(url: string): Duplex {
   const fds = parseFds(url);
   for (const fd of fds) checkStreamFd(fd, url);
+  // Read as the unix and tcp transports' accepted connections do (withChunkReads: 1 MiB chunks
+  // given back by the decoder, read targets); manualStart: no read before the handle moves.
+  const opts = { manualStart: true } as net.SocketConstructorOpts;
   if (fds.length === 1) {
-    return withTypedErrors(new net.Socket({ fd: fds[0], readable: true, writable: true, allowHalfOpen: true }), url);
+    return withTypedErrors(withChunkReads(new net.Socket({ ...opts, fd: fds[0], readable: true, writable: true, allowHalfOpen: true })), url);
   }
-  const r = new net.Socket({ fd: fds[0], readable: true, writable: false });
+  const r = withChunkReads(new net.Socket({ ...opts, fd: fds[0], readable: true, writable: false }), { writable: false });
   const w = new net.Socket({ fd: fds[1], readable: false, writable: true });
   return withTypedErrors(new PairDuplex(r, w), url);
 }

@@ -33,13 +33,16 @@ const READ_CHUNK = DEFAULT_CHUNK_SIZE;
  * header after a large record read alone, so large records are not copied at all.
  * And it takes chunks back (INPUT_RELEASE): once a consumer registers for read targets (a
  * RecordDecoder, which gives each input chunk back when done with it) the chunks are lent in
- * tracked views and reused instead of fresh memory. That matters when the decoder is held back by
- * a slower device: its reads cannot go to read targets then and land in chunks.
+ * tracked views and reused instead of fresh memory. That matters for records smaller than a read
+ * (they land in chunks whole; docs/PERFORMANCE.md, transport-16KiB-records) and whenever the
+ * decoder cannot offer a target.
  * Node's server gives no `onread` option for accepted sockets, so the connection's handle moves to
  * a new net.Socket that has one (the `handle` option, as Node's own server uses it). When the
  * handle cannot be taken (a Node without `_handle`), the socket is returned as it is, resumed.
+ * The fd: transport passes its inherited sockets and read pipes the same way (made with
+ * `manualStart`, so they have not read either); `writable: false` for a pipe's read end.
  */
-export function withChunkReads(socket: net.Socket): net.Socket {
+export function withChunkReads(socket: net.Socket, opts: { writable?: boolean } = {}): net.Socket {
   const owner = socket as unknown as { _handle?: object | null };
   const handle = owner._handle;
   if (handle === null || handle === undefined || socket.destroyed) {
@@ -91,7 +94,7 @@ export function withChunkReads(socket: net.Socket): net.Socket {
   // The old object lets go of the handle first: destroying it then closes nothing, and the
   // server forgets it (its connection count).
   owner._handle = null;
-  out = new net.Socket({ handle, allowHalfOpen: true, readable: true, writable: true, onread: { buffer, callback } } as net.SocketConstructorOpts);
+  out = new net.Socket({ handle, allowHalfOpen: true, readable: true, writable: opts.writable ?? true, onread: { buffer, callback } } as net.SocketConstructorOpts);
   socket.destroy();
   (out as unknown as { [READ_TARGET]: ReadTargetHook })[READ_TARGET] = hook;
   (out as unknown as { [INPUT_RELEASE]: InputReleaseHook })[INPUT_RELEASE] = (view) => loans.release(view);

@@ -8,6 +8,7 @@
  * together (_writev), so waiting costs no batching.
  */
 import { Duplex, type Readable, type Writable } from 'node:stream';
+import { INPUT_RELEASE, READ_TARGET, inputReleaseHook, readTargetHook } from '../streams/read-target.js';
 
 type Callback = (err?: Error | null) => void;
 
@@ -29,6 +30,13 @@ export class PairDuplex extends Duplex {
     readable.on('error', (err) => this.destroy(err));
     writable.on('error', (err) => this.destroy(err));
     readable.pause();
+    // The readable's chunks are pushed on as they are: what it offers a RecordDecoder (read targets,
+    // chunks taken back) is offered here. A read target's answer stays correct with bytes waiting in
+    // this stream's buffer: the decoder compares what it received with what the readable pushed.
+    const targets = readTargetHook(readable);
+    if (targets !== null) (this as unknown as Record<symbol, unknown>)[READ_TARGET] = targets;
+    const release = inputReleaseHook(readable);
+    if (release !== null) (this as unknown as Record<symbol, unknown>)[INPUT_RELEASE] = release;
   }
 
   override _read(): void {
