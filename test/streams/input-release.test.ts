@@ -222,4 +222,24 @@ describe('RecordDecoder gives input chunks back to a recycling FdSource', () => 
       fs.unlinkSync(back);
     }
   });
+
+  it('a file: checkpoint is restored the same way: chunks the decoder gives back are read into again', async () => {
+    const l = await listenTransport(`file:${rawFile}`);
+    try {
+      const conn = await l.accept();
+      expect(inputReleaseHook(conn)).not.toBeNull();
+      const dec = new RecordDecoder({ recycle: true });
+      const done = collect(dec, (n) => n === 10 || n === 3000, true);
+      conn.pipe(dec);
+      const r = await done;
+      expect(r.mismatches).toEqual([]);
+      expect(r.keptIntact).toBe(true);
+      expect(r.views).toBeGreaterThan(5000);
+      // ~13 MiB of small records through a handful of chunk memories (one per MiB before).
+      expect(r.chunkMemories).toBeLessThan(8);
+      conn.destroy();
+    } finally {
+      await l.close();
+    }
+  });
 });
