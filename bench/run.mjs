@@ -11,7 +11,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { machine } from './lib.mjs';
 
 // The order answers the questions of the benchmark issue in turn.
-const ORDER = ['fd-read', 'fd-write', 'e2e', 'small-records', 'compression', 'memory', 'micro', 'prediction', 'fd-read-fuse'];
+const ORDER = ['fd-read', 'fd-write', 'e2e', 'small-records', 'receive', 'compression', 'memory', 'micro', 'prediction', 'fd-read-fuse'];
 
 function parseArgs(argv) {
   const opts = { quick: false, json: false, only: null };
