@@ -6,7 +6,8 @@
  * The transport takes ownership: the fds are closed when the stream is destroyed. Sockets, pipes and
  * FIFOs go through net.Socket({ fd }), libuv's epoll path (the fastest here, see
  * node-streams-performance.md), reading into 1 MiB chunks with read targets as the unix and tcp
- * transports' accepted connections do (net.ts withChunkReads). stdio (0-2) is refused: closing it would break the process.
+ * transports' accepted connections do (net.ts withChunkReads). stdio (0-2) is refused: closing it
+ * would break the process.
  */
 import net from 'node:net';
 import { fstatSync } from 'node:fs';
