@@ -57,6 +57,30 @@ export function result(name, value, unit, baseline, baselineValue, detail) {
   return { name, value, unit, baseline, baselineValue, ratio, ...(detail ? { detail } : {}) };
 }
 
+/**
+ * An A/B throughput row: `ours(bytes)` and `baseline(bytes)` each move `bytes` and resolve the ms it
+ * took. One untimed round of each first on `warmBytes` (module code warm, as in a long-lived
+ * process), then `runs` alternating timed rounds; the row is the medians in MB/s, every run in its
+ * detail.
+ */
+export async function alternatingRow(name, baselineName, { bytes, warmBytes, runs, detail = {} }, ours, baseline) {
+  await ours(warmBytes);
+  await baseline(warmBytes);
+  const a = [];
+  const b = [];
+  for (let i = 0; i < runs; i++) {
+    a.push(mbps(bytes, await ours(bytes)));
+    b.push(mbps(bytes, await baseline(bytes)));
+  }
+  return result(name, median(a), 'MB/s', baselineName, median(b), {
+    runs,
+    bytes,
+    ...detail,
+    allMBps: a.map((v) => Math.round(v)),
+    baselineAllMBps: b.map((v) => Math.round(v)),
+  });
+}
+
 export function machine() {
   const cpus = os.cpus();
   return {

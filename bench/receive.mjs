@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { RecordEncoder, RecordDecoder, RecordType, connectTransport, listenTransport } from '../dist/index.js';
-import { MiB, mbps, median, result } from './lib.mjs';
+import { MiB, alternatingRow } from './lib.mjs';
 
 export const names = ['receive-fd-', 'restore-file-'];
 
@@ -105,43 +105,33 @@ async function fileRun(file, bytes, viaTransport) {
 
 export default async function run({ quick }) {
   const bytes = (quick ? 32 : 256) * MiB;
-  const runs = quick ? 1 : 3;
+  const ab = { bytes, warmBytes: 8 * MiB, runs: quick ? 1 : 3 };
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-mig-bench-receive-'));
   const rows = [];
   try {
     for (const [label, record] of SIZES) {
-      const fd = { ours: [], naive: [] };
-      // One untimed round of each first: module code warm, as in a long-lived receiver.
-      await fifoRun(dir, 8 * MiB, record, true);
-      await fifoRun(dir, 8 * MiB, record, false);
-      for (let i = 0; i < runs; i++) {
-        fd.ours.push(mbps(bytes, await fifoRun(dir, bytes, record, true)));
-        fd.naive.push(mbps(bytes, await fifoRun(dir, bytes, record, false)));
-      }
       rows.push(
-        result(`receive-fd-${label}-records`, median(fd.ours), 'MB/s', 'naive: net.Socket({ fd }) on the same FIFO', median(fd.naive), {
-          runs,
-          bytes,
-          allMBps: fd.ours.map((v) => Math.round(v)),
-          baselineAllMBps: fd.naive.map((v) => Math.round(v)),
-        }),
+        await alternatingRow(
+          `receive-fd-${label}-records`,
+          'naive: net.Socket({ fd }) on the same FIFO',
+          ab,
+          (n) => fifoRun(dir, n, record, true),
+          (n) => fifoRun(dir, n, record, false),
+        ),
       );
       const file = path.join(dir, `ckpt-${label}.vfm`);
-      await encodeInto(fs.createWriteStream(file), bytes, record);
-      await new Promise((r) => setTimeout(r, 50)); // the write stream's last flush and close
-      const files = { ours: [], naive: [] };
-      await fileRun(file, bytes, true);
-      for (let i = 0; i < runs; i++) {
-        files.ours.push(mbps(bytes, await fileRun(file, bytes, true)));
-        files.naive.push(mbps(bytes, await fileRun(file, bytes, false)));
-      }
+      const out = fs.createWriteStream(file);
+      await encodeInto(out, bytes, record);
+      if (!out.closed) await new Promise((r) => out.once('close', r));
+      // Both sides restore the whole file (the warm-up rounds too).
       rows.push(
-        result(`restore-file-${label}-records`, median(files.ours), 'MB/s', 'naive: fs.createReadStream of the same file', median(files.naive), {
-          runs,
-          bytes,
-          allMBps: files.ours.map((v) => Math.round(v)),
-          baselineAllMBps: files.naive.map((v) => Math.round(v)),
-        }),
+        await alternatingRow(
+          `restore-file-${label}-records`,
+          'naive: fs.createReadStream of the same file',
+          { ...ab, warmBytes: bytes },
+          () => fileRun(file, bytes, true),
+          () => fileRun(file, bytes, false),
+        ),
       );
       fs.rmSync(file);
     }

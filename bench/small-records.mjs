@@ -13,7 +13,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { RecordEncoder, RecordDecoder, RecordType, listenTransport, connectTransport } from '../dist/index.js';
-import { MiB, mbps, median, result } from './lib.mjs';
+import { MiB, alternatingRow } from './lib.mjs';
 
 export const names = ['transport-16KiB-records'];
 
@@ -86,28 +86,18 @@ async function viaPlainNet(dir, bytes) {
 
 export default async function run({ quick }) {
   const bytes = (quick ? 32 : 256) * MiB;
-  const runs = quick ? 1 : 5;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-mig-bench-small-'));
-  const ours = [];
-  const plain = [];
   try {
-    // One untimed round of each first: module code warm, as in a long-lived receiver.
-    await viaTransport(dir, 8 * MiB);
-    await viaPlainNet(dir, 8 * MiB);
-    for (let i = 0; i < runs; i++) {
-      ours.push(mbps(bytes, await viaTransport(dir, bytes)));
-      plain.push(mbps(bytes, await viaPlainNet(dir, bytes)));
-    }
+    return [
+      await alternatingRow(
+        'transport-16KiB-records',
+        "naive: plain net socket (Node's 64 KiB reads)",
+        { bytes, warmBytes: 8 * MiB, runs: quick ? 1 : 5, detail: { recordBytes: RECORD } },
+        (n) => viaTransport(dir, n),
+        (n) => viaPlainNet(dir, n),
+      ),
+    ];
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
-  return [
-    result('transport-16KiB-records', median(ours), 'MB/s', 'naive: plain net socket (Node\'s 64 KiB reads)', median(plain), {
-      runs,
-      bytes,
-      recordBytes: RECORD,
-      allMBps: ours.map((v) => Math.round(v)),
-      baselineAllMBps: plain.map((v) => Math.round(v)),
-    }),
-  ];
 }
