@@ -133,7 +133,8 @@ const sink = createFdSink(1);
 // the source once parsed (INPUT_RELEASE), so later pipe reads land in memory already mapped too.
 // BENCH_ZSTD_RECYCLE=0 turns both off.
 const recycle = process.env.BENCH_ZSTD_RECYCLE !== '0';
-const src = createFdSource(0, { recycle });
+// With the pool the chunks are shared memory, so that a frame within one is read in place by a worker.
+const src = createFdSource(0, { recycle, sharedMemory: pool !== null });
 let t0 = 0;
 src.once('data', () => (t0 = performance.now()));
 const dec = new RecordDecoder({ recycle, pool });

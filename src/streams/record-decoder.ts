@@ -88,7 +88,10 @@ export interface RecordDecoderOptions {
   /**
    * Decompress frames of `poolMinBytes` raw bytes or more in this pool's workers, in parallel with
    * the parsing and with each other, instead of on the event loop. Until a worker has booted (the
-   * first such frame calls warm()) frames still decompress here. Default none.
+   * first such frame calls warm()) frames still decompress here. A frame within one input chunk goes
+   * as it is (read in place when the chunk is shared memory: a source with `sharedMemory`, else
+   * copied into a slab by the pool); a frame spanning chunks is gathered straight into memory the
+   * pool lends (`lend()`), given back once decompressed. Default none.
    */
   pool?: CompressionPool | null;
   /** Smallest raw length sent to the pool: a smaller frame costs less here than a round trip. Default 64 KiB. */
@@ -531,7 +534,7 @@ export class RecordDecoder extends Transform {
    * may go into the reused #scratch. `data`: a DATA payload handed out, whose copy may take a buffer
    * given back with release() (the `recycle` option).
    */
-  #consume(n: number, internal = false, data = false): Buffer {
+  #consume(n: number, internal = false, data = false, toPool = false): Buffer {
     this.#buffered -= n;
     this.#offset += n;
     const asm = this.#asm;
@@ -557,7 +560,7 @@ export class RecordDecoder extends Transform {
     // buffer costs a page fault per 4 KiB, more than the copy), else into an exactly sized buffer. The
     // used chunks are dropped with one splice (shifting each would be quadratic when a record spans
     // many small chunks).
-    const out = internal ? this.#takeScratch(n) : data ? this.#payloadBuffer(n) : Buffer.allocUnsafe(n);
+    const out = internal ? this.#takeScratch(n) : toPool ? this.#pool!.lend(n) : data ? this.#payloadBuffer(n) : Buffer.allocUnsafe(n);
     const list = this.#buffers;
     let at = 0;
     let i = 0;
@@ -733,7 +736,7 @@ export class RecordDecoder extends Transform {
           // scratch. Not a frame going to the pool: a worker reads it after #accept returns.
           const toPool = this.#usePool(h);
           const internal = !toPool && ((h.flags & RecordFlags.COMPRESSED) !== 0 || h.type > RecordType.STREAM_END);
-          const payload = h.payloadLength === 0 ? Buffer.alloc(0) : this.#consume(h.payloadLength, internal, h.type === RecordType.DATA);
+          const payload = h.payloadLength === 0 ? Buffer.alloc(0) : this.#consume(h.payloadLength, internal, h.type === RecordType.DATA, toPool);
           // A view of tracked input that outlives this call (a frame a worker reads, a raw payload
           // handed out) keeps its chunks until it is done with (before #accept: a flowing reader
           // may give the payload back from inside push()).
@@ -836,15 +839,21 @@ export class RecordDecoder extends Transform {
       this.#pending.push(p);
       this.#pendingBytes += p.bytes;
       const into = this.#lent !== null ? this.#takeFree(h.rawLength) : undefined;
+      // Once the worker is done with the frame: its input chunks, or the memory it was gathered in
+      // (releaseFrame ignores a view of anything else).
+      const done = (): void => {
+        if (pins !== null) this.#unpin(pins);
+        else this.#pool!.releaseFrame(wire);
+      };
       this.#pool!.decompress(wire, h.rawLength, into !== undefined ? { into } : {}).then(
         (out) => {
-          if (pins !== null) this.#unpin(pins);
+          done();
           this.#lent?.add(out);
           p.payload = out;
           this.#drainPending();
         },
         (cause: unknown) => {
-          if (pins !== null) this.#unpin(pins);
+          done();
           // A bad frame is CORRUPT as on the event loop; a dead worker (EIO) or a closed pool
           // (ECANCELED) keeps its own code.
           p.error =

@@ -61,6 +61,27 @@ class GatedPool extends ForwardingPool {
   }
 }
 
+/** Forwards every job, counting what it lends, what is given back and which frames are shared memory. */
+class LendingPool extends ForwardingPool {
+  lent: Buffer[] = [];
+  released: boolean[] = [];
+  framesShared = 0;
+  override lend(length: number): Buffer {
+    const b = super.lend(length);
+    this.lent.push(b);
+    return b;
+  }
+  override releaseFrame(frame: Buffer): boolean {
+    const ok = super.releaseFrame(frame);
+    if (ok) this.released.push(ok);
+    return ok;
+  }
+  decompress(frame: Buffer, rawLength: number, opts: { into?: Buffer } = {}): Promise<Buffer> {
+    if (frame.buffer instanceof SharedArrayBuffer) this.framesShared++;
+    return this.inner.decompress(frame, rawLength, opts);
+  }
+}
+
 /** A digest-checked stream of compressible 256 KiB records on two devices, compressed. */
 async function zstdStream(n = 12, size = 256 * 1024): Promise<{ bytes: Buffer; data: Buffer[] }> {
   const data = Array.from({ length: n }, (_, i) => mixedData(size, 70 + i));
@@ -310,6 +331,36 @@ describe('RecordDecoder: decompression in a pool', () => {
     expect(reused.length).toBeGreaterThan(0);
     expect(reused.every((c) => c.into === c.rawLength)).toBe(true);
     for (const k of kept) expect(k.payload.equals(k.want)).toBe(true);
+  });
+
+  it('frames spanning input chunks are gathered in memory the pool lends, and each is given back once decompressed, also when it is bad', async () => {
+    await pool.warm();
+    const { bytes, data } = await zstdStream(16);
+    const good = mixedData(200_000, 9);
+    const f = frame(good);
+    const bad = Buffer.concat([
+      zhead(),
+      zrec(f, good.length, 0),
+      zrec(frame(mixedData(300_000, 10)), 200_000, 1), // expands past its declared length
+      ...encodeRecord({ type: RecordType.STREAM_END, seq: 2 }, encodeStreamEndPayload(good.length)),
+    ]);
+    // Chunks smaller than every frame: each frame is gathered.
+    for (const [stream, want] of [
+      [bytes, null],
+      [bad, ErrorCodes.CORRUPT],
+    ] as const) {
+      const lending = new LendingPool(pool);
+      const chunks: Buffer[] = [];
+      for (let at = 0; at < stream.length; at += 20_000) chunks.push(Buffer.from(stream.subarray(at, at + 20_000)));
+      const { objects, error } = await decodeChunks(chunks, { pool: lending.asPool() });
+      expect(error?.code ?? null).toBe(want);
+      if (want === null) expect(dataOf(objects).map((p, k) => p.equals(data[k]!))).toEqual(data.map(() => true));
+      await tick(20);
+      expect(lending.lent.length).toBe(want === null ? 16 : 2);
+      // What went to the workers was the lent (shared) memory, and all of it came back once.
+      expect(lending.framesShared).toBe(lending.lent.length);
+      expect(lending.released).toEqual(lending.lent.map(() => true));
+    }
   });
 
   it('a pool whose workers have not booted: the first frames decompress on the event loop and the workers start', async () => {

@@ -170,6 +170,12 @@ export abstract class ForwardingPool {
   warm(): Promise<void> {
     return this.inner.warm();
   }
+  lend(length: number): Buffer {
+    return this.inner.lend(length);
+  }
+  releaseFrame(frame: Buffer): boolean {
+    return this.inner.releaseFrame(frame);
+  }
   abstract decompress(frame: Buffer, rawLength: number, opts?: { into?: Buffer }): Promise<Buffer>;
   asPool(): CompressionPool {
     return this as unknown as CompressionPool;
