@@ -13,17 +13,10 @@
  * A reader that goes away gives EPIPE as a typed error (Node ignores SIGPIPE).
  */
 import fs from 'node:fs';
-import { migError, ErrorCodes } from '../fsm/errors.js';
 import { ChunkSink, type ChunkSinkOptions } from './chunk-sink.js';
-import { fdKind, isEpollKind, reopenFifo, type FdKind } from './fd-kind.js';
-import { tunePipe, type PipeCapacityOption } from './fd-tuning.js';
+import { closeAfter, planFd, type FdKind, type FdStreamOptions } from './fd-kind.js';
 
-export interface FdSinkOptions extends ChunkSinkOptions, PipeCapacityOption {
-  /** Close the fd when the stream closes (default true). Never closes fds 0-2. */
-  autoClose?: boolean;
-  /** 'auto' (default) picks by fd kind; 'fs' forces the threadpool fs path (e.g. a blocking fd another API must keep using blocking). */
-  io?: 'auto' | 'fs';
-}
+export interface FdSinkOptions extends ChunkSinkOptions, FdStreamOptions {}
 
 /** `fs.write` at the current file position (`position: null`), as a promise of bytes accepted. */
 export function fdWrite(fd: number, buf: Buffer): Promise<number> {
@@ -39,39 +32,21 @@ export class FdSink extends ChunkSink {
   readonly #closeFd: boolean;
 
   constructor(fd: number, opts: FdSinkOptions = {}) {
-    if (!Number.isInteger(fd) || fd < 0) throw migError(ErrorCodes.USAGE, `invalid fd ${String(fd)}`);
-    const kind = fdKind(fd);
-    tunePipe(fd, kind, opts);
+    const plan = planFd(fd, opts, 'w');
     super(opts);
-    const autoClose = opts.autoClose ?? true;
     this.fd = fd;
-    this.kind = kind;
-    let epollFd: number | null = null;
-    if (isEpollKind(kind) && opts.io !== 'fs') epollFd = autoClose ? fd : kind === 'fifo' ? reopenFifo(fd, 'w') : null;
-    if (epollFd !== null) {
-      this.path = 'epoll';
-      this.#closeFd = false; // libuv closes epollFd (ours or, with autoClose, the caller's)
-      this.useSocket(epollFd);
-    } else {
-      this.path = 'fs';
-      this.#closeFd = autoClose && fd > 2;
-      this.usePush((buf) => fdWrite(fd, buf));
-    }
+    this.kind = plan.kind;
+    this.path = plan.path;
+    this.#closeFd = plan.closeFd;
+    if (plan.epollFd !== null) this.useSocket(plan.epollFd);
+    else this.usePush((buf) => fdWrite(fd, buf));
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    if (this.#closeFd) {
-      const fd = this.fd;
-      const pending = this.inflight;
-      const close = (): void => fs.close(fd, noop);
-      if (pending === null) close();
-      else void pending.then(close);
-    }
+    if (this.#closeFd) closeAfter(this.fd, this.inflight);
     super._destroy(err, cb);
   }
 }
-
-function noop(): void {}
 
 /** A Writable into a non-seekable fd, on the fastest path for its kind. */
 export function createFdSink(fd: number, opts?: FdSinkOptions): FdSink {

@@ -14,17 +14,10 @@
  * Never mix APIs on one fd: once given to an FdSource the fd is read only through it.
  */
 import fs from 'node:fs';
-import { migError, ErrorCodes } from '../fsm/errors.js';
 import { ChunkSource, type ChunkSourceOptions } from './chunk-source.js';
-import { fdKind, isEpollKind, reopenFifo, type FdKind } from './fd-kind.js';
-import { tunePipe, type PipeCapacityOption } from './fd-tuning.js';
+import { closeAfter, planFd, type FdKind, type FdStreamOptions } from './fd-kind.js';
 
-export interface FdSourceOptions extends ChunkSourceOptions, PipeCapacityOption {
-  /** Close the fd when the stream closes (default true). Never closes fds 0-2. */
-  autoClose?: boolean;
-  /** 'auto' (default) picks by fd kind; 'fs' forces the threadpool fs path (e.g. a blocking fd another API must keep using blocking). */
-  io?: 'auto' | 'fs';
-}
+export interface FdSourceOptions extends ChunkSourceOptions, FdStreamOptions {}
 
 /** `fs.read` at the current file position (`position: null`), as a promise. */
 export function fdRead(fd: number, buf: Buffer): Promise<number> {
@@ -41,41 +34,21 @@ export class FdSource extends ChunkSource {
   readonly #closeFd: boolean;
 
   constructor(fd: number, opts: FdSourceOptions = {}) {
-    if (!Number.isInteger(fd) || fd < 0) throw migError(ErrorCodes.USAGE, `invalid fd ${String(fd)}`);
-    const kind = fdKind(fd);
-    tunePipe(fd, kind, opts);
+    const plan = planFd(fd, opts, 'r');
     super(opts);
-    const autoClose = opts.autoClose ?? true;
     this.fd = fd;
-    this.kind = kind;
-    let epollFd: number | null = null;
-    if (isEpollKind(kind) && opts.io !== 'fs') epollFd = autoClose ? fd : kind === 'fifo' ? reopenFifo(fd, 'r') : null;
-    if (epollFd !== null) {
-      this.path = 'epoll';
-      // libuv owns epollFd now (it closes it unless it is 0-2). With autoClose the caller's fd is
-      // epollFd itself; without it, epollFd is our private reopen.
-      this.#closeFd = false;
-      this.useSocket(epollFd);
-    } else {
-      this.path = 'fs';
-      this.#closeFd = autoClose && fd > 2;
-      this.usePull((buf) => fdRead(fd, buf));
-    }
+    this.kind = plan.kind;
+    this.path = plan.path;
+    this.#closeFd = plan.closeFd;
+    if (plan.epollFd !== null) this.useSocket(plan.epollFd);
+    else this.usePull((buf) => fdRead(fd, buf));
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    if (this.#closeFd) {
-      const fd = this.fd;
-      const pending = this.inflight;
-      const close = (): void => fs.close(fd, noop);
-      if (pending === null) close();
-      else void pending.then(close);
-    }
+    if (this.#closeFd) closeAfter(this.fd, this.inflight);
     super._destroy(err, cb);
   }
 }
-
-function noop(): void {}
 
 /** A Readable over a non-seekable fd, on the fastest path for its kind. */
 export function createFdSource(fd: number, opts?: FdSourceOptions): FdSource {
