@@ -14,8 +14,8 @@
  */
 import { Writable } from 'node:stream';
 import net from 'node:net';
-import { migError, ErrorCodes, isErrno, type MigError } from '../fsm/errors.js';
-import { Backoff, ioError, type BackoffOptions } from './retry.js';
+import { isErrno, type MigError } from '../fsm/errors.js';
+import { Backoff, destroyOnAbort, ioError, type BackoffOptions } from './retry.js';
 
 export interface ChunkSinkOptions extends BackoffOptions {
   /** Writable highWaterMark in bytes (default 1 MiB). */
@@ -33,8 +33,8 @@ export abstract class ChunkSink extends Writable {
   #socket: net.Socket | null;
   #timer: NodeJS.Timeout | null;
   #wake: (() => void) | null;
-  #signal: AbortSignal | null;
-  #onAbort: (() => void) | null;
+  /** Detaches the AbortSignal's listener. */
+  #unlistenAbort: () => void;
 
   constructor(opts: ChunkSinkOptions = {}) {
     super({ highWaterMark: opts.highWaterMark ?? 1024 * 1024 });
@@ -45,14 +45,7 @@ export abstract class ChunkSink extends Writable {
     this.#socket = null;
     this.#timer = null;
     this.#wake = null;
-    this.#signal = opts.signal ?? null;
-    this.#onAbort = null;
-    if (this.#signal) {
-      const signal = this.#signal;
-      this.#onAbort = () => this.destroy(migError(ErrorCodes.ABORTED, 'aborted', { cause: signal.reason }));
-      if (signal.aborted) process.nextTick(this.#onAbort);
-      else signal.addEventListener('abort', this.#onAbort, { once: true });
-    }
+    this.#unlistenAbort = destroyOnAbort(this, opts.signal);
   }
 
   /** The push in flight, if any (settles; never rejects). */
@@ -178,7 +171,7 @@ export abstract class ChunkSink extends Writable {
       this.#wake = null;
       wake();
     }
-    if (this.#signal !== null && this.#onAbort !== null) this.#signal.removeEventListener('abort', this.#onAbort);
+    this.#unlistenAbort();
     // Never wait for a blocked write: libuv drops queued bytes and closes at once.
     if (this.#socket !== null) this.#socket.destroy();
     cb(err);

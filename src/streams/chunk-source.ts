@@ -23,7 +23,7 @@ import { Readable } from 'node:stream';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { migError, ErrorCodes, isErrno, MigError } from '../fsm/errors.js';
-import { Backoff, ioError, type BackoffOptions } from './retry.js';
+import { Backoff, destroyOnAbort, ioError, type BackoffOptions } from './retry.js';
 import { INPUT_RELEASE, READ_TARGET, ReadTargets, type InputReleaseHook, type ReadTargetHook } from './read-target.js';
 import { ChunkLoans } from './chunk-loans.js';
 
@@ -104,8 +104,8 @@ export abstract class ChunkSource extends Readable {
   readonly #minReadSpace: number;
   #flushScheduled: boolean;
   #lastDelivery: number;
-  #signal: AbortSignal | null;
-  #onAbort: (() => void) | null;
+  /** Detaches the AbortSignal's listener. */
+  #unlistenAbort: () => void;
   /** Chunk buffers, lent downstream in views and, with `recycle`, taken back (release()). */
   readonly #loans: ChunkLoans;
   /** holdReads(): no new read starts until releaseReads(). */
@@ -149,14 +149,7 @@ export abstract class ChunkSource extends Readable {
     this.#wanted = false;
     this.#holding = null;
     this.#onHeld = null;
-    this.#signal = opts.signal ?? null;
-    this.#onAbort = null;
-    if (this.#signal) {
-      const signal = this.#signal;
-      this.#onAbort = () => this.destroy(migError(ErrorCodes.ABORTED, 'aborted', { cause: signal.reason }));
-      if (signal.aborted) process.nextTick(this.#onAbort);
-      else signal.addEventListener('abort', this.#onAbort, { once: true });
-    }
+    this.#unlistenAbort = destroyOnAbort(this, opts.signal);
   }
 
   /** The pull in flight, if any (settles; never rejects). */
@@ -508,7 +501,7 @@ export abstract class ChunkSource extends Readable {
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     this.#state = DONE;
     this.#wakeNow();
-    if (this.#signal !== null && this.#onAbort !== null) this.#signal.removeEventListener('abort', this.#onAbort);
+    this.#unlistenAbort();
     this.#settleHold();
     // Never wait for a pending read: an idle pipe or a device may never answer. The epoll socket
     // closes at once; a pending pull is left to settle and its result dropped.

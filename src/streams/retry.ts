@@ -1,8 +1,8 @@
 /**
- * Shared helpers of the data-path streams: bounded exponential backoff and the mapping of any I/O
- * failure to a typed MigError.
+ * Shared helpers of the data-path streams: bounded exponential backoff, the mapping of any I/O
+ * failure to a typed MigError, and destroying a stream when its AbortSignal fires.
  */
-import { migError, errnoName, MigError } from '../fsm/errors.js';
+import { migError, errnoName, ErrorCodes, MigError } from '../fsm/errors.js';
 
 export interface BackoffOptions {
   /** First delay in ms (default 1). */
@@ -49,4 +49,20 @@ export function ioError(err: unknown, what: string, detail?: Record<string, unkn
   const code = errnoName(err) ?? 'EIO';
   const msg = err instanceof Error ? err.message : String(err);
   return migError(code, `${what}: ${msg}`, { cause: err, ...(detail ? { detail } : {}) });
+}
+
+/**
+ * Destroy `stream` with a typed ABORTED error (the signal's reason as its cause) when `signal`
+ * aborts; on the next tick if it already has. Returns what detaches the listener (call it when the
+ * stream is destroyed for another reason).
+ */
+export function destroyOnAbort(stream: { destroy(err: Error): unknown }, signal: AbortSignal | null | undefined): () => void {
+  if (!signal) return () => {};
+  const onAbort = (): void => void stream.destroy(migError(ErrorCodes.ABORTED, 'aborted', { cause: signal.reason }));
+  if (signal.aborted) {
+    process.nextTick(onAbort);
+    return () => {};
+  }
+  signal.addEventListener('abort', onAbort, { once: true });
+  return () => signal.removeEventListener('abort', onAbort);
 }

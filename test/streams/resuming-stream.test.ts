@@ -1,12 +1,13 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { spawn } from 'node:child_process';
+import { getEventListeners } from 'node:events';
 import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pump from 'pump';
 import { createResumingStream, ResumingStream } from '../../src/streams/resuming-stream.js';
 import { createSavingStream } from '../../src/streams/saving-stream.js';
-import { MigError } from '../../src/fsm/errors.js';
+import { ErrorCodes, MigError } from '../../src/fsm/errors.js';
 import type { ResumingSession } from '../../src/fsm/types.js';
 import { MiB, ScriptedResuming, ScriptedSaving, errnoError, mkfifo, pattern, sha, tempDir } from './fd-fixtures.js';
 
@@ -99,6 +100,33 @@ describe('ResumingStream over a method-backed session', () => {
       pump(createSavingStream(new ScriptedSaving({ available: size })), createResumingStream(b), (err) => (err ? reject(err) : resolve())),
     );
     expect(b.digest()).toBe(sha(pattern(0, size)));
+  });
+
+  it('an AbortSignal destroys the stream with VFIO_MIG_ERR_ABORTED mid-write, or at once when it had fired before; a finished stream leaves no listener on it', async () => {
+    // Mid-write: a slow device, aborted while a write is out; nothing after it is written.
+    const slow = new ScriptedResuming();
+    slow.delayMs = 20;
+    const ac = new AbortController();
+    const s = createResumingStream(slow, { signal: ac.signal });
+    const done = outcome(s);
+    s.write(pattern(0, 1000));
+    s.write(pattern(1, 1000));
+    setTimeout(() => ac.abort(new Error('operator')), 5);
+    const { error } = await done;
+    expect(error?.code).toBe(ErrorCodes.ABORTED);
+    expect((error?.cause as Error).message).toBe('operator');
+    expect(slow.writes).toBe(1);
+    expect(getEventListeners(ac.signal, 'abort')).toHaveLength(0);
+    // Already aborted: destroyed before anything is written.
+    const early = new ScriptedResuming();
+    const late = createResumingStream(early, { signal: AbortSignal.abort() });
+    const r = await outcome(late);
+    expect(r.error?.code).toBe(ErrorCodes.ABORTED);
+    expect(early.writes).toBe(0);
+    // Finished normally: the listener is gone with the stream.
+    const ac2 = new AbortController();
+    await pipeline(Readable.from([pattern(2, 5000)]), createResumingStream(new ScriptedResuming(), { signal: ac2.signal }));
+    expect(getEventListeners(ac2.signal, 'abort')).toHaveLength(0);
   });
 
   it('autoClose closes the session when the stream closes', async () => {
