@@ -32,7 +32,7 @@ import {
   type MigrationPhase,
   type ReturnMessage,
 } from './control.js';
-import { FailureLatch, asPhaseError } from './latch.js';
+import { FailureLatch, asPhaseError, watchRun } from './latch.js';
 import { resetAll, resumeAll, stepAll } from './p2p.js';
 import { digestOf } from './wire.js';
 import { throughputMBps, type DeviceSummary, type MigrationEvents, type MigrationSummary } from './summary.js';
@@ -164,13 +164,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
 
   async #run(): Promise<MigrationSummary> {
     const opts = this.#opts;
-    const stallMs = opts.stallTimeoutMs ?? 15_000;
-    const onAbort = () => this.abort(`aborted: ${String(opts.signal?.reason ?? 'AbortSignal')}`);
-    const stallTimer = setInterval(() => {
-      if (performance.now() - this.#lastProgressAt > stallMs) {
-        this.#latch.fail(migError(ErrorCodes.STALLED, `no progress for ${stallMs} ms in phase ${this.#phase}`, { phase: this.#phase, detail: { stallTimeoutMs: stallMs } }));
-      }
-    }, Math.min(250, Math.max(10, stallMs / 4)));
+    let unwatch = (): void => {};
     const progressTimer = setInterval(() => this.#emitProgress(), opts.progressMs ?? 250);
     // 'loaded' reports for a source that asked: PRE_COPY only, and only when bytes moved.
     let reported = -1;
@@ -183,8 +177,13 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     }, LOADED_REPORT_MS);
     try {
       if (opts.devices.length === 0) throw migError(ErrorCodes.USAGE, 'receive: no devices');
-      if (opts.signal?.aborted) onAbort();
-      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      unwatch = watchRun(this.#latch, {
+        stallMs: opts.stallTimeoutMs ?? 15_000,
+        lastProgressAt: () => this.#lastProgressAt,
+        phase: () => this.#phase,
+        signal: opts.signal,
+        abort: (reason) => this.abort(reason),
+      });
       const t = typeof opts.transport === 'function' ? await this.#latch.guard(opts.transport()) : opts.transport;
       this.#transport = t;
       this.#progress();
@@ -203,10 +202,9 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     } catch (e) {
       throw await this.#cleanup(e);
     } finally {
-      clearInterval(stallTimer);
+      unwatch();
       clearInterval(progressTimer);
       clearInterval(loadedTimer);
-      opts.signal?.removeEventListener('abort', onAbort);
     }
   }
 

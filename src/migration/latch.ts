@@ -63,3 +63,30 @@ export function asPhaseError(err: unknown, phase: MigrationPhase): MigError {
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/**
+ * What a run watches besides its own steps: no progress for `stallMs` (`lastProgressAt()` on
+ * performance.now()) fails the latch with STALLED, and the caller's AbortSignal with ABORTED (at
+ * once when it had fired before), `abort(reason)` being the run's own abort. Returns what stops both.
+ */
+export function watchRun(
+  latch: FailureLatch,
+  o: { stallMs: number; lastProgressAt: () => number; phase: () => MigrationPhase; signal?: AbortSignal; abort: (reason: string) => void },
+): () => void {
+  const stallTimer = setInterval(
+    () => {
+      if (performance.now() - o.lastProgressAt() <= o.stallMs) return;
+      const phase = o.phase();
+      latch.fail(migError(ErrorCodes.STALLED, `no progress for ${o.stallMs} ms in phase ${phase}`, { phase, detail: { stallTimeoutMs: o.stallMs } }));
+    },
+    Math.min(250, Math.max(10, o.stallMs / 4)),
+  );
+  const signal = o.signal;
+  const onAbort = (): void => o.abort(`aborted: ${String(signal?.reason ?? 'AbortSignal')}`);
+  if (signal?.aborted) onAbort();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  return () => {
+    clearInterval(stallTimer);
+    signal?.removeEventListener('abort', onAbort);
+  };
+}

@@ -36,7 +36,7 @@ import {
   type MigrationPhase,
   type ReturnMessage,
 } from './control.js';
-import { FailureLatch, asPhaseError, sleep } from './latch.js';
+import { FailureLatch, asPhaseError, sleep, watchRun } from './latch.js';
 import { checkP2PSet, enterP2P, enterStopCopy, hasPrecopy, resumeAll, rollbackAll, stepAll } from './p2p.js';
 import { sharedCompressionPool } from '../streams/compression-pool.js';
 import { digestOf, openForward, openTransport, parseCompression, type Compression, type ForwardWriter } from './wire.js';
@@ -302,21 +302,20 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   async #run(): Promise<MigrationSummary> {
     const opts = this.#opts;
-    const stallMs = opts.stallTimeoutMs ?? 15_000;
-    const onAbort = () => this.abort(`aborted: ${String(opts.signal?.reason ?? 'AbortSignal')}`);
-    const stallTimer = setInterval(() => {
-      if (performance.now() - this.#lastProgressAt > stallMs) {
-        this.#latch.fail(migError(ErrorCodes.STALLED, `no progress for ${stallMs} ms in phase ${this.#phase}`, { phase: this.#phase, detail: { stallTimeoutMs: stallMs } }));
-      }
-    }, Math.min(250, Math.max(10, stallMs / 4)));
+    let unwatch = (): void => {};
     // PRE_COPY reports progress on its own ticks; the other phases on this timer.
     const progressTimer = setInterval(() => {
       if (this.#phase !== 'precopy' && this.#phase !== 'connect') this.#emitProgress(this.#predicted, null);
     }, opts.progressMs ?? 250);
     try {
       if (opts.devices.length === 0) throw migError(ErrorCodes.USAGE, 'migrate: no devices');
-      if (opts.signal?.aborted) onAbort();
-      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      unwatch = watchRun(this.#latch, {
+        stallMs: opts.stallTimeoutMs ?? 15_000,
+        lastProgressAt: () => this.#lastProgressAt,
+        phase: () => this.#phase,
+        signal: opts.signal,
+        abort: (reason) => this.abort(reason),
+      });
       checkP2PSet(opts.devices, opts.acceptP2PRisk === true);
       const compression = parseCompression(opts.compression ?? 'none');
       this.#compressing = compression !== false;
@@ -479,9 +478,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     } catch (e) {
       throw await this.#rollback(e);
     } finally {
-      clearInterval(stallTimer);
+      unwatch();
       clearInterval(progressTimer);
-      opts.signal?.removeEventListener('abort', onAbort);
     }
   }
 

@@ -1,0 +1,66 @@
+// watchRun: the stall watchdog and the AbortSignal every migrate()/receive() run is watched by.
+import { describe, it, expect } from 'vitest';
+import { getEventListeners } from 'node:events';
+import { FailureLatch, watchRun } from '../../src/migration/latch.js';
+import { ErrorCodes, migError } from '../../src/fsm/errors.js';
+import type { MigrationPhase } from '../../src/migration/control.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function run(signal?: AbortSignal) {
+  const latch = new FailureLatch();
+  let lastProgressAt = performance.now();
+  let phase: MigrationPhase = 'handshake';
+  const unwatch = watchRun(latch, {
+    stallMs: 40,
+    lastProgressAt: () => lastProgressAt,
+    phase: () => phase,
+    signal,
+    abort: (reason) => latch.fail(migError(ErrorCodes.ABORTED, reason, { phase })),
+  });
+  return {
+    latch,
+    unwatch,
+    progress: () => (lastProgressAt = performance.now()),
+    enter: (p: MigrationPhase) => (phase = p),
+  };
+}
+
+describe('watchRun', () => {
+  it('fails the run with STALLED naming the phase once progress stops for stallMs, not while it goes on', async () => {
+    const r = run();
+    for (let i = 0; i < 8; i++) {
+      await sleep(15);
+      r.progress();
+    }
+    expect(r.latch.error).toBeNull();
+    r.enter('precopy');
+    await sleep(120);
+    expect(r.latch.error?.code).toBe(ErrorCodes.STALLED);
+    expect(r.latch.error?.phase).toBe('precopy');
+    expect(r.latch.error?.message).toMatch(/no progress for 40 ms in phase precopy/);
+    r.unwatch();
+  });
+
+  it('aborts on the signal, at once when it had fired before; unwatch() stops the watchdog and detaches the listener', async () => {
+    const early = run(AbortSignal.abort('before'));
+    expect(early.latch.error?.code).toBe(ErrorCodes.ABORTED);
+    expect(early.latch.error?.message).toBe('aborted: before');
+    early.unwatch();
+
+    const ac = new AbortController();
+    const r = run(ac.signal);
+    expect(getEventListeners(ac.signal, 'abort')).toHaveLength(1);
+    ac.abort('operator');
+    expect(r.latch.error?.message).toBe('aborted: operator');
+    r.unwatch();
+
+    const ac2 = new AbortController();
+    const quiet = run(ac2.signal);
+    quiet.unwatch();
+    expect(getEventListeners(ac2.signal, 'abort')).toHaveLength(0);
+    await sleep(120); // no progress, but no longer watched
+    ac2.abort();
+    expect(quiet.latch.error).toBeNull();
+  });
+});
