@@ -116,14 +116,7 @@ export async function demo(argv: string[]): Promise<number> {
       devices: sims.cores,
       transport: url,
       transportOptions,
-      compression: mig.compression,
-      downtimeLimitMs: mig.downtimeLimitMs,
-      policy: mig.policy,
-      bandwidth: mig.bandwidth,
-      stallTimeoutMs: mig.stallTimeoutMs,
-      channels: mig.channels,
-      precopyBudgetMs: mig.precopyBudgetMs,
-      acceptP2PRisk: mig.acceptP2PRisk,
+      ...mig,
       signal: ac.signal,
     });
     run.on('progress', (p) => progress.update(p, total));

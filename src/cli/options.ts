@@ -51,6 +51,7 @@ export interface DeviceConfig {
   generationRate: number;
 }
 
+/** The migration options of `migrate` and `demo`, named as migrate() takes them (spread into its options). */
 export interface MigrationConfig {
   compression: string;
   downtimeLimitMs: number;

@@ -83,14 +83,7 @@ export async function migrateCommand(argv: string[]): Promise<number> {
       devices: sims.cores,
       transport: to,
       transportOptions: { ...tls(args), ...(servername ? { servername } : {}) },
-      compression: mig.compression,
-      downtimeLimitMs: mig.downtimeLimitMs,
-      policy: mig.policy,
-      bandwidth: mig.bandwidth,
-      stallTimeoutMs: mig.stallTimeoutMs,
-      channels: mig.channels,
-      precopyBudgetMs: mig.precopyBudgetMs,
-      acceptP2PRisk: mig.acceptP2PRisk,
+      ...mig,
       signal: ac.signal,
     });
     run.on('progress', (p) => progress.update(p, dev.size * dev.devices));

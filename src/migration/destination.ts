@@ -244,17 +244,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
           case RecordType.DEVICE_END: {
             const d = this.#devs[obj.device];
             // With channels the device's data may still be on its way elsewhere: ended at commit.
-            if (d?.stream && this.#channels === 1) {
-              const s = d.stream;
-              d.lastWrite = d.lastWrite.then(
-                () =>
-                  new Promise<void>((resolve, reject) => {
-                    s.once('error', reject);
-                    s.end(() => resolve());
-                  }),
-              );
-              d.lastWrite.catch(() => {});
-            }
+            if (d && this.#channels === 1) this.#endStream(d);
             break;
           }
           case RecordType.CONTROL: {
@@ -447,18 +437,21 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
 
   /** Every device's data is in: end the resuming streams (after their last write). */
   #endStreams(): void {
-    for (const d of this.#devs) {
-      const s = d.stream;
-      if (!s) continue;
-      d.lastWrite = d.lastWrite.then(
-        () =>
-          new Promise<void>((resolve, reject) => {
-            s.once('error', reject);
-            s.end(() => resolve());
-          }),
-      );
-      d.lastWrite.catch(() => {});
-    }
+    for (const d of this.#devs) this.#endStream(d);
+  }
+
+  /** End a device's resuming stream after its last write; `lastWrite` settles when it finished. */
+  #endStream(d: DeviceLoad): void {
+    const s = d.stream;
+    if (!s) return;
+    d.lastWrite = d.lastWrite.then(
+      () =>
+        new Promise<void>((resolve, reject) => {
+          s.once('error', reject);
+          s.end(() => resolve());
+        }),
+    );
+    d.lastWrite.catch(() => {});
   }
 
   /**
