@@ -11,14 +11,12 @@
 // - fd-read-naive   fs.createReadStream(null, { fd, highWaterMark: 1 MiB }): the naive approach.
 // Each run is timed from spawning the producer to the reader's end; medians over the runs, runs
 // interleaved so drift hits every variant alike, after one untimed warm-up run of each. RSS is this process's maxRSS.
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createFdSource, createSavingStream } from '../dist/index.js';
-import { MiB, GiB, mbps, median, result } from './lib.mjs';
+import { MiB, fifoRows } from './lib.mjs';
 
 export const names = ['fd-read', 'fd-read-recycled', 'fd-read-saving', 'fd-read-fs', 'fd-read-naive'];
 
@@ -109,55 +107,13 @@ function openBlocking(fifo) {
   return new Promise((resolve, reject) => fs.open(fifo, 'r', (err, fd) => (err ? reject(err) : resolve(fd))));
 }
 
-async function ddBaseline(fifo, count) {
-  const t0 = performance.now();
-  const child = spawn(
-    'sh',
-    ['-c', `dd if=/dev/zero of="${fifo}" bs=1M count=${count} status=none & dd if="${fifo}" of=/dev/null bs=1M status=none; wait`],
-    { stdio: 'ignore' },
-  );
-  const code = await new Promise((res, rej) => {
-    child.once('error', rej);
-    child.once('close', res);
+export default function run({ quick, log = () => {} }) {
+  return fifoRows({
+    quick,
+    log,
+    variants,
+    ddScript: (fifo, count) => `dd if=/dev/zero of="${fifo}" bs=1M count=${count} status=none & dd if="${fifo}" of=/dev/null bs=1M status=none; wait`,
+    ddName: 'dd of=/dev/null bs=1M on the same pipe',
+    what: 'from dd bs=1M through a FIFO (64 KiB pipe)',
   });
-  if (code !== 0) throw new Error(`dd baseline exited ${code}`);
-  return { ms: performance.now() - t0, bytes: count * MiB };
-}
-
-export default async function run({ quick, log = () => {} }) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-mig-bench-'));
-  const fifo = path.join(dir, 'fifo');
-  execFileSync('mkfifo', [fifo]);
-  const size = quick ? 256 * MiB : 2 * GiB;
-  const count = size / MiB;
-  const runs = quick ? 3 : 5;
-  const samples = { dd: [] };
-  for (const name of Object.keys(variants)) samples[name] = [];
-  try {
-    // Warm-up (untimed): JIT, the pipe's pages, the allocator's first mappings.
-    for (const fn of Object.values(variants)) await fn(fifo, 64);
-    for (let i = 0; i < runs; i++) {
-      samples.dd.push(await ddBaseline(fifo, count));
-      for (const [name, fn] of Object.entries(variants)) samples[name].push(await fn(fifo, count));
-    }
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-  const rate = (list) => median(list.map((s) => mbps(s.bytes, s.ms)));
-  const dd = rate(samples.dd);
-  const rssMB = Math.round(process.resourceUsage().maxRSS / 1024);
-  log(`${count} MiB of zeros from dd bs=1M through a FIFO (64 KiB pipe), ${runs} runs each, medians; maxRSS of this process ${rssMB} MB`);
-  const rows = [];
-  for (const name of Object.keys(variants)) {
-    rows.push(
-      result(name, rate(samples[name]), 'MB/s', 'dd of=/dev/null bs=1M on the same pipe', dd, {
-        bytes: size,
-        runs,
-        ms: samples[name].map((s) => Math.round(s.ms)),
-        ddMs: samples.dd.map((s) => Math.round(s.ms)),
-        maxRssMB: rssMB,
-      }),
-    );
-  }
-  return rows;
 }

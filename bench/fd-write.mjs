@@ -10,14 +10,12 @@
 // - fd-write-naive     fs.createWriteStream(null, { fd, highWaterMark: 1 MiB }).
 // Each run is timed from spawning the consumer until it exits; medians over the runs, interleaved,
 // after one untimed warm-up run of each. RSS is this process's maxRSS.
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createFdSink, createResumingStream } from '../dist/index.js';
-import { MiB, GiB, mbps, median, result } from './lib.mjs';
+import { MiB, fifoRows } from './lib.mjs';
 
 export const names = ['fd-write', 'fd-write-resuming', 'fd-write-fs', 'fd-write-naive'];
 
@@ -90,50 +88,13 @@ const variants = {
     timed(fifo, count, (fd) => pipeline(zeros(count), fs.createWriteStream(null, { fd, highWaterMark: MiB }))),
 };
 
-async function ddBaseline(fifo, count) {
-  const t0 = performance.now();
-  const child = spawn(
-    'sh',
-    ['-c', `dd if="${fifo}" of=/dev/null bs=1M status=none & dd if=/dev/zero of="${fifo}" bs=1M count=${count} status=none; wait`],
-    { stdio: 'ignore' },
-  );
-  const code = await new Promise((res, rej) => {
-    child.once('error', rej);
-    child.once('close', res);
+export default function run({ quick, log = () => {} }) {
+  return fifoRows({
+    quick,
+    log,
+    variants,
+    ddScript: (fifo, count) => `dd if="${fifo}" of=/dev/null bs=1M status=none & dd if=/dev/zero of="${fifo}" bs=1M count=${count} status=none; wait`,
+    ddName: 'dd if=/dev/zero bs=1M into the same pipe',
+    what: 'into a FIFO read by dd of=/dev/null bs=1M',
   });
-  if (code !== 0) throw new Error(`dd baseline exited ${code}`);
-  return { ms: performance.now() - t0, bytes: count * MiB };
-}
-
-export default async function run({ quick, log = () => {} }) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-mig-bench-'));
-  const fifo = path.join(dir, 'fifo');
-  execFileSync('mkfifo', [fifo]);
-  const size = quick ? 256 * MiB : 2 * GiB;
-  const count = size / MiB;
-  const runs = quick ? 3 : 5;
-  const samples = { dd: [] };
-  for (const name of Object.keys(variants)) samples[name] = [];
-  try {
-    for (const fn of Object.values(variants)) await fn(fifo, 64);
-    for (let i = 0; i < runs; i++) {
-      samples.dd.push(await ddBaseline(fifo, count));
-      for (const [name, fn] of Object.entries(variants)) samples[name].push(await fn(fifo, count));
-    }
-  } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-  const rate = (list) => median(list.map((s) => mbps(s.bytes, s.ms)));
-  const dd = rate(samples.dd);
-  const rssMB = Math.round(process.resourceUsage().maxRSS / 1024);
-  log(`${count} MiB of zeros into a FIFO read by dd of=/dev/null bs=1M, ${runs} runs each, medians; maxRSS of this process ${rssMB} MB`);
-  return Object.keys(variants).map((name) =>
-    result(name, rate(samples[name]), 'MB/s', 'dd if=/dev/zero bs=1M into the same pipe', dd, {
-      bytes: size,
-      runs,
-      ms: samples[name].map((s) => Math.round(s.ms)),
-      ddMs: samples.dd.map((s) => Math.round(s.ms)),
-      maxRssMB: rssMB,
-    }),
-  );
 }

@@ -2,8 +2,10 @@
 // Every benchmark file exports `default async function run({ quick }) => Result[]`, where a Result is
 // { name, value, unit, baseline, baselineValue, ratio, detail? }; ratio = value / baselineValue
 // (throughput: higher is better). Benchmarks import the built package from ../dist/index.js.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
@@ -79,6 +81,56 @@ export async function alternatingRow(name, baselineName, { bytes, warmBytes, run
     allMBps: a.map((v) => Math.round(v)),
     baselineAllMBps: b.map((v) => Math.round(v)),
   });
+}
+
+/**
+ * The FIFO benches (fd-read, fd-write): `variants` (name -> (fifo, count) => { ms, bytes }) and the
+ * `dd` baseline (`ddScript(fifo, count)`: a shell line moving `count` MiB through the FIFO) each move
+ * 2 GiB (256 MiB quick) of zeros through one FIFO in a temporary directory. One untimed warm-up run
+ * of each variant on 64 MiB, then `runs` interleaved rounds; rows are medians in MB/s against dd's.
+ */
+export async function fifoRows({ quick, log, variants, ddScript, ddName, what }) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-mig-bench-'));
+  const fifo = path.join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
+  const size = quick ? 256 * MiB : 2 * GiB;
+  const count = size / MiB;
+  const runs = quick ? 3 : 5;
+  const samples = { dd: [] };
+  for (const name of Object.keys(variants)) samples[name] = [];
+  const dd = async () => {
+    const t0 = performance.now();
+    const child = spawn('sh', ['-c', ddScript(fifo, count)], { stdio: 'ignore' });
+    const code = await new Promise((res, rej) => {
+      child.once('error', rej);
+      child.once('close', res);
+    });
+    if (code !== 0) throw new Error(`dd baseline exited ${code}`);
+    return { ms: performance.now() - t0, bytes: count * MiB };
+  };
+  try {
+    // Warm-up (untimed): JIT, the pipe's pages, the allocator's first mappings.
+    for (const fn of Object.values(variants)) await fn(fifo, 64);
+    for (let i = 0; i < runs; i++) {
+      samples.dd.push(await dd());
+      for (const [name, fn] of Object.entries(variants)) samples[name].push(await fn(fifo, count));
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const rate = (list) => median(list.map((s) => mbps(s.bytes, s.ms)));
+  const ddRate = rate(samples.dd);
+  const rssMB = Math.round(process.resourceUsage().maxRSS / 1024);
+  log(`${count} MiB of zeros ${what}, ${runs} runs each, medians; maxRSS of this process ${rssMB} MB`);
+  return Object.keys(variants).map((name) =>
+    result(name, rate(samples[name]), 'MB/s', ddName, ddRate, {
+      bytes: size,
+      runs,
+      ms: samples[name].map((s) => Math.round(s.ms)),
+      ddMs: samples.dd.map((s) => Math.round(s.ms)),
+      maxRssMB: rssMB,
+    }),
+  );
 }
 
 export function machine() {
