@@ -7,10 +7,9 @@
 // that same fd as its input (`dd of=/dev/null bs=1M` reading fd 0, which is the file). Both read
 // through the same C server and the same Node bridge in the child, so the ratio is the reader's
 // overhead; the dd figure is the ceiling of the FUSE file itself on this machine.
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createSavingStream, fuseAvailability, spawnDeviceHost, transitionPath } from '../dist/index.js';
-import { MiB, mbps, median, result } from './lib.mjs';
+import { MiB, mbps, median, result, runDd } from './lib.mjs';
 
 export const names = ['fd-read-fuse'];
 
@@ -45,19 +44,7 @@ async function readOurs(size) {
 async function readDd(size) {
   const { host, session } = await stopCopySession(size);
   try {
-    const t0 = performance.now();
-    const child = spawn('dd', ['of=/dev/null', 'bs=1M'], { stdio: [session.fd, 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (s) => (err += s));
-    const code = await new Promise((res, rej) => {
-      child.once('error', rej);
-      child.once('close', res);
-    });
-    const ms = performance.now() - t0;
-    if (code !== 0) throw new Error(`dd exited ${code}: ${err.trim()}`);
-    const m = /^(\d+) bytes/m.exec(err);
-    return { ms, bytes: m ? Number(m[1]) : NaN };
+    return await runDd(['of=/dev/null', 'bs=1M'], session.fd);
   } finally {
     await host.close();
   }

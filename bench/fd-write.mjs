@@ -10,12 +10,11 @@
 // - fd-write-naive     fs.createWriteStream(null, { fd, highWaterMark: 1 MiB }).
 // Each run is timed from spawning the consumer until it exits; medians over the runs, interleaved,
 // after one untimed warm-up run of each. RSS is this process's maxRSS.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createFdSink, createResumingStream } from '../dist/index.js';
-import { MiB, fifoRows } from './lib.mjs';
+import { MiB, fifoRows, runDd } from './lib.mjs';
 
 export const names = ['fd-write', 'fd-write-resuming', 'fd-write-fs', 'fd-write-naive'];
 
@@ -35,22 +34,6 @@ function zeros(count) {
   });
 }
 
-function consumer(fifo) {
-  const child = spawn('dd', [`if=${fifo}`, 'of=/dev/null', 'bs=1M'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (s) => (err += s));
-  const done = new Promise((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (code) => {
-      const m = /^(\d+) bytes/m.exec(err);
-      if (code !== 0) reject(new Error(`dd consumer exited ${code}: ${err.trim()}`));
-      else resolve(m ? Number(m[1]) : NaN);
-    });
-  });
-  return done;
-}
-
 /** Blocking open of the write end on the threadpool: waits for the consumer's open. */
 function openWriter(fifo) {
   return new Promise((resolve, reject) => fs.open(fifo, 'w', (err, fd) => (err ? reject(err) : resolve(fd))));
@@ -58,7 +41,7 @@ function openWriter(fifo) {
 
 async function timed(fifo, count, write) {
   const t0 = performance.now();
-  const consumed = consumer(fifo);
+  const consumed = runDd([`if=${fifo}`, 'of=/dev/null', 'bs=1M']).then((r) => r.bytes);
   const fd = await openWriter(fifo);
   await write(fd);
   const bytes = await consumed;

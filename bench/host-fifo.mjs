@@ -8,7 +8,6 @@
 // host-fifo-copy: a 'mixed' SimDevice migrated host -> host, SavingStream piped into
 // ResumingStream on the two FIFOs (three processes). Baseline: the same two devices in this
 // process, method sessions (no fds, no child): what the process split and the fds cost.
-import { spawn } from 'node:child_process';
 import { openSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import {
@@ -18,7 +17,7 @@ import {
   createSavingStream,
   spawnDeviceHost,
 } from '../dist/index.js';
-import { MiB, mbps, median, result } from './lib.mjs';
+import { MiB, mbps, median, result, runDd } from './lib.mjs';
 
 export const names = ['host-fifo-read', 'host-fifo-copy'];
 
@@ -50,19 +49,7 @@ async function readDd(size) {
   // dd needs a blocking fd: the session's fd is O_NONBLOCK, so give dd its own description.
   const fd = openSync(`/proc/self/fd/${session.fd}`, 'r');
   try {
-    const t0 = performance.now();
-    const child = spawn('dd', ['of=/dev/null', 'bs=1M'], { stdio: [fd, 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (s) => (err += s));
-    const code = await new Promise((res, rej) => {
-      child.once('error', rej);
-      child.once('close', res);
-    });
-    const ms = performance.now() - t0;
-    if (code !== 0) throw new Error(`dd exited ${code}: ${err.trim()}`);
-    const m = /^(\d+) bytes/m.exec(err);
-    return { ms, bytes: m ? Number(m[1]) : NaN };
+    return await runDd(['of=/dev/null', 'bs=1M'], fd);
   } finally {
     await host.close();
   }

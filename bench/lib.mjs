@@ -84,6 +84,26 @@ export async function alternatingRow(name, baselineName, { bytes, warmBytes, run
 }
 
 /**
+ * Run `dd` with `args` (stdin `stdin`: 'ignore' or an fd to read) and resolve { ms, bytes }: the time
+ * from spawn to exit and the byte count dd reports on stderr. Rejects when dd fails.
+ */
+export async function runDd(args, stdin = 'ignore') {
+  const t0 = performance.now();
+  const child = spawn('dd', args, { stdio: [stdin, 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (s) => (err += s));
+  const code = await new Promise((res, rej) => {
+    child.once('error', rej);
+    child.once('close', res);
+  });
+  const ms = performance.now() - t0;
+  if (code !== 0) throw new Error(`dd exited ${code}: ${err.trim()}`);
+  const m = /^(\d+) bytes/m.exec(err);
+  return { ms, bytes: m ? Number(m[1]) : NaN };
+}
+
+/**
  * The FIFO benches (fd-read, fd-write): `variants` (name -> (fifo, count) => { ms, bytes }) and the
  * `dd` baseline (`ddScript(fifo, count)`: a shell line moving `count` MiB through the FIFO) each move
  * 2 GiB (256 MiB quick) of zeros through one FIFO in a temporary directory. One untimed warm-up run
