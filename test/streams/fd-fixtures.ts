@@ -8,9 +8,10 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
-import { migError } from '../../src/fsm/errors.js';
+import { migError, type MigError } from '../../src/fsm/errors.js';
 import type { PrecopyInfo, ResumingSession, SavingSession } from '../../src/fsm/types.js';
 
 export const MiB = 1024 * 1024;
@@ -229,4 +230,21 @@ export function transpileFdStreams(dir: string): string {
   }
   fs.writeFileSync(path.join(dir, 'package.json'), '{"type":"module"}');
   return dir;
+}
+
+/** How a Writable ends: the events 'finish', 'error', 'close' in the order seen, and the error. */
+export function writableOutcome(s: Writable): Promise<{ events: string[]; error: MigError | null }> {
+  const events: string[] = [];
+  let error: MigError | null = null;
+  return new Promise((resolve) => {
+    s.on('finish', () => events.push('finish'));
+    s.on('error', (e: MigError) => {
+      error = e;
+      events.push('error');
+    });
+    s.on('close', () => {
+      events.push('close');
+      resolve({ events, error });
+    });
+  });
 }

@@ -5,9 +5,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createFdSink, FdSink } from '../../src/streams/fd-sink.js';
+import { createFdSink } from '../../src/streams/fd-sink.js';
 import { MigError } from '../../src/fsm/errors.js';
-import { MiB, isNonBlocking, mkfifo, pattern, sha, tempDir, transpileFdStreams } from './fd-fixtures.js';
+import { MiB, isNonBlocking, mkfifo, pattern, sha, tempDir, transpileFdStreams, writableOutcome } from './fd-fixtures.js';
 
 let dir: string;
 let data: Buffer;
@@ -66,22 +66,6 @@ async function openWriter(fifo: string): Promise<number> {
   throw new Error('no reader');
 }
 
-function finished(s: FdSink): Promise<{ events: string[]; error: MigError | null }> {
-  const events: string[] = [];
-  let error: MigError | null = null;
-  return new Promise((resolve) => {
-    s.on('finish', () => events.push('finish'));
-    s.on('error', (e: MigError) => {
-      error = e;
-      events.push('error');
-    });
-    s.on('close', () => {
-      events.push('close');
-      resolve({ events, error });
-    });
-  });
-}
-
 describe('createFdSink on pipes, FIFOs and sockets (epoll path)', () => {
   it('writes a FIFO read by a child process, bytes intact; closing the owned fd gives the reader EOF', async () => {
     const fifo = mkfifo(dir, 'out');
@@ -90,7 +74,7 @@ describe('createFdSink on pipes, FIFOs and sockets (epoll path)', () => {
     const sink = createFdSink(fd);
     expect(sink.path).toBe('epoll');
     expect(sink.writableHighWaterMark).toBe(MiB);
-    const done = finished(sink);
+    const done = writableOutcome(sink);
     await pipeline(Readable.from(chunksOf(data, 100_000)), sink);
     expect((await done).events).toEqual(['finish', 'close']);
     expect(sink.bytesWritten).toBe(data.length);
@@ -114,7 +98,7 @@ describe('createFdSink on pipes, FIFOs and sockets (epoll path)', () => {
     const reader = spawn('sh', ['-c', `head -c 1000 "${fifo}" > /dev/null`], { stdio: 'ignore' });
     const fd = await openWriter(fifo);
     const sink = createFdSink(fd, { highWaterMark: 64 * 1024 });
-    const done = finished(sink);
+    const done = writableOutcome(sink);
     const src = Readable.from(chunksOf(pattern(0, 64 * MiB), 256 * 1024));
     src.pipe(sink);
     const { events, error } = await done;
@@ -188,7 +172,7 @@ describe('createFdSink on the fs path (position null)', () => {
     fs.closeSync(fd);
     const ro = fs.openSync(path.join(dir, 'ro'), 'r'); // read-only: write() gives EBADF
     const sink = createFdSink(ro);
-    const done = finished(sink);
+    const done = writableOutcome(sink);
     sink.write(Buffer.from('x'));
     const { events, error } = await done;
     expect(events).toEqual(['error', 'close']);

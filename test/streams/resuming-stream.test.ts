@@ -5,33 +5,17 @@ import fs from 'node:fs';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pump from 'pump';
-import { createResumingStream, ResumingStream } from '../../src/streams/resuming-stream.js';
+import { createResumingStream } from '../../src/streams/resuming-stream.js';
 import { createSavingStream } from '../../src/streams/saving-stream.js';
 import { ErrorCodes, MigError } from '../../src/fsm/errors.js';
 import type { ResumingSession } from '../../src/fsm/types.js';
-import { MiB, ScriptedResuming, ScriptedSaving, errnoError, mkfifo, pattern, sha, tempDir } from './fd-fixtures.js';
+import { MiB, ScriptedResuming, ScriptedSaving, errnoError, mkfifo, pattern, sha, tempDir, writableOutcome } from './fd-fixtures.js';
 
 const dir = tempDir();
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 function* chunksOf(buf: Buffer, size: number): Generator<Buffer> {
   for (let off = 0; off < buf.length; off += size) yield buf.subarray(off, Math.min(buf.length, off + size));
-}
-
-function outcome(s: ResumingStream): Promise<{ events: string[]; error: MigError | null }> {
-  const events: string[] = [];
-  let error: MigError | null = null;
-  return new Promise((resolve) => {
-    s.on('finish', () => events.push('finish'));
-    s.on('error', (e: MigError) => {
-      error = e;
-      events.push('error');
-    });
-    s.on('close', () => {
-      events.push('close');
-      resolve({ events, error });
-    });
-  });
 }
 
 describe('ResumingStream over a method-backed session', () => {
@@ -60,7 +44,7 @@ describe('ResumingStream over a method-backed session', () => {
     const session = new ScriptedResuming();
     const cause = errnoError('EINVAL', 22);
     const s = createResumingStream(session);
-    const done = outcome(s);
+    const done = writableOutcome(s);
     s.write(pattern(0, 1000));
     await new Promise((r) => setTimeout(r, 5));
     session.faults.push(cause);
@@ -79,7 +63,7 @@ describe('ResumingStream over a method-backed session', () => {
     const session = new ScriptedResuming({ maxWrite: 64 * 1024 });
     session.delayMs = 1;
     const s = createResumingStream(session);
-    const done = outcome(s);
+    const done = writableOutcome(s);
     const src = Readable.from(chunksOf(pattern(0, 8 * MiB), 256 * 1024));
     src.pipe(s);
     setTimeout(() => session.disable(), 20);
@@ -108,7 +92,7 @@ describe('ResumingStream over a method-backed session', () => {
     slow.delayMs = 20;
     const ac = new AbortController();
     const s = createResumingStream(slow, { signal: ac.signal });
-    const done = outcome(s);
+    const done = writableOutcome(s);
     s.write(pattern(0, 1000));
     s.write(pattern(1, 1000));
     setTimeout(() => ac.abort(new Error('operator')), 5);
@@ -120,7 +104,7 @@ describe('ResumingStream over a method-backed session', () => {
     // Already aborted: destroyed before anything is written.
     const early = new ScriptedResuming();
     const late = createResumingStream(early, { signal: AbortSignal.abort() });
-    const r = await outcome(late);
+    const r = await writableOutcome(late);
     expect(r.error?.code).toBe(ErrorCodes.ABORTED);
     expect(early.writes).toBe(0);
     // Finished normally: the listener is gone with the stream.
@@ -178,7 +162,7 @@ describe('ResumingStream over an fd-backed session (FIFO to a device host child)
     const fd = fs.openSync(fifo, 'w');
     const session = fifoSession(fd);
     const s = createResumingStream(session);
-    const done = outcome(s);
+    const done = writableOutcome(s);
     child.on('exit', () => session.disable()); // the host disabled the session and closed the FIFO
     const src = Readable.from(chunksOf(pattern(0, 64 * MiB), MiB));
     src.pipe(s);
