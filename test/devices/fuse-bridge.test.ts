@@ -11,12 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeviceState as S } from '../../src/fsm/states.js';
 import { ERRNO, migError } from '../../src/fsm/errors.js';
-import { transitionPath } from '../../src/fsm/path.js';
-import type { MigrationDriver, Session } from '../../src/fsm/types.js';
 import { FuseBridge, fuseServerPath, mountedPaths } from '../../src/devices/fuse-bridge.js';
 import { MethodSavingSession } from '../../src/devices/method-session.js';
 import { SimDevice } from '../../src/devices/sim-device.js';
-import { resuming, saving } from './sim-helpers.js';
+import { resuming, saving, goTo } from './sim-helpers.js';
 import { FUSE, perl, readOutcome, reportSkip, sleep, writeAllFd } from './fuse-helpers.js';
 
 const TESTS = 12;
@@ -25,16 +23,6 @@ reportSkip('fuse-bridge.test.ts', TESTS);
 const MiB = 1 << 20;
 const ENOMSG = -ERRNO.ENOMSG;
 const ENODEV = -ERRNO.ENODEV;
-
-async function goTo(dev: MigrationDriver, target: S): Promise<Session | null> {
-  let session: Session | null = null;
-  let cur = await dev.getState();
-  for (const hop of transitionPath(cur, target, dev.flags)) {
-    session = await dev.step(cur, hop);
-    cur = hop;
-  }
-  return session;
-}
 
 /** Read until the first result that is not data; every chunk goes to `sink`. */
 async function pass(fd: number, sink?: (b: Buffer) => Promise<void>): Promise<{ bytes: number; end: number }> {

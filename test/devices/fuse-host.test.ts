@@ -7,8 +7,7 @@ import { constants as fsc, existsSync, fstatSync, readlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { DeviceState as S } from '../../src/fsm/states.js';
 import { ERRNO } from '../../src/fsm/errors.js';
-import { transitionPath } from '../../src/fsm/path.js';
-import type { MigrationDriver, Session } from '../../src/fsm/types.js';
+import type { Session } from '../../src/fsm/types.js';
 import { spawnDeviceHost } from '../../src/devices/host.js';
 import type { HostedDevice } from '../../src/devices/host.js';
 import { mountedPaths } from '../../src/devices/fuse-bridge.js';
@@ -17,6 +16,7 @@ import { createResumingStream } from '../../src/streams/resuming-stream.js';
 import { pipeline } from 'node:stream/promises';
 import type { ResumingSession, SavingSession } from '../../src/fsm/types.js';
 import { FUSE, readOutcome, reportSkip, writeAllFd } from './fuse-helpers.js';
+import { goTo } from './sim-helpers.js';
 
 const TESTS = 6;
 reportSkip('fuse-host.test.ts', TESTS);
@@ -34,16 +34,6 @@ async function host(options: Record<string, unknown>, device: 'sim' | 'mtty' = '
   const h = await spawnDeviceHost({ device, options, fdKind: 'fuse' });
   hosts.push(h);
   return h;
-}
-
-async function goTo(dev: MigrationDriver, target: S): Promise<Session | null> {
-  let session: Session | null = null;
-  let cur = await dev.getState();
-  for (const hop of transitionPath(cur, target, dev.flags)) {
-    session = await dev.step(cur, hop);
-    cur = hop;
-  }
-  return session;
 }
 
 function fdOf(s: Session | null): number {

@@ -3,7 +3,9 @@
  * temporary or permanent end of stream, write with arbitrary segmentation).
  */
 import { isErrno } from '../../src/fsm/errors.js';
-import type { ResumingSession, SavingSession, Session } from '../../src/fsm/types.js';
+import type { MigrationDriver, ResumingSession, SavingSession, Session } from '../../src/fsm/types.js';
+import type { DeviceState } from '../../src/fsm/states.js';
+import { transitionPath } from '../../src/fsm/path.js';
 
 export function saving(s: Session | null): SavingSession {
   if (!s || s.direction !== 'saving') throw new Error('expected a saving session');
@@ -13,6 +15,17 @@ export function saving(s: Session | null): SavingSession {
 export function resuming(s: Session | null): ResumingSession {
   if (!s || s.direction !== 'resuming') throw new Error('expected a resuming session');
   return s;
+}
+
+/** Walk the kernel path to `target` one base arc at a time; returns the session the last arc opened. */
+export async function goTo(dev: MigrationDriver, target: DeviceState): Promise<Session | null> {
+  let session: Session | null = null;
+  let cur = await dev.getState();
+  for (const hop of transitionPath(cur, target, dev.flags)) {
+    session = await dev.step(cur, hop);
+    cur = hop;
+  }
+  return session;
 }
 
 /** xorshift PRNG for reproducible random splits. */

@@ -1,21 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { DeviceState as S } from '../../src/fsm/states.js';
-import { transitionPath } from '../../src/fsm/path.js';
-import type { MigrationDriver, Session } from '../../src/fsm/types.js';
+import type { Session } from '../../src/fsm/types.js';
 import { SimDevice } from '../../src/devices/sim-device.js';
 import type { SimProfile } from '../../src/devices/sim-pages.js';
-import { drain, resuming, rng, saving, writeRandomly } from './sim-helpers.js';
-
-/** Walk the kernel path to `target` one base arc at a time; returns the session the last arc opened. */
-async function goTo(dev: MigrationDriver, target: S): Promise<Session | null> {
-  let session: Session | null = null;
-  let cur = await dev.getState();
-  for (const hop of transitionPath(cur, target, dev.flags)) {
-    session = await dev.step(cur, hop);
-    cur = hop;
-  }
-  return session;
-}
+import { drain, resuming, rng, saving, writeRandomly, goTo } from './sim-helpers.js';
 
 /**
  * Migrate src -> dst the way a VMM does: PRE_COPY passes with dirtying in between when the device
