@@ -86,8 +86,8 @@ function keystream(bytes: number, label: number): Buffer {
   return out;
 }
 
-/** Small deterministic PRNG for building the text and template pools. */
-function xorshift(seed: number): () => number {
+/** Small deterministic PRNG (xorshift32) for building the text and template pools; tests use it for repeatable splits. */
+export function xorshift(seed: number): () => number {
   let s = seed >>> 0 || 1;
   return () => {
     s ^= s << 13;

@@ -6,6 +6,7 @@ import { isErrno } from '../../src/fsm/errors.js';
 import type { MigrationDriver, ResumingSession, SavingSession, Session } from '../../src/fsm/types.js';
 import type { DeviceState } from '../../src/fsm/states.js';
 import { transitionPath } from '../../src/fsm/path.js';
+import { xorshift } from '../../src/devices/sim-pages.js';
 
 export function saving(s: Session | null): SavingSession {
   if (!s || s.direction !== 'saving') throw new Error('expected a saving session');
@@ -28,17 +29,10 @@ export async function goTo(dev: MigrationDriver, target: DeviceState): Promise<S
   return session;
 }
 
-/** xorshift PRNG for reproducible random splits. */
+/** xorshift PRNG for reproducible random splits: floats in [0, 1). */
 export function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 0x100000000;
-  };
+  const next = xorshift(seed);
+  return () => next() / 0x100000000;
 }
 
 /**

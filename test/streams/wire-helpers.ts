@@ -13,6 +13,7 @@ import {
 } from '../../src/streams/wire-format.js';
 import type { DeviceIdentity } from '../../src/fsm/types.js';
 import type { CompressionPool } from '../../src/streams/compression-pool.js';
+import { xorshift } from '../../src/devices/sim-pages.js';
 
 export function identity(over: Partial<DeviceIdentity> = {}): DeviceIdentity {
   return { kind: 'sim', model: 'size=1048576', version: '1.0', flags: 0x7, stateSize: 1 << 20, ...over };
@@ -22,18 +23,8 @@ export function devices(n: number): WireDevice[] {
   return Array.from({ length: n }, (_, i) => ({ name: `dev${i}`, identity: identity() }));
 }
 
-/** Deterministic pseudo-random bytes (xorshift), for repeatable splits and "random" content. */
-export function prng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
-  };
-}
+/** Deterministic pseudo-random u32s (xorshift), for repeatable splits and "random" content. */
+export const prng = xorshift;
 
 const TEMPLATES = Array.from({ length: 16 }, () => randomBytes(4096));
 const TEXT = Buffer.from(
