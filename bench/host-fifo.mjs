@@ -55,6 +55,18 @@ async function readDd(size) {
   }
 }
 
+/** Device `a`'s STOP_COPY stream into device `b` (RESUMING -> STOP): { ms, bytes }, timed from the first read to b's STOP. */
+async function copyState(a, b) {
+  const ss = await new MigrationCore(a).setState(STOP_COPY);
+  const dst = new MigrationCore(b);
+  const rs = await dst.setState(RESUMING);
+  const reader = createSavingStream(ss, { chunkSize: MiB });
+  const t0 = performance.now();
+  await pipeline(reader, createResumingStream(rs));
+  await dst.setState(STOP);
+  return { ms: performance.now() - t0, bytes: reader.bytesRead };
+}
+
 async function copyHosts(size) {
   const opts = { size, profile: 'mixed', seed: 3, flags: 0x1 };
   const [a, b] = await Promise.all([
@@ -62,17 +74,9 @@ async function copyHosts(size) {
     spawnDeviceHost({ device: 'sim', options: opts }),
   ]);
   try {
-    const src = new MigrationCore(a);
-    const dst = new MigrationCore(b);
-    const ss = await src.setState(STOP_COPY);
-    const rs = await dst.setState(RESUMING);
-    const reader = createSavingStream(ss, { chunkSize: MiB });
-    const t0 = performance.now();
-    await pipeline(reader, createResumingStream(rs));
-    await dst.setState(STOP);
-    const ms = performance.now() - t0;
+    const r = await copyState(a, b);
     if ((await a.digest()) !== (await b.digest())) throw new Error('host-fifo-copy: digests differ');
-    return { ms, bytes: reader.bytesRead };
+    return r;
   } finally {
     await Promise.all([a.close(), b.close()]);
   }
@@ -82,19 +86,11 @@ async function copyInProcess(size) {
   const opts = { size, profile: 'mixed', seed: 3, flags: 0x1 };
   const a = new SimDevice(opts);
   const b = new SimDevice(opts);
-  const src = new MigrationCore(a);
-  const dst = new MigrationCore(b);
-  const ss = await src.setState(STOP_COPY);
-  const rs = await dst.setState(RESUMING);
-  const reader = createSavingStream(ss, { chunkSize: MiB });
-  const t0 = performance.now();
-  await pipeline(reader, createResumingStream(rs));
-  await dst.setState(STOP);
-  const ms = performance.now() - t0;
+  const r = await copyState(a, b);
   if (a.digest() !== b.digest()) throw new Error('in-process copy: digests differ');
   a.close();
   b.close();
-  return { ms, bytes: reader.bytesRead };
+  return r;
 }
 
 export default async function run({ quick, log = () => {} }) {
