@@ -15,7 +15,7 @@
 import { Writable } from 'node:stream';
 import net from 'node:net';
 import { isErrno, type MigError } from '../fsm/errors.js';
-import { Backoff, destroyOnAbort, ioError, type BackoffOptions } from './retry.js';
+import { Backoff, RetryTimer, destroyOnAbort, ioError, type BackoffOptions } from './retry.js';
 
 export interface ChunkSinkOptions extends BackoffOptions {
   /** Writable highWaterMark in bytes (default 1 MiB). */
@@ -31,8 +31,7 @@ export abstract class ChunkSink extends Writable {
   #push: ((buf: Buffer) => Promise<number>) | null;
   #inflight: Promise<number> | null;
   #socket: net.Socket | null;
-  #timer: NodeJS.Timeout | null;
-  #wake: (() => void) | null;
+  readonly #retry = new RetryTimer();
   /** Detaches the AbortSignal's listener. */
   #unlistenAbort: () => void;
 
@@ -43,8 +42,6 @@ export abstract class ChunkSink extends Writable {
     this.#push = null;
     this.#inflight = null;
     this.#socket = null;
-    this.#timer = null;
-    this.#wake = null;
     this.#unlistenAbort = destroyOnAbort(this, opts.signal);
   }
 
@@ -145,32 +142,13 @@ export abstract class ChunkSink extends Writable {
         this.bytesWritten += n;
         this.backoff.reset();
       } else {
-        await this.#sleep(this.backoff.next());
+        await this.#retry.sleep(this.backoff.next());
       }
     }
   }
 
-  #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      this.#wake = resolve;
-      this.#timer = setTimeout(() => {
-        this.#timer = null;
-        this.#wake = null;
-        resolve();
-      }, ms);
-    });
-  }
-
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    if (this.#timer !== null) {
-      clearTimeout(this.#timer);
-      this.#timer = null;
-    }
-    if (this.#wake !== null) {
-      const wake = this.#wake;
-      this.#wake = null;
-      wake();
-    }
+    this.#retry.wake();
     this.#unlistenAbort();
     // Never wait for a blocked write: libuv drops queued bytes and closes at once.
     if (this.#socket !== null) this.#socket.destroy();

@@ -23,7 +23,7 @@ import { Readable } from 'node:stream';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { migError, ErrorCodes, isErrno, MigError } from '../fsm/errors.js';
-import { Backoff, destroyOnAbort, ioError, type BackoffOptions } from './retry.js';
+import { Backoff, RetryTimer, destroyOnAbort, ioError, type BackoffOptions } from './retry.js';
 import { INPUT_RELEASE, READ_TARGET, ReadTargets, type InputReleaseHook, type ReadTargetHook } from './read-target.js';
 import { ChunkLoans } from './chunk-loans.js';
 
@@ -93,8 +93,7 @@ export abstract class ChunkSource extends Readable {
   #inflight: Promise<number> | null;
   /** A chunk buffer that did not leave (short read, or a zero/failed read): reused by the next pull. */
   #spare: Buffer | null;
-  #timer: NodeJS.Timeout | null;
-  #wake: (() => void) | null;
+  readonly #retry = new RetryTimer();
   #socket: net.Socket | null;
   /** Chunk being filled on the epoll path: bytes [0, start) were pushed, [start, fill) are pending. */
   #chunk: Buffer | null;
@@ -132,8 +131,6 @@ export abstract class ChunkSource extends Readable {
     this.#pull = null;
     this.#inflight = null;
     this.#spare = null;
-    this.#timer = null;
-    this.#wake = null;
     this.#socket = null;
     this.#chunk = null;
     this.#start = 0;
@@ -299,7 +296,7 @@ export abstract class ChunkSource extends Readable {
           this.destroy(verdict);
           return;
         }
-        await this.#sleep(this.backoff.next());
+        await this.#retry.sleep(this.backoff.next());
       }
     } catch (err) {
       // A hook threw: fail the stream rather than leave it hanging.
@@ -333,7 +330,7 @@ export abstract class ChunkSource extends Readable {
     if (this.#state !== PULLING) return Promise.resolve();
     this.#holding ??= new Promise<void>((resolve) => (this.#onHeld = resolve));
     // A retry wait would only delay the hold: wake the loop, which stops at its top.
-    this.#wakeNow();
+    this.#retry.wake();
     return this.#holding;
   }
 
@@ -474,33 +471,12 @@ export abstract class ChunkSource extends Readable {
    */
   retryNow(): void {
     this.backoff.reset();
-    this.#wakeNow();
-  }
-
-  /** End a retry wait now (its timer cleared); nothing when the loop is not waiting. */
-  #wakeNow(): void {
-    if (this.#wake === null) return;
-    if (this.#timer !== null) clearTimeout(this.#timer);
-    this.#timer = null;
-    const wake = this.#wake;
-    this.#wake = null;
-    wake();
-  }
-
-  #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      this.#wake = resolve;
-      this.#timer = setTimeout(() => {
-        this.#timer = null;
-        this.#wake = null;
-        resolve();
-      }, ms);
-    });
+    this.#retry.wake();
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     this.#state = DONE;
-    this.#wakeNow();
+    this.#retry.wake();
     this.#unlistenAbort();
     this.#settleHold();
     // Never wait for a pending read: an idle pipe or a device may never answer. The epoll socket

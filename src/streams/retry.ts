@@ -1,5 +1,5 @@
 /**
- * Shared helpers of the data-path streams: bounded exponential backoff, the mapping of any I/O
+ * Shared helpers of the data-path streams: bounded exponential backoff and its wakeable wait, the mapping of any I/O
  * failure to a typed MigError, and destroying a stream when its AbortSignal fires.
  */
 import { migError, errnoName, ErrorCodes, MigError } from '../fsm/errors.js';
@@ -49,6 +49,33 @@ export function ioError(err: unknown, what: string, detail?: Record<string, unkn
   const code = errnoName(err) ?? 'EIO';
   const msg = err instanceof Error ? err.message : String(err);
   return migError(code, `${what}: ${msg}`, { cause: err, ...(detail ? { detail } : {}) });
+}
+
+/** A retry wait that can be ended early: sleep(ms) resolves after `ms`, or at once on wake(). */
+export class RetryTimer {
+  #timer: NodeJS.Timeout | null = null;
+  #wake: (() => void) | null = null;
+
+  sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.#wake = resolve;
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        this.#wake = null;
+        resolve();
+      }, ms);
+    });
+  }
+
+  /** End the wait now (its timer cleared); nothing when none is pending. */
+  wake(): void {
+    if (this.#wake === null) return;
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timer = null;
+    const wake = this.#wake;
+    this.#wake = null;
+    wake();
+  }
 }
 
 /**
