@@ -1,6 +1,6 @@
 /**
- * Shared helpers of the data-path streams: bounded exponential backoff and its wakeable wait, the mapping of any I/O
- * failure to a typed MigError, and destroying a stream when its AbortSignal fires.
+ * Shared helpers of the data-path streams: bounded exponential backoff and its wakeable wait, the
+ * mapping of any I/O failure to a typed MigError, and destroying a stream when its AbortSignal fires.
  */
 import { migError, errnoName, ErrorCodes, MigError } from '../fsm/errors.js';
 
