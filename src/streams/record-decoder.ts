@@ -532,7 +532,8 @@ export class RecordDecoder extends Transform {
    * Take `n` bytes off the front (the caller checked that `n` are buffered). `internal`: the bytes are
    * read only until the current record is decoded and never handed out, so when they span chunks they
    * may go into the reused #scratch. `data`: a DATA payload handed out, whose copy may take a buffer
-   * given back with release() (the `recycle` option).
+   * given back with release() (the `recycle` option). `toPool`: a frame a worker decompresses, whose
+   * copy goes into memory the pool lends (given back when the job settles).
    */
   #consume(n: number, internal = false, data = false, toPool = false): Buffer {
     this.#buffered -= n;
