@@ -1,7 +1,10 @@
 /**
  * The `vfio-mig` command: `main(argv)` resolves the exit code (bin/vfio-mig.js sets it).
  */
+import { readFileSync } from 'node:fs';
 import { ErrorCodes, MigError } from '../fsm/errors.js';
+import { CONTROL_PROTOCOL_VERSION } from '../migration/control.js';
+import { WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR } from '../streams/wire-format.js';
 import { restoreCommand, saveCommand } from './checkpoint.js';
 import { demo } from './demo.js';
 import { ExitCode } from './exit-codes.js';
@@ -29,7 +32,7 @@ commands:
   restore    load a checkpoint file into fresh SimDevices, verifying its digests
   inspect    print a stream's header and records
 
-\`vfio-mig <command> --help\` shows a command's options.
+\`vfio-mig <command> --help\` shows a command's options; \`vfio-mig --version\` the versions.
 
 exit codes:
   0   success (digests verified)
@@ -42,10 +45,20 @@ exit codes:
   65  corrupt or truncated stream or file, or a digest mismatch
 `;
 
+/** The package's version and the formats this build speaks (what two hosts must agree on). */
+export function versionLine(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return `vfio-mig ${pkg.version} (wire format ${WIRE_VERSION_MAJOR}.${WIRE_VERSION_MINOR}, control protocol ${CONTROL_PROTOCOL_VERSION}, node ${process.versions.node})`;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === '--help' || cmd === '-h' || cmd === 'help') {
     process.stdout.write(MAIN_HELP);
+    return ExitCode.OK;
+  }
+  if (cmd === '--version' || cmd === '-V' || cmd === 'version') {
+    process.stdout.write(`${versionLine()}\n`);
     return ExitCode.OK;
   }
   if (cmd === undefined) {

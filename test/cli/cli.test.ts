@@ -6,6 +6,8 @@ import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureBuilt, runCli } from '../e2e/helpers.js';
+import { WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR } from '../../src/streams/wire-format.js';
+import { CONTROL_PROTOCOL_VERSION } from '../../src/migration/control.js';
 
 beforeAll(async () => {
   await ensureBuilt();
@@ -54,6 +56,14 @@ describe('conventions', () => {
       expect(r.stdout).toMatch(new RegExp(`usage: vfio-mig ${cmd}`));
     }
     expect((await cli(['--help'])).stdout).toMatch(/exit codes/);
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    for (const flag of ['--version', '-V']) {
+      const v = await cli([flag]);
+      expect(v.code).toBe(0);
+      expect(v.stdout.trim()).toBe(
+        `vfio-mig ${pkg.version} (wire format ${WIRE_VERSION_MAJOR}.${WIRE_VERSION_MINOR}, control protocol ${CONTROL_PROTOCOL_VERSION}, node ${process.versions.node})`,
+      );
+    }
     expect((await cli(['demo', '--nope'])).code).toBe(64);
     expect((await cli(['demo', '--size', 'lots'])).code).toBe(64);
     expect((await cli(['frobnicate'])).code).toBe(64);
