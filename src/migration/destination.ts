@@ -177,13 +177,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     }, LOADED_REPORT_MS);
     try {
       if (opts.devices.length === 0) throw migError(ErrorCodes.USAGE, 'receive: no devices');
-      unwatch = watchRun(this.#latch, {
-        stallMs: opts.stallTimeoutMs ?? 15_000,
-        lastProgressAt: () => this.#lastProgressAt,
-        phase: () => this.#phase,
-        signal: opts.signal,
-        abort: (reason) => this.abort(reason),
-      });
+      unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt);
       const t = typeof opts.transport === 'function' ? await this.#latch.guard(opts.transport()) : opts.transport;
       this.#transport = t;
       this.#progress();

@@ -65,24 +65,27 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /**
- * What a run watches besides its own steps: no progress for `stallMs` (`lastProgressAt()` on
- * performance.now()) fails the latch with STALLED, and the caller's AbortSignal with ABORTED (at
- * once when it had fired before), `abort(reason)` being the run's own abort. Returns what stops both.
+ * What a run watches besides its own steps: no progress for `stallTimeoutMs` (default 15000;
+ * `lastProgressAt()` on performance.now()) fails the latch with STALLED naming `run.phase`, and the
+ * caller's AbortSignal calls `run.abort()` (at once when it had fired before). Returns what stops both.
  */
 export function watchRun(
   latch: FailureLatch,
-  o: { stallMs: number; lastProgressAt: () => number; phase: () => MigrationPhase; signal?: AbortSignal; abort: (reason: string) => void },
+  opts: { stallTimeoutMs?: number; signal?: AbortSignal },
+  run: { readonly phase: MigrationPhase; abort(reason: string): void },
+  lastProgressAt: () => number,
 ): () => void {
+  const stallMs = opts.stallTimeoutMs ?? 15_000;
   const stallTimer = setInterval(
     () => {
-      if (performance.now() - o.lastProgressAt() <= o.stallMs) return;
-      const phase = o.phase();
-      latch.fail(migError(ErrorCodes.STALLED, `no progress for ${o.stallMs} ms in phase ${phase}`, { phase, detail: { stallTimeoutMs: o.stallMs } }));
+      if (performance.now() - lastProgressAt() <= stallMs) return;
+      const phase = run.phase;
+      latch.fail(migError(ErrorCodes.STALLED, `no progress for ${stallMs} ms in phase ${phase}`, { phase, detail: { stallTimeoutMs: stallMs } }));
     },
-    Math.min(250, Math.max(10, o.stallMs / 4)),
+    Math.min(250, Math.max(10, stallMs / 4)),
   );
-  const signal = o.signal;
-  const onAbort = (): void => o.abort(`aborted: ${String(signal?.reason ?? 'AbortSignal')}`);
+  const signal = opts.signal;
+  const onAbort = (): void => run.abort(`aborted: ${String(signal?.reason ?? 'AbortSignal')}`);
   if (signal?.aborted) onAbort();
   signal?.addEventListener('abort', onAbort, { once: true });
   return () => {

@@ -309,13 +309,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }, opts.progressMs ?? 250);
     try {
       if (opts.devices.length === 0) throw migError(ErrorCodes.USAGE, 'migrate: no devices');
-      unwatch = watchRun(this.#latch, {
-        stallMs: opts.stallTimeoutMs ?? 15_000,
-        lastProgressAt: () => this.#lastProgressAt,
-        phase: () => this.#phase,
-        signal: opts.signal,
-        abort: (reason) => this.abort(reason),
-      });
+      unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt);
       checkP2PSet(opts.devices, opts.acceptP2PRisk === true);
       const compression = parseCompression(opts.compression ?? 'none');
       this.#compressing = compression !== false;

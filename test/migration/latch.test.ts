@@ -11,13 +11,17 @@ function run(signal?: AbortSignal) {
   const latch = new FailureLatch();
   let lastProgressAt = performance.now();
   let phase: MigrationPhase = 'handshake';
-  const unwatch = watchRun(latch, {
-    stallMs: 40,
-    lastProgressAt: () => lastProgressAt,
-    phase: () => phase,
-    signal,
-    abort: (reason) => latch.fail(migError(ErrorCodes.ABORTED, reason, { phase })),
-  });
+  const unwatch = watchRun(
+    latch,
+    { stallTimeoutMs: 40, signal },
+    {
+      get phase() {
+        return phase;
+      },
+      abort: (reason) => latch.fail(migError(ErrorCodes.ABORTED, reason, { phase })),
+    },
+    () => lastProgressAt,
+  );
   return {
     latch,
     unwatch,
