@@ -59,13 +59,17 @@ export function pageHash(seed: number, index: number, version: number, salt: num
   return mix32(mix32(mix32(seed ^ salt) ^ index) + version);
 }
 
+/**
+ * The content pools: three long-lived buffers. Pages are addressed by offset, with no view object
+ * per page: 9232 views made at the first SimDevice were still young when its migration ran, and the
+ * scavenge that promoted them took 9-18 ms (against 1-2 for an ordinary one); in a fresh process it
+ * fell near the end of PRE_COPY and, in 5 of 8 runs of a 64 MiB move, inside the downtime
+ * (docs/PERFORMANCE.md, prediction).
+ */
 interface Pools {
   random: Buffer;
   templates: Buffer;
-  randomViews: Uint8Array[];
-  templateViews: Uint8Array[];
   text: Buffer;
-  textViews: Uint8Array[];
   zero: Buffer;
 }
 
@@ -152,27 +156,13 @@ function buildTemplates(): Buffer {
   return out;
 }
 
-function views(buf: Buffer, count: number, step: number): Uint8Array[] {
-  const v: Uint8Array[] = new Array<Uint8Array>(count);
-  for (let i = 0; i < count; i++) v[i] = new Uint8Array(buf.buffer, buf.byteOffset + i * step, PAGE_SIZE);
-  return v;
-}
-
 /** The shared pools, built on first use (~32 MiB of random pages; once per process). */
 function getPools(): Pools {
   if (pools) return pools;
   const random = keystream(RANDOM_POOL_PAGES * PAGE_SIZE, 1);
   const templates = buildTemplates();
   const text = buildText(TEXT_POOL_PAGES * PAGE_SIZE);
-  pools = {
-    random,
-    templates,
-    randomViews: views(random, RANDOM_POOL_PAGES, PAGE_SIZE),
-    templateViews: views(templates, TEMPLATE_PAGES, PAGE_SIZE),
-    text,
-    textViews: views(text, TEXT_POOL_PAGES, PAGE_SIZE),
-    zero: Buffer.alloc(PAGE_SIZE),
-  };
+  pools = { random, templates, text, zero: Buffer.alloc(PAGE_SIZE) };
   return pools;
 }
 
@@ -231,20 +221,29 @@ export class PageGenerator {
     this._fixedKind = profile === 'zero' ? KIND_ZERO : profile === 'random' ? KIND_RANDOM : 0;
   }
 
-  /** The source bytes (pool view) of a page, or null for a zero page; `h` is the kind hash. */
-  private _source(h: number): Uint8Array | null {
+  /**
+   * The pool holding a page's source bytes, or null for a zero page; `h` is the kind hash. The
+   * page starts at _sourceOffset(h) in it.
+   */
+  private _source(h: number): Buffer | null {
     const kind = this._kindMask === 0 ? this._fixedKind : h & 3;
-    const sel = h >>> 2;
     switch (kind) {
       case KIND_TEMPLATE:
-        return this._pools.templateViews[sel & (TEMPLATE_PAGES - 1)];
+        return this._pools.templates;
       case KIND_TEXT:
-        return this._pools.textViews[sel & (TEXT_POOL_PAGES - 1)];
+        return this._pools.text;
       case KIND_RANDOM:
-        return this._pools.randomViews[sel & (RANDOM_POOL_PAGES - 1)];
+        return this._pools.random;
       default:
         return null;
     }
+  }
+
+  private _sourceOffset(h: number): number {
+    const kind = this._kindMask === 0 ? this._fixedKind : h & 3;
+    const sel = h >>> 2;
+    const pages = kind === KIND_TEMPLATE ? TEMPLATE_PAGES : kind === KIND_TEXT ? TEXT_POOL_PAGES : RANDOM_POOL_PAGES;
+    return (sel & (pages - 1)) * PAGE_SIZE;
   }
 
   /** Write page (index, version) at dst[off .. off+4096). */
@@ -255,7 +254,8 @@ export class PageGenerator {
       dst.fill(0, off, off + PAGE_SIZE);
       return;
     }
-    dst.set(src, off);
+    const at = this._sourceOffset(h);
+    src.copy(dst, off, at, at + PAGE_SIZE);
     // Stamp: makes copies of one pool page differ per (index, version) and lets the loader
     // recognise a page sent for the wrong index or version.
     dst[off] = index;
@@ -316,7 +316,8 @@ export class PageGenerator {
     ) {
       return false;
     }
-    return src.compare(ref, STAMP_BYTES, PAGE_SIZE, off + STAMP_BYTES, off + PAGE_SIZE) === 0;
+    const at = this._sourceOffset(h);
+    return src.compare(ref, at + STAMP_BYTES, at + PAGE_SIZE, off + STAMP_BYTES, off + PAGE_SIZE) === 0;
   }
 }
 
