@@ -42,7 +42,9 @@ export interface ReceiveOptions {
   devices: readonly MigrationCore[];
   /**
    * A connected Duplex, or a function that yields one (e.g. the first connection of a listener). A
-   * plain Readable (a checkpoint file) works too: there is no return path to answer on.
+   * plain Readable (a checkpoint file) works too: there is no return path to answer on. Once the
+   * migration is complete, receive() ends its side and reads on to the source's end, so that the
+   * connection closes (a source that keeps its side open is cut off after 2 s).
    */
   transport: Duplex | Readable | (() => Promise<Duplex | Readable>);
   signal?: AbortSignal;
@@ -66,6 +68,8 @@ interface Reorder {
 }
 
 const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, ping: true, loaded: true };
+/** How long a finished migration waits for the source to close its side of a connection, ms. */
+const LINGER_MS = 2000;
 
 interface DeviceLoad {
   core: MigrationCore;
@@ -539,10 +543,9 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     const durationMs = performance.now() - this.#t0;
     const bytes = this.#devs.reduce((s, d) => s + d.bytes, 0);
     const wireBytes = (this.#decoder?.bytesIn ?? 0) + this.#extraDecoders.reduce((sum, dec) => sum + dec.bytesIn, 0);
-    for (const x of this.#extra) x.end();
+    this.#extra.forEach((x, k) => letGo(x, this.#extraDecoders[k]));
     const devices: DeviceSummary[] = this.#devs.map((d) => ({ bytes: d.bytes, precopyBytes: 0, validateMs: d.validateMs, verified: d.verified }));
-    const t = this.#transport as Duplex | null;
-    if (t?.writable === true) t.end();
+    letGo(this.#transport as Duplex | null, this.#decoder);
     return {
       ok: true,
       role: 'destination',
@@ -619,6 +622,21 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     }
     return err;
   }
+}
+
+/**
+ * A connection whose source is done (STREAM_END read): end our side, and read on to the source's
+ * end of stream so that the socket closes. Nothing reads it after STREAM_END, so it stayed paused
+ * with the source's FIN unread and, half-open, never closed: one fd per migration in a long-lived
+ * destination. A source that does not end its side within LINGER_MS is cut off.
+ */
+function letGo(t: Duplex | Readable | null, decoder: RecordDecoder | null | undefined): void {
+  if (t === null || t.destroyed) return;
+  if (decoder) t.unpipe(decoder);
+  if ((t as Duplex).writable === true) (t as Duplex).end();
+  const timer = setTimeout(() => t.destroy(), LINGER_MS).unref();
+  t.once('close', () => clearTimeout(timer));
+  t.resume();
 }
 
 /** Receive a live migration into `opts.devices` from the source at the other end of `opts.transport`. */

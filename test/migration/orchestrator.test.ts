@@ -55,6 +55,19 @@ function countBytes<T extends SavingSession | ResumingSession>(session: T, metho
 }
 
 describe('migrate/receive in one process', () => {
+  it('leaves no connection open: the destination reads on to the source\'s end of stream', async () => {
+    // receive() stopped reading at STREAM_END, so the source's FIN stayed unread and the half-open
+    // socket never closed: one fd per migration in a long-lived destination.
+    const pipes = () => process.getActiveResourcesInfo().filter((r) => r === 'PipeWrap').length;
+    const before = pipes();
+    const { s, d, src, dst } = await pairRun(1, MiB, () => 7);
+    expect(s.verified && d.verified).toBe(true);
+    for (let i = 0; i < 100 && pipes() > before; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(pipes()).toBe(before);
+    src.close();
+    dst.close();
+  });
+
   it('moves one PRE_COPY device with a workload, switchover after the ack, verified', async () => {
     const { s, d, src, dst, decisions } = await pairRun(1, 16 * MiB, () => 7, { compression: 'zstd' }, 4 * MiB);
     expect(s.verified).toBe(true);
