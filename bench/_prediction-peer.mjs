@@ -6,6 +6,8 @@
 // cell: { socket, size, profile, seed, dirtyRate (bytes/s), bandwidth (wire bytes/s), compression
 // ('none' | 'zstd'), limitMs, windowMs (the policy's non-convergence window), timeoutMs, blind }.
 // blind: true runs the blind baseline instead of the default policy (BLIND_POLICY below).
+// warmUp: true makes the side call warmUp() first (the destination before it listens, the source
+// before its clock starts), as docs/migration.md recommends for a process's first migration.
 // Reports over IPC: the summary (predicted and measured downtime, totalMs since migrate() was
 // called) or the abort with the decision that caused it and when it came (ms since migrate()).
 import fs from 'node:fs';
@@ -17,6 +19,7 @@ import {
   listenTransport,
   migrate,
   receive,
+  warmUp,
 } from '../dist/index.js';
 
 /** Peak RSS of this process image, KiB (VmHWM; see _e2e-peer.mjs for why not getrusage). */
@@ -70,6 +73,7 @@ function errorInfo(err) {
 
 async function dest(cell) {
   const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed });
+  if (cell.warmUp) await warmUp();
   const listener = await listenTransport(`unix:${cell.socket}`);
   await send({ listening: listener.url });
   // CPU over the migration only (the device's content pools are built before).
@@ -89,6 +93,7 @@ async function dest(cell) {
 async function source(cell) {
   const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed, dirtyRate: cell.dirtyRate });
   const core = new MigrationCore(dev);
+  if (cell.warmUp) await warmUp();
   const decisions = [];
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();

@@ -10,10 +10,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ErrorCodes, migError } from '../fsm/errors.js';
 import { migrate } from '../migration/source.js';
+import { warmUp } from '../migration/warm-up.js';
 import type { MigrationSummary } from '../migration/summary.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
-import { DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, deviceArgs, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
+import { DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, deviceArgs, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
 import { ProgressLine, errorJson, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { tlsDemoCredentials, tlsOptions } from './tls-demo.js';
 import { formatBytes } from './units.js';
@@ -22,6 +23,7 @@ const SPECS: OptionSpec[] = [
   ...DEVICE_OPTIONS,
   ...MIGRATION_OPTIONS,
   { name: 'transport', value: true, arg: 'T', help: 'unix | tcp | tls (local socket to the destination process)', default: 'unix' },
+  WARM_UP_OPTION,
   ...OUTPUT_OPTIONS,
 ];
 
@@ -95,7 +97,11 @@ export async function demo(argv: string[]): Promise<number> {
     extra.push('--tls-cert', creds.serverCert, '--tls-key', creds.serverKey, '--tls-ca', creds.ca);
     transportOptions = { ...tlsOptions(creds.clientCert, creds.clientKey, creds.ca), servername: 'localhost' };
   }
+  const warm = !flag(args, 'no-warm-up');
+  if (!warm) extra.push('--no-warm-up');
   const dest = startDestination(['--listen', listen, ...deviceArgs(dev), '--stall-timeout', String(mig.stallTimeoutMs), '--json', '--ipc', ...extra]);
+  // Both sides rehearse (warmUp()); this one while the destination process starts.
+  const warming = warm ? warmUp() : null;
   const sims = makeSims(dev, true);
   const ac = new AbortController();
   const onSignal = () => ac.abort('interrupted');
@@ -107,6 +113,7 @@ export async function demo(argv: string[]): Promise<number> {
   let failure: unknown = null;
   try {
     const url = await dest.url;
+    await warming;
     if (!out.quiet && !out.json) {
       process.stderr.write(
         `vfio-mig demo: ${dev.devices} SimDevice${dev.devices > 1 ? 's' : ''} of ${formatBytes(dev.size)} (${dev.profile}, dirtying ${formatBytes(dev.dirtyRate)}/s) -> pid ${dest.child.pid} over ${transport}\n`,

@@ -35,6 +35,12 @@ export const MIGRATION_OPTIONS: OptionSpec[] = [
   { name: 'accept-p2p-risk', help: 'migrate several devices although one lacks P2P' },
 ];
 
+/** `--no-warm-up`: the commands that migrate rehearse first (warmUp()) unless told not to. */
+export const WARM_UP_OPTION: OptionSpec = {
+  name: 'no-warm-up',
+  help: 'skip the rehearsal migration that compiles the switchover code first (warmUp(); docs/migration.md)',
+};
+
 export const OUTPUT_OPTIONS: OptionSpec[] = [
   { name: 'json', help: 'print exactly one JSON object (the summary or the error) on stdout' },
   { name: 'quiet', short: 'q', help: 'print nothing but errors' },

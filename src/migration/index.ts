@@ -13,3 +13,5 @@ export type { ForwardMessage, ReturnMessage, MigrationPhase, ControlFeatures } f
 export { parseCompression } from './wire.js';
 export type { Compression } from './wire.js';
 export type { MigrationSummary, DeviceSummary, ProgressEvent, DecisionEvent, PhaseEvent, MigrationEvents } from './summary.js';
+export { warmUp } from './warm-up.js';
+export type { WarmUpResult } from './warm-up.js';

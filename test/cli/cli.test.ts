@@ -38,6 +38,12 @@ describe('vfio-mig demo', () => {
     expect(JSON.parse(r.stdout.trim()).verified).toBe(true);
   });
 
+  it('--no-warm-up reaches both sides (the destination child refuses unknown options) and still verifies', async () => {
+    const r = await cli(['demo', '--json', '--size', '8MiB', '--dirty-rate', '1MiB', '--no-warm-up']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout.trim()).verified).toBe(true);
+  });
+
   it('a policy abort exits 3 with the error and the phase in the JSON', async () => {
     const r = await cli(['demo', '--json', '--size', '32MiB', '--bandwidth', '4MiB', '--precopy-budget', '500']);
     expect(r.code, r.stderr).toBe(3);
