@@ -7,7 +7,7 @@
 // ('none' | 'zstd'), limitMs, windowMs (the policy's non-convergence window), timeoutMs, blind }.
 // blind: true runs the blind baseline instead of the default policy (BLIND_POLICY below).
 // warmUp: true makes the side call warmUp() first (the destination before it listens, the source
-// before its clock starts), as docs/migration.md recommends for a process's first migration.
+// before its clock starts, with the cell's compression), as docs/migration.md recommends.
 // Reports over IPC: the summary (predicted and measured downtime, totalMs since migrate() was
 // called) or the abort with the decision that caused it and when it came (ms since migrate()).
 import fs from 'node:fs';
@@ -93,7 +93,7 @@ async function dest(cell) {
 async function source(cell) {
   const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed, dirtyRate: cell.dirtyRate });
   const core = new MigrationCore(dev);
-  if (cell.warmUp) await warmUp();
+  if (cell.warmUp) await warmUp({ compression: cell.compression });
   const decisions = [];
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();

@@ -72,6 +72,8 @@ async function runCell(cell, timeoutMs, blind = false) {
       windowMs: WINDOW_MS,
       timeoutMs,
       blind,
+      // BENCH_PREDICTION_WARM_UP=1: both sides call warmUp() first (docs/migration.md), blind runs too.
+      warmUp: process.env.BENCH_PREDICTION_WARM_UP === '1',
     });
     const d = start('dest', [spec], PREDICTION_PEER);
     let s = null;

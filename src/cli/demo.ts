@@ -101,7 +101,7 @@ export async function demo(argv: string[]): Promise<number> {
   if (!warm) extra.push('--no-warm-up');
   const dest = startDestination(['--listen', listen, ...deviceArgs(dev), '--stall-timeout', String(mig.stallTimeoutMs), '--json', '--ipc', ...extra]);
   // Both sides rehearse (warmUp()); this one while the destination process starts.
-  const warming = warm ? warmUp() : null;
+  const warming = warm ? warmUp({ compression: mig.compression }) : null;
   const sims = makeSims(dev, true);
   const ac = new AbortController();
   const onSignal = () => ac.abort('interrupted');

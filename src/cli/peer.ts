@@ -83,7 +83,7 @@ export async function migrateCommand(argv: string[]): Promise<number> {
   try {
     // Before the migration starts: its switchover then runs compiled code (a first downtime of
     // 4.9-8.5 ms cold against 2.1-2.8 with both sides warmed, on a 64 MiB SimDevice).
-    if (!flag(args, 'no-warm-up')) await warmUp();
+    if (!flag(args, 'no-warm-up')) await warmUp({ compression: mig.compression });
     const servername = str(args, 'tls-servername');
     const run = migrate({
       devices: sims.cores,

@@ -14,4 +14,4 @@ export { parseCompression } from './wire.js';
 export type { Compression } from './wire.js';
 export type { MigrationSummary, DeviceSummary, ProgressEvent, DecisionEvent, PhaseEvent, MigrationEvents } from './summary.js';
 export { warmUp } from './warm-up.js';
-export type { WarmUpResult } from './warm-up.js';
+export type { WarmUpResult, WarmUpOptions } from './warm-up.js';

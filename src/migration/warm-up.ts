@@ -12,17 +12,23 @@
  * The rehearsal moves two MttyDevices (the kernel's mtty sample driver: 60 bytes of state, PRE_COPY
  * and P2P) from a migrate() to a receive() in this process over an abstract unix socket, under the
  * default policy. It touches none of the caller's devices, sockets or files, emits nothing on any
- * migration object, and never throws: the result says whether it ran. The first call does the work
- * and later calls return the same promise. Call it when a process starts (an agent), or while it
- * waits anyway: a destination waiting for its source, a source waiting for its connection.
+ * migration object, and does not throw: the result says whether it ran (only a bad `compression`
+ * throws, VFIO_MIG_ERR_USAGE). With `compression` the rehearsal compresses, and the process's
+ * shared compression workers are booted before it resolves: migrate() would otherwise boot them
+ * at its first PRE_COPY reads (tens of ms of CPU per worker, while its early verdicts form).
+ * Once per process: later calls share the first call's promise (a plain call is answered by a
+ * compressed rehearsal too). Call it when a process starts (an agent), or while it waits anyway: a
+ * destination waiting for its source, a source waiting for its connection.
  */
 import { randomBytes } from 'node:crypto';
 import { MttyDevice } from '../devices/mtty-device.js';
 import { MigError, migError } from '../fsm/errors.js';
 import { MigrationCore } from '../fsm/core.js';
+import { sharedCompressionPool } from '../streams/compression-pool.js';
 import { listenTransport } from '../transport/registry.js';
 import { receive } from './destination.js';
 import { migrate } from './source.js';
+import { parseCompression, type Compression } from './wire.js';
 
 export interface WarmUpResult {
   /** The rehearsal migration completed (its devices verified). */
@@ -36,15 +42,26 @@ export interface WarmUpResult {
 /** A rehearsal that takes longer than this is stopped (it takes ~40-60 ms cold on two cores). */
 const REHEARSAL_TIMEOUT_MS = 10_000;
 
-let rehearsal: Promise<WarmUpResult> | null = null;
-
-/** Run the rehearsal once per process; later calls share its result. */
-export function warmUp(): Promise<WarmUpResult> {
-  rehearsal ??= rehearse();
-  return rehearsal;
+export interface WarmUpOptions {
+  /** Rehearse with this compression (as migrate() takes it) and boot the compression workers. Default 'none'. */
+  compression?: Compression;
 }
 
-async function rehearse(): Promise<WarmUpResult> {
+/** The rehearsals run so far: without and with compression. */
+const rehearsals: { plain: Promise<WarmUpResult> | null; compressed: Promise<WarmUpResult> | null } = { plain: null, compressed: null };
+
+/** Run the rehearsal once per process (and once more for compression); later calls share its result. */
+export function warmUp(opts: WarmUpOptions = {}): Promise<WarmUpResult> {
+  const level = parseCompression(opts.compression ?? 'none');
+  if (level === false) {
+    rehearsals.plain ??= rehearsals.compressed ?? rehearse(false);
+    return rehearsals.plain;
+  }
+  rehearsals.compressed ??= rehearse(level);
+  return rehearsals.compressed;
+}
+
+async function rehearse(level: number | false): Promise<WarmUpResult> {
   const t0 = performance.now();
   const url = `unix:@vfio-mig-warm-up-${process.pid}-${randomBytes(6).toString('hex')}`;
   const signal = AbortSignal.timeout(REHEARSAL_TIMEOUT_MS);
@@ -56,11 +73,14 @@ async function rehearse(): Promise<WarmUpResult> {
     const l = listener;
     const common = { signal, stallTimeoutMs: REHEARSAL_TIMEOUT_MS };
     const received = receive({ ...common, devices: [new MigrationCore(dest)], transport: () => l.accept({ signal }) });
-    const sent = migrate({ ...common, devices: [new MigrationCore(source)], transport: url, downtimeLimitMs: 1000 });
+    const compression = level === false ? 'none' : { zstd: level };
+    const sent = migrate({ ...common, devices: [new MigrationCore(source)], transport: url, downtimeLimitMs: 1000, compression });
     // Both settle before the listener closes; the first failure is the one reported.
     const [r, s] = await Promise.allSettled([received.done, sent.done]);
     if (s.status === 'rejected') throw s.reason;
     if (r.status === 'rejected') throw r.reason;
+    // migrate() started the workers' boot without waiting for it; the caller's migration should not.
+    if (level !== false) await sharedCompressionPool().warm();
     return { ok: true, ms: performance.now() - t0 };
   } catch (err) {
     const error = err instanceof MigError ? err : migError('EIO', `warm-up: ${err instanceof Error ? err.message : String(err)}`, { cause: err });

@@ -1,6 +1,6 @@
 // warmUp(): one rehearsal migration per process (two MttyDevices over an abstract unix socket), so a
 // real migration's switchover runs compiled code. It must complete, run once, leave nothing open,
-// and never throw.
+// boot the compression workers when asked to compress, and not throw (but on a bad option).
 import { describe, it, expect, vi, afterEach } from 'vitest';
 import net from 'node:net';
 import { migError } from '../../src/fsm/errors.js';
@@ -60,6 +60,21 @@ describe('warmUp', () => {
       s.once('error', resolve);
     });
     expect(err.code).toBe('ECONNREFUSED');
+  });
+
+  it('with compression: compresses, boots the process\'s compression workers before it resolves, and answers a plain call too', async () => {
+    vi.resetModules();
+    const { warmUp } = await import('../../src/migration/warm-up.js');
+    const { sharedCompressionPool } = await import('../../src/streams/compression-pool.js');
+    const pool = sharedCompressionPool();
+    expect(pool.readyWorkers).toBe(0);
+    const r = await warmUp({ compression: 'zstd:3' });
+    expect(r.error).toBeUndefined();
+    expect(r.ok).toBe(true);
+    // migrate() starts the boot without waiting for it; warmUp() waits.
+    expect(pool.readyWorkers).toBe(pool.size);
+    expect(await warmUp()).toBe(r);
+    expect(() => warmUp({ compression: 'lz4' })).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_USAGE' }));
   });
 
   it('never throws: a rehearsal that cannot run resolves ok: false with a typed error', async () => {
