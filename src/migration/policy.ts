@@ -358,7 +358,12 @@ function abortChecks(
   // a device's unmeasured generation rate could only make the transfer slower.
   if (p.rateBounded && p.highMs > limitMs) {
     const recent = tracker.recentReadRate();
-    const movedBytesPerMs = Math.max(s.elapsedMs > 0 ? s.bytesRead / s.elapsedMs : Infinity, Number.isNaN(recent) ? 0 : recent);
+    // Under a cap, what PRE_COPY moved beyond cap x ratio went out on the bucket's first credit, a
+    // burst the link cannot repeat: it proves nothing about the rate to outrun.
+    const movedBytesPerMs = Math.min(
+      p.rateCapBytesPerMs,
+      Math.max(s.elapsedMs > 0 ? s.bytesRead / s.elapsedMs : Infinity, Number.isNaN(recent) ? 0 : recent),
+    );
     if (p.stateDirtyRateLowBytesPerMs >= EARLY_MARGIN * Math.max(p.rateHighBytesPerMs, movedBytesPerMs)) {
       return decision(
         'abort',

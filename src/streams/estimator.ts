@@ -152,6 +152,11 @@ export interface Prediction {
   /** The fast edge of the transfer rate's band (transferBytes / the band's short edge); Infinity when unbounded. */
   rateHighBytesPerMs: number;
   /**
+   * The most raw bytes per ms a capped link sustains past its credit: the cap (setLinkCredit) times
+   * the compression ratio's fast edge. Infinity without a cap or before the wire is measured.
+   */
+  rateCapBytesPerMs: number;
+  /**
    * Where PRE_COPY settles: the dirty bytes at which the devices re-dirty their clean state as fast
    * as the link sends dirty data. With λ the share of the clean state dirtied per ms, dirtying
    * (λ x clean) equals sending (rate) at total - rate / λ. A uniform workload settles there; a hot
@@ -1038,6 +1043,11 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       genMsBest = Math.max(genMsBest, floor / best);
     }
     const transferBytes = stopCopyBytes + growthBytes + inFlightRaw;
+    // A capped link moves no more wire bytes than its cap past the credit, whatever its samples'
+    // spread: only the compression ratio's spread lifts the raw rate's fast edge above cap x ratio.
+    // (Samples taken while the first credit went out put the fast edge 1.5 x above the cap on a
+    // 50 MB/s zstd cell, and held its early abort back by ~170 ms.)
+    const rateCap = wireKnown && this.linkCap > 0 ? this.linkCap * ratio * (1 + Math.max(o.minRelativeBand, k * ratioRel)) : Infinity;
     let wireMs: number;
     let wireMsLow: number;
     let wireMsHigh: number;
@@ -1047,7 +1057,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       const rel = Math.max(o.minRelativeBand, k * Math.sqrt(ws.relErr * ws.relErr + ratioRel * ratioRel));
       const paced = Math.max(0, transferBytes - creditRaw);
       wireMs = paced / raw;
-      wireMsLow = paced / (raw * (1 + rel));
+      wireMsLow = paced / Math.min(raw * (1 + rel), Math.max(raw, rateCap));
       wireMsHigh = paced / (raw * (1 - Math.min(rel, MAX_RELATIVE_BAND)));
       const best = Math.max(raw * (1 + rel), Number.isFinite(ws.best) ? ws.best * ratio : 0);
       wireMsBest = Math.max(0, floorBytes - creditRaw) / best;
@@ -1120,6 +1130,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       stateDirtyRateBytesPerMs,
       stateDirtyRateLowBytesPerMs,
       rateHighBytesPerMs,
+      rateCapBytesPerMs: rateCap,
       steadyDirtyBytes,
       transferMs,
       fixedMs,

@@ -44,6 +44,7 @@ function prediction(p: Partial<Prediction> = {}): Prediction {
     stateDirtyRateBytesPerMs: Number.NaN,
     stateDirtyRateLowBytesPerMs: Number.NaN,
     rateHighBytesPerMs: 110_000,
+    rateCapBytesPerMs: Number.POSITIVE_INFINITY,
     steadyDirtyBytes: Number.NaN,
     transferMs: 100,
     fixedMs: { enterStopCopy: 0, destValidate: 0, destResume: 0, linkLatency: 0, total: 0 },
@@ -232,6 +233,16 @@ describe('DefaultSwitchoverPolicy', () => {
     expect(q.decide(snap({ elapsedMs: 1000 }, { stateDirtyRateBytesPerMs: 250_000, stateDirtyRateLowBytesPerMs: 170_000, rateHighBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
     // PRE_COPY has plainly moved more per ms than the low edge (a model error, e.g. a bad ratio): no verdict.
     expect(q.decide(snap({ elapsedMs: 100, bytesRead: 100 * MIB }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 })).reason).toBe('above-limit');
+    // Under a cap, what moved beyond cap x ratio went on the bucket's first credit: a burst the link
+    // cannot repeat. 100 MiB in 100 ms (1 GB/s moved) on a link that sustains 150 kB/s raw: abort.
+    const capped = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 60_000 });
+    const burst = capped.decide(
+      snap({ elapsedMs: 100, bytesRead: 100 * MIB }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, rateCapBytesPerMs: 160_000, highMs: 900 }),
+    );
+    expect(burst).toMatchObject({ action: 'abort', reason: 'not-converging' });
+    expect(burst.numbers.movedBytesPerMs).toBe(160_000);
+    // ...but a cap above what the low edge needs to beat keeps the cross-check: no verdict.
+    expect(q.decide(snap({ elapsedMs: 100, bytesRead: 100 * MIB }, { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, rateCapBytesPerMs: 250_000, highMs: 900 })).reason).toBe('above-limit');
     // A path still speeding up: slow on average, but the last 100 ms moved more than the low edge.
     const r = new DefaultSwitchoverPolicy({ nonConvergenceWindowMs: 60_000 });
     const ramp = { stateDirtyRateBytesPerMs: 400_000, stateDirtyRateLowBytesPerMs: 300_000, rateHighBytesPerMs: 150_000, highMs: 900 };

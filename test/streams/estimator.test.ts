@@ -715,6 +715,29 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(fast.predict().transferMs).toBeCloseTo(20, 6);
   });
 
+  it('under a cap the rate band\'s fast edge stays at cap x ratio, however widely the wire samples spread', () => {
+    // Wire samples of 1 MiB in 5, 10, 20, 40 ms (a burst on the first credit among them), ratio 1;
+    // the cap is 1 MiB per 20 ms. The band's fast edge may not pass the cap by more than the
+    // ratio's spread (none here: the minimum relative band).
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, smallStateBytes: 4096 });
+    est.updatePrecopyInfo({ initialBytes: 64 * MIB, dirtyBytes: 0, reinit: false });
+    est.updateStopCopySize(64 * MIB);
+    for (const ms of [5, 10, 20, 40, 5, 10, 20, 40]) {
+      c.advance(ms);
+      est.recordRead(MIB, { sample: false });
+      est.recordWire(MIB, MIB, { durationMs: ms });
+    }
+    const free = est.predict();
+    expect(free.rateCapBytesPerMs).toBe(Number.POSITIVE_INFINITY);
+    expect(free.rateHighBytesPerMs).toBeGreaterThan(1.5 * (MIB / 20));
+    est.setLinkCredit(0, MIB / 20);
+    const p = est.predict();
+    expect(p.rateCapBytesPerMs).toBeCloseTo((MIB / 20) * 1.05, 6);
+    expect(p.rateHighBytesPerMs).toBeLessThanOrEqual(p.rateCapBytesPerMs * (1 + 1e-9));
+    expect(p.rateHighBytesPerMs).toBeGreaterThanOrEqual(MIB / 20);
+  });
+
   it('the whole path rate bounds the transfer when something between device and link is slower, and a credit never beats it', () => {
     // The link: 1 MiB wire (2 MiB raw) per 10 ms = 209.7 raw bytes/µs; 4 MiB of stop-copy data.
     const slow = compressedLink();
