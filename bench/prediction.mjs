@@ -14,6 +14,10 @@
 //   missed. blindMs is its time from the migrate() call to the end. (Earlier versions computed
 //   2 x state / (cap x compression ratio), which assumed the capped link was the bottleneck; with
 //   zstd the compression workers are, and the formula gave a blind run 2-4x shorter than a real one.)
+// Each side of every run (blind runs included) first calls warmUp() with the cell's compression, as
+// docs/migration.md recommends for a process's first migration: the switchover's code is compiled
+// and the compression workers are up before the clock starts. BENCH_PREDICTION_WARM_UP=0 runs the
+// matrix in cold processes instead.
 // Rows: prediction-error-max (max |predicted - measured| / measured over the switchover cells; baseline
 // the 15% target; ratio = value / 0.15: lower is better, <= 1 meets the target), prediction-overshoot-max
 // (max measured / limit; baseline 1.15), prediction-abort-time-max (max abort time / blind time over the
@@ -72,8 +76,8 @@ async function runCell(cell, timeoutMs, blind = false) {
       windowMs: WINDOW_MS,
       timeoutMs,
       blind,
-      // BENCH_PREDICTION_WARM_UP=1: both sides call warmUp() first (docs/migration.md), blind runs too.
-      warmUp: process.env.BENCH_PREDICTION_WARM_UP === '1',
+      // Both sides call warmUp() first, blind runs too (BENCH_PREDICTION_WARM_UP=0: cold processes).
+      warmUp: process.env.BENCH_PREDICTION_WARM_UP !== '0',
     });
     const d = start('dest', [spec], PREDICTION_PEER);
     let s = null;
