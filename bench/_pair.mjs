@@ -142,14 +142,36 @@ export async function dumpStream(file, { size, profile = 'mixed', seed = 7 }) {
 const envNumber = (name) => (process.env[name] ? Number(process.env[name]) : undefined);
 
 /**
+ * migrate() and receive() in two processes (_prediction-peer.mjs) on one cell (the fields that
+ * script's header lists; the socket goes in a fresh directory): { src, dst, lingering }, the two
+ * reports and the peers still running 10 s after reporting (killed).
+ */
+export function runPredictionPeers(cell, prefix = 'bench-pred-') {
+  return withDir(prefix, async (dir) => {
+    const spec = JSON.stringify({ ...cell, socket: join(dir, 'p.sock') });
+    const d = start('dest', [spec], PREDICTION_PEER);
+    let s = null;
+    try {
+      await d.next();
+      s = start('source', [spec], PREDICTION_PEER);
+      const [src, dst] = await Promise.all([s.next(), d.next()]);
+      const lingering = await exitsWithin([s, d]);
+      return { src, dst, lingering };
+    } finally {
+      d.child.kill('SIGKILL');
+      s?.child.kill('SIGKILL');
+    }
+  });
+}
+
+/**
  * One migration through the orchestrator, migrate() and receive() in two processes
  * (_prediction-peer.mjs), no dirtying, no cap: { ms, bytes, source, dest } where ms is the source
  * summary's durationMs (migrate() called to the destination running). Throws when it fails.
  */
-export function runMigratePair({ size, profile = 'mixed', seed = 7, compression = 'none', digest = process.env.BENCH_MIGRATE_DIGEST, chunkSize = envNumber('BENCH_MIGRATE_CHUNK') }) {
-  return withDir('bench-mig-', async (dir) => {
-    const spec = JSON.stringify({
-      socket: join(dir, 'm.sock'),
+export async function runMigratePair({ size, profile = 'mixed', seed = 7, compression = 'none', digest = process.env.BENCH_MIGRATE_DIGEST, chunkSize = envNumber('BENCH_MIGRATE_CHUNK') }) {
+  const { src, dst, lingering } = await runPredictionPeers(
+    {
       size,
       profile,
       seed,
@@ -163,21 +185,12 @@ export function runMigratePair({ size, profile = 'mixed', seed = 7, compression 
       limitMs: 1000,
       windowMs: 3000,
       timeoutMs: 120_000,
-    });
-    const d = start('dest', [spec], PREDICTION_PEER);
-    let s = null;
-    try {
-      await d.next();
-      s = start('source', [spec], PREDICTION_PEER);
-      const [src, dst] = await Promise.all([s.next(), d.next()]);
-      await noneLingering([s, d]);
-      if (!src.ok) throw new Error(`migrate() failed: ${src.code}: ${src.message}`);
-      if (!dst.ok) throw new Error(`receive() failed: ${dst.code}: ${dst.message}`);
-      if (!src.verified || src.digest !== dst.digest) throw new Error('migrate(): destination state not verified');
-      return { ms: src.durationMs, bytes: src.bytes, source: src, dest: dst };
-    } finally {
-      d.child.kill('SIGKILL');
-      s?.child.kill('SIGKILL');
-    }
-  });
+    },
+    'bench-mig-',
+  );
+  if (lingering.length > 0) throw new Error(`${lingering.join(' and ')} still running 10 s after reporting`);
+  if (!src.ok) throw new Error(`migrate() failed: ${src.code}: ${src.message}`);
+  if (!dst.ok) throw new Error(`receive() failed: ${dst.code}: ${dst.message}`);
+  if (!src.verified || src.digest !== dst.digest) throw new Error('migrate(): destination state not verified');
+  return { ms: src.durationMs, bytes: src.bytes, source: src, dest: dst };
 }

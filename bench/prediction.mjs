@@ -22,9 +22,8 @@
 // the 15% target; ratio = value / 0.15: lower is better, <= 1 meets the target), prediction-overshoot-max
 // (max measured / limit; baseline 1.15), prediction-abort-time-max (max abort time / blind time over the
 // infeasible cells; baseline 0.10), and one row per cell.
-import { join } from 'node:path';
 import { GiB, MiB, result } from './lib.mjs';
-import { PREDICTION_PEER, exitsWithin, start, withDir } from './_pair.mjs';
+import { runPredictionPeers } from './_pair.mjs';
 
 export const names = ['prediction-'];
 
@@ -62,35 +61,20 @@ function cells(quick) {
   return out;
 }
 
-async function runCell(cell, timeoutMs, blind = false) {
-  return withDir('bench-pred-', async (dir) => {
-    const spec = JSON.stringify({
-      socket: join(dir, 'p.sock'),
-      size: cell.size,
-      profile: 'mixed',
-      seed: 11,
-      dirtyRate: cell.dirtyRate,
-      bandwidth: cell.bandwidth,
-      compression: cell.compression,
-      limitMs: LIMIT_MS,
-      windowMs: WINDOW_MS,
-      timeoutMs,
-      blind,
-      // Both sides call warmUp() first, blind runs too (BENCH_PREDICTION_WARM_UP=0: cold processes).
-      warmUp: process.env.BENCH_PREDICTION_WARM_UP !== '0',
-    });
-    const d = start('dest', [spec], PREDICTION_PEER);
-    let s = null;
-    try {
-      await d.next();
-      s = start('source', [spec], PREDICTION_PEER);
-      const [src, dst] = await Promise.all([s.next(), d.next()]);
-      const lingering = await exitsWithin([s, d]);
-      return { src, dst, lingering };
-    } finally {
-      d.child.kill('SIGKILL');
-      s?.child.kill('SIGKILL');
-    }
+function runCell(cell, timeoutMs, blind = false) {
+  return runPredictionPeers({
+    size: cell.size,
+    profile: 'mixed',
+    seed: 11,
+    dirtyRate: cell.dirtyRate,
+    bandwidth: cell.bandwidth,
+    compression: cell.compression,
+    limitMs: LIMIT_MS,
+    windowMs: WINDOW_MS,
+    timeoutMs,
+    blind,
+    // Both sides call warmUp() first, blind runs too (BENCH_PREDICTION_WARM_UP=0: cold processes).
+    warmUp: process.env.BENCH_PREDICTION_WARM_UP !== '0',
   });
 }
 

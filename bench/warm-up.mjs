@@ -8,16 +8,14 @@
 // - first-downtime-warm          downtime with warmUp().      Baseline: the same move without it.
 // - first-downtime-warm-error    |predicted - measured| / measured with warmUp(), the median.
 //                                Baseline: the same without warmUp().
-import { join } from 'node:path';
 import { MiB, median, result } from './lib.mjs';
-import { PREDICTION_PEER, start, withDir } from './_pair.mjs';
+import { runPredictionPeers } from './_pair.mjs';
 
 export const names = ['first-downtime-'];
 
 async function pair(warm) {
-  return withDir('bench-warm-', async (dir) => {
-    const spec = JSON.stringify({
-      socket: join(dir, 'p.sock'),
+  const { src, lingering } = await runPredictionPeers(
+    {
       size: 64 * MiB,
       profile: 'mixed',
       seed: 11,
@@ -29,20 +27,12 @@ async function pair(warm) {
       timeoutMs: 20_000,
       blind: false,
       warmUp: warm,
-    });
-    const d = start('dest', [spec], PREDICTION_PEER);
-    let s = null;
-    try {
-      await d.next();
-      s = start('source', [spec], PREDICTION_PEER);
-      const [src] = await Promise.all([s.next(), d.next()]);
-      if (!src.ok) throw new Error(`warm-up bench: the ${warm ? 'warm' : 'cold'} migration failed (${src.code}: ${src.message})`);
-      return { downtimeMs: src.downtimeMs, predictedMs: src.predictedDowntimeMs };
-    } finally {
-      d.child.kill('SIGKILL');
-      s?.child.kill('SIGKILL');
-    }
-  });
+    },
+    'bench-warm-',
+  );
+  if (!src.ok) throw new Error(`warm-up bench: the ${warm ? 'warm' : 'cold'} migration failed (${src.code}: ${src.message})`);
+  if (lingering.length > 0) throw new Error(`warm-up bench: ${lingering.join(' and ')} still running 10 s after reporting`);
+  return { downtimeMs: src.downtimeMs, predictedMs: src.predictedDowntimeMs };
 }
 
 export default async function run({ quick, log = () => {} }) {
