@@ -167,6 +167,8 @@ const PIPELINE_BACKLOG_BYTES = 256 * 1024;
 const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true };
 /** Round trips timed before PRE_COPY (the first one warms both sides' code paths). */
 const PINGS = 5;
+/** How long a failed migration waits for its `abort` record to reach the kernel, ms. */
+const ABORT_FLUSH_MS = 500;
 /** The id of the drain's barrier ping (calibration pings count from 0). */
 const DRAIN_PING_ID = 0x7fff_ffff;
 /** The drain's end-of-stream sample counts at most this many idle round trips plus END_COST_SLACK_MS. */
@@ -1063,15 +1065,23 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const phase = (err.phase ?? this.#phase) as MigrationPhase;
     if (!this.#validated) {
       const w = this.#w;
-      if (w !== null && this.#transport !== null && !this.#transport.destroyed) {
-        // Best effort: a destination that still listens resets at once instead of at transport loss.
-        await Promise.race([w.control({ type: 'abort', code: err.code, message: err.message, phase }).catch(() => {}), sleep(200)]);
-      }
+      const live = w !== null && this.#transport !== null && !this.#transport.destroyed;
+      // Best effort: a destination that still listens resets at once instead of at transport loss,
+      // and names the cause. The record queues behind what was already sent (under a cap, up to a
+      // bucket's debt of it): the devices go back to RUNNING first, then the abort gets
+      // ABORT_FLUSH_MS to reach the kernel before the transport is destroyed. (It was destroyed
+      // with the record still queued, and the destination reported a connection lost mid-stream.)
+      const told = live ? w.control({ type: 'abort', code: err.code, message: err.message, phase }).catch(() => {}) : null;
       for (const d of this.#devs) d.stream?.destroy();
       const outcome = await rollbackAll(this.#opts.devices);
       const failed = outcome.filter((o) => o.error !== undefined);
       err.recovery = failed.length === 0 ? 'recovered' : 'failed';
       err.detail = { ...err.detail, rollback: outcome.map((o) => ({ device: o.device, state: o.state, error: o.error instanceof Error ? o.error.message : undefined })) };
+      if (live) {
+        const deadline = performance.now() + ABORT_FLUSH_MS;
+        await Promise.race([told, sleep(ABORT_FLUSH_MS)]);
+        await w.flushed(deadline);
+      }
     } else {
       err.recovery = 'none';
     }

@@ -88,6 +88,8 @@ const QUEUE_MS = 20;
 const MIN_QUEUE_BYTES = 64 * 1024;
 /** ...and at most the uncapped depth. */
 const MAX_QUEUE_BYTES = 8 * 1024 * 1024;
+/** How often flushed() looks at the queues, ms (an error path's wait: a timer is simpler than every stream's events). */
+const FLUSH_POLL_MS = 2;
 
 /** The forward record stream of one migration. */
 export interface ForwardWriter {
@@ -109,6 +111,13 @@ export interface ForwardWriter {
    * bandwidth limiter, the transport's buffer). A switchover waits for all of it.
    */
   queued(): { rawBytes: number; wireBytes: number };
+  /**
+   * Resolves true once every record queued so far has been handed to the kernel (nothing in the
+   * encoder, compression, the limiter or the transport's buffer), false when `deadline`
+   * (performance.now() ms) comes first or the stream failed. A failing migration waits on it so
+   * that its `abort` reaches the destination instead of dying in a destroyed queue.
+   */
+  flushed(deadline: number): Promise<boolean>;
   destroy(): void;
 }
 
@@ -280,6 +289,14 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
       let wire = enc.readableLength + transport.writableLength;
       if (out !== enc) wire += out.readableLength + (out as unknown as Writable).writableLength;
       return { rawBytes: Math.max(0, submitted - enc.dataBytes) + enc.inFlightBytes, wireBytes: wire };
+    },
+    async flushed(deadline) {
+      const pending = () => queued() || enc.inFlightBytes > 0 || transport.writableLength > 0;
+      while (pending()) {
+        if (error !== null || enc.destroyed || transport.destroyed || performance.now() >= deadline) return false;
+        await new Promise((resolve) => setTimeout(resolve, FLUSH_POLL_MS));
+      }
+      return error === null;
     },
     destroy() {
       out.off('data', forward);

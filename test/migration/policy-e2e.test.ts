@@ -1,7 +1,7 @@
 /**
  * The policy on a real run: an infeasible migration (a device dirtying faster than the capped link
  * can carry) is aborted by the policy as not converging, long before any budget, and leaves the
- * source device RUNNING with its workload going, the destination's device reset.
+ * source device RUNNING with its workload going, the destination's device reset and told why.
  */
 import { describe, it, expect } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -56,8 +56,16 @@ describe('policy end to end', () => {
       const d1 = src.sims[0].digest();
       await new Promise((r) => setTimeout(r, 100));
       expect(src.sims[0].digest()).not.toBe(d1);
-      // The destination device left RESUMING through a reset.
-      await incoming.done.catch(() => {});
+      // The destination learnt why from the source's abort record, which queued behind capped data
+      // (it was destroyed with the transport, and the destination saw a connection lost mid-stream),
+      // and its device left RESUMING through a reset.
+      const derr = await incoming.done.then(
+        () => null,
+        (x: unknown) => x,
+      );
+      expect((derr as MigError).code).toBe('VFIO_MIG_ERR_POLICY_ABORT');
+      expect((derr as MigError).message).toMatch(/^source aborted in phase precopy: not-converging: PRE_COPY does not converge/);
+      expect((derr as MigError).recovery).toBe('reset');
       expect(dst.resets).toContain(0);
       expect(await dst.cores[0].getState()).toBe(DeviceState.RUNNING);
     } finally {
