@@ -5,9 +5,9 @@
  * V8 compiles a function the first time it runs, and a process runs its switchover path (stop the
  * devices, read the stop-copy data, DEVICE_END, digest and commit; on the destination the commit,
  * RESUMING -> STOP, the digest check and the resume) exactly once per migration: in a fresh process
- * it runs cold, inside the downtime. Measured on SimDevice, 64 MiB under a 200 MB/s cap, each side a
- * fresh process: 5.7-6.7 ms of downtime cold, 1.8-3.2 ms with both sides warmed (4.0-4.9 with only
- * the destination warmed, 3.9-4.5 with only the source); docs/PERFORMANCE.md has the runs.
+ * it runs cold, inside the downtime. bench/warm-up.mjs (a 64 MiB SimDevice under a 200 MB/s cap,
+ * each side a fresh process): median downtime 5.4-6.7 ms cold, 2.6-2.9 ms with both sides warmed;
+ * with one side warmed, 3.9-4.9 ms (docs/PERFORMANCE.md, first-downtime-*).
  *
  * The rehearsal moves two MttyDevices (the kernel's mtty sample driver: 60 bytes of state, PRE_COPY
  * and P2P) from a migrate() to a receive() in this process over an abstract unix socket, under the
@@ -22,7 +22,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { MttyDevice } from '../devices/mtty-device.js';
-import { MigError, migError } from '../fsm/errors.js';
+import { ErrorCodes, MigError, migError } from '../fsm/errors.js';
 import { MigrationCore } from '../fsm/core.js';
 import { sharedCompressionPool } from '../streams/compression-pool.js';
 import { listenTransport } from '../transport/registry.js';
@@ -79,6 +79,7 @@ async function rehearse(level: number | false): Promise<WarmUpResult> {
     const [r, s] = await Promise.allSettled([received.done, sent.done]);
     if (s.status === 'rejected') throw s.reason;
     if (r.status === 'rejected') throw r.reason;
+    if (!s.value.verified || !r.value.verified) throw migError(ErrorCodes.DIGEST, 'warm-up: the rehearsal device state did not verify');
     // migrate() started the workers' boot without waiting for it; the caller's migration should not.
     if (level !== false) await sharedCompressionPool().warm();
     return { ok: true, ms: performance.now() - t0 };
