@@ -1079,7 +1079,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       err.detail = { ...err.detail, rollback: outcome.map((o) => ({ device: o.device, state: o.state, error: o.error instanceof Error ? o.error.message : undefined })) };
       if (live) {
         const deadline = performance.now() + ABORT_FLUSH_MS;
-        await Promise.race([told, sleep(ABORT_FLUSH_MS)]);
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([told, new Promise((resolve) => (timer = setTimeout(resolve, ABORT_FLUSH_MS)))]);
+        clearTimeout(timer);
         await w.flushed(deadline);
       }
     } else {
