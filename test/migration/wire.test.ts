@@ -38,6 +38,34 @@ describe('openForward', () => {
     w.destroy();
   });
 
+  it('flushed(): true once a control record queued behind capped data reached the transport, false at a deadline it cannot meet', async () => {
+    const transport = new PassThrough({ highWaterMark: 16 * KiB });
+    let received = 0;
+    transport.on('data', (c: Buffer) => (received += c.length));
+    const w = openForward(
+      transport,
+      { devices: [device] as never, compression: false, bandwidth: 8_000_000, digest: null },
+      (err) => {
+        throw err;
+      },
+    );
+    // 512 KiB ahead of the control record: ~65 ms at 8 MB/s, past the bucket's credit.
+    for (let i = 0; i < 8; i++) void w.data(0, Buffer.alloc(64 * KiB, i));
+    void w.control({ type: 'abort', code: 'EIO', message: 'test', phase: 'precopy' });
+    // Queued records take longer than 5 ms: not flushed by then.
+    expect(await w.flushed(performance.now() + 5)).toBe(false);
+    expect(await w.flushed(performance.now() + 2000)).toBe(true);
+    expect(received).toBe(w.wireBytes);
+    expect(w.queued()).toEqual({ rawBytes: 0, wireBytes: 0 });
+    // A destroyed transport flushes nothing: false at once.
+    void w.data(0, Buffer.alloc(64 * KiB, 9));
+    transport.destroy();
+    const t0 = performance.now();
+    expect(await w.flushed(performance.now() + 2000)).toBe(false);
+    expect(performance.now() - t0).toBeLessThan(1000);
+    w.destroy();
+  });
+
   it('without a cap, the raw bytes of the chunks add up to the data written', async () => {
     const transport = new PassThrough();
     transport.resume();
