@@ -156,6 +156,11 @@ function buildTemplates(): Buffer {
   return out;
 }
 
+/** Where page selector `h >>> 2` starts in `pool` (every pool holds a power of two of whole pages). */
+function sourceOffset(pool: Buffer, h: number): number {
+  return ((h >>> 2) & (pool.length / PAGE_SIZE - 1)) * PAGE_SIZE;
+}
+
 /** The shared pools, built on first use (~32 MiB of random pages; once per process). */
 function getPools(): Pools {
   if (pools) return pools;
@@ -223,7 +228,7 @@ export class PageGenerator {
 
   /**
    * The pool holding a page's source bytes, or null for a zero page; `h` is the kind hash. The
-   * page starts at _sourceOffset(h) in it.
+   * page starts at sourceOffset(pool, h) in it.
    */
   private _source(h: number): Buffer | null {
     const kind = this._kindMask === 0 ? this._fixedKind : h & 3;
@@ -239,13 +244,6 @@ export class PageGenerator {
     }
   }
 
-  private _sourceOffset(h: number): number {
-    const kind = this._kindMask === 0 ? this._fixedKind : h & 3;
-    const sel = h >>> 2;
-    const pages = kind === KIND_TEMPLATE ? TEMPLATE_PAGES : kind === KIND_TEXT ? TEXT_POOL_PAGES : RANDOM_POOL_PAGES;
-    return (sel & (pages - 1)) * PAGE_SIZE;
-  }
-
   /** Write page (index, version) at dst[off .. off+4096). */
   writePage(dst: Uint8Array, off: number, index: number, version: number): void {
     const h = pageHash(this.seed, index, version, SALT_KIND);
@@ -254,7 +252,7 @@ export class PageGenerator {
       dst.fill(0, off, off + PAGE_SIZE);
       return;
     }
-    const at = this._sourceOffset(h);
+    const at = sourceOffset(src, h);
     src.copy(dst, off, at, at + PAGE_SIZE);
     // Stamp: makes copies of one pool page differ per (index, version) and lets the loader
     // recognise a page sent for the wrong index or version.
@@ -316,7 +314,7 @@ export class PageGenerator {
     ) {
       return false;
     }
-    const at = this._sourceOffset(h);
+    const at = sourceOffset(ref, h);
     return src.compare(ref, at + STAMP_BYTES, at + PAGE_SIZE, off + STAMP_BYTES, off + PAGE_SIZE) === 0;
   }
 }
