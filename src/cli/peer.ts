@@ -82,7 +82,7 @@ export async function migrateCommand(argv: string[]): Promise<number> {
   const progress = new ProgressLine(out);
   try {
     // Before the migration starts: its switchover then runs compiled code (a first downtime of
-    // 4.9-8.5 ms cold against 2.1-2.8 with both sides warmed, on a 64 MiB SimDevice).
+    // 5.4-6.7 ms cold against 2.6-2.9 with both sides warmed, medians of bench/warm-up.mjs).
     if (!flag(args, 'no-warm-up')) await warmUp({ compression: mig.compression });
     const servername = str(args, 'tls-servername');
     const run = migrate({
