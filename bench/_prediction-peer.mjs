@@ -6,11 +6,13 @@
 // cell: { socket, size, profile, seed, dirtyRate (bytes/s), bandwidth (wire bytes/s), compression
 // ('none' | 'zstd'), limitMs, windowMs (the policy's non-convergence window), timeoutMs, blind }.
 // blind: true runs the blind baseline instead of the default policy (BLIND_POLICY below).
+// stalls: true records each side's event-loop stalls (stallRecorder below).
 // warmUp: true makes the side call warmUp() first (the destination before it listens, the source
 // before its clock starts, with the cell's compression), as docs/migration.md recommends.
 // Reports over IPC: the summary (predicted and measured downtime, totalMs since migrate() was
 // called) or the abort with the decision that caused it and when it came (ms since migrate()).
 import fs from 'node:fs';
+import { PerformanceObserver } from 'node:perf_hooks';
 import {
   DefaultSwitchoverPolicy,
   DeviceState,
@@ -57,6 +59,39 @@ function traced(policy, t0) {
   };
 }
 
+/**
+ * cell.stalls (BENCH_PREDICTION_STALLS=1): what this process lost to the machine around its
+ * switchover. Garbage collections of 0.5 ms and more (a 'gc' PerformanceObserver; epoch times,
+ * comparable across the peers) and the main thread's run delay (/proc/thread-self/schedstat: time it
+ * was ready to run but not running) between two marks, read once each so as to change nothing.
+ */
+function stallRecorder(enabled) {
+  const gcs = [];
+  const marks = {};
+  if (!enabled) return { gcs, marks, mark() {}, stop() {} };
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) if (e.duration >= 0.5) gcs.push({ kind: `gc-${e.detail?.kind ?? '?'}`, at: performance.timeOrigin + e.startTime, ms: e.duration });
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  const runDelayMs = () => {
+    try {
+      return Number(fs.readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[1]) / 1e6;
+    } catch {
+      return Number.NaN; // not Linux, or no schedstats
+    }
+  };
+  return {
+    gcs,
+    marks,
+    mark(name) {
+      marks[name] ??= { at: performance.timeOrigin + performance.now(), runDelayMs: runDelayMs() };
+    },
+    stop() {
+      obs.disconnect();
+    },
+  };
+}
+
 function send(msg) {
   return new Promise((resolve) => process.send(msg, () => resolve()));
 }
@@ -74,17 +109,23 @@ function errorInfo(err) {
 async function dest(cell) {
   const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed });
   if (cell.warmUp) await warmUp();
+  const stalls = stallRecorder(cell.stalls);
   const listener = await listenTransport(`unix:${cell.socket}`);
   await send({ listening: listener.url });
   // CPU over the migration only (the device's content pools are built before).
   const cpu0 = process.cpuUsage();
   const run = receive({ devices: [new MigrationCore(dev)], transport: () => listener.accept(), stallTimeoutMs: cell.timeoutMs });
+  run.on('phase', (p) => (p.phase === 'stop-copy' || p.phase === 'complete') && stalls.mark(p.phase));
   try {
     const s = await run.done;
-    await send({ ok: true, downtimeMs: s.downtimeMs, phases: s.phases, bytes: s.bytes, verified: s.verified, digest: dev.digest(), maxRssKB: maxRssKB(), cpu: cpuMs(cpu0) });
+    // A collection that starts in the downtime is reported when it ends.
+    if (cell.stalls) await new Promise((resolve) => setTimeout(resolve, 20));
+    stalls.stop();
+    await send({ ok: true, downtimeMs: s.downtimeMs, phases: s.phases, bytes: s.bytes, verified: s.verified, digest: dev.digest(), maxRssKB: maxRssKB(), cpu: cpuMs(cpu0), stalls: { gcs: stalls.gcs, marks: stalls.marks } });
   } catch (err) {
     await send({ ok: false, ...errorInfo(err) });
   } finally {
+    stalls.stop();
     await listener.close();
     dev.close();
   }
@@ -94,6 +135,15 @@ async function source(cell) {
   const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed, dirtyRate: cell.dirtyRate });
   const core = new MigrationCore(dev);
   if (cell.warmUp) await warmUp({ compression: cell.compression });
+  const stalls = stallRecorder(cell.stalls);
+  // The downtime begins when the first device leaves PRE_COPY (or RUNNING) for the switchover's arcs.
+  let downStartAt = null;
+  core.on('arc', (a) => {
+    if (downStartAt === null && (a.to === DeviceState.PRE_COPY_P2P || a.to === DeviceState.RUNNING_P2P || a.to === DeviceState.STOP_COPY || a.to === DeviceState.STOP)) {
+      downStartAt = performance.timeOrigin + performance.now() - a.ms;
+      stalls.mark('down');
+    }
+  });
   const decisions = [];
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
@@ -111,10 +161,15 @@ async function source(cell) {
   });
   // When each phase began, ms since migrate() was called (where an abort's time went).
   const phaseAtMs = {};
-  run.on('phase', (p) => (phaseAtMs[p.phase] ??= Math.round((performance.now() - t0) * 10) / 10));
+  run.on('phase', (p) => {
+    phaseAtMs[p.phase] ??= Math.round((performance.now() - t0) * 10) / 10;
+    if (p.phase === 'complete') stalls.mark('complete');
+  });
   run.on('decision', (d) => decisions.push({ atMs: performance.now() - t0, action: d.action, reason: d.reason, message: d.message, numbers: d.numbers }));
   try {
     const s = await run.done;
+    if (cell.stalls) await new Promise((resolve) => setTimeout(resolve, 20));
+    stalls.stop();
     const last = decisions.at(-1);
     await send({
       ok: true,
@@ -135,8 +190,11 @@ async function source(cell) {
       digest: dev.digest(),
       maxRssKB: maxRssKB(),
       cpu: cpuMs(cpu0),
+      stalls: { gcs: stalls.gcs, marks: stalls.marks },
+      downStartAt,
     });
   } catch (err) {
+    stalls.stop();
     const abort = decisions.find((d) => d.action === 'abort') ?? null;
     await send({
       ok: false,
