@@ -11,7 +11,7 @@
  */
 import { migError } from '../fsm/errors.js';
 import type { ResumingBackend } from './method-session.js';
-import { DigestAccumulator, type SimMemory } from './sim-memory.js';
+import { DigestAccumulator, PageVersions, type SimMemory } from './sim-memory.js';
 import { PAGE_SIZE, PROFILE_CODE } from './sim-pages.js';
 import {
   END_PAYLOAD,
@@ -69,7 +69,7 @@ export class SimLoader implements ResumingBackend {
   private _endPageCount: number;
   private _received: Uint32Array | null;
   private _receivedCount: number;
-  private readonly _loaded: Map<number, number>;
+  private readonly _loaded: PageVersions;
   private readonly _digest: DigestAccumulator;
   private _failed: Error | null;
   private _bytesWritten: number;
@@ -96,7 +96,7 @@ export class SimLoader implements ResumingBackend {
     this._endPageCount = -1;
     this._received = null;
     this._receivedCount = 0;
-    this._loaded = new Map();
+    this._loaded = new PageVersions();
     this._digest = new DigestAccumulator(mem.seed);
     this._failed = null;
     this._bytesWritten = 0;
@@ -334,10 +334,8 @@ export class SimLoader implements ResumingBackend {
     const k = this._page;
     const index = this._idx[k];
     const version = this._ver[k];
-    const old = this._loaded.get(index) ?? 0;
+    const old = this._loaded.set(index, version);
     this._digest.change(index, old, version);
-    if (version === 0) this._loaded.delete(index);
-    else this._loaded.set(index, version);
     let bits = this._received;
     if (bits === null) bits = this._received = new Uint32Array(Math.ceil(this._mem.pageCount / 32));
     const w = index >>> 5;

@@ -2,20 +2,73 @@
  * The simulated device's memory: page count, content generator, sparse page versions and an
  * incrementally maintained digest.
  *
- * Only pages ever dirtied have an entry (memory is O(pages dirtied)); every other page is at
- * version 0. The digest is base(seed, page count, profile) XOR, over the pages at a non-zero
- * version v, of term(i, v) XOR term(i, 0), where term is a 64-bit hash of (seed, i, v): it is a
- * function of the whole state, updated in O(1) per dirtied page and read in O(1).
+ * Only regions with a page ever dirtied hold versions (memory is O(regions dirtied), see
+ * PageVersions); every other page is at version 0. The digest is base(seed, page count, profile)
+ * XOR, over the pages at a non-zero version v, of term(i, v) XOR term(i, 0), where term is a 64-bit
+ * hash of (seed, i, v): it is a function of the whole state, updated in O(1) per dirtied page and
+ * read in O(1).
  */
 import { PAGE_SIZE, PROFILE_CODE, PageGenerator, digestHi, digestLo, mix32, type SimProfile } from './sim-pages.js';
 import { digestHex } from './sim-format.js';
 
-/** Pages per bit of the map of where versioned pages are (a bit per 128 KiB of state). */
-const GROUP_PAGES = 32;
+/** Pages per chunk of PageVersions (4 MiB of state, 4 KiB of versions). */
+const CHUNK_PAGES = 1024;
 
-function mark(groups: Uint32Array, index: number): void {
-  const g = Math.floor(index / GROUP_PAGES);
-  groups[g >>> 5] |= 1 << (g & 31);
+/**
+ * page index -> version, 0 for a page never dirtied: a typed array per 1024-page chunk, made when a
+ * page of the chunk first gets a non-zero version. A Map entry per page, as before, made each
+ * dirtied page a young heap object that a scavenge then copied: a dirtying device's first scavenge
+ * took 2-4 ms and came as the dirty pages accumulated, near the switchover, inside the downtime
+ * more often than not. Versions in typed arrays are outside the JavaScript heap: the collector
+ * sees one object per chunk.
+ */
+export class PageVersions {
+  private readonly _chunks = new Map<number, Uint32Array>();
+  private _nonZero = 0;
+
+  /** Number of pages at a non-zero version. */
+  get size(): number {
+    return this._nonZero;
+  }
+
+  get(index: number): number {
+    const c = this._chunks.get(Math.floor(index / CHUNK_PAGES));
+    return c === undefined ? 0 : c[index % CHUNK_PAGES];
+  }
+
+  /** Set page `index` to `version` (0: never dirtied); returns its previous version. */
+  set(index: number, version: number): number {
+    const key = Math.floor(index / CHUNK_PAGES);
+    let c = this._chunks.get(key);
+    if (c === undefined) {
+      if (version === 0) return 0;
+      c = new Uint32Array(CHUNK_PAGES);
+      this._chunks.set(key, c);
+    }
+    const at = index % CHUNK_PAGES;
+    const old = c[at];
+    c[at] = version;
+    this._nonZero += (version !== 0 ? 1 : 0) - (old !== 0 ? 1 : 0);
+    return old;
+  }
+
+  /** out[j] = get(first + j) for j < count, a chunk at a time (zeros where no chunk exists). */
+  copyInto(first: number, count: number, out: Uint32Array): void {
+    if (this._nonZero === 0) {
+      out.fill(0, 0, count);
+      return;
+    }
+    for (let j = 0; j < count; ) {
+      const index = first + j;
+      const key = Math.floor(index / CHUNK_PAGES);
+      const at = index % CHUNK_PAGES;
+      const n = Math.min(count - j, CHUNK_PAGES - at);
+      const c = this._chunks.get(key);
+      if (c === undefined) out.fill(0, j, j + n);
+      else for (let k = 0; k < n; k++) out[j + k] = c[at + k]; // no view to allocate per run
+      j += n;
+    }
+  }
 }
 
 /** Listener told about each page that changes (the saving session's dirty tracker). */
@@ -26,14 +79,8 @@ export class SimMemory {
   readonly seed: number;
   readonly profile: SimProfile;
   readonly gen: PageGenerator;
-  /** page index -> version, only for pages at a non-zero version. */
-  private _versions: Map<number, number>;
-  /**
-   * Bit g set when some page in [32 g, 32 g + 32) may have a version. Null until a saver asks
-   * (versionsInto() builds it from the map, touch() keeps it), and again after replace(): a loaded
-   * state becomes the device's at RESUMING -> STOP, inside the downtime, where O(pages) is not spent.
-   */
-  private _groups: Uint32Array | null;
+  /** Page versions (replaced by a loaded state at RESUMING -> STOP, in O(1): inside the downtime). */
+  private _versions: PageVersions;
   private _accHi: number;
   private _accLo: number;
   private readonly _baseHi: number;
@@ -45,8 +92,7 @@ export class SimMemory {
     this.seed = seed >>> 0;
     this.profile = profile;
     this.gen = new PageGenerator(this.seed, profile);
-    this._versions = new Map();
-    this._groups = null;
+    this._versions = new PageVersions();
     this._accHi = 0;
     this._accLo = 0;
     const countLo = pageCount >>> 0;
@@ -66,34 +112,12 @@ export class SimMemory {
   }
 
   version(index: number): number {
-    return this._versions.get(index) ?? 0;
+    return this._versions.get(index);
   }
 
-  /**
-   * out[j] = version(first + j) for j < count: a run of zeros at once wherever no page of a
-   * 32-page group was ever dirtied (savers read the versions of every page they send).
-   */
+  /** out[j] = version(first + j) for j < count (savers read the versions of every page they send). */
   versionsInto(first: number, count: number, out: Uint32Array): void {
-    const versions = this._versions;
-    if (versions.size === 0) {
-      out.fill(0, 0, count);
-      return;
-    }
-    const groups = this._groups ?? this._buildGroups();
-    for (let j = 0; j < count; ) {
-      const g = Math.floor((first + j) / GROUP_PAGES);
-      const end = Math.min(count, (g + 1) * GROUP_PAGES - first);
-      if ((groups[g >>> 5] & (1 << (g & 31))) === 0) out.fill(0, j, end);
-      else for (let i = j; i < end; i++) out[i] = versions.get(first + i) ?? 0;
-      j = end;
-    }
-  }
-
-  private _buildGroups(): Uint32Array {
-    const groups = new Uint32Array(Math.ceil(this.pageCount / GROUP_PAGES / 32));
-    for (const index of this._versions.keys()) mark(groups, index);
-    this._groups = groups;
-    return groups;
+    this._versions.copyInto(first, count, out);
   }
 
   /** Set the (single) dirty listener; null to clear. */
@@ -103,10 +127,9 @@ export class SimMemory {
 
   /** Change page `index` (new content = next version) and tell the dirty tracker. */
   touch(index: number): void {
-    const old = this._versions.get(index) ?? 0;
+    const old = this._versions.get(index);
     const next = (old + 1) >>> 0 || 1; // u32 wrap skips 0: version 0 means "never dirtied"
     this._apply(index, old, next);
-    if (old === 0 && this._groups !== null) mark(this._groups, index);
     this._versions.set(index, next);
     this._listener?.(index);
   }
@@ -132,9 +155,8 @@ export class SimMemory {
   }
 
   /** Replace the whole state with loaded versions (a successful RESUMING -> STOP). */
-  replace(versions: Map<number, number>, accHi: number, accLo: number): void {
+  replace(versions: PageVersions, accHi: number, accLo: number): void {
     this._versions = versions;
-    this._groups = null;
     this._accHi = accHi >>> 0;
     this._accLo = accLo >>> 0;
   }
