@@ -2,8 +2,8 @@
  * SimDevice: a RAM-backed device with dirty tracking, behaving like a kernel variant driver.
  *
  * State of any size (4 KiB to 1 TiB) that is never held in memory: each 4 KiB page is a pure
- * function of (seed, index, version) (sim-pages.ts), only the versions of pages ever dirtied are
- * stored (sim-memory.ts), and the stream (sim-format.ts) is generated into the reader's buffer
+ * function of (seed, index, version) (sim-pages.ts), versions are stored only for the 4 MiB regions
+ * where a page was dirtied (sim-memory.ts), and the stream (sim-format.ts) is generated into the reader's buffer
  * (sim-saver.ts) and verified as it is written (sim-loader.ts).
  *
  * One base arc per step(), validated with the kernel's table; a failed arc leaves the device in
