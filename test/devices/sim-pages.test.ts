@@ -208,7 +208,7 @@ describe('PageVersions', () => {
     gc();
     const kept = v8.getHeapStatistics().used_heap_size - before;
     expect(mem.dirtiedPages).toBe(pages);
-    // 64 chunks: a few KiB of wrappers, plus the test runner's own noise (20-140 KiB); the Map of
+    // 1024 chunks: ~66 KiB of wrappers, plus the test runner's own noise (20-140 KiB); the Map of
     // entries kept 1.7 MiB.
     expect(kept).toBeLessThan(512 * 1024);
   });
