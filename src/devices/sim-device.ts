@@ -2,7 +2,7 @@
  * SimDevice: a RAM-backed device with dirty tracking, behaving like a kernel variant driver.
  *
  * State of any size (4 KiB to 1 TiB) that is never held in memory: each 4 KiB page is a pure
- * function of (seed, index, version) (sim-pages.ts), versions are stored only for the 4 MiB regions
+ * function of (seed, index, version) (sim-pages.ts), versions are stored only for the 256 KiB regions
  * where a page was dirtied (sim-memory.ts), and the stream (sim-format.ts) is generated into the reader's buffer
  * (sim-saver.ts) and verified as it is written (sim-loader.ts).
  *
@@ -72,6 +72,14 @@ export interface SimDeviceOptions {
   faults?: SimFaults;
 }
 
+/**
+ * How often the workload runs when nothing looks at the device. Whatever looks at it (a read, a
+ * PRECOPY_INFO or MIG_DATA_SIZE query, a state change, the digest) first brings the workload up to
+ * that moment (_catchUp): the dirtying it sees is exactly dirtyRate x elapsed time, as a device
+ * dirtying continuously would show, not whatever the last timer tick left. (With the timer alone,
+ * queries every 10 ms against a 10 ms tick saw 0, 1 or 2 ticks' dirtying: λ samples 0.7-1.6 x
+ * the true rate in process, worse on a busy event loop.)
+ */
 const WORKLOAD_TICK_MS = 10;
 /** Largest state: 1 TiB. */
 export const SIM_MAX_SIZE = 1024 ** 4;
@@ -146,7 +154,7 @@ export class SimDevice extends EventEmitter implements MigrationDriver {
     this._rng = (seed ^ 0x9e3779b9) >>> 0 || 1;
     this._closed = false;
     if (this._opts.dirtyRate > 0) {
-      this._timer = setInterval(() => this._tick(), WORKLOAD_TICK_MS);
+      this._timer = setInterval(() => this._catchUp(), WORKLOAD_TICK_MS);
       this._timer.unref(); // the workload never keeps a process alive
     }
   }
@@ -182,6 +190,7 @@ export class SimDevice extends EventEmitter implements MigrationDriver {
 
   /** Hex digest of the current state, O(1). */
   digest(): string {
+    this._catchUp();
     return this._mem.digest();
   }
 
@@ -202,6 +211,8 @@ export class SimDevice extends EventEmitter implements MigrationDriver {
       });
     }
     this._injectArcFault(from, to);
+    // The workload ran until this moment: a device leaving RUNNING dirtied up to its stop.
+    this._catchUp();
 
     switch (arcEffect(from, to)) {
       case 'open-saving': {
@@ -212,6 +223,7 @@ export class SimDevice extends EventEmitter implements MigrationDriver {
           faults: this._opts.faults,
           state: () => this._state,
           asyncReset: () => this._asyncReset(),
+          observe: () => this._catchUp(),
         });
         const session = new MethodSavingSession(saver);
         this._saver = saver;
@@ -311,6 +323,7 @@ export class SimDevice extends EventEmitter implements MigrationDriver {
 
   /** MIG_DATA_SIZE: exactly what STOP_COPY would still produce from here. */
   async stopCopySize(): Promise<number> {
+    this._catchUp();
     if (this._saver) return this._saver.remainingBytes();
     return this.fullImageBytes();
   }
@@ -365,7 +378,9 @@ export class SimDevice extends EventEmitter implements MigrationDriver {
     return Math.floor((s / 0x100000000) * this.pageCount);
   }
 
-  private _tick(): void {
+  /** Run the workload up to now (at most a second of it after a long stall of the event loop). */
+  private _catchUp(): void {
+    if (this._opts.dirtyRate === 0 || this._closed) return;
     const now = performance.now();
     const dt = Math.min(1000, now - this._lastTick);
     this._lastTick = now;

@@ -46,6 +46,8 @@ export interface SaverOptions {
   state: () => DeviceState;
   /** Trigger the device's asynchronous reset (resetAfterBytes fault). */
   asyncReset: () => void;
+  /** Bring the device's workload up to now before the state is looked at (read, precopy info). */
+  observe?: () => void;
 }
 
 const MODE_PRECOPY = 0;
@@ -189,6 +191,7 @@ export class SimSaver implements SavingBackend {
     if (st !== DeviceState.PRE_COPY && st !== DeviceState.PRE_COPY_P2P) {
       throw migError('EINVAL', 'precopy info is only valid in PRE_COPY or PRE_COPY_P2P');
     }
+    this._opts.observe?.();
     const info = { initialBytes: this.initialBytes(), dirtyBytes: this.dirtyBytes(), reinit: this._reinit };
     this._reinit = false; // reported once, like the kernel's per-query flag
     return info;
@@ -200,6 +203,7 @@ export class SimSaver implements SavingBackend {
     const f = this._opts.faults;
     if (this._readFailed) throw this._readFailed; // sticky, like mlx5's error state
     if (buf.length === 0) return 0; // read(2) of 0 bytes
+    this._opts.observe?.();
     if (f.stallRead && !this._stalled && this._bytesRead >= (f.stallRead.afterBytes ?? 0)) {
       this._stalled = true;
       await sleepUnlessAborted(f.stallRead.ms ?? Infinity, signal); // null: JSON's Infinity
