@@ -2,9 +2,9 @@
  * SimDevice: a RAM-backed device with dirty tracking, behaving like a kernel variant driver.
  *
  * State of any size (4 KiB to 1 TiB) that is never held in memory: each 4 KiB page is a pure
- * function of (seed, index, version) (sim-pages.ts), versions are stored only for the 256 KiB regions
- * where a page was dirtied (sim-memory.ts), and the stream (sim-format.ts) is generated into the reader's buffer
- * (sim-saver.ts) and verified as it is written (sim-loader.ts).
+ * function of (seed, index, version) (sim-pages.ts), versions are stored only for the 256 KiB
+ * regions where a page was dirtied (sim-memory.ts), and the stream (sim-format.ts) is generated
+ * into the reader's buffer (sim-saver.ts) and verified as it is written (sim-loader.ts).
  *
  * One base arc per step(), validated with the kernel's table; a failed arc leaves the device in
  * `from` (or ERROR when a fault says so). Sessions are method-backed (fd null). A workload dirties
