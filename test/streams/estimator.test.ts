@@ -249,6 +249,34 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(done.queryDue()).toBe(false);
     expect(done.nextQueryInMs()).toBe(990);
   });
+  it('learns twice as fast from a device whose λ samples count learnFastDirtyBytes, at the usual pace from one that dirties little', () => {
+    const c = clock();
+    for (const [dirtPerSample, pace] of [
+      [MIB, 5],
+      [64 * 1024, 10],
+    ] as const) {
+      const est = new PrecopyEstimator({ now: c.now, minQueryIntervalMs: 50, maxQueryIntervalMs: 1000, learnQueryIntervalMs: 10 });
+      est.updateStopCopySize(64 * MIB);
+      let dirty = 0;
+      let initial = 60 * MIB;
+      const query = (): void => {
+        c.advance(10);
+        dirty += dirtPerSample;
+        est.recordRead(4 * MIB);
+        initial -= 4 * MIB;
+        est.updatePrecopyInfo({ initialBytes: initial, dirtyBytes: dirty, reinit: false });
+      };
+      est.updatePrecopyInfo({ initialBytes: initial, dirtyBytes: 0, reinit: false });
+      query(); // the first report of dirt: no λ sample yet (its predecessor reported none)
+      expect(est.nextQueryInMs()).toBe(10);
+      query(); // the first λ sample
+      expect(est.nextQueryInMs(), `${dirtPerSample} bytes dirtied per sample`).toBe(pace);
+      // REINIT: new initial data, nothing learned of it yet.
+      est.updatePrecopyInfo({ initialBytes: 60 * MIB, dirtyBytes: 0, reinit: true });
+      expect(est.nextQueryInMs()).toBe(10);
+    }
+  });
+
   it('predicts downtime from the stop-copy bytes at the wire rate when the wire is the slower', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now });
