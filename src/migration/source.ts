@@ -153,6 +153,13 @@ export function autoChunkSize(stateSize: number): number {
 }
 /** Device reads are batched into generation-rate samples of at least this much read time. */
 const GEN_SAMPLE_MS = 10;
+/**
+ * Smallest STOP_COPY read when a small stop-copy state is split over the compression workers (below
+ * it a record compresses in a fraction of a millisecond and the split buys nothing).
+ */
+const MIN_STOP_COPY_PIECE = 64 * 1024;
+/** A stop-copy of more chunks than this per worker keeps whole chunks: its last round is a small part. */
+const MAX_SPLIT_ROUNDS = 4;
 /** Reads and wire batches smaller than this are counted but not used as rate samples. */
 const MIN_SAMPLE_BYTES = 64 * 1024;
 /** The policy's period while an early verdict's numbers form (the initial data's first part), ms. */
@@ -408,6 +415,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       await this.#latch.guard(enterP2P(cores));
       await this.#latch.guard(enterStopCopy(cores));
       this.#est.recordFixedCost('enterStopCopy', performance.now() - tStop);
+      for (let i = 0; i < this.#devs.length; i++) this.#splitStopCopy(i);
       // A PRE_COPY stream idling in its backoff after a temporary end would sleep into the downtime.
       for (const d of this.#devs) {
         d.stream?.retryNow();
@@ -419,6 +427,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         const d = this.#devs[i];
         if (d.pump === null) this.#startPump(i, this.#savingSession(d.core, null));
       }
+
       await this.#latch.guard(Promise.all(this.#devs.map((d) => d.pump)));
       for (let i = 0; i < this.#devs.length; i++) {
         const digest = await this.#latch.guard(digestOf(this.#devs[i].core));
@@ -809,6 +818,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       },
     });
     d.stream = stream;
+    if (this.#switching) this.#splitStopCopy(i);
     // Every read reaches the estimator's view at once (a query resets the view, so a read reported
     // after it would be subtracted twice). Generation samples are separate: reads batched until their
     // own durations add up to GEN_SAMPLE_MS; one read takes a fraction of a millisecond and its
@@ -868,6 +878,30 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     })();
     pump.catch((err) => this.#latch.fail(asPhaseError(err, this.#phase)));
     d.pump = pump;
+  }
+
+  /**
+   * A compressed stop-copy smaller than a chunk per worker would leave in one record, compressed by
+   * one worker while the others idle, all of it inside the downtime (650 KB of zstd level 1 on one
+   * worker here: ~3 ms, most of a 10 ms downtime). Its reads are limited instead, so it leaves in as
+   * many records as there are workers, compressed side by side (650 KB: 1.3 ms instead of 2.3,
+   * bench-free measure in docs/PERFORMANCE.md). A stop-copy of more than MAX_SPLIT_ROUNDS chunks
+   * per worker keeps whole chunks: the workers are all busy and its last round is a small part.
+   */
+  #splitStopCopy(i: number): void {
+    const stream = this.#devs[i].stream;
+    if (!this.#compressing || stream === null) return;
+    const workers = sharedCompressionPool().size;
+    const bytes = this.#est.expectedStopCopyBytes(i);
+    if (workers < 2 || !(bytes > 0)) return;
+    // Up to a few chunks per worker, in equal pieces, so that the workers finish together (2.5
+    // chunks on two workers: four pieces of 0.625, not 1 + 1 and a last 0.5 on one worker). Whole
+    // pages: a device's reads need not be, but a piece that is reads cleanly.
+    const chunk = stream.chunkSize;
+    const rounds = Math.ceil(bytes / (workers * chunk));
+    if (rounds > MAX_SPLIT_ROUNDS) return;
+    const piece = Math.ceil(Math.max(MIN_STOP_COPY_PIECE, bytes / (workers * rounds)) / 4096) * 4096;
+    stream.readLimit = piece < chunk ? piece : 0;
   }
 
   /**

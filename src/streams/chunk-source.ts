@@ -116,6 +116,11 @@ export abstract class ChunkSource extends Readable {
   #onHeld: (() => void) | null;
   /** Epoll path: read targets offered to a consumer (READ_TARGET). */
   readonly #targets = new ReadTargets();
+  /** Pull path: bytes per read while below chunkSize (0: whole chunks). See `readLimit`. */
+  #readLimit = 0;
+  /** Pull path under a read limit: the chunk being filled piece by piece, and its fill. */
+  #pieceChunk: Buffer | null = null;
+  #pieceFill = 0;
 
   constructor(opts: ChunkSourceOptions = {}) {
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
@@ -147,6 +152,23 @@ export abstract class ChunkSource extends Readable {
     this.#holding = null;
     this.#onHeld = null;
     this.#unlistenAbort = destroyOnAbort(this, opts.signal);
+  }
+
+  /**
+   * Bytes a read asks for, when fewer than `chunkSize` (0, the default: whole chunks). Consecutive
+   * limited reads fill one chunk buffer piece by piece, each piece its own chunk downstream. A
+   * switchover sets it so that a small STOP_COPY state leaves in as many records as there are
+   * compression workers, compressed side by side, rather than in one record on one worker. Only
+   * the pull path (method sessions, character devices, files) honours it: pipe and socket reads
+   * are pipe-sized already. Takes effect at the next read.
+   */
+  get readLimit(): number {
+    return this.#readLimit;
+  }
+
+  set readLimit(bytes: number) {
+    if (!Number.isInteger(bytes) || bytes < 0) throw migError(ErrorCodes.USAGE, `readLimit must be a non-negative integer, got ${String(bytes)}`);
+    this.#readLimit = bytes >= this.chunkSize ? 0 : bytes;
   }
 
   /** The pull in flight, if any (settles; never rejects). */
@@ -241,8 +263,10 @@ export abstract class ChunkSource extends Readable {
           this.#wanted = true;
           return;
         }
-        const buf = this.#spare ?? this.#loans.newChunk();
-        this.#spare = null;
+        const limit = this.#readLimit;
+        if (limit === 0 && this.#pieceChunk !== null) this.#retirePieces();
+        const buf = limit > 0 ? this.#pieceTarget(limit) : (this.#spare ?? this.#loans.newChunk());
+        if (limit === 0) this.#spare = null;
         const t0 = performance.now();
         let n = 0;
         let failed = false;
@@ -262,7 +286,13 @@ export abstract class ChunkSource extends Readable {
           const ms = performance.now() - t0;
           this.backoff.reset();
           let out: Buffer;
-          if (n >= buf.length >>> 1) {
+          if (limit > 0) {
+            // A piece of the chunk being filled: later pieces only ever land behind it.
+            const chunk = this.#pieceChunk!;
+            out = chunk.subarray(this.#pieceFill, this.#pieceFill + n);
+            this.#pieceFill += n;
+            this.#loans.lend(chunk, out, true);
+          } else if (n >= buf.length >>> 1) {
             // Fast path: the chunk buffer itself leaves; the next pull allocates a new one.
             out = n === buf.length ? buf : buf.subarray(0, n);
             this.#loans.lend(buf, out, false);
@@ -283,7 +313,7 @@ export abstract class ChunkSource extends Readable {
           }
           continue;
         }
-        this.#spare = buf;
+        if (limit === 0) this.#spare = buf;
         const verdict = failed ? await this.onPullError(failure) : await this.onZeroRead();
         if (this.destroyed) return;
         if (verdict === 'end') {
@@ -305,6 +335,28 @@ export abstract class ChunkSource extends Readable {
       if (this.#state === PULLING) this.#state = IDLE;
       this.#settleHold();
     }
+  }
+
+  /** Where a limited read lands: the free part of the chunk being filled, or a new chunk's start. */
+  #pieceTarget(limit: number): Buffer {
+    let chunk = this.#pieceChunk;
+    if (chunk === null || chunk.length - this.#pieceFill < limit) {
+      if (chunk !== null) this.#loans.retire(chunk);
+      chunk = this.#spare ?? this.#loans.newChunk();
+      this.#spare = null;
+      this.#pieceChunk = chunk;
+      this.#pieceFill = 0;
+    }
+    return chunk.subarray(this.#pieceFill, this.#pieceFill + limit);
+  }
+
+  /** Reads are whole chunks again: the chunk filled piece by piece goes back once its pieces do. */
+  #retirePieces(): void {
+    const chunk = this.#pieceChunk!;
+    this.#pieceChunk = null;
+    if (this.#pieceFill === 0) this.#spare ??= chunk;
+    else this.#loans.retire(chunk);
+    this.#pieceFill = 0;
   }
 
   #settleHold(): void {
@@ -484,6 +536,7 @@ export abstract class ChunkSource extends Readable {
     if (this.#socket !== null) this.#socket.destroy();
     this.#chunk = null;
     this.#spare = null;
+    this.#pieceChunk = null;
     this.#loans.close();
     cb(err);
   }

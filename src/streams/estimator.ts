@@ -592,6 +592,18 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   }
 
   /**
+   * The STOP_COPY bytes `device` is expected to produce if it stopped now: its last MIG_DATA_SIZE
+   * answer plus what it dirtied since, at its measured dirty rate. NaN when its size is unknown or
+   * its last query failed.
+   */
+  expectedStopCopyBytes(device = 0): number {
+    const v = this.view(device);
+    if (!v.stopCopyKnown || !v.stopCopyValid) return Number.NaN;
+    const rate = v.dirtying.count > 0 ? v.dirtying.mean() : 0;
+    return v.stopCopy + rate * Math.max(0, this.now() - v.stopCopyAt);
+  }
+
+  /**
    * True when `device` should be queried now (both VFIO_MIG_GET_PRECOPY_INFO and MIG_DATA_SIZE):
    * never queried; or at least minQueryIntervalMs since the last attempt and either maxQueryIntervalMs
    * passed, the local PRE_COPY view reached 0 (the device may hold more: mlx5 only produces new

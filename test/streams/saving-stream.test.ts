@@ -111,6 +111,56 @@ describe('SavingStream over a method-backed session', () => {
     expect(memories.size).toBeGreaterThanOrEqual(kept.length);
   });
 
+  it('readLimit: reads ask for that much, fill one chunk buffer piece by piece, recycle it once every piece is back; 0 restores whole chunks', async () => {
+    // Six pieces, then two whole chunks (a short last read would be copied out, not lent).
+    const size = 6 * 300 * 1024 + 2 * MiB;
+    const session = new ScriptedSaving({ available: size });
+    const asked: number[] = [];
+    const inner = session.read.bind(session);
+    session.read = (buf: Buffer) => {
+      asked.push(buf.length);
+      return inner(buf);
+    };
+    const s = createSavingStream(session, { chunkSize: MiB, recycle: true });
+    expect(s.readLimit).toBe(0);
+    expect(() => (s.readLimit = -1)).toThrow(expect.objectContaining({ code: ErrorCodes.USAGE }));
+    expect(() => (s.readLimit = 1.5)).toThrow(expect.objectContaining({ code: ErrorCodes.USAGE }));
+    s.readLimit = MiB; // a chunk or more: whole chunks
+    expect(s.readLimit).toBe(0);
+    s.readLimit = 300 * 1024;
+    const parts: Buffer[] = [];
+    const chunks: Buffer[] = [];
+    const pieceMemories: ArrayBufferLike[] = [];
+    await new Promise<void>((resolve, reject) => {
+      s.on('data', (c: Buffer) => {
+        parts.push(Buffer.from(c));
+        chunks.push(c);
+        if (s.readLimit > 0) {
+          pieceMemories.push(c.buffer);
+          // Three pieces of 300 KiB fit a 1 MiB chunk: then the limit goes.
+          if (pieceMemories.length === 6) s.readLimit = 0;
+        }
+        // The first piece is kept until the end: its chunk buffer may not be reused meanwhile.
+        if (chunks.length > 1) expect(s.release(c)).toBe(true);
+      });
+      s.on('end', () => resolve());
+      s.on('error', reject);
+    });
+    expect(sha(...parts)).toBe(sha(pattern(0, size)));
+    expect(parts[0].equals(chunks[0])).toBe(true);
+    // Six limited reads, then whole chunks (the reads ask for the whole chunk buffer again).
+    expect(asked.slice(0, 6)).toEqual(Array(6).fill(300 * 1024));
+    expect(asked[6]).toBe(MiB);
+    expect(chunks.slice(0, 6).every((c) => c.length === 300 * 1024)).toBe(true);
+    // Pieces 1-3 share one chunk buffer, 4-6 another (the first one's first piece is still out).
+    expect(new Set(pieceMemories.slice(0, 3)).size).toBe(1);
+    expect(new Set(pieceMemories.slice(3, 6)).size).toBe(1);
+    expect(pieceMemories[3]).not.toBe(pieceMemories[0]);
+    // The second piece chunk, all of it released, came back for a later whole read.
+    expect(chunks.slice(6).some((c) => c.buffer === pieceMemories[3])).toBe(true);
+    expect(chunks.slice(6).some((c) => c.buffer === pieceMemories[0])).toBe(false);
+  });
+
   /** Hold the first `burst` chunks, release them together, and count how many come back as later chunks. */
   async function burstReuse(chunk: number, burst: number): Promise<number> {
     const held: Buffer[] = [];
