@@ -77,6 +77,9 @@ export interface DecisionNumbers {
   drainMs: number;
   transferBytes: number;
   transferMs: number;
+  /** The stop-copy's pipeline fill (Prediction.fillMs) and the read size it assumes. */
+  fillMs: number;
+  stopCopyReadBytes: number;
   /** Fixed costs in use, ms: their sum and each one. */
   fixedMs: number;
   enterStopCopyMs: number;
@@ -87,6 +90,7 @@ export interface DecisionNumbers {
   wireRateBytesPerMs: number;
   generationRateBytesPerMs: number;
   pipelineRateBytesPerMs: number;
+  compressWorkerRateBytesPerMs: number;
   linkCreditBytes: number;
   [extra: string]: number;
 }
@@ -176,6 +180,8 @@ export function decisionNumbers(s: PolicySnapshot, limitMs: number): DecisionNum
     drainMs: p.drainMs,
     transferBytes: p.transferBytes,
     transferMs: p.transferMs,
+    fillMs: p.fillMs,
+    stopCopyReadBytes: p.stopCopyReadBytes,
     fixedMs: p.fixedMs.total,
     enterStopCopyMs: p.fixedMs.enterStopCopy,
     destValidateMs: p.fixedMs.destValidate,
@@ -184,6 +190,7 @@ export function decisionNumbers(s: PolicySnapshot, limitMs: number): DecisionNum
     wireRateBytesPerMs: p.wireRateBytesPerMs,
     generationRateBytesPerMs: p.generationRateBytesPerMs,
     pipelineRateBytesPerMs: p.pipelineRateBytesPerMs,
+    compressWorkerRateBytesPerMs: p.compressWorkerRateBytesPerMs,
     linkCreditBytes: p.linkCreditBytes,
   };
 }

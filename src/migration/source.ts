@@ -23,7 +23,7 @@ import type { MigrationCore } from '../fsm/core.js';
 import { ErrorCodes, type MigError, migError } from '../fsm/errors.js';
 import { DeviceState } from '../fsm/states.js';
 import type { SavingSession, Session } from '../fsm/types.js';
-import { PrecopyEstimator } from '../streams/estimator.js';
+import { PrecopyEstimator, stopCopyReadBytes } from '../streams/estimator.js';
 import { createSavingStream, type SavingStream } from '../streams/saving-stream.js';
 import { chunksOf } from '../streams/chunks.js';
 import { RecordType, ROUND_FLAG_EMPTY } from '../streams/wire-format.js';
@@ -153,13 +153,6 @@ export function autoChunkSize(stateSize: number): number {
 }
 /** Device reads are batched into generation-rate samples of at least this much read time. */
 const GEN_SAMPLE_MS = 10;
-/**
- * Smallest STOP_COPY read when a small stop-copy state is split over the compression workers (below
- * it a record compresses in a fraction of a millisecond and the split buys nothing).
- */
-const MIN_STOP_COPY_PIECE = 64 * 1024;
-/** A stop-copy of more chunks than this per worker keeps whole chunks: its last round is a small part. */
-const MAX_SPLIT_ROUNDS = 4;
 /** Reads and wire batches smaller than this are counted but not used as rate samples. */
 const MIN_SAMPLE_BYTES = 64 * 1024;
 /** The policy's period while an early verdict's numbers form (the initial data's first part), ms. */
@@ -558,6 +551,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
     if (this.#devs.some((d) => d.precopy)) this.#est.setFixedCostPrior('enterStopCopy', arcMs);
     this.#warmCompression();
+    const pool = this.#compressing ? sharedCompressionPool() : null;
+    const chunk = Math.max(...this.#devs.map((d) => d.stream?.chunkSize ?? this.#opts.chunkSize ?? autoChunkSize(d.core.identity().stateSize)));
+    this.#est.setStopCopyShape(chunk, pool?.size ?? 1);
+    let timed = pool?.compressWork.jobs ?? 0;
     let tickAt = performance.now();
     let tickBytes = this.#bytesRead();
     let tickEmpties = this.#empties;
@@ -565,6 +562,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     for (;;) {
       await this.#latch.guard(this.#query());
       const queued = this.#reportInFlight();
+      if (pool !== null) {
+        // How long a record takes to compress, job by job, from those that found a worker idle
+        // (the pool may serve other migrations too: the time per byte is still what a record meets).
+        for (const [raw, ms] of pool.timedJobs(timed)) this.#est.recordCompressionWork(raw, ms);
+        timed = pool.compressWork.jobs;
+      }
       // The path's own rate: a tick that started and ended with data pending on the devices and
       // queued on the source's side of the link, and saw no temporary end, was paced by the path,
       // not by the dirtying (a trickle of new dirt keeps data pending but the queues empty).
@@ -884,25 +887,17 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    * A compressed stop-copy smaller than a chunk per worker would leave in one record, compressed by
    * one worker while the others idle, all of it inside the downtime (650 KB of zstd level 1 on one
    * worker here: ~3 ms, most of a 10 ms downtime). Its reads are limited instead, so it leaves in as
-   * many records as there are workers, compressed side by side (650 KB: 1.3 ms instead of 2.3,
-   * bench-free measure in docs/PERFORMANCE.md). A stop-copy of more than MAX_SPLIT_ROUNDS chunks
-   * per worker keeps whole chunks: the workers are all busy and its last round is a small part.
+   * many records as there are workers, compressed side by side (650 KB: 1.3 ms instead of 2.3 in
+   * process; docs/PERFORMANCE.md). A stop-copy of more than a few chunks per worker keeps whole
+   * chunks: the workers are all busy and its last round is a small part (stopCopyReadBytes).
    */
   #splitStopCopy(i: number): void {
     const stream = this.#devs[i].stream;
     if (!this.#compressing || stream === null) return;
-    const workers = sharedCompressionPool().size;
-    const bytes = this.#est.expectedStopCopyBytes(i);
-    if (workers < 2 || !(bytes > 0)) return;
-    // Up to a few chunks per worker, in equal pieces, so that the workers finish together (2.5
-    // chunks on two workers: four pieces of 0.625, not 1 + 1 and a last 0.5 on one worker). Whole
-    // pages: a device's reads need not be, but a piece that is reads cleanly.
-    const chunk = stream.chunkSize;
-    const rounds = Math.ceil(bytes / (workers * chunk));
-    if (rounds > MAX_SPLIT_ROUNDS) return;
-    const piece = Math.ceil(Math.max(MIN_STOP_COPY_PIECE, bytes / (workers * rounds)) / 4096) * 4096;
-    stream.readLimit = piece < chunk ? piece : 0;
+    const piece = stopCopyReadBytes(this.#est.expectedStopCopyBytes(i), stream.chunkSize, sharedCompressionPool().size);
+    stream.readLimit = piece > 0 && piece < stream.chunkSize ? piece : 0;
   }
+
 
   /**
    * A chunk the transport wrote: when it is a device's SavingStream chunk (an uncompressed DATA

@@ -138,6 +138,16 @@ export interface CompressOptions {
   lendFrame?: boolean;
 }
 
+/** Timed compression jobs a CompressionPool keeps one by one (timedJobs()). */
+const TIMED_JOBS_KEPT = 64;
+
+/** CompressionPool.compressWork: compression jobs timed, their raw bytes, and their time. */
+export interface CompressionWork {
+  jobs: number;
+  rawBytes: number;
+  latencyMs: number;
+}
+
 export interface CompressionPoolOptions {
   /** Worker count; default the machine's available parallelism. Workers start on first use. */
   size?: number;
@@ -188,6 +198,8 @@ interface Job {
   rawLength: number;
   /** Decompression only: the output memory, transferred to the worker and back. */
   into: ArrayBuffer | null;
+  /** When it was sent to an idle worker (timed), or -1. */
+  sentAt: number;
   resolve: (v: JobResult) => void;
   reject: (e: Error) => void;
 }
@@ -230,6 +242,10 @@ export class CompressionPool {
   /** compressSync()'s context and output scratch, made on first use. */
   #cctx: InstanceType<ZstdBinding['CCtx']> | null = null;
   #scratch: Buffer = Buffer.alloc(0);
+  readonly #work: CompressionWork = { jobs: 0, rawBytes: 0, latencyMs: 0 };
+  /** The last TIMED_JOBS_KEPT timed jobs (ring, by compressWork.jobs): raw bytes and ms. */
+  readonly #timedBytes = new Float64Array(TIMED_JOBS_KEPT);
+  readonly #timedMs = new Float64Array(TIMED_JOBS_KEPT);
 
   constructor(opts: CompressionPoolOptions = {}) {
     const size = opts.size ?? Math.max(1, os.availableParallelism());
@@ -270,6 +286,31 @@ export class CompressionPool {
     return this.#inFlightBytes;
   }
 
+  /**
+   * Compression jobs that found a booted worker idle, since the pool was made: how many, their raw
+   * bytes, and their time from dispatch to result on this thread (the copy into the worker's memory,
+   * the worker's wake-up, compressing and the crc, the way back). rawBytes / latencyMs is what one
+   * record goes through, where the pool's throughput is up to `size` times that (1 MiB of zstd
+   * level 1 mixed data: 3.4 ms here, 2.2 of it compressing). The counters only grow: sample
+   * differences. Jobs queued behind another are not counted (their time is the queue's).
+   */
+  get compressWork(): CompressionWork {
+    return { ...this.#work };
+  }
+
+  /**
+   * Each timed job (see compressWork) since the `after`-th, oldest first, as [rawBytes, ms] pairs:
+   * at most the last TIMED_JOBS_KEPT. Pass compressWork.jobs of an earlier call to get what is new.
+   */
+  timedJobs(after: number): [number, number][] {
+    const out: [number, number][] = [];
+    for (let j = Math.max(after, this.#work.jobs - TIMED_JOBS_KEPT); j < this.#work.jobs; j++) {
+      const k = j % TIMED_JOBS_KEPT;
+      out.push([this.#timedBytes[k]!, this.#timedMs[k]!]);
+    }
+    return out;
+  }
+
   /** Jobs queued or running. */
   get pending(): number {
     let n = this.#waiting.length;
@@ -305,7 +346,7 @@ export class CompressionPool {
     const len = data.length;
     const lend = opts.lendFrame === true;
     return new Promise<JobResult>((resolve, reject) => {
-      this.#submit({ id: 0, op: OP_COMPRESS, src: data, transfer: owned, slab: null, frame: null, len, level, crc, back: owned, rawLength: len, into: null, lend, resolve, reject });
+      this.#submit({ id: 0, op: OP_COMPRESS, src: data, transfer: owned, slab: null, frame: null, len, level, crc, back: owned, rawLength: len, into: null, lend, sentAt: -1, resolve, reject });
     }).then((r) => ({
       compressed: r.out !== null ? Buffer.from(r.out) : r.frame !== null ? Buffer.from(r.frame, 0, r.n) : null,
       crc: r.crc,
@@ -384,6 +425,7 @@ export class CompressionPool {
     return new Promise<JobResult>((resolve, reject) => {
       this.#submit({
         id: 0,
+        sentAt: -1,
         op: OP_DECOMPRESS,
         src: frame,
         transfer: false,
@@ -432,6 +474,8 @@ export class CompressionPool {
       if (this.#inFlightBytes > 0 && this.#inFlightBytes + job.len > this.maxInFlightBytes) return;
       this.#waiting.shift();
       const slot = this.#pickSlot();
+      // A compression that finds its worker idle is timed from here (see compressWork).
+      job.sentAt = job.op === OP_COMPRESS && slot.ready && slot.jobs.size === 0 ? performance.now() : -1;
       slot.jobs.set(job.id, job);
       slot.bytes += job.len;
       this.#inFlightBytes += job.len;
@@ -492,6 +536,15 @@ export class CompressionPool {
         this.#lent.add(frame);
       }
       this.#done(slot, job);
+      if (job.sentAt >= 0 && m.error === undefined) {
+        const ms = performance.now() - job.sentAt;
+        const k = this.#work.jobs % TIMED_JOBS_KEPT;
+        this.#timedBytes[k] = job.len;
+        this.#timedMs[k] = ms;
+        this.#work.jobs++;
+        this.#work.rawBytes += job.len;
+        this.#work.latencyMs += ms;
+      }
       if (m.error !== undefined) {
         const code = job.op === OP_DECOMPRESS ? ErrorCodes.CORRUPT : 'EIO';
         job.reject(migError(code, `zstd ${job.op === OP_DECOMPRESS ? 'decompression' : 'compression'} failed: ${m.error}`));

@@ -173,6 +173,18 @@ export interface Prediction {
   steadyDirtyBytes: number;
   /** Time to move transferBytes at the effective rate. */
   transferMs: number;
+  /**
+   * The stop-copy's pipeline fill, in downtimeMs beside transferMs: a record goes through reading,
+   * compressing (one worker), the link and the destination's work one stage after the other, so the
+   * first record's time through all of them, less its share at the transfer rate, adds to a rate
+   * that only the stages' overlap reaches. All of a small stop-copy that fits one record per worker.
+   * 0 when no stage past the rate is measured.
+   */
+  fillMs: number;
+  /** The size of each STOP_COPY read it assumes (stopCopyReadBytes for the largest device's bytes). */
+  stopCopyReadBytes: number;
+  /** One record's compression rate, dispatch to result (raw bytes per ms), NaN when not measured. */
+  compressWorkerRateBytesPerMs: number;
   /** Fixed costs in use (measured means or priors) and their sum. */
   fixedMs: Record<FixedCostKind, number> & { total: number };
 }
@@ -279,6 +291,24 @@ export class RateWindow {
   /** Weighted mean rate (amount per ms), NaN when empty. */
   mean(): number {
     return this.stats().mean;
+  }
+
+  /**
+   * The median of the samples' rates in the window, NaN when empty: for a time that a stall now
+   * and then stretches tenfold (a compression job whose result waited for a busy event loop), where
+   * the weighted mean follows the stalls.
+   */
+  median(): number {
+    if (this.size === 0) return Number.NaN;
+    const n = this.amounts.length;
+    const rates: number[] = [];
+    for (let i = 0; i < this.size; i++) {
+      const k = (this.head - 1 - i + n) % n;
+      rates.push(this.amounts[k] / this.durations[k]);
+    }
+    rates.sort((a, b) => a - b);
+    const m = rates.length >> 1;
+    return rates.length % 2 === 1 ? rates[m] : (rates[m - 1] + rates[m]) / 2;
   }
 
   /**
@@ -448,6 +478,31 @@ const RATIO_SAMPLE_WIRE_BYTES = 64 * 1024;
 /** Samples shorter than this are not trusted for the "best measured rate". */
 const BEST_RATE_MIN_SAMPLE_MS = 10;
 
+/** setStopCopyShape()'s default read size. */
+const DEFAULT_STOP_COPY_CHUNK = 1024 * 1024;
+/** Smallest STOP_COPY read when a small stop-copy is split over the compression workers. */
+export const MIN_STOP_COPY_PIECE = 64 * 1024;
+/** A stop-copy of more reads than this per worker keeps whole chunks. */
+export const MAX_STOP_COPY_SPLIT_ROUNDS = 4;
+
+/**
+ * The size of each STOP_COPY read for a device expected to produce `bytes`, read in chunks of
+ * `chunkBytes` and compressed by `workers` workers. Without compression (1 worker) whole chunks
+ * (or all of it, when smaller). With more workers, a stop-copy of up to MAX_STOP_COPY_SPLIT_ROUNDS
+ * chunks per worker is read in equal pieces, whole pages, at least MIN_STOP_COPY_PIECE, as many as
+ * a multiple of the workers: compressed side by side, they finish together (2.5 chunks on two
+ * workers: four pieces of 0.625, not 1 + 1 and a last 0.5 on one worker). migrate() limits its
+ * reads to this at the switchover; the prediction times the last record with it.
+ */
+export function stopCopyReadBytes(bytes: number, chunkBytes: number, workers: number): number {
+  if (!(bytes > 0)) return 0;
+  if (workers < 2) return Math.min(bytes, chunkBytes);
+  const rounds = Math.ceil(bytes / (workers * chunkBytes));
+  if (rounds > MAX_STOP_COPY_SPLIT_ROUNDS) return chunkBytes;
+  const piece = Math.ceil(Math.max(MIN_STOP_COPY_PIECE, bytes / (workers * rounds)) / 4096) * 4096;
+  return Math.min(piece, chunkBytes);
+}
+
 /**
  * Validate a kernel-reported byte count: an integer in [0, MAX_SAFE_INTEGER]. u64 values above 2^53
  * (QEMU checks INT64_MAX) cannot be represented exactly and mean a driver bug: reject them.
@@ -483,6 +538,11 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   private readonly ratio: RateWindow;
   /** Raw bytes per ms the whole path moved while the devices had data the whole time. */
   private readonly pipeline: RateWindow;
+  /** Raw bytes per ms of one record's compression (dispatch to result on an idle worker). */
+  private readonly compressWork: RateWindow;
+  /** How STOP_COPY is read: bytes per read, and the compression workers its records spread over. */
+  private chunkBytes = DEFAULT_STOP_COPY_CHUNK;
+  private compressWorkers = 1;
   private readonly fixed: Record<FixedCostKind, ValueWindow>;
   private startedAt: number;
   private lastWireAt: number;
@@ -555,6 +615,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     }
     this.wire = new RateWindow(w, alpha);
     this.pipeline = new RateWindow(w, alpha);
+    this.compressWork = new RateWindow(w, alpha);
     this.ratio = new RateWindow(w, alpha);
     this.fixed = {
       enterStopCopy: new ValueWindow(w, alpha),
@@ -902,6 +963,30 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   }
 
   /**
+   * A compression job of `rawBytes` took `ms` from dispatch to result on an idle worker
+   * (CompressionPool.timedJobs()): how long one record takes to compress, where the pipeline's rate
+   * is all the workers'. The prediction uses the median rate of the window. Jobs smaller than the
+   * smallest STOP_COPY piece (MIN_STOP_COPY_PIECE), whose time is mostly the round trip, and
+   * values that are not positive are ignored.
+   */
+  recordCompressionWork(rawBytes: number, ms: number): void {
+    if (!(rawBytes >= MIN_STOP_COPY_PIECE) || !(ms > 0) || !Number.isFinite(ms)) return;
+    this.compressWork.add(rawBytes, ms);
+  }
+
+  /**
+   * How STOP_COPY data will be read and sent: `chunkBytes` per read, and the compression workers its
+   * records are spread over (1 without compression). The prediction times the stop-copy's last
+   * record through every stage with it (see stopCopyReadBytes). Defaults: 1 MiB, 1 worker.
+   */
+  setStopCopyShape(chunkBytes: number, compressWorkers = 1): void {
+    if (!(chunkBytes >= 1) || !Number.isFinite(chunkBytes)) throw migError(ErrorCodes.USAGE, `chunkBytes must be a positive number, got ${String(chunkBytes)}`);
+    if (!Number.isInteger(compressWorkers) || compressWorkers < 1) throw migError(ErrorCodes.USAGE, `compressWorkers must be a positive integer, got ${String(compressWorkers)}`);
+    this.chunkBytes = chunkBytes;
+    this.compressWorkers = compressWorkers;
+  }
+
+  /**
    * Wire bytes the link would take at once, ahead of its measured rate: a bandwidth cap's token
    * bucket credit (TokenBucket.available()). A switchover's first bytes up to it leave unpaced.
    * 0 (the default) when the link has no such credit. `capBytesPerMs`, the bucket's rate: the credit
@@ -1018,6 +1103,9 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     let genMsHigh = 0;
     let genMsBest = 0;
     let slowestGen = NaN;
+    let largestDeviceBytes = 0;
+    /** The stop-copy bytes of the device whose generation takes longest (genMs's). */
+    let genBottleneckBytes = 0;
     let dirtyRateBytesPerMs = 0;
     // The dirtying model: each device's λ (share of its clean sent state dirtied per ms) times its
     // whole state is how fast it dirties the state, sent or not (a uniform extrapolation).
@@ -1058,6 +1146,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       const growth = v.stopCopyKnown ? dirtyRate * Math.max(0, now - v.stopCopyAt + drainMs + fixedMs.enterStopCopy) : 0;
       growthBytes += growth;
       const bytes = v.stopCopy + growth;
+      largestDeviceBytes = Math.max(largestDeviceBytes, bytes);
       stopCopyBytes += v.stopCopy;
       const floor = Math.max(0, v.stopCopy - v.initial - v.dirty);
       floorBytes += floor;
@@ -1069,6 +1158,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       }
       if (!(s.mean >= slowestGen)) slowestGen = s.mean;
       const rel = Math.max(o.minRelativeBand, k * s.relErr);
+      if (bytes / s.mean > genMs) genBottleneckBytes = bytes;
       genMs = Math.max(genMs, bytes / s.mean);
       genMsLow = Math.max(genMsLow, bytes / (s.mean * (1 + rel)));
       genMsHigh = Math.max(genMsHigh, bytes / (s.mean * (1 - Math.min(rel, MAX_RELATIVE_BAND))));
@@ -1127,6 +1217,29 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     const transferHigh = Math.max(genMsHigh, wireMsHigh, pipeMsHigh);
     const transferBest = Math.max(genMsBest, wireMsBest);
 
+    // The pipeline's fill. A rate is what overlapping stages sustain; one record goes through them
+    // one after the other: read, compressed by one worker (the pipeline's rate is all of them), then
+    // sent. n records take the first one's time through every stage plus n - 1 periods of the
+    // slowest stage: transferMs + (sum of stages - one period), a period being a record's share of
+    // transferMs (of its device's bytes when a device's generation is the slowest). A stop-copy of one
+    // record per worker is nearly all fill (650 KB of zstd level 1 took 2.3 ms on one worker in
+    // process, against 1.3 at the two workers' rate). The link counts only past a cap's credit
+    // (within it a record leaves at once). The destination's lag behind the last byte is in the
+    // linkLatency fixed cost (the drain's ping measures it), so it is not a stage here.
+    const piece = stopCopyReadBytes(largestDeviceBytes, this.chunkBytes, this.compressWorkers);
+    // The median: a job's result waits for the event loop, which PRE_COPY's reads keep busy in
+    // bursts (256 KiB jobs took 1.0-1.5 ms, a fifth of them 4-13 ms; the mean read 5 ms).
+    const cw = this.compressWork.median();
+    let fillMs = 0;
+    if (piece > 0 && transferMs > 0 && transferBytes > 0) {
+      let stages = 0;
+      if (slowestGen > 0) stages += piece / slowestGen;
+      if (cw > 0) stages += piece / cw;
+      if (wireKnown && transferBytes > creditRaw) stages += piece / (linkRate * ratio);
+      const bottleneckBytes = genMs >= transferMs && genBottleneckBytes > 0 ? genBottleneckBytes : transferBytes;
+      fillMs = Math.max(0, stages - (Math.min(piece, bottleneckBytes) * transferMs) / bottleneckBytes);
+    }
+
     const rateBytesPerMs = transferMs > 0 ? transferBytes / transferMs : this.effectiveRate(ws.mean * ratio, slowestGen);
     const rateHighBytesPerMs = transferMs > 0 ? (transferLow > 0 ? transferBytes / transferLow : Infinity) : rateBytesPerMs;
     const bestRateBytesPerMs = transferBest > 0 ? floorBytes / transferBest : rateBytesPerMs;
@@ -1141,9 +1254,9 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       valid,
       confident,
       rateBounded: wireKnown || (ps !== null && ps.mean > 0),
-      downtimeMs: valid ? fixedMs.total + transferMs : Infinity,
-      lowMs: valid ? fixedLow + transferLow : Infinity,
-      highMs: valid ? fixedHigh + transferHigh : Infinity,
+      downtimeMs: valid ? fixedMs.total + transferMs + fillMs : Infinity,
+      lowMs: valid ? fixedLow + transferLow + fillMs : Infinity,
+      highMs: valid ? fixedHigh + transferHigh + fillMs : Infinity,
       lowerBoundMs: Math.min(fixedFloor, fixedLow) + transferBest,
       stopCopyBytes,
       floorBytes,
@@ -1166,6 +1279,9 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       rateCapBytesPerMs: rateCap,
       steadyDirtyBytes,
       transferMs,
+      fillMs,
+      stopCopyReadBytes: piece,
+      compressWorkerRateBytesPerMs: cw,
       fixedMs,
     };
   }

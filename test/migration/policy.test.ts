@@ -47,6 +47,9 @@ function prediction(p: Partial<Prediction> = {}): Prediction {
     rateCapBytesPerMs: Number.POSITIVE_INFINITY,
     steadyDirtyBytes: Number.NaN,
     transferMs: 100,
+    fillMs: 0,
+    stopCopyReadBytes: MIB,
+    compressWorkerRateBytesPerMs: Number.NaN,
     fixedMs: { enterStopCopy: 0, destValidate: 0, destResume: 0, linkLatency: 0, total: 0 },
     ...p,
   };

@@ -167,6 +167,41 @@ describe('CompressionPool', () => {
     }
   });
 
+  it('compressWork/timedJobs: times each job that found a booted worker idle, dispatch to result; jobs queued behind another are not timed', async () => {
+    const p = new CompressionPool({ size: 2 });
+    try {
+      await p.warm();
+      expect(p.compressWork).toEqual({ jobs: 0, rawBytes: 0, latencyMs: 0 });
+      const data = mixedData(512 * 1024, 5);
+      for (let i = 0; i < 3; i++) await p.compress(data);
+      let w = p.compressWork;
+      expect(w.jobs).toBe(3);
+      expect(w.rawBytes).toBe(3 * data.length);
+      expect(w.latencyMs).toBeGreaterThan(0);
+      const jobs = p.timedJobs(0);
+      expect(jobs.map(([bytes]) => bytes)).toEqual([data.length, data.length, data.length]);
+      expect(jobs.reduce((sum, [, ms]) => sum + ms, 0)).toBeCloseTo(w.latencyMs, 6);
+      expect(p.timedJobs(2)).toEqual(jobs.slice(2));
+      expect(p.timedJobs(3)).toEqual([]);
+      // Six at once on two workers: the two that found a worker idle are timed, the four queued are not.
+      await Promise.all(Array.from({ length: 6 }, () => p.compress(data)));
+      w = p.compressWork;
+      expect(w.jobs).toBe(5);
+      // Decompressions are not timed.
+      const frame = (await p.compress(data)).compressed as Buffer;
+      await p.decompress(frame, data.length);
+      expect(p.compressWork.jobs).toBe(6);
+      // At most the last 64 are kept one by one.
+      for (let i = 0; i < 70; i++) await p.compress(data.subarray(0, 4096 + i));
+      expect(p.compressWork.jobs).toBe(76);
+      const kept = p.timedJobs(0);
+      expect(kept).toHaveLength(64);
+      expect(kept.at(-1)![0]).toBe(4096 + 69);
+    } finally {
+      await p.close();
+    }
+  });
+
   it('transfers only buffers that own their whole ArrayBuffer, and gives the bytes back when raw', async () => {
     const owned = Buffer.allocUnsafeSlow(100_000);
     randomBytes(100_000).copy(owned);

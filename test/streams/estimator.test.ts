@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { PrecopyEstimator, RateWindow, type QueryFailedEvent, type ReinitEvent, type InitialSentEvent, type Prediction } from '../../src/streams/estimator.js';
+import { PrecopyEstimator, RateWindow, stopCopyReadBytes, type QueryFailedEvent, type ReinitEvent, type InitialSentEvent, type Prediction } from '../../src/streams/estimator.js';
 import { MigError } from '../../src/fsm/errors.js';
 
 const MIB = 1024 * 1024;
@@ -290,10 +290,14 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.confident).toBe(true);
     expect(p.rateBytesPerMs).toBeCloseTo(MIB / 10, 3);
     expect(p.transferMs).toBeCloseTo(500, 6);
-    expect(p.downtimeMs).toBeCloseTo(500, 6);
+    // The last 1 MiB read (10 ms, the reads' pace) then crosses the wire (10 ms): one read's time
+    // beyond the 50 wire periods.
+    expect(p.stopCopyReadBytes).toBe(MIB);
+    expect(p.fillMs).toBeCloseTo(10, 6);
+    expect(p.downtimeMs).toBeCloseTo(510, 6);
     // Steady samples: the band is the minimum relative band (5%).
-    expect(p.lowMs).toBeCloseTo(500 / 1.05, 3);
-    expect(p.highMs).toBeCloseTo(500 / 0.95, 3);
+    expect(p.lowMs).toBeCloseTo(500 / 1.05 + 10, 3);
+    expect(p.highMs).toBeCloseTo(500 / 0.95 + 10, 3);
     expect(p.lowMs).toBeLessThan(p.downtimeMs);
     expect(p.highMs).toBeGreaterThan(p.downtimeMs);
   });
@@ -311,7 +315,9 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.wireRateBytesPerMs).toBeCloseTo(MIB / 40, 6);
     expect(p.rateBytesPerMs).toBeCloseTo(MIB / 10, 6);
     expect(p.stopCopyBytes).toBe(30 * MIB);
-    expect(p.downtimeMs).toBeCloseTo(300, 6);
+    // 30 wire periods of 10 ms, and the last read's 0.25 ms before its record goes out.
+    expect(p.fillMs).toBeCloseTo(0.25, 6);
+    expect(p.downtimeMs).toBeCloseTo(300.25, 6);
   });
 
   it('the device generation rate limits when it is the slower, per device, with a shared wire', () => {
@@ -345,7 +351,9 @@ describe('PrecopyEstimator: rates and prediction', () => {
     // 10 MiB already read: the stop-copy view is 0 now.
     est.updateStopCopySize(10 * MIB);
     expect(est.predict().fixedMs.destValidate).toBe(20);
-    expect(est.predict().downtimeMs).toBeCloseTo(120, 6);
+    // 100 ms of transfer, 10 more for the last record's read before it goes out (the fill).
+    expect(est.predict().fillMs).toBeCloseTo(10, 6);
+    expect(est.predict().downtimeMs).toBeCloseTo(130, 6);
     est.recordFixedCost('enterStopCopy', 4);
     est.recordFixedCost('enterStopCopy', 6);
     est.recordFixedCost('destValidate', 30);
@@ -356,8 +364,8 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.fixedMs.enterStopCopy).toBeGreaterThan(4);
     expect(p.fixedMs.enterStopCopy).toBeLessThan(6);
     expect(p.fixedMs.total).toBeCloseTo(p.fixedMs.enterStopCopy + 33, 9);
-    expect(p.downtimeMs).toBeCloseTo(p.fixedMs.total + 100, 6);
-    expect(p.highMs).toBeGreaterThan(p.fixedMs.total + 100 / 0.95);
+    expect(p.downtimeMs).toBeCloseTo(p.fixedMs.total + 110, 6);
+    expect(p.highMs).toBeGreaterThan(p.fixedMs.total + 100 / 0.95 + 10);
   });
 
   it('a fixed-cost prior (a proxy measured before any switchover) shapes the prediction, never the lower bound', () => {
@@ -673,6 +681,73 @@ describe('PrecopyEstimator: rates and prediction', () => {
     return est;
   }
 
+  it('the fill: the last record goes through every stage one after the other, compressed by one worker where the rate is all of them', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.setStopCopyShape(MIB, 2);
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    // The device reads 1 MiB per ms; the path (two workers) moves 1 MiB raw per 2 ms; a record of
+    // 512 KiB takes one worker 4 ms (128 KiB/ms); the link is uncapped and fast (1 MiB wire, 2 raw, per ms).
+    for (let i = 0; i < 4; i++) {
+      est.recordRead(MIB, { durationMs: 1, sample: false });
+      est.sampleGeneration(MIB, 1);
+      est.recordWire(MIB, 2 * MIB, { durationMs: 1 });
+      est.recordPipeline(MIB, 2);
+    }
+    for (let i = 0; i < 5; i++) est.recordCompressionWork(512 * 1024, 4);
+    // A stall stretches one job tenfold; jobs under 64 KiB (their time is the round trip) are ignored.
+    est.recordCompressionWork(512 * 1024, 40);
+    est.recordCompressionWork(32 * 1024, 10);
+    est.updateStopCopySize(MIB);
+    let p = est.predict();
+    // 1 MiB on two workers: two reads of 512 KiB. Stages: read 0.5 ms, compress 4 ms, link 0.25 ms;
+    // one period at the path's rate is 1 ms: fill 3.75 ms beside the 2 ms of transfer.
+    expect(p.compressWorkerRateBytesPerMs).toBeCloseTo(128 * 1024, 6);
+    expect(p.stopCopyReadBytes).toBe(512 * 1024);
+    expect(p.transferMs).toBeCloseTo(2, 6);
+    expect(p.fillMs).toBeCloseTo(0.5 + 4 + 0.25 - 1, 6);
+    expect(p.downtimeMs).toBeCloseTo(p.fixedMs.total + 2 + 3.75, 6);
+    // 16 MiB: more than four chunks per worker, whole chunks; the fill is one record's, the rest the rate's.
+    est.updateStopCopySize(16 * MIB);
+    p = est.predict();
+    expect(p.stopCopyReadBytes).toBe(MIB);
+    expect(p.transferMs).toBeCloseTo(32, 6);
+    expect(p.fillMs).toBeCloseTo(1 + 8 + 0.5 - 2, 6);
+    // Without compression samples (or before any), no compression stage: read + link - period, floored at 0.
+    const plain = new PrecopyEstimator({ now: c.now });
+    plain.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    for (let i = 0; i < 4; i++) {
+      plain.recordRead(MIB, { durationMs: 1, sample: false });
+      plain.sampleGeneration(MIB, 1);
+      plain.recordWire(MIB, MIB, { durationMs: 4 });
+    }
+    plain.updateStopCopySize(8 * MIB);
+    p = plain.predict();
+    expect(p.transferMs).toBeCloseTo(32, 6);
+    expect(p.fillMs).toBeCloseTo(1, 6);
+    // Nothing to move, nothing to fill.
+    plain.updateStopCopySize(0);
+    expect(plain.predict().fillMs).toBe(0);
+    expect(() => est.setStopCopyShape(0)).toThrow(MigError);
+    expect(() => est.setStopCopyShape(MIB, 1.5)).toThrow(MigError);
+  });
+
+  it('stopCopyReadBytes: whole chunks without compression; a small compressed stop-copy in equal pieces, a multiple of the workers', () => {
+    const K = 1024;
+    expect(stopCopyReadBytes(0, MIB, 2)).toBe(0);
+    expect(stopCopyReadBytes(300 * K, MIB, 1)).toBe(300 * K);
+    expect(stopCopyReadBytes(5 * MIB, MIB, 1)).toBe(MIB);
+    // 650 KB on two workers: two pieces, rounded up to whole pages.
+    expect(stopCopyReadBytes(650_000, MIB, 2)).toBe(Math.ceil(325_000 / 4096) * 4096);
+    // 2.5 MiB on two workers: four pieces of 640 KiB, not 1 + 1 + 0.5.
+    expect(stopCopyReadBytes(2.5 * MIB, MIB, 2)).toBe(640 * K);
+    // Never under 64 KiB, never over a chunk; past four chunks per worker, whole chunks.
+    expect(stopCopyReadBytes(40 * K, MIB, 2)).toBe(64 * K);
+    expect(stopCopyReadBytes(8 * MIB, MIB, 2)).toBe(MIB);
+    expect(stopCopyReadBytes(8 * MIB + 1, MIB, 2)).toBe(MIB);
+    expect(stopCopyReadBytes(7 * MIB, MIB, 2)).toBe(896 * K);
+  });
+
   it('wire bytes in flight go first: they add to the transfer, in raw terms', () => {
     const est = compressedLink();
     expect(est.predict().transferMs).toBeCloseTo(20, 6);
@@ -879,6 +954,23 @@ describe('RateWindow', () => {
     expect(w.count).toBe(4);
     expect(w.mean()).toBeCloseTo(300, 9);
     expect(w.stats().relErr).toBe(0);
+  });
+
+  it('median(): the middle sample rate, unmoved by a few stalled samples the mean follows', () => {
+    const w = new RateWindow(8, 0.2);
+    expect(w.median()).toBeNaN();
+    for (let i = 0; i < 5; i++) w.add(100, 1);
+    w.add(100, 10);
+    w.add(100, 20);
+    expect(w.median()).toBe(100);
+    expect(w.mean()).toBeLessThan(40);
+    w.add(300, 1);
+    // Eight rates: 5, 10, 100 x5, 300: the middle two are 100 and 100.
+    expect(w.median()).toBe(100);
+    const even = new RateWindow(4, 0.5);
+    even.add(10, 1);
+    even.add(30, 1);
+    expect(even.median()).toBe(20);
   });
 
   it('ignores samples without a positive duration', () => {
