@@ -887,9 +887,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    * A compressed stop-copy smaller than a chunk per worker would leave in one record, compressed by
    * one worker while the others idle, all of it inside the downtime (650 KB of zstd level 1 on one
    * worker here: ~3 ms, most of a 10 ms downtime). Its reads are limited instead, so it leaves in as
-   * many records as there are workers, compressed side by side (650 KB: 1.3 ms instead of 2.3 in
-   * process; docs/PERFORMANCE.md). A stop-copy of more than a few chunks per worker keeps whole
-   * chunks: the workers are all busy and its last round is a small part (stopCopyReadBytes).
+   * many records as there are workers, compressed side by side (bench/stop-copy-split.mjs: 0.6 x
+   * the time for 650 KB on two workers). A stop-copy of more than a chunk per worker keeps whole
+   * chunks (stopCopyReadBytes): the workers are all busy anyway.
    */
   #splitStopCopy(i: number): void {
     const stream = this.#devs[i].stream;

@@ -181,7 +181,7 @@ export interface Prediction {
    * 0 when no stage past the rate is measured.
    */
   fillMs: number;
-  /** The size of each STOP_COPY read it assumes (stopCopyReadBytes for the largest device's bytes). */
+  /** The size each STOP_COPY read asks for (stopCopyReadBytes for the largest device's bytes); the fill's record is at most those bytes. */
   stopCopyReadBytes: number;
   /** One record's compression rate, dispatch to result (raw bytes per ms), NaN when not measured. */
   compressWorkerRateBytesPerMs: number;
@@ -482,17 +482,21 @@ const BEST_RATE_MIN_SAMPLE_MS = 10;
 const DEFAULT_STOP_COPY_CHUNK = 1024 * 1024;
 /** Smallest STOP_COPY read when a small stop-copy is split over the compression workers. */
 export const MIN_STOP_COPY_PIECE = 64 * 1024;
-/** A stop-copy of more reads than this per worker keeps whole chunks. */
-export const MAX_STOP_COPY_SPLIT_ROUNDS = 4;
+/**
+ * A stop-copy of more than this many chunks per worker keeps whole chunks: bench/stop-copy-split.mjs
+ * measured equal pieces 0.58-0.89 x the time of whole chunks up to one chunk per worker, and 0.91-1.20
+ * x beyond (2.5 MiB on two workers: four pieces of 640 KiB took longer than 1 + 1 + 0.5 MiB).
+ */
+export const MAX_STOP_COPY_SPLIT_ROUNDS = 1;
 
 /**
  * The size of each STOP_COPY read for a device expected to produce `bytes`, read in chunks of
  * `chunkBytes` and compressed by `workers` workers. Without compression (1 worker) whole chunks
  * (or all of it, when smaller). With more workers, a stop-copy of up to MAX_STOP_COPY_SPLIT_ROUNDS
- * chunks per worker is read in equal pieces, whole pages, at least MIN_STOP_COPY_PIECE, as many as
- * a multiple of the workers: compressed side by side, they finish together (2.5 chunks on two
- * workers: four pieces of 0.625, not 1 + 1 and a last 0.5 on one worker). migrate() limits its
- * reads to this at the switchover; the prediction times the last record with it.
+ * chunk per worker is read in one equal piece per worker (whole pages, at least
+ * MIN_STOP_COPY_PIECE): compressed side by side, they finish together, where one record would keep
+ * one worker busy and the others idle. migrate() limits its reads to this at the switchover; the
+ * prediction times the last record with it.
  */
 export function stopCopyReadBytes(bytes: number, chunkBytes: number, workers: number): number {
   if (!(bytes > 0)) return 0;
@@ -1231,13 +1235,15 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     // bursts (256 KiB jobs took 1.0-1.5 ms, a fifth of them 4-13 ms; the mean read 5 ms).
     const cw = this.compressWork.median();
     let fillMs = 0;
-    if (piece > 0 && transferMs > 0 && transferBytes > 0) {
+    // A read asks for `piece` and gets no more than the device has.
+    const record = Math.min(piece, largestDeviceBytes);
+    if (record > 0 && transferMs > 0 && transferBytes > 0) {
       let stages = 0;
-      if (slowestGen > 0) stages += piece / slowestGen;
-      if (cw > 0) stages += piece / cw;
-      if (wireKnown && transferBytes > creditRaw) stages += piece / (linkRate * ratio);
+      if (slowestGen > 0) stages += record / slowestGen;
+      if (cw > 0) stages += record / cw;
+      if (wireKnown && transferBytes > creditRaw) stages += record / (linkRate * ratio);
       const bottleneckBytes = genMs >= transferMs && genBottleneckBytes > 0 ? genBottleneckBytes : transferBytes;
-      fillMs = Math.max(0, stages - (Math.min(piece, bottleneckBytes) * transferMs) / bottleneckBytes);
+      fillMs = Math.max(0, stages - (Math.min(record, bottleneckBytes) * transferMs) / bottleneckBytes);
     }
 
     const rateBytesPerMs = transferMs > 0 ? transferBytes / transferMs : this.effectiveRate(ws.mean * ratio, slowestGen);

@@ -36,7 +36,7 @@ describe('bench smoke (--quick --json)', () => {
     const doc = JSON.parse(stdout) as { machine: Record<string, unknown>; results: Row[] };
     expect(doc.machine).toMatchObject({ node: process.version, cores: expect.any(Number) });
     const names = new Set(doc.results.map((r) => r.name));
-    for (const n of ['fd-read', 'fd-write', 'e2e-unix', 'e2e-unix-naive', 'zstd-compress-L1-mixed', 'zstd-decompress-L1-mixed', 'zstd-compress-L1-random', 'rss-source-1GiB', 'rss-destination-1GiB', 'prediction-error-max', 'fsm-next-hop', 'crc32-1MiB', 'transport-16KiB-records', 'receive-fd-1MiB-records', 'restore-file-1MiB-records']) {
+    for (const n of ['fd-read', 'fd-write', 'e2e-unix', 'e2e-unix-naive', 'zstd-compress-L1-mixed', 'zstd-decompress-L1-mixed', 'zstd-compress-L1-random', 'rss-source-1GiB', 'rss-destination-1GiB', 'prediction-error-max', 'fsm-next-hop', 'crc32-1MiB', 'transport-16KiB-records', 'receive-fd-1MiB-records', 'restore-file-1MiB-records', 'stop-copy-split-650KB']) {
       expect(names, n).toContain(n);
     }
     for (const r of doc.results) {

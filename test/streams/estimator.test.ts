@@ -707,7 +707,7 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.transferMs).toBeCloseTo(2, 6);
     expect(p.fillMs).toBeCloseTo(0.5 + 4 + 0.25 - 1, 6);
     expect(p.downtimeMs).toBeCloseTo(p.fixedMs.total + 2 + 3.75, 6);
-    // 16 MiB: more than four chunks per worker, whole chunks; the fill is one record's, the rest the rate's.
+    // 16 MiB: more than a chunk per worker, whole chunks; the fill is one record's, the rest the rate's.
     est.updateStopCopySize(16 * MIB);
     p = est.predict();
     expect(p.stopCopyReadBytes).toBe(MIB);
@@ -725,27 +725,31 @@ describe('PrecopyEstimator: rates and prediction', () => {
     p = plain.predict();
     expect(p.transferMs).toBeCloseTo(32, 6);
     expect(p.fillMs).toBeCloseTo(1, 6);
-    // Nothing to move, nothing to fill.
+    // Nothing to move, nothing to fill. A few bytes are one small record, whatever a read asks for.
     plain.updateStopCopySize(0);
     expect(plain.predict().fillMs).toBe(0);
+    est.updateStopCopySize(32);
+    p = est.predict();
+    expect(p.stopCopyReadBytes).toBe(64 * 1024);
+    expect(p.fillMs).toBeLessThan(0.01);
     expect(() => est.setStopCopyShape(0)).toThrow(MigError);
     expect(() => est.setStopCopyShape(MIB, 1.5)).toThrow(MigError);
   });
 
-  it('stopCopyReadBytes: whole chunks without compression; a small compressed stop-copy in equal pieces, a multiple of the workers', () => {
+  it('stopCopyReadBytes: whole chunks without compression; a compressed stop-copy of up to a chunk per worker in one piece per worker', () => {
     const K = 1024;
     expect(stopCopyReadBytes(0, MIB, 2)).toBe(0);
     expect(stopCopyReadBytes(300 * K, MIB, 1)).toBe(300 * K);
     expect(stopCopyReadBytes(5 * MIB, MIB, 1)).toBe(MIB);
     // 650 KB on two workers: two pieces, rounded up to whole pages.
     expect(stopCopyReadBytes(650_000, MIB, 2)).toBe(Math.ceil(325_000 / 4096) * 4096);
-    // 2.5 MiB on two workers: four pieces of 640 KiB, not 1 + 1 + 0.5.
-    expect(stopCopyReadBytes(2.5 * MIB, MIB, 2)).toBe(640 * K);
-    // Never under 64 KiB, never over a chunk; past four chunks per worker, whole chunks.
+    expect(stopCopyReadBytes(1.5 * MIB, MIB, 2)).toBe(768 * K);
+    expect(stopCopyReadBytes(3 * MIB, MIB, 4)).toBe(768 * K);
+    // Never under 64 KiB, never over a chunk; past a chunk per worker, whole chunks.
     expect(stopCopyReadBytes(40 * K, MIB, 2)).toBe(64 * K);
-    expect(stopCopyReadBytes(8 * MIB, MIB, 2)).toBe(MIB);
-    expect(stopCopyReadBytes(8 * MIB + 1, MIB, 2)).toBe(MIB);
-    expect(stopCopyReadBytes(7 * MIB, MIB, 2)).toBe(896 * K);
+    expect(stopCopyReadBytes(2 * MIB, MIB, 2)).toBe(MIB);
+    expect(stopCopyReadBytes(2 * MIB + 1, MIB, 2)).toBe(MIB);
+    expect(stopCopyReadBytes(2.5 * MIB, MIB, 2)).toBe(MIB);
   });
 
   it('wire bytes in flight go first: they add to the transfer, in raw terms', () => {
