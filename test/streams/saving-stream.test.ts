@@ -161,6 +161,44 @@ describe('SavingStream over a method-backed session', () => {
     expect(chunks.slice(6).some((c) => c.buffer === pieceMemories[0])).toBe(false);
   });
 
+  it('readLimit across PRE_COPY temporary ends, short and failed reads keeps every byte in order; a reset mid-piece is ENODEV', async () => {
+    // 700 KiB in reads of at most 100_000 bytes (short pieces), a temporary end every 250 KiB, an
+    // EAGAIN on the way: the pieces keep filling their chunk buffer behind what went downstream.
+    const session = new ScriptedSaving({ available: 0, phase: 'PRE_COPY', maxRead: 100_000 });
+    let fed = 0;
+    session.onEmpty = () => {
+      if (fed < 700 * 1024) {
+        const n = Math.min(250 * 1024, 700 * 1024 - fed);
+        session.add(n);
+        fed += n;
+      } else {
+        session.phase = 'STOP_COPY';
+      }
+    };
+    session.faults.push(errnoError('EAGAIN', 11));
+    const s = createSavingStream(session, { chunkSize: MiB, recycle: true, backoffMin: 1, backoffMax: 2 });
+    s.readLimit = 128 * 1024;
+    const { chunks, events } = await collect(s);
+    expect(events.at(-2)).toBe('end');
+    expect(sha(...chunks)).toBe(sha(pattern(0, 700 * 1024)));
+    expect(Math.max(...chunks.map((c) => c.length))).toBeLessThanOrEqual(100_000);
+    // Pieces of one chunk buffer: far fewer buffers than chunks.
+    expect(new Set(chunks.map((c) => c.buffer)).size).toBeLessThan(chunks.length / 3);
+
+    const reset = new ScriptedSaving({ available: 4 * MiB });
+    const r = createSavingStream(reset, { chunkSize: MiB });
+    r.readLimit = 96 * 1024;
+    let got = 0;
+    r.on('data', (c: Buffer) => {
+      expect(c.length).toBe(96 * 1024);
+      got += c.length;
+      if (got >= 5 * 96 * 1024) reset.disable();
+    });
+    const [err] = (await once(r, 'error')) as [MigError];
+    expect(err.code).toBe('ENODEV');
+    expect(r.bytesRead).toBeLessThan(4 * MiB);
+  });
+
   /** Hold the first `burst` chunks, release them together, and count how many come back as later chunks. */
   async function burstReuse(chunk: number, burst: number): Promise<number> {
     const held: Buffer[] = [];
