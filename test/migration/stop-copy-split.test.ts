@@ -17,8 +17,12 @@ import { MiB, makeSims } from '../e2e/helpers.js';
 
 const S = DeviceState;
 
-/** Migrate one 8 MiB PRE_COPY device dirtying 32 MiB/s; the sizes its STOP_COPY reads asked for and got. */
-async function stopCopyReads(opts: Partial<MigrateOptions>) {
+/**
+ * Migrate one 8 MiB PRE_COPY device dirtying 32 MiB/s; the sizes its STOP_COPY reads asked for and
+ * got. `afterRead(n)` runs after each STOP_COPY read (n: reads so far); with `fails`, the migration
+ * must fail and the error and both sides are returned instead.
+ */
+async function stopCopyReads(opts: Partial<MigrateOptions>, afterRead?: (n: number, src: ReturnType<typeof makeSims>) => void) {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-split-'));
   const src = makeSims(1, { size: 8 * MiB, dirtyRate: 32 * MiB }, () => ({ flags: 7 }));
   const dst = makeSims(1, { size: 8 * MiB }, () => ({ flags: 7 }));
@@ -33,12 +37,20 @@ async function stopCopyReads(opts: Partial<MigrateOptions>) {
       asked.push(buf.length);
       const n = await inner(buf);
       if (n > 0) got.push(n);
+      afterRead?.(asked.length, src);
       return n;
     };
   });
   try {
     const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
     const run = migrate({ devices: src.cores, transport: listener.url, downtimeLimitMs: 1000, chunkSize: MiB, ...opts });
+    if (afterRead !== undefined) {
+      const [s, d] = await Promise.allSettled([run.done, incoming.done]);
+      expect(s.status).toBe('rejected');
+      expect(d.status).toBe('rejected');
+      const err = (s as PromiseRejectedResult).reason as { code: string; phase: string };
+      return { asked, got, err, srcState: await src.cores[0].getState(), dstState: await dst.cores[0].getState(), dstResets: dst.resets.length };
+    }
     const [s, d] = await Promise.all([run.done, incoming.done]);
     expect(s.verified && d.verified).toBe(true);
     expect(dst.sims[0].digest()).toBe(src.sims[0].digest());
@@ -67,6 +79,17 @@ describe('a small compressed stop-copy is split over the compression workers', (
     expect(Math.min(...asked)).toBeGreaterThanOrEqual(64 * 1024);
     // Above two pieces' minimum the data came in two reads at least (the estimate is not exact).
     if (bytes > 2 * 64 * 1024) expect(got.length).toBeGreaterThanOrEqual(2);
+  });
+
+  it('a source device reset between the pieces fails the migration with ENODEV in stop-copy; the destination resets its device', async () => {
+    const r = await stopCopyReads({ compression: 'zstd' }, (n, src) => {
+      if (n === 1) void src.cores[0].reset();
+    });
+    expect(r.err.code).toBe('ENODEV');
+    expect(r.err.phase).toBe('stop-copy');
+    expect(r.srcState).toBe(S.RUNNING);
+    expect(r.dstResets).toBeGreaterThan(0);
+    expect(r.dstState).toBe(S.RUNNING);
   });
 
   it('reads whole chunks when nothing is compressed', async () => {
