@@ -85,8 +85,7 @@ describe('a small compressed stop-copy is split over the compression workers', (
     const r = await stopCopyReads({ compression: 'zstd' }, (n, src) => {
       if (n === 1) void src.cores[0].reset();
     });
-    expect(r.err.code).toBe('ENODEV');
-    expect(r.err.phase).toBe('stop-copy');
+    expect(r.err).toMatchObject({ code: 'ENODEV', phase: 'stop-copy' });
     expect(r.srcState).toBe(S.RUNNING);
     expect(r.dstResets).toBeGreaterThan(0);
     expect(r.dstState).toBe(S.RUNNING);
