@@ -420,7 +420,6 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         const d = this.#devs[i];
         if (d.pump === null) this.#startPump(i, this.#savingSession(d.core, null));
       }
-
       await this.#latch.guard(Promise.all(this.#devs.map((d) => d.pump)));
       for (let i = 0; i < this.#devs.length; i++) {
         const digest = await this.#latch.guard(digestOf(this.#devs[i].core));
@@ -897,7 +896,6 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const piece = stopCopyReadBytes(this.#est.expectedStopCopyBytes(i), stream.chunkSize, sharedCompressionPool().size);
     stream.readLimit = piece > 0 && piece < stream.chunkSize ? piece : 0;
   }
-
 
   /**
    * A chunk the transport wrote: when it is a device's SavingStream chunk (an uncompressed DATA

@@ -175,10 +175,10 @@ export interface Prediction {
   transferMs: number;
   /**
    * The stop-copy's pipeline fill, in downtimeMs beside transferMs: a record goes through reading,
-   * compressing (one worker), the link and the destination's work one stage after the other, so the
-   * first record's time through all of them, less its share at the transfer rate, adds to a rate
-   * that only the stages' overlap reaches. All of a small stop-copy that fits one record per worker.
-   * 0 when no stage past the rate is measured.
+   * compressing (one worker) and the link one stage after the other, so one record's time through
+   * all of them, less one period of the slowest stage (already in transferMs), adds to a rate that
+   * only the stages' overlap reaches. Nearly all of a small stop-copy of one record per worker.
+   * 0 when no stage is measured.
    */
   fillMs: number;
   /** The size each STOP_COPY read asks for (stopCopyReadBytes for the largest device's bytes); the fill's record is at most those bytes. */
