@@ -447,7 +447,9 @@ function gateChecks(s: PolicySnapshot, n: DecisionNumbers): Decision | null {
 
 function fitsMessage(s: PolicySnapshot, limitMs: number): string {
   const p = s.prediction;
-  return `predicted downtime ${fmtMs(p.downtimeMs)} (band ${fmtMs(p.lowMs)}..${fmtMs(p.highMs)}): ${fmtBytes(p.stopCopyBytes)} at ${fmtRate(p.rateBytesPerMs)} plus ${fmtMs(p.fixedMs.total)} fixed, limit ${fmtMs(limitMs)}`;
+  // The fill (the last record through every stage) only when it is worth a mention.
+  const fill = p.fillMs >= 0.05 ? ` plus ${fmtMs(p.fillMs)} for the last record` : '';
+  return `predicted downtime ${fmtMs(p.downtimeMs)} (band ${fmtMs(p.lowMs)}..${fmtMs(p.highMs)}): ${fmtBytes(p.stopCopyBytes)} at ${fmtRate(p.rateBytesPerMs)}${fill} plus ${fmtMs(p.fixedMs.total)} fixed, limit ${fmtMs(limitMs)}`;
 }
 
 function positive(name: string, v: number | undefined, dflt: number): number {

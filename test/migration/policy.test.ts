@@ -92,6 +92,11 @@ describe('DefaultSwitchoverPolicy', () => {
     expect(d.numbers.limitMs).toBe(300);
     expect(d.numbers.highMs).toBe(110);
     expect(d.message).toMatch(/110\.0 ms/);
+    expect(d.message).not.toMatch(/last record/);
+    // The stop-copy's fill is named with the rest of the sum.
+    const f = new DefaultSwitchoverPolicy().decide(snap({}, { fillMs: 2.5 }));
+    expect(f.message).toMatch(/at 100\.0 MB\/s plus 2\.5 ms for the last record plus 0\.0 ms fixed/);
+    expect(f.numbers.fillMs).toBe(2.5);
   });
 
   it('uses the upper edge of the band, not the mean', () => {
