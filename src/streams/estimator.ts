@@ -664,8 +664,20 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   expectedStopCopyBytes(device = 0): number {
     const v = this.view(device);
     if (!v.stopCopyKnown || !v.stopCopyValid) return Number.NaN;
-    const rate = v.dirtying.count > 0 ? v.dirtying.mean() : 0;
-    return v.stopCopy + rate * Math.max(0, this.now() - v.stopCopyAt);
+    const now = this.now();
+    return v.stopCopy + this.dirtyRateOf(v, now).rate * Math.max(0, now - v.stopCopyAt);
+  }
+
+  /**
+   * How fast `v` dirties, for extrapolating its stop-copy size: its measured rate; with dirty data
+   * seen but no rate yet (it takes two queries past the initial data), pessimistically everything
+   * read since the last query, as if dirtied again meanwhile (`measured` false).
+   */
+  private dirtyRateOf(v: DeviceView, now: number): { rate: number; measured: boolean } {
+    if (v.dirtying.count > 0) return { rate: v.dirtying.mean(), measured: true };
+    if (!v.dirtySeen) return { rate: 0, measured: true };
+    const age = now - v.lastQueryAt;
+    return { rate: age > 0 ? v.readBeyondInitialSinceQuery / age : 0, measured: false };
   }
 
   /**
@@ -1135,17 +1147,9 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       }
       if (!v.stopCopyKnown || !v.stopCopyValid) valid = false;
       // The device keeps dirtying from its last size query until it stops: that much more for STOP_COPY.
-      let dirtyRate = 0;
-      if (v.dirtying.count > 0) {
-        dirtyRate = v.dirtying.mean();
-        dirtyRateBytesPerMs += dirtyRate;
-      } else if (v.dirtySeen) {
-        // Dirty data seen but no rate yet (it takes two queries past the initial data): assume,
-        // pessimistically, that everything read since the last query was dirtied again meanwhile.
-        confident = false;
-        const age = now - v.lastQueryAt;
-        dirtyRate = age > 0 ? v.readBeyondInitialSinceQuery / age : 0;
-      }
+      const { rate: dirtyRate, measured } = this.dirtyRateOf(v, now);
+      if (!measured) confident = false;
+      else dirtyRateBytesPerMs += dirtyRate;
       // Until it stops: since the query, the drain, the arcs. (What is in flight after the stop is not dirtied any more.)
       const growth = v.stopCopyKnown ? dirtyRate * Math.max(0, now - v.stopCopyAt + drainMs + fixedMs.enterStopCopy) : 0;
       growthBytes += growth;
