@@ -30,6 +30,7 @@ import { RecordType, ROUND_FLAG_EMPTY } from '../streams/wire-format.js';
 import {
   CONTROL_PROTOCOL_VERSION,
   FrameParser,
+  LOADED_REPORT_MS,
   parseReturnMessage,
   type ControlFeatures,
   type ForwardMessage,
@@ -216,6 +217,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   #writers: ForwardWriter[];
   /** Raw bytes read from the devices and not yet taken by the destination's, at its last 'loaded' report. */
   #destBacklog = 0;
+  /** Raw bytes the destination's devices had taken at its last 'loaded' report. */
+  #destLoaded = 0;
   #loadedReports = 0;
   /** Temporary ends of stream seen, all devices (a tick with one is not a pipeline-rate sample). */
   #empties = 0;
@@ -679,7 +682,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    * queued then is sent in the downtime, as it would have been without the drain.
    */
   async #drain(budgetMs: number): Promise<void> {
-    const deadline = performance.now() + budgetMs;
+    const started = performance.now();
+    const deadline = started + budgetMs;
     const streams = this.#devs.map((d) => d.stream).filter((s): s is SavingStream => s !== null && !s.destroyed);
     // A read in progress completes (a blocked one is bounded by the deadline).
     await this.#until(Promise.all(streams.map((s) => s.holdReads())), deadline);
@@ -711,7 +715,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       const pong = this.#expect('pong');
       pong.catch(() => {});
       await this.#send({ type: 'ping', id: DRAIN_PING_ID });
-      if (await this.#until(pong, deadline)) {
+      if (await this.#awaitPong(pong, deadline, started)) {
         // One sample, so a hiccup of either event loop would stand alone: it counts at most
         // END_COST_RTTS idle round trips plus END_COST_SLACK_MS (samples read 1.3-4.5 ms on a 0.5-1 ms
         // round trip, and twice 9.2-9.4 ms where the switchover then cost 2-3 ms).
@@ -719,6 +723,27 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         const bound = Number.isFinite(this.#rtt) ? END_COST_RTTS * this.#rtt + END_COST_SLACK_MS : tail;
         this.#est.recordFixedCost('linkLatency', Math.min(tail, bound));
       }
+    }
+  }
+
+  /**
+   * The drain's wait for its barrier ping. Its budget came from what the destination had not taken
+   * at its last 'loaded' report, up to a report period old: without a cap the destination can fall
+   * megabytes further behind meanwhile (a test's destination at ~100 MB/s: 2-15 MB more than the
+   * budget's, and the switchover then moved them in the downtime). Past the budget the wait goes
+   * on while each report period brings a report of more bytes taken (what the destination still
+   * takes now would cross in the downtime otherwise), up to DRAIN_MAX_MS from the drain's start.
+   * True when the pong came.
+   */
+  async #awaitPong(pong: Promise<ReturnMessage>, deadline: number, started: number): Promise<boolean> {
+    if (await this.#until(pong, deadline)) return true;
+    const hard = started + DRAIN_MAX_MS;
+    for (;;) {
+      const loaded = this.#destLoaded;
+      const now = performance.now();
+      if (now >= hard) return false;
+      if (await this.#until(pong, Math.min(hard, now + 1.5 * LOADED_REPORT_MS))) return true;
+      if (this.#destLoaded === loaded) return false;
     }
   }
 
@@ -984,6 +1009,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       // Read from the devices but not yet in the destination's: source queues, the network and
       // the destination's own queues. The report is at most one period and half a round trip old.
       this.#destBacklog = Math.max(0, this.#bytesRead() - msg.bytes);
+      this.#destLoaded = msg.bytes;
       this.#loadedReports++;
       return;
     }
