@@ -917,8 +917,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    */
   #splitStopCopy(i: number): void {
     const stream = this.#devs[i].stream;
-    if (!this.#compressing || stream === null) return;
-    const piece = stopCopyReadBytes(this.#est.expectedStopCopyBytes(i), stream.chunkSize, sharedCompressionPool().size);
+    // One worker compresses one record at a time: pieces would only add records.
+    const workers = sharedCompressionPool().size;
+    if (!this.#compressing || stream === null || workers < 2) return;
+    const piece = stopCopyReadBytes(this.#est.expectedStopCopyBytes(i), stream.chunkSize, workers);
     stream.readLimit = piece > 0 && piece < stream.chunkSize ? piece : 0;
   }
 

@@ -491,8 +491,8 @@ export const MAX_STOP_COPY_SPLIT_ROUNDS = 1;
 
 /**
  * The size of each STOP_COPY read for a device expected to produce `bytes`, read in chunks of
- * `chunkBytes` and compressed by `workers` workers. Without compression (1 worker) whole chunks
- * (or all of it, when smaller). With more workers, a stop-copy of up to MAX_STOP_COPY_SPLIT_ROUNDS
+ * `chunkBytes` and compressed by `workers` workers: always a whole number of bytes. With one worker
+ * (or none) whole chunks, or all of it when smaller. With more workers, a stop-copy of up to MAX_STOP_COPY_SPLIT_ROUNDS
  * chunk per worker is read in one equal piece per worker (whole pages, at least
  * MIN_STOP_COPY_PIECE): compressed side by side, they finish together, where one record would keep
  * one worker busy and the others idle. migrate() limits its reads to this at the switchover; the
@@ -500,7 +500,8 @@ export const MAX_STOP_COPY_SPLIT_ROUNDS = 1;
  */
 export function stopCopyReadBytes(bytes: number, chunkBytes: number, workers: number): number {
   if (!(bytes > 0)) return 0;
-  if (workers < 2) return Math.min(bytes, chunkBytes);
+  // `bytes` is an estimate (a dirty rate times a time): a read size is a whole number of bytes.
+  if (workers < 2) return Math.min(Math.ceil(bytes), chunkBytes);
   const rounds = Math.ceil(bytes / (workers * chunkBytes));
   if (rounds > MAX_STOP_COPY_SPLIT_ROUNDS) return chunkBytes;
   const piece = Math.ceil(Math.max(MIN_STOP_COPY_PIECE, bytes / (workers * rounds)) / 4096) * 4096;

@@ -5,7 +5,8 @@ import { describe, it, expect, beforeAll } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ensureBuilt, runCli } from '../e2e/helpers.js';
+import { spawnSync } from 'node:child_process';
+import { BIN, ROOT, ensureBuilt, runCli } from '../e2e/helpers.js';
 import { WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR } from '../../src/streams/wire-format.js';
 import { CONTROL_PROTOCOL_VERSION } from '../../src/migration/control.js';
 
@@ -37,6 +38,22 @@ describe('vfio-mig demo', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout.trim()).verified).toBe(true);
   });
+
+  it('confined to one CPU (one compression worker), a compressed migration of a lightly dirtying device verifies', () => {
+    // os.availableParallelism() follows the affinity mask: the pool has one worker, and the stop-copy
+    // is not split. (Its expected size, a dirty rate times a time, once reached readLimit unrounded
+    // and failed every such migration at the switchover with a usage error.)
+    const r = spawnSync('taskset', ['-c', '0', process.execPath, BIN, 'demo', '--json', '--size', '32MiB', '--dirty-rate', '4MiB', '--compress', 'zstd'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(r.error).toBeUndefined();
+    expect(r.status, r.stderr).toBe(0);
+    const s = JSON.parse(r.stdout.trim());
+    expect(s.verified).toBe(true);
+    expect(s.compressionRatio).toBeGreaterThan(1);
+  }, 60_000);
 
   it('--no-warm-up reaches both sides (the destination child refuses unknown options) and still verifies', async () => {
     const r = await cli(['demo', '--json', '--size', '8MiB', '--dirty-rate', '1MiB', '--no-warm-up']);

@@ -741,6 +741,10 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(stopCopyReadBytes(0, MIB, 2)).toBe(0);
     expect(stopCopyReadBytes(300 * K, MIB, 1)).toBe(300 * K);
     expect(stopCopyReadBytes(5 * MIB, MIB, 1)).toBe(MIB);
+    // An estimate is a fraction; a read size never is.
+    expect(stopCopyReadBytes(4526.02, MIB, 1)).toBe(4527);
+    expect(stopCopyReadBytes(0.3, MIB, 1)).toBe(1);
+    expect(Number.isInteger(stopCopyReadBytes(650_000.7, MIB, 2))).toBe(true);
     // 650 KB on two workers: two pieces, rounded up to whole pages.
     expect(stopCopyReadBytes(650_000, MIB, 2)).toBe(Math.ceil(325_000 / 4096) * 4096);
     expect(stopCopyReadBytes(1.5 * MIB, MIB, 2)).toBe(768 * K);
