@@ -9,9 +9,11 @@
 // stalls: true records each side's event-loop stalls (stallRecorder below).
 // warmUp: true makes the side call warmUp() first (the destination before it listens, the source
 // before its clock starts, with the cell's compression), as docs/migration.md recommends.
+// cpus: { source, dest } pins each side's main thread (pin() below).
 // Reports over IPC: the summary (predicted and measured downtime, totalMs since migrate() was
 // called) or the abort with the decision that caused it and when it came (ms since migrate()).
 import fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { PerformanceObserver } from 'node:perf_hooks';
 import {
   DefaultSwitchoverPolicy,
@@ -106,9 +108,22 @@ function errorInfo(err) {
   return { code: err?.code ?? 'ERROR', message: String(err?.message ?? err), phase: err?.phase ?? null };
 }
 
+/**
+ * cell.cpus ({ source, dest }: a CPU list each, as taskset takes it): confine this process's main
+ * thread to its side's CPUs, after warmUp() started the compression workers, which stay free to run
+ * on any CPU. Two hosts' main threads never share a core; on one VM, without this, the kernel's
+ * wake-up placement often runs both peers' main threads on one core while the other idles, each
+ * waiting for the other at every message of the switchover (perf sched timehist, PERFORMANCE.md).
+ */
+function pin(cell, role) {
+  const cpus = cell.cpus?.[role];
+  if (cpus !== undefined) execFileSync('taskset', ['-p', '-c', String(cpus), String(process.pid)], { stdio: 'ignore' });
+}
+
 async function dest(cell) {
   const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed });
   if (cell.warmUp) await warmUp();
+  pin(cell, 'dest');
   const stalls = stallRecorder(cell.stalls);
   const listener = await listenTransport(`unix:${cell.socket}`);
   await send({ listening: listener.url });
@@ -135,6 +150,7 @@ async function source(cell) {
   const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed, dirtyRate: cell.dirtyRate });
   const core = new MigrationCore(dev);
   if (cell.warmUp) await warmUp({ compression: cell.compression });
+  pin(cell, 'source');
   const stalls = stallRecorder(cell.stalls);
   // The downtime begins when the first device leaves PRE_COPY (or RUNNING) for the switchover's arcs.
   let downStartAt = null;

@@ -21,6 +21,11 @@
 // BENCH_PREDICTION_STALLS=1 makes both peers record what they lost to the machine in the downtime
 // (garbage collections; the main thread's run delay, waiting for a core) and gives each switchover
 // cell its error with that taken out: what the model missed, apart from what the machine did.
+// BENCH_PREDICTION_PIN=1 confines the source's main thread to CPU 0 and the destination's to CPU 1
+// (after warmUp(), so the compression workers stay free): two hosts' main threads never share a
+// core, where on one VM the kernel's wake-up placement often puts both on one core for a whole
+// switchover while the other idles (PERFORMANCE.md, prediction). Off by default: the table's rows
+// are measured as the peers fall.
 // Rows: prediction-error-max (max |predicted - measured| / measured over the switchover cells; baseline
 // the 15% target; ratio = value / 0.15: lower is better, <= 1 meets the target), prediction-overshoot-max
 // (max measured / limit; baseline 1.15), prediction-abort-time-max (max abort time / blind time over the
@@ -79,8 +84,12 @@ function runCell(cell, timeoutMs, blind = false) {
     // Both sides call warmUp() first, blind runs too (BENCH_PREDICTION_WARM_UP=0: cold processes).
     warmUp: process.env.BENCH_PREDICTION_WARM_UP !== '0',
     stalls: STALLS && !blind,
+    ...(PIN ? { cpus: { source: 0, dest: 1 } } : {}),
   });
 }
+
+/** BENCH_PREDICTION_PIN=1: each peer's main thread on a CPU of its own (the header says why). */
+const PIN = process.env.BENCH_PREDICTION_PIN === '1';
 
 /** BENCH_PREDICTION_STALLS=1: both peers record their event loops' stalls (see stallsInDowntime). */
 const STALLS = process.env.BENCH_PREDICTION_STALLS === '1';
