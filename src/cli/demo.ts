@@ -15,7 +15,7 @@ import type { MigrationSummary } from '../migration/summary.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
 import { DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, deviceArgs, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
-import { ProgressLine, errorJson, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
+import { ProgressLine, errorJson, limitRow, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { tlsDemoCredentials, tlsOptions } from './tls-demo.js';
 import { formatBytes } from './units.js';
 
@@ -160,7 +160,7 @@ export async function demo(argv: string[]): Promise<number> {
     printJson(summaryJson(s, { transport, deviceCount: dev.devices, size: dev.size, downtimeLimitMs: mig.downtimeLimitMs, destination: destJson }));
   } else if (!out.quiet) {
     printSummary(`migrated ${dev.devices} device${dev.devices > 1 ? 's' : ''} (${formatBytes(total)}) over ${transport}`, s, [
-      ['downtime limit', `${mig.downtimeLimitMs} ms`],
+      limitRow(mig.downtimeLimitMs, s),
       ['destination', `pid ${dest.child.pid}, devices RUNNING`],
     ]);
   }

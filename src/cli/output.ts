@@ -63,6 +63,7 @@ export function summaryJson(s: MigrationSummary, extra: Record<string, unknown> 
     durationMs: round(s.durationMs, 1),
     downtimeMs: round(s.downtimeMs, 1),
     predictedDowntimeMs: s.predictedDowntimeMs === null || !Number.isFinite(s.predictedDowntimeMs) ? null : round(s.predictedDowntimeMs, 1),
+    switchoverLimitMs: s.switchoverLimitMs === null ? null : round(s.switchoverLimitMs, 1),
     precopyRounds: s.precopyRounds,
     throughputMBps: round(s.throughputMBps, 1),
     phases: Object.fromEntries(Object.entries(s.phases).map(([k, v]) => [k, round(v ?? 0, 1)])),
@@ -94,6 +95,15 @@ function round(v: number, digits: number): number {
 
 export function printJson(obj: Record<string, unknown>): void {
   process.stdout.write(`${JSON.stringify(obj)}\n`);
+}
+
+/**
+ * The source's 'downtime limit' line: the limit asked for and, when the policy raised it before
+ * switching over (the stepwise policy), the limit the switchover went under.
+ */
+export function limitRow(askedMs: number, s: MigrationSummary): [string, string] {
+  const raised = s.switchoverLimitMs !== null && s.switchoverLimitMs > askedMs ? ` (raised to ${formatMs(s.switchoverLimitMs)} by the policy)` : '';
+  return ['downtime limit', `${formatMs(askedMs)}${raised}`];
 }
 
 /** The human summary of a migration (stdout). */

@@ -11,7 +11,7 @@ import { listenTransport } from '../transport/index.js';
 import { formatHelp, parseArgs, type OptionSpec, type ParsedArgs } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
 import { DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
-import { ProgressLine, errorJson, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
+import { ProgressLine, errorJson, limitRow, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { tlsOptions } from './tls-demo.js';
 import { formatBytes, parseDuration } from './units.js';
 
@@ -95,7 +95,9 @@ export async function migrateCommand(argv: string[]): Promise<number> {
     run.on('progress', (p) => progress.update(p, dev.size * dev.devices));
     const s = await run.done;
     progress.clear();
-    report(out, `migrated ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}) to ${to}`, s, { digests: sims.sims.map((d) => d.digest()) });
+    report(out, `migrated ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}) to ${to}`, s, { digests: sims.sims.map((d) => d.digest()), downtimeLimitMs: mig.downtimeLimitMs }, [
+      limitRow(mig.downtimeLimitMs, s),
+    ]);
     return s.verified ? ExitCode.OK : ExitCode.FAILED;
   } catch (err) {
     progress.clear();
@@ -164,7 +166,7 @@ export async function receiveCommand(argv: string[]): Promise<number> {
   }
 }
 
-function report(out: ReturnType<typeof outputFor>, title: string, s: MigrationSummary, extra: Record<string, unknown>): void {
+function report(out: ReturnType<typeof outputFor>, title: string, s: MigrationSummary, extra: Record<string, unknown>, rows: [string, string][] = []): void {
   if (out.json) printJson(summaryJson(s, { role: s.role, ...extra }));
-  else if (!out.quiet) printSummary(title, s);
+  else if (!out.quiet) printSummary(title, s, rows);
 }

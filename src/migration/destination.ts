@@ -556,6 +556,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       durationMs,
       downtimeMs: this.#downtimeMs,
       predictedDowntimeMs: null,
+      switchoverLimitMs: null,
       precopyRounds: Math.max(0, ...this.#devs.map((d) => d.rounds)),
       throughputMBps: throughputMBps(bytes, durationMs),
       phases: this.#phases,

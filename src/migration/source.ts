@@ -239,6 +239,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   #running: boolean;
   #switching: boolean;
   #predicted: number | null;
+  /** The limit the switchover was confirmed under (summary.switchoverLimitMs). */
+  #switchLimit: number | null = null;
   /** The destination answers pings in band: a ping after the drain is a barrier (see #drain). */
   #pingable = false;
   /** DATA records are compressed (the shared CompressionPool's workers are needed). */
@@ -470,6 +472,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         durationMs,
         downtimeMs,
         predictedDowntimeMs: this.#predicted,
+        switchoverLimitMs: this.#switchLimit,
         precopyRounds: this.#rounds(),
         throughputMBps: throughputMBps(bytes, durationMs),
         phases: this.#phases,
@@ -511,6 +514,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       durationMs,
       downtimeMs,
       predictedDowntimeMs: null,
+      switchoverLimitMs: null,
       precopyRounds: 0,
       throughputMBps: throughputMBps(bytes, durationMs),
       phases: this.#phases,
@@ -615,6 +619,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         lastKey = `${confirm.action}/${confirm.reason}`;
         if (confirm.action === 'switchover') {
           this.#predicted = after.prediction.downtimeMs;
+          const limit = confirm.numbers.limitMs;
+          this.#switchLimit = typeof limit === 'number' && Number.isFinite(limit) ? limit : null;
           return;
         }
         if (confirm.action === 'abort') throw policyAbortError(confirm, 'switchover');

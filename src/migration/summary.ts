@@ -34,6 +34,12 @@ export interface MigrationSummary {
   downtimeMs: number;
   /** The estimator's prediction when the switchover was decided (null: no prediction was made). */
   predictedDowntimeMs: number | null;
+  /**
+   * Source: the downtime limit in force when the policy confirmed the switchover (its decision's
+   * `limitMs`): the `downtimeLimitMs` asked for, or more where a stepwise policy raised it. null on
+   * the destination, for a checkpoint, and when the decision named no limit.
+   */
+  switchoverLimitMs: number | null;
   precopyRounds: number;
   /** bytes / durationMs, in MB/s (decimal). */
   throughputMBps: number;

@@ -8,6 +8,8 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { BIN, ROOT, ensureBuilt, runCli } from '../e2e/helpers.js';
 import { WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR } from '../../src/streams/wire-format.js';
+import { limitRow } from '../../src/cli/output.js';
+import type { MigrationSummary } from '../../src/migration/summary.js';
 import { CONTROL_PROTOCOL_VERSION } from '../../src/migration/control.js';
 
 beforeAll(async () => {
@@ -54,6 +56,27 @@ describe('vfio-mig demo', () => {
     expect(s.verified).toBe(true);
     expect(s.compressionRatio).toBeGreaterThan(1);
   }, 60_000);
+
+  it('--policy stepwise: the summary names the limit the switchover went under when the policy raised it', async () => {
+    // 8 MiB, every page hot, behind a 16 MB/s cap: ~0.5 s of stop-copy against a 200 ms limit, raised
+    // by 200 ms every 2 s (the CLI's stepwise policy, up to 4 x the limit).
+    const r = await cli(['demo', '--json', '--size', '8MiB', '--dirty-rate', '64MiB', '--bandwidth', '16MB', '--policy', 'stepwise', '--downtime-limit', '200']);
+    expect(r.code, r.stderr).toBe(0);
+    const s = JSON.parse(r.stdout.trim());
+    expect(s.verified).toBe(true);
+    expect(s.downtimeLimitMs).toBe(200);
+    expect(s.switchoverLimitMs).toBeGreaterThan(200);
+    expect(s.switchoverLimitMs).toBeLessThanOrEqual(800);
+    expect(s.switchoverLimitMs % 200).toBe(0);
+    expect(s.predictedDowntimeMs).toBeLessThanOrEqual(s.switchoverLimitMs);
+  }, 30_000);
+
+  it("the 'downtime limit' line says when and to what the policy raised the limit", () => {
+    const base = { switchoverLimitMs: 300 } as MigrationSummary;
+    expect(limitRow(300, base)).toEqual(['downtime limit', '300 ms']);
+    expect(limitRow(300, { ...base, switchoverLimitMs: 600 })).toEqual(['downtime limit', '300 ms (raised to 600 ms by the policy)']);
+    expect(limitRow(300, { ...base, switchoverLimitMs: null })).toEqual(['downtime limit', '300 ms']);
+  });
 
   it('--no-warm-up reaches both sides (the destination child refuses unknown options) and still verifies', async () => {
     const r = await cli(['demo', '--json', '--size', '8MiB', '--dirty-rate', '1MiB', '--no-warm-up']);

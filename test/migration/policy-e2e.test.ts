@@ -11,7 +11,7 @@ import { MigError } from '../../src/fsm/errors.js';
 import { DeviceState } from '../../src/fsm/states.js';
 import { receive } from '../../src/migration/destination.js';
 import { migrate } from '../../src/migration/source.js';
-import { DefaultSwitchoverPolicy, type Decision } from '../../src/migration/policy.js';
+import { DefaultSwitchoverPolicy, StepwiseSwitchoverPolicy, type Decision } from '../../src/migration/policy.js';
 import { listenTransport } from '../../src/transport/index.js';
 import { MiB, makeSims } from '../e2e/helpers.js';
 
@@ -68,6 +68,41 @@ describe('policy end to end', () => {
       expect((derr as MigError).recovery).toBe('reset');
       expect(dst.resets).toContain(0);
       expect(await dst.cores[0].getState()).toBe(DeviceState.RUNNING);
+    } finally {
+      src.close();
+      dst.close();
+      await listener.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the stepwise policy raises the limit until the prediction fits, and the summary names the limit the switchover went under', async () => {
+    // 8 MiB dirtied at 64 MiB/s behind a 16 MB/s link: every page is hot, the stop-copy is the
+    // whole state, ~0.5 s, far above 100 ms; raised by 250 ms every 150 ms it fits at 600 or 850.
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-stepwise-'));
+    const src = makeSims(1, { size: 8 * MiB, dirtyRate: 64 * MiB });
+    const dst = makeSims(1, { size: 8 * MiB });
+    const listener = await listenTransport(`unix:${join(dir, 'p.sock')}`);
+    try {
+      const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
+      const policy = new StepwiseSwitchoverPolicy({ maxLimitMs: 2000, stepMs: 250, stepIntervalMs: 150 });
+      const run = migrate({ devices: src.cores, transport: listener.url, downtimeLimitMs: 100, bandwidth: 16_000_000, policy });
+      const decisions: Decision[] = [];
+      run.on('decision', (d) => decisions.push(d as Decision));
+      const [s, d] = await Promise.all([run.done, incoming.done]);
+      expect(s.verified && d.verified).toBe(true);
+      expect(dst.sims[0].digest()).toBe(src.sims[0].digest());
+      const raises = decisions.filter((x) => x.reason === 'limit-raised');
+      expect(raises.length).toBeGreaterThan(0);
+      const last = decisions.at(-1)!;
+      expect(last.action).toBe('switchover');
+      // The limit in force at the confirmed switchover, not the 100 ms asked for.
+      expect(s.switchoverLimitMs).toBe(last.numbers.limitMs);
+      expect(s.switchoverLimitMs).toBe(policy.currentLimitMs);
+      expect(s.switchoverLimitMs).toBe(100 + 250 * raises.length);
+      expect(s.predictedDowntimeMs).toBeGreaterThan(100);
+      expect(s.predictedDowntimeMs).toBeLessThanOrEqual(s.switchoverLimitMs!);
+      expect(d.switchoverLimitMs).toBeNull();
     } finally {
       src.close();
       dst.close();
