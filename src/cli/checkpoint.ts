@@ -7,13 +7,14 @@ import { ErrorCodes, migError } from '../fsm/errors.js';
 import { restore, save } from '../migration/checkpoint.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
-import { DEVICE_OPTIONS, OUTPUT_OPTIONS, deviceConfig, flag, makeSims } from './options.js';
+import { COMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, OUTPUT_OPTIONS, applyCompressionWorkers, deviceConfig, flag, makeSims } from './options.js';
 import { errorJson, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { formatBytes } from './units.js';
 
 const SAVE_SPECS: OptionSpec[] = [
   ...DEVICE_OPTIONS,
   { name: 'compress', value: true, arg: 'C', help: 'none | zstd | zstd:LEVEL', default: 'none' },
+  COMPRESSION_WORKERS_OPTION,
   ...OUTPUT_OPTIONS,
 ];
 const RESTORE_SPECS: OptionSpec[] = [...DEVICE_OPTIONS, ...OUTPUT_OPTIONS];
@@ -47,6 +48,7 @@ export async function saveCommand(argv: string[]): Promise<number> {
   const file = onePositional(args.positionals, 'save');
   const dev = deviceConfig(args);
   const compress = args.options.get('compress');
+  applyCompressionWorkers(args);
   const out = outputFor(flag(args, 'json'), flag(args, 'quiet'));
   const sims = makeSims({ ...dev, dirtyRate: 0 }, false);
   try {

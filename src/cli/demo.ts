@@ -14,7 +14,7 @@ import { warmUp } from '../migration/warm-up.js';
 import type { MigrationSummary } from '../migration/summary.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
-import { DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, deviceArgs, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
+import { COMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, applyCompressionWorkers, compressionWorkers, deviceArgs, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
 import { ProgressLine, errorJson, limitRow, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { tlsDemoCredentials, tlsOptions } from './tls-demo.js';
 import { formatBytes } from './units.js';
@@ -22,6 +22,7 @@ import { formatBytes } from './units.js';
 const SPECS: OptionSpec[] = [
   ...DEVICE_OPTIONS,
   ...MIGRATION_OPTIONS,
+  COMPRESSION_WORKERS_OPTION,
   { name: 'transport', value: true, arg: 'T', help: 'unix | tcp | tls (local socket to the destination process)', default: 'unix' },
   WARM_UP_OPTION,
   ...OUTPUT_OPTIONS,
@@ -79,6 +80,7 @@ export async function demo(argv: string[]): Promise<number> {
   if (args.positionals.length > 0) throw migError(ErrorCodes.USAGE, `demo takes no arguments (got '${args.positionals[0]}')`);
   const dev = deviceConfig(args);
   const mig = migrationConfig(args);
+  applyCompressionWorkers(args);
   const transport = typeof args.options.get('transport') === 'string' ? (args.options.get('transport') as string) : 'unix';
   if (!['unix', 'tcp', 'tls'].includes(transport)) throw migError(ErrorCodes.USAGE, `unknown --transport '${transport}': expected unix, tcp or tls`);
   const out = outputFor(flag(args, 'json'), flag(args, 'quiet'));
@@ -157,7 +159,9 @@ export async function demo(argv: string[]): Promise<number> {
   const verified = summary.verified && destJson?.verified === true;
   const s = { ...summary, verified };
   if (out.json) {
-    printJson(summaryJson(s, { transport, deviceCount: dev.devices, size: dev.size, downtimeLimitMs: mig.downtimeLimitMs, destination: destJson }));
+    printJson(
+      summaryJson(s, { transport, deviceCount: dev.devices, size: dev.size, downtimeLimitMs: mig.downtimeLimitMs, compressionWorkers: compressionWorkers(mig.compression), destination: destJson }),
+    );
   } else if (!out.quiet) {
     printSummary(`migrated ${dev.devices} device${dev.devices > 1 ? 's' : ''} (${formatBytes(total)}) over ${transport}`, s, [
       limitRow(mig.downtimeLimitMs, s),

@@ -6,6 +6,7 @@ import { MigrationCore } from '../fsm/core.js';
 import { ErrorCodes, migError } from '../fsm/errors.js';
 import { SimDevice } from '../devices/index.js';
 import { parseCompression } from '../migration/wire.js';
+import { configureSharedCompressionPool, DEFAULT_MAX_POOL_SIZE, sharedCompressionPool } from '../streams/compression-pool.js';
 import type { OptionSpec, ParsedArgs } from './args.js';
 import { parseCount, parseDuration, parseRate, parseSize } from './units.js';
 
@@ -34,6 +35,14 @@ export const MIGRATION_OPTIONS: OptionSpec[] = [
   { name: 'precopy-budget', value: true, arg: 'MS', help: 'the policy aborts when PRE_COPY lasts longer', default: '60000' },
   { name: 'accept-p2p-risk', help: 'migrate several devices although one lacks P2P' },
 ];
+
+/** `--compression-workers N` (applyCompressionWorkers), for the commands that compress. */
+export const COMPRESSION_WORKERS_OPTION: OptionSpec = {
+  name: 'compression-workers',
+  value: true,
+  arg: 'N',
+  help: `compression worker threads (default: the CPUs this process may use, at most ${DEFAULT_MAX_POOL_SIZE})`,
+};
 
 /** `--no-warm-up`: the commands that migrate rehearse first (warmUp()) unless told not to. */
 export const WARM_UP_OPTION: OptionSpec = {
@@ -116,6 +125,21 @@ export function migrationConfig(args: ParsedArgs): MigrationConfig {
     precopyBudgetMs: parseDuration(str(args, 'precopy-budget', '60000'), '--precopy-budget'),
     acceptP2PRisk: flag(args, 'accept-p2p-risk'),
   };
+}
+
+/**
+ * `--compression-workers N`: the process-wide compression pool's size, set before anything uses
+ * it (call before warmUp()). Without the option the pool keeps its default.
+ */
+export function applyCompressionWorkers(args: ParsedArgs): void {
+  const v = args.options.get('compression-workers');
+  if (typeof v !== 'string') return;
+  configureSharedCompressionPool({ size: parseCount(v, '--compression-workers', 1, 256) });
+}
+
+/** The compression workers a run used (the JSON's `compressionWorkers`): null without compression. */
+export function compressionWorkers(compression: string): number | null {
+  return parseCompression(compression) === false ? null : sharedCompressionPool().size;
 }
 
 /** The command-line form of a device config (what the demo passes to its destination child). */

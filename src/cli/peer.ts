@@ -10,7 +10,7 @@ import type { MigrationSummary } from '../migration/summary.js';
 import { listenTransport } from '../transport/index.js';
 import { formatHelp, parseArgs, type OptionSpec, type ParsedArgs } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
-import { DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
+import { COMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, applyCompressionWorkers, compressionWorkers, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
 import { ProgressLine, errorJson, limitRow, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { tlsOptions } from './tls-demo.js';
 import { formatBytes, parseDuration } from './units.js';
@@ -25,6 +25,7 @@ const MIGRATE_SPECS: OptionSpec[] = [
   { name: 'to', value: true, arg: 'URL', help: 'destination: unix:PATH | tcp:HOST:PORT | tls:HOST:PORT | fd:N' },
   ...DEVICE_OPTIONS,
   ...MIGRATION_OPTIONS,
+  COMPRESSION_WORKERS_OPTION,
   ...TLS_OPTIONS,
   { name: 'tls-servername', value: true, arg: 'NAME', help: 'tls: name the server certificate must carry' },
   WARM_UP_OPTION,
@@ -73,6 +74,7 @@ export async function migrateCommand(argv: string[]): Promise<number> {
   if (!to) throw migError(ErrorCodes.USAGE, 'migrate needs --to URL');
   const dev = deviceConfig(args);
   const mig = migrationConfig(args);
+  applyCompressionWorkers(args);
   const out = outputFor(flag(args, 'json'), flag(args, 'quiet'));
   const sims = makeSims(dev, true);
   const ac = new AbortController();
@@ -95,7 +97,7 @@ export async function migrateCommand(argv: string[]): Promise<number> {
     run.on('progress', (p) => progress.update(p, dev.size * dev.devices));
     const s = await run.done;
     progress.clear();
-    report(out, `migrated ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}) to ${to}`, s, { digests: sims.sims.map((d) => d.digest()), downtimeLimitMs: mig.downtimeLimitMs }, [
+    report(out, `migrated ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}) to ${to}`, s, { digests: sims.sims.map((d) => d.digest()), downtimeLimitMs: mig.downtimeLimitMs, compressionWorkers: compressionWorkers(mig.compression) }, [
       limitRow(mig.downtimeLimitMs, s),
     ]);
     return s.verified ? ExitCode.OK : ExitCode.FAILED;

@@ -148,8 +148,26 @@ export interface CompressionWork {
   latencyMs: number;
 }
 
+/**
+ * The default pool size stops here however many cores the host has. Each worker is a V8 isolate
+ * of its own (8.5 MiB of RSS booted, measured here), and one worker compresses 400-1000 MB/s of
+ * 'mixed' data at level 1 on this machine: eight already outrun one connection of a 25 GbE link
+ * even at ratio 1, while a VMM host's 64-256 cores would mean as many threads and 0.5-2 GiB for
+ * nothing (the pool's 64 MiB in-flight cap lets at most 64 1 MiB records be in workers anyway).
+ * A larger pool is an explicit `size`.
+ */
+export const DEFAULT_MAX_POOL_SIZE = 8;
+
+/** The default worker count: the cores this process may run on (its affinity), at most DEFAULT_MAX_POOL_SIZE. */
+export function defaultPoolSize(): number {
+  return Math.max(1, Math.min(os.availableParallelism(), DEFAULT_MAX_POOL_SIZE));
+}
+
 export interface CompressionPoolOptions {
-  /** Worker count; default the machine's available parallelism. Workers start on first use. */
+  /**
+   * Worker count; default defaultPoolSize(): the process's available parallelism, at most
+   * DEFAULT_MAX_POOL_SIZE. Workers start on first use.
+   */
   size?: number;
   /** Default level of `compress`. */
   level?: number;
@@ -248,7 +266,7 @@ export class CompressionPool {
   readonly #timedMs = new Float64Array(TIMED_JOBS_KEPT);
 
   constructor(opts: CompressionPoolOptions = {}) {
-    const size = opts.size ?? Math.max(1, os.availableParallelism());
+    const size = opts.size ?? defaultPoolSize();
     if (!Number.isInteger(size) || size < 1) throw migError(ErrorCodes.USAGE, `pool size must be >= 1, got ${size}`);
     this.size = size;
     this.level = validateZstdLevel(opts.level ?? DEFAULT_ZSTD_LEVEL);
@@ -668,9 +686,36 @@ function spawnWorker(workerData: Record<string, unknown>): Worker {
 }
 
 let shared: CompressionPool | null = null;
+let sharedOptions: CompressionPoolOptions = {};
 
-/** The process-wide pool used by encoders that are given none (sized to the cores, level 1). */
+/**
+ * The process-wide pool used by encoders that are given none, and by migrate() (level 1, size
+ * defaultPoolSize() unless configureSharedCompressionPool() said otherwise).
+ */
 export function sharedCompressionPool(): CompressionPool {
-  if (shared === null) shared = new CompressionPool();
+  if (shared === null) shared = new CompressionPool(sharedOptions);
   return shared;
+}
+
+/**
+ * Set the options of the process-wide pool (its worker count, say) before it is made: call it
+ * before the first compressed migration, warmUp() or encoder that uses the shared pool. Once the
+ * pool exists its workers may be busy with a migration, so different options then throw
+ * VFIO_MIG_ERR_USAGE (the same options are accepted). Validated here, as the pool's constructor does.
+ */
+export function configureSharedCompressionPool(opts: CompressionPoolOptions): void {
+  if (opts.size !== undefined && (!Number.isInteger(opts.size) || opts.size < 1)) {
+    throw migError(ErrorCodes.USAGE, `pool size must be >= 1, got ${opts.size}`);
+  }
+  if (opts.level !== undefined) validateZstdLevel(opts.level);
+  if (shared !== null) {
+    const same =
+      (opts.size === undefined || opts.size === shared.size) &&
+      (opts.level === undefined || opts.level === shared.level) &&
+      (opts.maxInFlightBytes === undefined || opts.maxInFlightBytes === shared.maxInFlightBytes) &&
+      (opts.maxCachedBytes === undefined || opts.maxCachedBytes === shared.maxCachedBytes);
+    if (same) return;
+    throw migError(ErrorCodes.USAGE, `the shared compression pool already exists (${shared.size} workers): configure it before its first use`);
+  }
+  sharedOptions = { ...opts };
 }

@@ -78,6 +78,19 @@ describe('vfio-mig demo', () => {
     expect(limitRow(300, { ...base, switchoverLimitMs: null })).toEqual(['downtime limit', '300 ms']);
   });
 
+  it('--compression-workers sets the compression pool: one worker here, named in the JSON; 0 is a usage error', async () => {
+    const r = await cli(['demo', '--json', '--size', '16MiB', '--dirty-rate', '2MiB', '--compress', 'zstd', '--compression-workers', '1']);
+    expect(r.code, r.stderr).toBe(0);
+    const s = JSON.parse(r.stdout.trim());
+    expect(s.verified).toBe(true);
+    expect(s.compressionWorkers).toBe(1);
+    const plain = await cli(['demo', '--json', '--size', '4MiB', '--dirty-rate', '0']);
+    expect(JSON.parse(plain.stdout.trim()).compressionWorkers).toBeNull();
+    const bad = await cli(['demo', '--json', '--size', '4MiB', '--compress', 'zstd', '--compression-workers', '0']);
+    expect(bad.code).toBe(64);
+    expect(JSON.parse(bad.stdout.trim()).error.message).toMatch(/--compression-workers/);
+  }, 60_000);
+
   it('--no-warm-up reaches both sides (the destination child refuses unknown options) and still verifies', async () => {
     const r = await cli(['demo', '--json', '--size', '8MiB', '--dirty-rate', '1MiB', '--no-warm-up']);
     expect(r.code, r.stderr).toBe(0);
