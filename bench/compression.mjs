@@ -18,8 +18,9 @@
 //   Baseline: `cat file.zst | zstd -d -c | cat >/dev/null` of the CLI's own frame.
 // Also measured in detail, to answer whether the worker pool helps decompression: the same child with
 // RecordDecoder's `pool` (frames decompressed in a CompressionPool sized to the cores, in order;
-// `poolMBps`), and the bare frames decompressed in-process, on the main thread and through
-// pool.decompress with 8 in flight.
+// `poolMBps`; with one worker `pool1MBps`, the main thread parsing and writing beside it), and the
+// bare frames decompressed in-process, on the main thread and through pool.decompress with 8 in
+// flight.
 // Medians over runs, interleaved. RSS: maxRSS of the pipeline's processes (GNU time).
 import fs from 'node:fs';
 import os from 'node:os';
@@ -123,9 +124,10 @@ const DECODER_CHILD = `
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createFdSource, createFdSink, RecordDecoder, RecordType, CompressionPool } from '${DIST}';
-// argv[2] 'pool': frames decompress in a worker pool (RecordDecoder's \`pool\`), else on the main
-// thread. Its workers boot before the clock starts (and before stdin is read), as in the encoder child.
-const pool = process.argv[2] === 'pool' ? new CompressionPool() : null;
+// argv[2] 'pool': frames decompress in a worker pool sized to the cores (RecordDecoder's \`pool\`,
+// receive()'s decompressionPool), 'pool1' in a pool of one worker, else on the main thread. Its
+// workers boot before the clock starts (and before stdin is read), as in the encoder child.
+const pool = process.argv[2] === 'pool' ? new CompressionPool() : process.argv[2] === 'pool1' ? new CompressionPool({ size: 1 }) : null;
 await pool?.warm();
 const sink = createFdSink(1);
 // The decompressed payloads go back to the decoder once the sink wrote them (RecordDecoder recycle):
@@ -248,7 +250,7 @@ export default async function run({ quick }) {
       for (const level of levels) {
         const ours = path.join(dir, `${profile}.L${level}.vfm`);
         const theirs = path.join(dir, `${profile}.L${level}.zst`);
-        const m = { enc: [], t2: [], t1: [], dec: [], pool: [], zdec: [], rss: { enc: 0, t2: 0, dec: 0, zdec: 0 } };
+        const m = { enc: [], t2: [], t1: [], dec: [], pool: [], pool1: [], zdec: [], rss: { enc: 0, t2: 0, dec: 0, zdec: 0 } };
         // One untimed warm-up of our encoder writes the stream file the decoder runs read.
         await shell(`cat ${data} | node ${encScript} ${level} > ${ours}`);
         await shell(`cat ${data} | zstd -q ${cliLevel(level)} -T2 -c > ${theirs}`);
@@ -266,12 +268,14 @@ export default async function run({ quick }) {
           m.rss.dec = Math.max(m.rss.dec, d.maxRssKB);
           const dp = await shell(`cat ${ours} | node ${decScript} pool | cat > /dev/null`);
           m.pool.push(mbps(bytes, dp.ms));
+          const dp1 = await shell(`cat ${ours} | node ${decScript} pool1 | cat > /dev/null`);
+          m.pool1.push(mbps(bytes, dp1.ms));
           const e = await shell(`cat ${theirs} | zstd -q -d -c | cat > /dev/null`);
           m.zdec.push(mbps(bytes, e.ms));
           m.rss.zdec = Math.max(m.rss.zdec, e.maxRssKB);
         }
         // The decoded bytes must be the input: check once (outside the timing).
-        for (const mode of ['', 'pool']) {
+        for (const mode of ['', 'pool', 'pool1']) {
           const check = await shell(`cat ${ours} | node ${decScript} ${mode} | cmp - ${data} && echo same`);
           if (!check.stdout.includes('same')) throw new Error(`decoded stream differs from the input (${profile}, level ${level}${mode ? ', pool' : ''})`);
         }
@@ -291,6 +295,7 @@ export default async function run({ quick }) {
           }),
           result(`zstd-decompress-${tag}`, median(m.dec), 'MB/s', 'zstd -d', median(m.zdec), {
             poolMBps: +median(m.pool).toFixed(0),
+            pool1MBps: +median(m.pool1).toFixed(0),
             inProcessMainThreadMBps: +inProc.main.toFixed(0),
             inProcessWorkerPoolMBps: +inProc.viaPool.toFixed(0),
             rssKB: m.rss.dec,

@@ -7,7 +7,7 @@ import { ErrorCodes, migError } from '../fsm/errors.js';
 import { restore, save } from '../migration/checkpoint.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
-import { COMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, OUTPUT_OPTIONS, applyCompressionWorkers, deviceConfig, flag, makeSims } from './options.js';
+import { COMPRESSION_WORKERS_OPTION, DECOMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, OUTPUT_OPTIONS, applyCompressionWorkers, decompressionPool, deviceConfig, flag, makeSims } from './options.js';
 import { errorJson, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { formatBytes } from './units.js';
 
@@ -17,7 +17,7 @@ const SAVE_SPECS: OptionSpec[] = [
   COMPRESSION_WORKERS_OPTION,
   ...OUTPUT_OPTIONS,
 ];
-const RESTORE_SPECS: OptionSpec[] = [...DEVICE_OPTIONS, ...OUTPUT_OPTIONS];
+const RESTORE_SPECS: OptionSpec[] = [...DEVICE_OPTIONS, DECOMPRESSION_WORKERS_OPTION, ...OUTPUT_OPTIONS];
 
 export const SAVE_HELP = formatHelp(
   'vfio-mig save [device options] FILE',
@@ -75,9 +75,10 @@ export async function restoreCommand(argv: string[]): Promise<number> {
   const file = onePositional(args.positionals, 'restore');
   const dev = deviceConfig(args);
   const out = outputFor(flag(args, 'json'), flag(args, 'quiet'));
+  const pool = decompressionPool(args);
   const sims = makeSims({ ...dev, dirtyRate: 0 }, false);
   try {
-    const s = await restore({ devices: sims.cores, transport: fileUrl(file) }).done;
+    const s = await restore({ devices: sims.cores, transport: fileUrl(file), decompressionPool: pool }).done;
     const digests = sims.sims.map((d) => d.digest());
     if (!s.verified) {
       throw migError(ErrorCodes.DIGEST, `${file} carries no device digest to verify`, { phase: 'validate' });
@@ -91,5 +92,6 @@ export async function restoreCommand(argv: string[]): Promise<number> {
     return exitCodeFor(err, 'restore');
   } finally {
     sims.close();
+    await pool?.close();
   }
 }

@@ -6,7 +6,7 @@ import { MigrationCore } from '../fsm/core.js';
 import { ErrorCodes, migError } from '../fsm/errors.js';
 import { SimDevice } from '../devices/index.js';
 import { parseCompression } from '../migration/wire.js';
-import { configureSharedCompressionPool, DEFAULT_MAX_POOL_SIZE, sharedCompressionPool } from '../streams/compression-pool.js';
+import { CompressionPool, configureSharedCompressionPool, DEFAULT_MAX_POOL_SIZE, sharedCompressionPool } from '../streams/compression-pool.js';
 import type { OptionSpec, ParsedArgs } from './args.js';
 import { parseCount, parseDuration, parseRate, parseSize } from './units.js';
 
@@ -135,6 +135,21 @@ export function applyCompressionWorkers(args: ParsedArgs): void {
   const v = args.options.get('compression-workers');
   if (typeof v !== 'string') return;
   configureSharedCompressionPool({ size: parseCount(v, '--compression-workers', 1, 256) });
+}
+
+/** `--decompression-workers N` (decompressionPool), for the commands that decode: receive, restore. */
+export const DECOMPRESSION_WORKERS_OPTION: OptionSpec = {
+  name: 'decompression-workers',
+  value: true,
+  arg: 'N',
+  help: 'decompress in N worker threads instead of the main one (0: the main thread)',
+  default: '0',
+};
+
+/** The pool `--decompression-workers N` asks for (receive()'s decompressionPool), or null for 0. The caller closes it. */
+export function decompressionPool(args: ParsedArgs): CompressionPool | null {
+  const n = parseCount(str(args, 'decompression-workers', '0'), '--decompression-workers', 0, 256);
+  return n === 0 ? null : new CompressionPool({ size: n });
 }
 
 /** The compression workers a run used (the JSON's `compressionWorkers`): null without compression. */

@@ -10,7 +10,7 @@ import type { MigrationSummary } from '../migration/summary.js';
 import { listenTransport } from '../transport/index.js';
 import { formatHelp, parseArgs, type OptionSpec, type ParsedArgs } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
-import { COMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, applyCompressionWorkers, compressionWorkers, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
+import { COMPRESSION_WORKERS_OPTION, DECOMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, applyCompressionWorkers, compressionWorkers, decompressionPool, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
 import { ProgressLine, errorJson, limitRow, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { tlsOptions } from './tls-demo.js';
 import { formatBytes, parseDuration } from './units.js';
@@ -38,6 +38,7 @@ const RECEIVE_SPECS: OptionSpec[] = [
   { name: 'dirty-rate', value: true, arg: 'BYTES/S', help: 'ignored on the destination (its devices do not run before they resume)' },
   { name: 'stall-timeout', value: true, arg: 'MS', help: 'fail after this long without progress', default: '15000' },
   { name: 'ipc', help: 'report the listening URL to the parent process over IPC (used by demo)' },
+  DECOMPRESSION_WORKERS_OPTION,
   ...TLS_OPTIONS,
   WARM_UP_OPTION,
   ...OUTPUT_OPTIONS,
@@ -125,6 +126,7 @@ export async function receiveCommand(argv: string[]): Promise<number> {
   const stallTimeoutMs = parseDuration(str(args, 'stall-timeout') ?? '15000', '--stall-timeout');
   const out = outputFor(flag(args, 'json'), flag(args, 'quiet'));
   const ipc = flag(args, 'ipc') && typeof process.send === 'function';
+  const pool = decompressionPool(args);
   const sims = makeSims(dev, false);
   const ac = new AbortController();
   const onSignal = () => ac.abort('interrupted');
@@ -138,6 +140,7 @@ export async function receiveCommand(argv: string[]): Promise<number> {
     const warming = flag(args, 'no-warm-up') ? null : warmUp();
     const run = receive({
       devices: sims.cores,
+      decompressionPool: pool,
       transport: async () => {
         const d = await listener.accept({ signal: ac.signal });
         // A source that came sooner waits for the end of the rehearsal: run beside the handshake,
@@ -164,6 +167,7 @@ export async function receiveCommand(argv: string[]): Promise<number> {
     process.off('SIGTERM', onSignal);
     await Promise.race([listener.close(), new Promise((r) => setTimeout(r, 1000).unref())]);
     sims.close();
+    await pool?.close();
     if (ipc) process.disconnect?.();
   }
 }

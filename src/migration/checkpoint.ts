@@ -11,6 +11,7 @@ import type { Duplex, Readable, Writable } from 'node:stream';
 import type { MigrationCore } from '../fsm/core.js';
 import { listenTransport } from '../transport/index.js';
 import type { TransportOptions } from '../transport/types.js';
+import type { CompressionPool } from '../streams/compression-pool.js';
 import { receive, type DestinationMigration } from './destination.js';
 import { migrate, type SourceMigration } from './source.js';
 import type { Compression } from './wire.js';
@@ -35,6 +36,8 @@ export interface RestoreOptions {
   signal?: AbortSignal;
   stallTimeoutMs?: number;
   maxPayload?: number;
+  /** receive()'s `decompressionPool`: compressed records decompress in its workers. */
+  decompressionPool?: CompressionPool | null;
 }
 
 /** Save the devices' state; they are RUNNING again when `done` resolves (or fails). */
@@ -63,5 +66,6 @@ export function restore(opts: RestoreOptions): DestinationMigration {
     signal: opts.signal,
     stallTimeoutMs: opts.stallTimeoutMs,
     maxPayload: opts.maxPayload,
+    decompressionPool: opts.decompressionPool,
   });
 }

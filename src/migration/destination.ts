@@ -19,6 +19,7 @@ import type { MigrationCore } from '../fsm/core.js';
 import { ErrorCodes, MigError, migError } from '../fsm/errors.js';
 import { DeviceState } from '../fsm/states.js';
 import type { ResumingSession } from '../fsm/types.js';
+import type { CompressionPool } from '../streams/compression-pool.js';
 import { RecordDecoder } from '../streams/record-decoder.js';
 import { createResumingStream } from '../streams/resuming-stream.js';
 import { RecordType, type DecodedObject, type StreamHeader } from '../streams/wire-format.js';
@@ -58,6 +59,14 @@ export interface ReceiveOptions {
   accept?: () => Promise<Duplex>;
   /** Cap on DATA bytes held out of order across channels. Default 64 MiB. */
   maxReorderBytes?: number;
+  /**
+   * Decompress the compressed DATA records in this pool's workers (in order, on every channel)
+   * instead of on the event loop, which then only parses, checks and loads. Its workers start
+   * with the handshake; the caller owns the pool (close it when done). A decoder with a core to
+   * spare decodes faster with one worker (docs/PERFORMANCE.md, zstd-*); on a host whose cores
+   * the source's compression already keeps busy it does not help. Default none.
+   */
+  decompressionPool?: CompressionPool | null;
 }
 
 interface Reorder {
@@ -186,9 +195,11 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       this.#transport = t;
       this.#progress();
       this.#setPhase('handshake');
+      // The workers boot while the handshake runs (the decoder decompresses inline until one is up).
+      opts.decompressionPool?.warm().catch(() => {});
       // Payloads the decoder assembled (records spanning socket reads, decompressed frames) go back
       // to it once their device took them: later records reuse that memory instead of fresh pages.
-      const decoder = new RecordDecoder({ maxPayload: opts.maxPayload, recycle: true });
+      const decoder = new RecordDecoder({ maxPayload: opts.maxPayload, recycle: true, pool: opts.decompressionPool ?? null });
       this.#decoder = decoder;
       t.on('error', (err) => this.#lost(err));
       // A socket closing before the commit is a lost source; a file (a Readable) just ends, and the
@@ -366,7 +377,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     const t = await this.#latch.guard((this.#opts.accept as () => Promise<Duplex>)());
     this.#extra.push(t);
     t.on('error', (err) => this.#lost(err));
-    const dec = new RecordDecoder({ maxPayload: this.#opts.maxPayload });
+    const dec = new RecordDecoder({ maxPayload: this.#opts.maxPayload, pool: this.#opts.decompressionPool ?? null });
     this.#extraDecoders.push(dec);
     t.pipe(dec);
     for await (const obj of dec as AsyncIterable<DecodedObject>) {

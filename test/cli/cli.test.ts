@@ -146,6 +146,11 @@ describe('save / restore / inspect', () => {
       expect(restored.verified).toBe(true);
       expect(restored.digests).toEqual(saved.digests);
 
+      // Decompressing in a worker gives the same devices.
+      const pooled = await cli(['restore', '--json', '--size', '8MiB', '--decompression-workers', '1', file]);
+      expect(pooled.code, pooled.stderr).toBe(0);
+      expect(JSON.parse(pooled.stdout.trim()).digests).toEqual(saved.digests);
+
       const inspect = await cli(['inspect', file]);
       expect(inspect.code, inspect.stderr).toBe(0);
       expect(inspect.stdout).toMatch(/device 0 dev0: sim/);
@@ -170,6 +175,10 @@ describe('save / restore / inspect', () => {
       const short = await cli(['restore', '--json', '--size', '8MiB', truncated]);
       expect(short.code).toBe(65);
       expect(JSON.parse(short.stdout.trim()).error.code).toBe('VFIO_MIG_ERR_TRUNCATED');
+      // The corrupt file through the worker: the same typed error.
+      const badPooled = await cli(['restore', '--json', '--size', '8MiB', '--decompression-workers', '1', corrupt]);
+      expect(badPooled.code).toBe(65);
+      expect(JSON.parse(badPooled.stdout.trim()).error.code).toMatch(/VFIO_MIG_ERR_(CORRUPT|DIGEST)/);
       expect((await cli(['inspect', truncated])).code).toBe(65);
     } finally {
       rmSync(dir, { recursive: true, force: true });
