@@ -91,6 +91,8 @@ export interface DecisionNumbers {
   generationRateBytesPerMs: number;
   pipelineRateBytesPerMs: number;
   compressWorkerRateBytesPerMs: number;
+  /** The destination's lag behind the stop-copy's last record, part of linkLatencyMs (Prediction.endLagMs). */
+  endLagMs: number;
   linkCreditBytes: number;
   [extra: string]: number;
 }
@@ -191,6 +193,7 @@ export function decisionNumbers(s: PolicySnapshot, limitMs: number): DecisionNum
     generationRateBytesPerMs: p.generationRateBytesPerMs,
     pipelineRateBytesPerMs: p.pipelineRateBytesPerMs,
     compressWorkerRateBytesPerMs: p.compressWorkerRateBytesPerMs,
+    endLagMs: p.endLagMs,
     linkCreditBytes: p.linkCreditBytes,
   };
 }

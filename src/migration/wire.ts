@@ -105,6 +105,8 @@ export interface ForwardWriter {
   readonly wireBytes: number;
   /** performance.now() when the last chunk was handed to the transport (-1: none yet). */
   readonly lastWireAt: number;
+  /** Raw device bytes the last chunk that carried any carried (a DATA record's payload): 0 before one. */
+  readonly lastDataRawBytes: number;
   /**
    * What this writer holds that has not reached the kernel yet: raw device bytes not yet encoded
    * (queued for the encoder or being compressed) and encoded wire bytes (the encoder's output, the
@@ -168,6 +170,7 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
   let accRaw = 0;
   let accMs = 0;
   let lastAt = -1;
+  let lastRaw = 0;
   let backlog = false;
   const queued = () =>
     enc.readableLength > 0 || enc.writableLength > 0 || (out !== enc && (out.readableLength > 0 || (out as unknown as Writable).writableLength > 0));
@@ -175,6 +178,7 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
     const now = performance.now();
     wireBytes += chunk.length;
     const raw = carried.shift() ?? 0;
+    if (raw > 0) lastRaw = raw;
     if (backlog && lastAt >= 0) {
       acc += chunk.length;
       accRaw += raw;
@@ -284,6 +288,9 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
     },
     get lastWireAt() {
       return lastAt;
+    },
+    get lastDataRawBytes() {
+      return lastRaw;
     },
     queued() {
       let wire = enc.readableLength + transport.writableLength;

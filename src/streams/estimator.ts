@@ -185,6 +185,11 @@ export interface Prediction {
   stopCopyReadBytes: number;
   /** One record's compression rate, dispatch to result (raw bytes per ms), NaN when not measured. */
   compressWorkerRateBytesPerMs: number;
+  /**
+   * The destination's lag behind the stop-copy's last record (setEndLag scaled to that record),
+   * included in fixedMs.linkLatency and its total; 0 until a lag was timed.
+   */
+  endLagMs: number;
   /** Fixed costs in use (measured means or priors) and their sum. */
   fixedMs: Record<FixedCostKind, number> & { total: number };
 }
@@ -548,6 +553,8 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
   /** How STOP_COPY is read: bytes per read, and the compression workers its records spread over. */
   private chunkBytes = DEFAULT_STOP_COPY_CHUNK;
   private compressWorkers = 1;
+  /** The destination's lag behind the last record of a stream end the source timed (setEndLag). */
+  private endLag: { ms: number; bytes: number } | null = null;
   private readonly fixed: Record<FixedCostKind, ValueWindow>;
   private startedAt: number;
   private lastWireAt: number;
@@ -1016,6 +1023,19 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     if (capBytesPerMs !== undefined && capBytesPerMs > 0 && Number.isFinite(capBytesPerMs)) this.linkCap = capBytesPerMs;
   }
 
+  /**
+   * How far the destination lagged behind the last `bytes` (raw) of a stream it was sent: a barrier
+   * ping right after them came back `ms` later than an idle round trip (which goes to the
+   * linkLatency fixed cost on its own). A stop-copy ends the same way, but behind its own last
+   * record: the prediction counts `ms` scaled by that record's share of `bytes` (a 32-byte
+   * stop-copy nearly nothing; one as large as `bytes` all of it). The last call counts; values that
+   * are negative, non-finite, or with no bytes are ignored.
+   */
+  setEndLag(ms: number, bytes: number): void {
+    if (!(ms >= 0) || !Number.isFinite(ms) || !(bytes > 0) || !Number.isFinite(bytes)) return;
+    this.endLag = { ms, bytes };
+  }
+
   /** A fixed cost was measured (e.g. a MigrationCore 'arc' event's ms, or the destination's validation time it reported). */
   recordFixedCost(kind: FixedCostKind, ms: number): void {
     const w = this.fixed[kind];
@@ -1242,6 +1262,10 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     let fillMs = 0;
     // A read asks for `piece` and gets no more than the device has.
     const record = Math.min(piece, largestDeviceBytes);
+    // The destination's lag behind that last record, scaled from the lag the source timed.
+    const endLagMs = this.endLag === null ? 0 : this.endLag.ms * Math.min(1, record / this.endLag.bytes);
+    fixedMs.linkLatency += endLagMs;
+    fixedMs.total += endLagMs;
     if (record > 0 && transferMs > 0 && transferBytes > 0) {
       let stages = 0;
       if (slowestGen > 0) stages += record / slowestGen;
@@ -1266,8 +1290,8 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       confident,
       rateBounded: wireKnown || (ps !== null && ps.mean > 0),
       downtimeMs: valid ? fixedMs.total + transferMs + fillMs : Infinity,
-      lowMs: valid ? fixedLow + transferLow + fillMs : Infinity,
-      highMs: valid ? fixedHigh + transferHigh + fillMs : Infinity,
+      lowMs: valid ? fixedLow + endLagMs + transferLow + fillMs : Infinity,
+      highMs: valid ? fixedHigh + endLagMs + transferHigh + fillMs : Infinity,
       lowerBoundMs: Math.min(fixedFloor, fixedLow) + transferBest,
       stopCopyBytes,
       floorBytes,
@@ -1293,6 +1317,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       fillMs,
       stopCopyReadBytes: piece,
       compressWorkerRateBytesPerMs: cw,
+      endLagMs,
       fixedMs,
     };
   }

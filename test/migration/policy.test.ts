@@ -50,6 +50,7 @@ function prediction(p: Partial<Prediction> = {}): Prediction {
     fillMs: 0,
     stopCopyReadBytes: MIB,
     compressWorkerRateBytesPerMs: Number.NaN,
+    endLagMs: 0,
     fixedMs: { enterStopCopy: 0, destValidate: 0, destResume: 0, linkLatency: 0, total: 0 },
     ...p,
   };

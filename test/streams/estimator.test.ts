@@ -736,6 +736,46 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(() => est.setStopCopyShape(MIB, 1.5)).toThrow(MigError);
   });
 
+  it("setEndLag: the destination's lag behind a stream's last record counts in proportion to the stop-copy's own last record", () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, fixedCosts: { linkLatency: 0.5 } });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    for (let i = 0; i < 4; i++) {
+      est.recordRead(MIB, { durationMs: 1, sample: false });
+      est.sampleGeneration(MIB, 1);
+      est.recordWire(MIB, MIB, { durationMs: 2 });
+    }
+    est.updateStopCopySize(32);
+    const before = est.predict();
+    expect(before.endLagMs).toBe(0);
+    // A barrier ping behind a 1 MiB record came back 2 ms later than an idle round trip.
+    est.setEndLag(2, MIB);
+    let p = est.predict();
+    // 32 bytes: their share of 1 MiB.
+    expect(p.endLagMs).toBeCloseTo((2 * 32) / MIB, 9);
+    expect(p.fixedMs.linkLatency).toBeCloseTo(0.5 + p.endLagMs, 9);
+    expect(p.downtimeMs).toBeCloseTo(before.downtimeMs + p.endLagMs, 9);
+    // 256 KiB: a quarter; 8 MiB (whole 1 MiB records): all of it, never more.
+    est.updateStopCopySize(256 * 1024);
+    p = est.predict();
+    expect(p.stopCopyReadBytes).toBe(256 * 1024);
+    expect(p.endLagMs).toBeCloseTo(0.5, 9);
+    expect(p.highMs - p.lowMs).toBeGreaterThan(0);
+    est.updateStopCopySize(8 * MIB);
+    p = est.predict();
+    expect(p.endLagMs).toBeCloseTo(2, 9);
+    expect(p.fixedMs.total).toBeCloseTo(p.fixedMs.enterStopCopy + p.fixedMs.destValidate + p.fixedMs.destResume + p.fixedMs.linkLatency, 9);
+    expect(p.lowMs).toBeLessThanOrEqual(p.downtimeMs);
+    expect(p.highMs).toBeGreaterThanOrEqual(p.downtimeMs);
+    // Nonsense is ignored; the last valid call counts.
+    est.setEndLag(-1, MIB);
+    est.setEndLag(1, 0);
+    est.setEndLag(Number.NaN, MIB);
+    expect(est.predict().endLagMs).toBeCloseTo(2, 9);
+    est.setEndLag(1, 2 * MIB);
+    expect(est.predict().endLagMs).toBeCloseTo(0.5, 9);
+  });
+
   it('stopCopyReadBytes: whole chunks without compression; a compressed stop-copy of up to a chunk per worker in one piece per worker', () => {
     const K = 1024;
     expect(stopCopyReadBytes(0, MIB, 2)).toBe(0);
