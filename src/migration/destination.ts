@@ -61,8 +61,10 @@ export interface ReceiveOptions {
   maxReorderBytes?: number;
   /**
    * Decompress the compressed DATA records in this pool's workers (in order, on every channel)
-   * instead of on the event loop, which then only parses, checks and loads. Its workers start
-   * with the handshake; the caller owns the pool (close it when done). A decoder with a core to
+   * instead of on the event loop, which then only parses, checks and loads. Its workers start at
+   * the first compressed record (records decompress inline until one has booted), not during the
+   * handshake, whose timed arcs and pings a boot would inflate; a pool warmed beforehand (warm())
+   * is used at once. The caller owns the pool (close it when done). A decoder with a core to
    * spare decodes faster with one worker (docs/PERFORMANCE.md, zstd-*); on a host whose cores
    * the source's compression already keeps busy it does not help. Default none.
    */
@@ -195,8 +197,6 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       this.#transport = t;
       this.#progress();
       this.#setPhase('handshake');
-      // The workers boot while the handshake runs (the decoder decompresses inline until one is up).
-      opts.decompressionPool?.warm().catch(() => {});
       // Payloads the decoder assembled (records spanning socket reads, decompressed frames) go back
       // to it once their device took them: later records reuse that memory instead of fresh pages.
       const decoder = new RecordDecoder({ maxPayload: opts.maxPayload, recycle: true, pool: opts.decompressionPool ?? null });
