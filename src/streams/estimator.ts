@@ -1123,9 +1123,13 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     // the link: at a 200 MB/s cap with 6 MB of credit, 6 MB drained in 20 ms, not at once).
     const ps = this.pipeline.count >= o.minSamples ? this.pipeline.stats() : null;
     const pipeMean = ps !== null ? ps.mean : Number.NaN;
+    // An unmeasured link is not a slower one: the link shows its rate only while data waits for it,
+    // which it never does when a stage before it is the bottleneck (uncapped, with zstd, the
+    // compression workers), and then the whole path's measured rate stands for it, not the prior.
+    const pipeKnown = pipeMean > 0;
     const drainMs = Math.max(
-      Math.max(0, drainRaw - creditTotal) / (wireKnown ? linkRate * ratio : o.priorRateBytesPerMs),
-      pipeMean > 0 ? drainRaw / pipeMean : 0,
+      Math.max(0, drainRaw - creditTotal) / (wireKnown ? linkRate * ratio : pipeKnown ? pipeMean : o.priorRateBytesPerMs),
+      pipeKnown ? drainRaw / pipeMean : 0,
     );
 
     let stopCopyBytes = 0;
@@ -1213,6 +1217,13 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       wireMsHigh = paced / (raw * (1 - Math.min(rel, MAX_RELATIVE_BAND)));
       const best = Math.max(raw * (1 + rel), Number.isFinite(ws.best) ? ws.best * ratio : 0);
       wireMsBest = Math.max(0, floorBytes - creditRaw) / best;
+    } else if (pipeKnown) {
+      // The link never had to wait for: the path's measured rate bounds it (pipeMs below), and a
+      // prior would only stand in for a measurement that exists.
+      wireMs = 0;
+      wireMsLow = 0;
+      wireMsHigh = 0;
+      wireMsBest = 0; // an unmeasured link proves nothing about a lower bound
     } else {
       // Nothing measured on the wire yet: the prior rate, with a wide band (x4 either way).
       if (transferBytes > o.smallStateBytes) confident = false;

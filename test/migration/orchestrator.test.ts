@@ -169,6 +169,24 @@ describe('migrate/receive in one process', () => {
     expect(gap).toBeLessThanOrEqual(2 * MiB);
   });
 
+  it('after the drain, the destination\'s last report no longer counts as bytes to drain, and an unmeasured link does not stand at the prior rate', async () => {
+    // Uncapped, with zstd: the compression workers are the bottleneck, so the link never has data
+    // waiting for it (no wire samples) and the destination keeps up; its 'loaded' reports show the
+    // source's queues and what is on the way (megabytes). The barrier ping proves all of it arrived.
+    const { s, decisions } = await pairRun(1, 32 * MiB, () => 7, { compression: 'zstd', downtimeLimitMs: 1000 }, 16 * MiB);
+    expect(s.verified).toBe(true);
+    const drained = decisions.filter((d) => d.numbers.drained === true);
+    expect(drained.length).toBeGreaterThan(0);
+    for (const d of drained) {
+      // At most what the destination's resuming stream holds (1 MiB) and a write in progress.
+      expect(d.numbers.drainBytes as number).toBeLessThanOrEqual(2 * MiB);
+      // Where the link was not measured, the path's measured rate stands for it, not the prior.
+      if (!Number.isFinite(d.numbers.wireRateBytesPerMs as number) && Number.isFinite(d.numbers.pipelineRateBytesPerMs as number)) {
+        expect(d.numbers.rateBytesPerMs).toBeCloseTo(d.numbers.pipelineRateBytesPerMs as number, 6);
+      }
+    }
+  });
+
   it('the policy decides again after the drain: a "continue" then sends the migration back to PRE_COPY, and only a confirmed switchover stops the devices', async () => {
     // Switch over whenever the gates pass, except that the first confirmation says no.
     let asked = 0;

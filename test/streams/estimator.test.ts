@@ -736,6 +736,33 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(() => est.setStopCopyShape(MIB, 1.5)).toThrow(MigError);
   });
 
+  it('a link never measured (never the bottleneck) is timed at the whole path\'s measured rate, not at the prior', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now, priorRateBytesPerMs: 100 * 1000 });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    for (let i = 0; i < 4; i++) {
+      est.recordRead(MIB, { durationMs: 1, sample: false });
+      est.sampleGeneration(MIB, 1);
+    }
+    est.updateStopCopySize(4 * MIB);
+    // No wire sample and no path sample yet: the prior, unconfident.
+    let p = est.predict();
+    expect(p.wireRateBytesPerMs).toBeNaN();
+    expect(p.transferMs).toBeCloseTo((4 * MIB) / (100 * 1000), 6);
+    // The path measured at 400 KB/ms (compression workers the bottleneck): the transfer at that rate.
+    for (let i = 0; i < 4; i++) est.recordPipeline(400 * 1000, 1);
+    p = est.predict();
+    expect(p.wireRateBytesPerMs).toBeNaN();
+    expect(p.pipelineRateBytesPerMs).toBeCloseTo(400 * 1000, 6);
+    expect(p.transferMs).toBeCloseTo((4 * MIB) / (400 * 1000), 6);
+    expect(p.rateBytesPerMs).toBeCloseTo(400 * 1000, 6);
+    // The drain's bytes too.
+    est.setDrain(0, 2 * MIB);
+    p = est.predict();
+    expect(p.drainBytes).toBe(2 * MIB);
+    expect(p.drainMs).toBeCloseTo((2 * MIB) / (400 * 1000), 6);
+  });
+
   it("setEndLag: the destination's lag behind a stream's last record counts in proportion to the stop-copy's own last record", () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now, fixedCosts: { linkLatency: 0.5 } });
