@@ -5,12 +5,14 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, rmdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, rmdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MigrationCore } from '../../src/fsm/core.js';
 import { SimDevice, type SimDeviceOptions } from '../../src/devices/sim-device.js';
+import { listenTransport } from '../../src/transport/index.js';
+import type { TransportListener } from '../../src/transport/types.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const BIN = join(ROOT, 'bin', 'vfio-mig.js');
@@ -130,6 +132,31 @@ export function makeSims(n: number, opts: Partial<SimDeviceOptions> & { size: nu
       for (const s of sims) s.close();
     },
   };
+}
+
+/**
+ * A source set of `n` SimDevices with `opts` and a destination set with the same options but no
+ * workload, and a unix-socket listener in a fresh directory, for `body`; all of it is closed and
+ * removed afterwards, whatever `body` did.
+ */
+export async function withSimPair<T>(
+  n: number,
+  opts: Partial<SimDeviceOptions> & { size: number },
+  body: (src: Sims, dst: Sims, listener: TransportListener) => Promise<T>,
+  perDevice?: (i: number) => Partial<SimDeviceOptions>,
+): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-pair-'));
+  const src = makeSims(n, opts, perDevice);
+  const dst = makeSims(n, { ...opts, dirtyRate: 0 }, perDevice);
+  const listener = await listenTransport(`unix:${join(dir, 'p.sock')}`);
+  try {
+    return await body(src, dst, listener);
+  } finally {
+    src.close();
+    dst.close();
+    await listener.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** CLI device options matching makeSims(n, { size, seed: 1 + i }). */

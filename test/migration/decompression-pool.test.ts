@@ -3,14 +3,10 @@
  * main connection and on extra channels, and the state arrives verified.
  */
 import { describe, it, expect } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { receive } from '../../src/migration/destination.js';
 import { migrate } from '../../src/migration/source.js';
 import { CompressionPool } from '../../src/streams/compression-pool.js';
-import { listenTransport } from '../../src/transport/index.js';
-import { MiB, makeSims } from '../e2e/helpers.js';
+import { MiB, withSimPair } from '../e2e/helpers.js';
 
 /** A pool that counts the frames it was asked to decompress. */
 function countingPool(size: number): { pool: CompressionPool; frames: () => number } {
@@ -25,29 +21,23 @@ function countingPool(size: number): { pool: CompressionPool; frames: () => numb
 }
 
 async function run(channels: number, poolSize: number) {
-  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-decpool-'));
-  const src = makeSims(2, { size: 16 * MiB, dirtyRate: 2 * MiB });
-  const dst = makeSims(2, { size: 16 * MiB });
-  const listener = await listenTransport(`unix:${join(dir, 'd.sock')}`);
   const { pool, frames } = countingPool(poolSize);
   // Warmed first, as a destination that expects compressed streams would: a cold pool boots at the
   // first compressed record, and on a loaded machine a small migration can end before it is up
   // (the decoder's cold start has its own test, record-decoder-pool.test.ts).
   await pool.warm();
   try {
-    const incoming = receive({ devices: dst.cores, transport: () => listener.accept(), accept: () => listener.accept(), decompressionPool: pool });
-    const out = migrate({ devices: src.cores, transport: listener.url, compression: 'zstd', channels });
-    const [s, d] = await Promise.all([out.done, incoming.done]);
-    expect(s.verified && d.verified).toBe(true);
-    for (let i = 0; i < 2; i++) expect(dst.sims[i].digest()).toBe(src.sims[i].digest());
-    expect(pool.workers).toBe(poolSize);
-    return { frames: frames(), s };
+    return await withSimPair(2, { size: 16 * MiB, dirtyRate: 2 * MiB }, async (src, dst, listener) => {
+      const incoming = receive({ devices: dst.cores, transport: () => listener.accept(), accept: () => listener.accept(), decompressionPool: pool });
+      const out = migrate({ devices: src.cores, transport: listener.url, compression: 'zstd', channels });
+      const [s, d] = await Promise.all([out.done, incoming.done]);
+      expect(s.verified && d.verified).toBe(true);
+      for (let i = 0; i < 2; i++) expect(dst.sims[i].digest()).toBe(src.sims[i].digest());
+      expect(pool.workers).toBe(poolSize);
+      return { frames: frames(), s };
+    });
   } finally {
-    src.close();
-    dst.close();
     await pool.close();
-    await listener.close();
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 

@@ -4,36 +4,16 @@
  * source device RUNNING with its workload going, the destination's device reset and told why.
  */
 import { describe, it, expect } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { MigError } from '../../src/fsm/errors.js';
 import { DeviceState } from '../../src/fsm/states.js';
 import { receive } from '../../src/migration/destination.js';
 import { migrate } from '../../src/migration/source.js';
 import { DefaultSwitchoverPolicy, StepwiseSwitchoverPolicy, type Decision } from '../../src/migration/policy.js';
-import { listenTransport } from '../../src/transport/index.js';
-import { MiB, makeSims, type Sims } from '../e2e/helpers.js';
-
-/** A source SimDevice dirtying `dirtyRate` and a destination one, over a fresh unix socket, for `body`. */
-async function withPair(size: number, dirtyRate: number, body: (src: Sims, dst: Sims, listener: Awaited<ReturnType<typeof listenTransport>>) => Promise<void>): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-policy-'));
-  const src = makeSims(1, { size, dirtyRate });
-  const dst = makeSims(1, { size });
-  const listener = await listenTransport(`unix:${join(dir, 'p.sock')}`);
-  try {
-    await body(src, dst, listener);
-  } finally {
-    src.close();
-    dst.close();
-    await listener.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
+import { MiB, withSimPair } from '../e2e/helpers.js';
 
 describe('policy end to end', () => {
   it('aborts an infeasible migration early as not converging; the source keeps running, the destination is reset', async () => {
-    await withPair(16 * MiB, 32 * MiB, async (src, dst, listener) => {
+    await withSimPair(1, { size: 16 * MiB, dirtyRate: 32 * MiB }, async (src, dst, listener) => {
       const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
       incoming.done.catch(() => {});
       const t0 = performance.now();
@@ -86,7 +66,7 @@ describe('policy end to end', () => {
   it('the stepwise policy raises the limit until the prediction fits, and the summary names the limit the switchover went under', async () => {
     // 8 MiB dirtied at 64 MiB/s behind a 16 MB/s link: every page is hot, the stop-copy is the
     // whole state, ~0.5 s, far above 100 ms; raised by 250 ms every 150 ms it fits at 600 or 850.
-    await withPair(8 * MiB, 64 * MiB, async (src, dst, listener) => {
+    await withSimPair(1, { size: 8 * MiB, dirtyRate: 64 * MiB }, async (src, dst, listener) => {
       const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
       const policy = new StepwiseSwitchoverPolicy({ maxLimitMs: 2000, stepMs: 250, stepIntervalMs: 150 });
       const run = migrate({ devices: src.cores, transport: listener.url, downtimeLimitMs: 100, bandwidth: 16_000_000, policy });

@@ -4,16 +4,12 @@
  * others idle inside the downtime.
  */
 import { describe, it, expect } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { DeviceState } from '../../src/fsm/states.js';
 import type { SavingSession } from '../../src/fsm/types.js';
 import { receive } from '../../src/migration/destination.js';
 import { migrate, type MigrateOptions } from '../../src/migration/source.js';
 import { sharedCompressionPool } from '../../src/streams/compression-pool.js';
-import { listenTransport } from '../../src/transport/index.js';
-import { MiB, makeSims } from '../e2e/helpers.js';
+import { MiB, withSimPair, type Sims } from '../e2e/helpers.js';
 
 const S = DeviceState;
 
@@ -22,45 +18,41 @@ const S = DeviceState;
  * got. `afterRead(n)` runs after each STOP_COPY read (n: reads so far); with `fails`, the migration
  * must fail and the error and both sides are returned instead.
  */
-async function stopCopyReads(opts: Partial<MigrateOptions>, afterRead?: (n: number, src: ReturnType<typeof makeSims>) => void) {
-  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-split-'));
-  const src = makeSims(1, { size: 8 * MiB, dirtyRate: 32 * MiB }, () => ({ flags: 7 }));
-  const dst = makeSims(1, { size: 8 * MiB }, () => ({ flags: 7 }));
-  const listener = await listenTransport(`unix:${join(dir, 's.sock')}`);
-  const asked: number[] = [];
-  const got: number[] = [];
-  src.cores[0].on('arc', (a) => {
-    if (a.to !== S.STOP_COPY) return;
-    const session = src.sims[0].session as SavingSession;
-    const inner = session.read.bind(session);
-    session.read = async (buf: Buffer) => {
-      asked.push(buf.length);
-      const n = await inner(buf);
-      if (n > 0) got.push(n);
-      afterRead?.(asked.length, src);
-      return n;
-    };
-  });
-  try {
-    const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
-    const run = migrate({ devices: src.cores, transport: listener.url, downtimeLimitMs: 1000, chunkSize: MiB, ...opts });
-    if (afterRead !== undefined) {
-      const [s, d] = await Promise.allSettled([run.done, incoming.done]);
-      expect(s.status).toBe('rejected');
-      expect(d.status).toBe('rejected');
-      const err = (s as PromiseRejectedResult).reason as { code: string; phase: string };
-      return { asked, got, err, srcState: await src.cores[0].getState(), dstState: await dst.cores[0].getState(), dstResets: dst.resets.length };
-    }
-    const [s, d] = await Promise.all([run.done, incoming.done]);
-    expect(s.verified && d.verified).toBe(true);
-    expect(dst.sims[0].digest()).toBe(src.sims[0].digest());
-    return { asked, got, s };
-  } finally {
-    src.close();
-    dst.close();
-    await listener.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
+async function stopCopyReads(opts: Partial<MigrateOptions>, afterRead?: (n: number, src: Sims) => void) {
+  return withSimPair(
+    1,
+    { size: 8 * MiB, dirtyRate: 32 * MiB },
+    async (src, dst, listener) => {
+      const asked: number[] = [];
+      const got: number[] = [];
+      src.cores[0].on('arc', (a) => {
+        if (a.to !== S.STOP_COPY) return;
+        const session = src.sims[0].session as SavingSession;
+        const inner = session.read.bind(session);
+        session.read = async (buf: Buffer) => {
+          asked.push(buf.length);
+          const n = await inner(buf);
+          if (n > 0) got.push(n);
+          afterRead?.(asked.length, src);
+          return n;
+        };
+      });
+      const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
+      const run = migrate({ devices: src.cores, transport: listener.url, downtimeLimitMs: 1000, chunkSize: MiB, ...opts });
+      if (afterRead !== undefined) {
+        const [s, d] = await Promise.allSettled([run.done, incoming.done]);
+        expect(s.status).toBe('rejected');
+        expect(d.status).toBe('rejected');
+        const err = (s as PromiseRejectedResult).reason as { code: string; phase: string };
+        return { asked, got, err, srcState: await src.cores[0].getState(), dstState: await dst.cores[0].getState(), dstResets: dst.resets.length };
+      }
+      const [s, d] = await Promise.all([run.done, incoming.done]);
+      expect(s.verified && d.verified).toBe(true);
+      expect(dst.sims[0].digest()).toBe(src.sims[0].digest());
+      return { asked, got, s };
+    },
+    () => ({ flags: 7 }),
+  );
 }
 
 describe('a small compressed stop-copy is split over the compression workers', () => {
