@@ -741,7 +741,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         // which a stop-copy of 32 bytes never waits for. A ping on the now idle link separates
         // the two: the round trip is the link's latency, the rest the lag behind `lastRaw` bytes,
         // which the prediction scales to the stop-copy's own last record.
-        const idle = lastRaw > 0 ? await this.#idleRoundTrip(Math.max(deadline, performance.now() + bound)) : null;
+        const idle = lastRaw > 0 ? await this.#roundTrip(IDLE_PING_ID, Math.max(deadline, performance.now() + bound)) : null;
         if (idle !== null) {
           this.#est.recordFixedCost('linkLatency', Math.min(idle, sample));
           this.#est.setEndLag(Math.max(0, sample - idle), lastRaw);
@@ -773,13 +773,18 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
   }
 
-  /** One ping's round trip on the main connection, ms, or null when its pong did not come by `deadline`. */
-  async #idleRoundTrip(deadline: number): Promise<number | null> {
+  /**
+   * One ping's round trip on the main connection, ms: without a `deadline` as long as it takes (the
+   * run's latch bounds it), with one null when the pong did not come by then.
+   */
+  async #roundTrip(id: number, deadline?: number): Promise<number | null> {
     const pong = this.#expect('pong');
     pong.catch(() => {});
     const t = performance.now();
-    await this.#send({ type: 'ping', id: IDLE_PING_ID });
-    return (await this.#until(pong, deadline)) ? performance.now() - t : null;
+    await this.#send({ type: 'ping', id });
+    if (deadline === undefined) await pong;
+    else if (!(await this.#until(pong, deadline))) return null;
+    return performance.now() - t;
   }
 
   /** Wait for `p` (through the latch) or until the clock reaches `deadline`; true when `p` came first. */
@@ -815,12 +820,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     if (ready.features.ping !== true) return;
     this.#pingable = true;
     const rtts: number[] = [];
-    for (let id = 0; id < PINGS; id++) {
-      const t = performance.now();
-      await this.#send({ type: 'ping', id });
-      await this.#expect('pong');
-      rtts.push(performance.now() - t);
-    }
+    // Without a deadline a round trip is never null.
+    for (let id = 0; id < PINGS; id++) rtts.push((await this.#roundTrip(id)) as number);
     const rtt = Math.min(...rtts);
     this.#rtt = rtt;
     this.#est.setFixedCostPrior('linkLatency', rtt);
@@ -952,9 +953,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
    */
   #splitStopCopy(i: number): void {
     const stream = this.#devs[i].stream;
+    if (!this.#compressing || stream === null) return;
     // One worker compresses one record at a time: pieces would only add records.
     const workers = sharedCompressionPool().size;
-    if (!this.#compressing || stream === null || workers < 2) return;
+    if (workers < 2) return;
     const piece = stopCopyReadBytes(this.#est.expectedStopCopyBytes(i), stream.chunkSize, workers);
     stream.readLimit = piece > 0 && piece < stream.chunkSize ? piece : 0;
   }

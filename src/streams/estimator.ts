@@ -1299,7 +1299,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     return {
       valid,
       confident,
-      rateBounded: wireKnown || (ps !== null && ps.mean > 0),
+      rateBounded: wireKnown || pipeKnown,
       downtimeMs: valid ? fixedMs.total + transferMs + fillMs : Infinity,
       lowMs: valid ? fixedLow + endLagMs + transferLow + fillMs : Infinity,
       highMs: valid ? fixedHigh + endLagMs + transferHigh + fillMs : Infinity,
