@@ -1264,8 +1264,9 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     // transferMs (of its device's bytes when a device's generation is the slowest). A stop-copy of one
     // record per worker is nearly all fill (650 KB of zstd level 1 took 2.3 ms on one worker in
     // process, against 1.3 at the two workers' rate). The link counts only past a cap's credit
-    // (within it a record leaves at once). The destination's lag behind the last byte is in the
-    // linkLatency fixed cost (the drain's ping measures it), so it is not a stage here.
+    // (within it a record leaves at once): a record's share of the link's paced time. The
+    // destination's lag behind the last byte is in the linkLatency fixed cost (the drain's ping
+    // measures it), so it is not a stage here.
     const piece = stopCopyReadBytes(largestDeviceBytes, this.chunkBytes, this.compressWorkers);
     // The median: a job's result waits for the event loop, which PRE_COPY's reads keep busy in
     // bursts (256 KiB jobs took 1.0-1.5 ms, a fifth of them 4-13 ms; the mean read 5 ms).
@@ -1281,7 +1282,11 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       let stages = 0;
       if (slowestGen > 0) stages += record / slowestGen;
       if (cw > 0) stages += record / cw;
-      if (wireKnown && transferBytes > creditRaw) stages += record / (linkRate * ratio);
+      // On the link a record takes its share of the paced time: with a cap's credit ahead of it,
+      // less than its size at the cap (a stop-copy of one 700 KB record behind 320 KB of credit
+      // on a 50 MB/s link was counted twice, 8.7 ms of transfer and 15.6 of fill: predicted
+      // 21.6 ms for 11.8).
+      if (wireKnown) stages += (record * wireMs) / transferBytes;
       const bottleneckBytes = genMs >= transferMs && genBottleneckBytes > 0 ? genBottleneckBytes : transferBytes;
       fillMs = Math.max(0, stages - (Math.min(record, bottleneckBytes) * transferMs) / bottleneckBytes);
     }

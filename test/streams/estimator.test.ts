@@ -736,6 +736,40 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(() => est.setStopCopyShape(MIB, 1.5)).toThrow(MigError);
   });
 
+  it('the fill counts a record on a capped link for its share of the paced time: a credit ahead of it is not paid twice', () => {
+    const c = clock();
+    const est = new PrecopyEstimator({ now: c.now });
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    // The device reads 1 MiB per ms; the link is capped at 1 MiB per 20 ms (ratio 1).
+    for (let i = 0; i < 4; i++) {
+      est.recordRead(MIB, { durationMs: 1, sample: false });
+      est.sampleGeneration(MIB, 1);
+      est.recordWire(MIB, MIB, { durationMs: 20 });
+    }
+    // A stop-copy of one 700 KiB record behind 300 KiB of credit: 400 KiB paced, 7.8125 ms.
+    est.updateStopCopySize(700 * 1024);
+    est.setLinkCredit(300 * 1024, MIB / 20);
+    let p = est.predict();
+    expect(p.stopCopyReadBytes).toBeGreaterThanOrEqual(700 * 1024);
+    expect(p.transferMs).toBeCloseTo(7.8125, 6);
+    // The record reaches the link after its read (0.68 ms), then leaves as the paced time allows:
+    // the fill is the read, not the read and the record's whole size at the cap (13.7 ms).
+    expect(p.fillMs).toBeCloseTo(0.68359375, 6);
+    expect(p.downtimeMs).toBeCloseTo(p.fixedMs.total + 7.8125 + 0.68359375, 6);
+    // No credit: a record's share is its size at the cap, as before.
+    est.setLinkCredit(0, MIB / 20);
+    p = est.predict();
+    expect(p.transferMs).toBeCloseTo(13.671875, 6);
+    expect(p.fillMs).toBeCloseTo(0.68359375, 6);
+    // Eight records of 1 MiB behind 3 MiB of credit: 5 MiB paced (100 ms); a record's link share
+    // is 12.5 ms, the period the same: the fill is one read.
+    est.updateStopCopySize(8 * MIB);
+    est.setLinkCredit(3 * MIB, MIB / 20);
+    p = est.predict();
+    expect(p.transferMs).toBeCloseTo(100, 6);
+    expect(p.fillMs).toBeCloseTo(1, 6);
+  });
+
   it('a link never measured (never the bottleneck) is timed at the whole path\'s measured rate, not at the prior', () => {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now, priorRateBytesPerMs: 100 * 1000 });
