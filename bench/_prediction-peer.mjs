@@ -129,14 +129,19 @@ async function dest(cell) {
   await send({ listening: listener.url });
   // CPU over the migration only (the device's content pools are built before).
   const cpu0 = process.cpuUsage();
-  const run = receive({ devices: [new MigrationCore(dev)], transport: () => listener.accept(), stallTimeoutMs: cell.timeoutMs });
+  const core = new MigrationCore(dev);
+  // Every arc the device took and how long it took (the setup's, which the source's priors come
+  // from, and the validation's and resume's in the downtime, which they stand for).
+  const arcs = [];
+  core.on('arc', (a) => arcs.push({ from: a.from, to: a.to, ms: a.ms }));
+  const run = receive({ devices: [core], transport: () => listener.accept(), stallTimeoutMs: cell.timeoutMs });
   run.on('phase', (p) => (p.phase === 'stop-copy' || p.phase === 'complete') && stalls.mark(p.phase));
   try {
     const s = await run.done;
     // A collection that starts in the downtime is reported when it ends.
     if (cell.stalls) await new Promise((resolve) => setTimeout(resolve, 20));
     stalls.stop();
-    await send({ ok: true, downtimeMs: s.downtimeMs, phases: s.phases, bytes: s.bytes, verified: s.verified, digest: dev.digest(), maxRssKB: maxRssKB(), cpu: cpuMs(cpu0), stalls: { gcs: stalls.gcs, marks: stalls.marks } });
+    await send({ ok: true, downtimeMs: s.downtimeMs, phases: s.phases, arcs, bytes: s.bytes, verified: s.verified, digest: dev.digest(), maxRssKB: maxRssKB(), cpu: cpuMs(cpu0), stalls: { gcs: stalls.gcs, marks: stalls.marks } });
   } catch (err) {
     await send({ ok: false, ...errorInfo(err) });
   } finally {
@@ -154,7 +159,9 @@ async function source(cell) {
   const stalls = stallRecorder(cell.stalls);
   // The downtime begins when the first device leaves PRE_COPY (or RUNNING) for the switchover's arcs.
   let downStartAt = null;
+  const arcs = [];
   core.on('arc', (a) => {
+    arcs.push({ from: a.from, to: a.to, ms: a.ms });
     if (downStartAt === null && (a.to === DeviceState.PRE_COPY_P2P || a.to === DeviceState.RUNNING_P2P || a.to === DeviceState.STOP_COPY || a.to === DeviceState.STOP)) {
       downStartAt = performance.timeOrigin + performance.now() - a.ms;
       stalls.mark('down');
@@ -199,6 +206,7 @@ async function source(cell) {
       compressionRatio: s.compressionRatio,
       rounds: s.precopyRounds,
       phases: s.phases,
+      arcs,
       devices: s.devices,
       verified: s.verified,
       switchoverAtMs: last?.atMs ?? null,

@@ -26,6 +26,9 @@
 // core, where on one VM the kernel's wake-up placement often puts both on one core for a whole
 // switchover while the other idles (PERFORMANCE.md, prediction). Off by default: the table's rows
 // are measured as the peers fall.
+// Each switchover cell's detail carries both peers' device arcs (`arcs`, `destinationArcs`: from, to,
+// ms): what the setup's arcs, which the source's fixed-cost priors come from, took beside the
+// downtime's own.
 // Rows: prediction-error-max (max |predicted - measured| / measured over the switchover cells; baseline
 // the 15% target; ratio = value / 0.15: lower is better, <= 1 meets the target), prediction-overshoot-max
 // (max measured / limit; baseline 1.15), prediction-abort-time-max (max abort time / blind time over the
@@ -182,6 +185,8 @@ export default async function run({ quick, log = () => {} }) {
           compressionRatio: src.compressionRatio,
           phases: src.phases,
           destinationPhases: dst.phases,
+          arcs: src.arcs,
+          destinationArcs: dst.arcs,
           devices: src.devices,
           atSwitchover: src.switchNumbers,
           ...(stalls === null ? {} : { stalls, relativeErrorWithoutStalls: errWithoutStalls }),
