@@ -11,6 +11,8 @@
  *   PRE_COPY temporary end. Not the end: 'precopy-empty' once per empty streak, then poll with
  *   bounded exponential backoff; 'precopy-data' when bytes return.
  * - a 0 read when precopyInfo() is refused with EINVAL (STOP_COPY, or no PRE_COPY support): the end.
+ *   After stopCopyEntered() (the caller moved the device to STOP_COPY), a 0 read of a read started
+ *   since is the end at once: the question is not asked inside the downtime.
  * - EAGAIN: data not ready yet, retried with backoff.
  * - ENODEV (session disabled by a reset or by leaving the transfer state) and any other error:
  *   the stream is destroyed with a typed MigError (code kept, original as `cause`).
@@ -59,6 +61,9 @@ export class SavingStream extends ChunkSource {
   #probeDelay: number;
   #probeTimer: NodeJS.Timeout | null;
   #probeBytes: number;
+  /** Reads started (the pull path), and how many had started when stopCopyEntered() was called (-1: not yet). */
+  #pulls: number;
+  #stopCopyAfter: number;
 
   constructor(session: SavingSession, opts: SavingStreamOptions = {}) {
     super(opts);
@@ -68,10 +73,15 @@ export class SavingStream extends ChunkSource {
     this.#probeDelay = -1;
     this.#probeTimer = null;
     this.#probeBytes = 0;
+    this.#pulls = 0;
+    this.#stopCopyAfter = -1;
     const fd = session.fd;
     if (fd === null) {
       this.path = 'method';
-      this.usePull((buf) => session.read(buf));
+      this.usePull((buf) => {
+        this.#pulls++;
+        return session.read(buf);
+      });
       return;
     }
     const kind = fdKind(fd);
@@ -87,7 +97,10 @@ export class SavingStream extends ChunkSource {
       this.#armProbe();
     } else {
       this.path = 'fs';
-      this.usePull((buf) => fdRead(fd, buf));
+      this.usePull((buf) => {
+        this.#pulls++;
+        return fdRead(fd, buf);
+      });
     }
   }
 
@@ -129,8 +142,20 @@ export class SavingStream extends ChunkSource {
     }
   }
 
+  /**
+   * The caller moved this session's device to STOP_COPY: a 0 read from a read started after this
+   * call is the end of stream (the uAPI's rule in STOP_COPY), without asking precopyInfo() first,
+   * a round trip to a device host inside the downtime. A read already in flight may have started in
+   * PRE_COPY, where a 0 is the temporary end: its 0 is still checked. The epoll path is unchanged
+   * (its EOF already means the end; the round trip there lets a reset's notice arrive first).
+   */
+  stopCopyEntered(): void {
+    if (this.#stopCopyAfter < 0) this.#stopCopyAfter = this.#pulls;
+  }
+
   protected override async onZeroRead(): Promise<PullVerdict> {
     if (this.session.disabled) return this.#disabledError();
+    if (this.#stopCopyAfter >= 0 && this.#pulls > this.#stopCopyAfter) return 'end';
     let info: PrecopyInfo;
     try {
       info = await this.session.precopyInfo();

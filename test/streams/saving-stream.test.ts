@@ -286,6 +286,59 @@ describe('SavingStream over a method-backed session', () => {
     expect(sha(...chunks)).toBe(sha(pattern(0, 8192)));
   });
 
+  it('stopCopyEntered(): a 0 read from a read started after it is the end, without a precopyInfo() round trip', async () => {
+    // A driver that shows PRE_COPY's temporary end as a 0 read: only precopyInfo() tells the two apart.
+    const session = new ScriptedSaving({ available: 4096, phase: 'PRE_COPY', emptyMode: 'zero' });
+    let asked = 0;
+    const info = session.precopyInfo.bind(session);
+    session.precopyInfo = () => {
+      asked++;
+      return info();
+    };
+    let empties = 0;
+    session.onEmpty = () => void empties++;
+    const s = createSavingStream(session, { backoffMin: 10_000, backoffMax: 10_000 });
+    const done = collect(s);
+    while (empties < 1) await new Promise((r) => setTimeout(r, 2));
+    expect(asked).toBe(1); // the temporary end, asked
+    // The caller moves the device to STOP_COPY (its stop-copy: 100 bytes) and says so.
+    session.phase = 'STOP_COPY';
+    session.add(100);
+    s.stopCopyEntered();
+    s.retryNow();
+    const { chunks, events } = await done;
+    expect(events).toEqual(['precopy-empty', 'precopy-data', 'end', 'close']);
+    expect(sha(...chunks)).toBe(sha(pattern(0, 4196)));
+    expect(asked).toBe(1);
+  });
+
+  it('stopCopyEntered() leaves the 0 of a read already in flight to precopyInfo(): it may have started in PRE_COPY', async () => {
+    const session = new ScriptedSaving({ available: 0, phase: 'PRE_COPY', emptyMode: 'zero' });
+    let asked = 0;
+    const info = session.precopyInfo.bind(session);
+    session.precopyInfo = async () => {
+      asked++;
+      const answer = await info();
+      // The in-flight read's 0 was a temporary end; now the device really enters STOP_COPY.
+      session.phase = 'STOP_COPY';
+      return answer;
+    };
+    session.hold = true;
+    const s = createSavingStream(session, { backoffMin: 1, backoffMax: 2 });
+    const empties: unknown[] = [];
+    s.on('precopy-empty', (e) => empties.push(e));
+    const done = collect(s);
+    while (session.reads < 1) await new Promise((r) => setTimeout(r, 2));
+    // The read in flight started in PRE_COPY; the call comes before its answer.
+    s.stopCopyEntered();
+    session.release();
+    const { events } = await done;
+    expect(events).toEqual(['precopy-empty', 'end', 'close']);
+    expect(empties).toHaveLength(1);
+    // Asked for the in-flight read's 0 only: the next reads' 0 ended the stream without asking.
+    expect(asked).toBe(1);
+  });
+
   it('backs off exponentially while empty, bounded by backoffMax, and resets on progress', async () => {
     const session = new ScriptedSaving({ available: 10, phase: 'PRE_COPY' });
     const stamps: number[] = [];
