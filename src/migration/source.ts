@@ -240,6 +240,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   /** The destination reported its devices RUNNING. */
   #running: boolean;
   #switching: boolean;
+  /** Every device entered STOP_COPY (the switchover's arcs completed). */
+  #inStopCopy: boolean;
   #predicted: number | null;
   /** The limit the switchover was confirmed under (summary.switchoverLimitMs). */
   #switchLimit: number | null = null;
@@ -288,6 +290,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     this.#validated = false;
     this.#running = false;
     this.#switching = false;
+    this.#inStopCopy = false;
     this.#predicted = null;
     this.#downStart = 0;
     this.#lastRateAt = this.#t0;
@@ -415,9 +418,17 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       await this.#latch.guard(enterP2P(cores));
       await this.#latch.guard(enterStopCopy(cores));
       this.#est.recordFixedCost('enterStopCopy', performance.now() - tStop);
+      this.#inStopCopy = true;
+      // The state is frozen from here: the digests are taken while the stop-copy is read (a device
+      // host's digest is a round trip, a SimDevice's 0.1-0.2 ms), not after it, inside the downtime.
+      const digests = this.#devs.map((d) => digestOf(d.core));
+      for (const p of digests) p.catch(() => {});
       for (let i = 0; i < this.#devs.length; i++) this.#splitStopCopy(i);
       // A PRE_COPY stream idling in its backoff after a temporary end would sleep into the downtime.
+      // A read started from here reads STOP_COPY, where a 0 is the end: no precopy-info round trip
+      // to learn it (stopCopyEntered(); the drain held the reads, so none is normally in flight).
       for (const d of this.#devs) {
+        d.stream?.stopCopyEntered();
         d.stream?.retryNow();
         d.stream?.releaseReads();
       }
@@ -429,7 +440,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       }
       await this.#latch.guard(Promise.all(this.#devs.map((d) => d.pump)));
       for (let i = 0; i < this.#devs.length; i++) {
-        const digest = await this.#latch.guard(digestOf(this.#devs[i].core));
+        const digest = await this.#latch.guard(digests[i]);
         if (digest !== null) await this.#send({ type: 'digest', device: i, digest });
       }
       await this.#send({ type: 'commit', records: [...this.#records] });
@@ -881,6 +892,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       },
     });
     d.stream = stream;
+    if (this.#inStopCopy) stream.stopCopyEntered();
     if (this.#switching) this.#splitStopCopy(i);
     // Every read reaches the estimator's view at once (a query resets the view, so a read reported
     // after it would be subtracted twice). Generation samples are separate: reads batched until their
