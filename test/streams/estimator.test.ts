@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { PrecopyEstimator, RateWindow, stopCopyReadBytes, type QueryFailedEvent, type ReinitEvent, type InitialSentEvent, type Prediction } from '../../src/streams/estimator.js';
+import { PrecopyEstimator, RateWindow, stopCopyReadBytes, type QueryFailedEvent, type ReinitEvent, type InitialSentEvent, type Prediction, type PrecopyEstimatorOptions } from '../../src/streams/estimator.js';
 import { MigError } from '../../src/fsm/errors.js';
 
 const MIB = 1024 * 1024;
@@ -672,6 +672,21 @@ describe('PrecopyEstimator: rates and prediction', () => {
   });
 
   /** 4 MiB of stop-copy data; 2:1 compression, the wire moving 1 MiB of wire bytes (2 MiB raw) per 10 ms. */
+  /**
+   * An estimator whose device read 1 MiB per ms (four generation samples) and, with `wireMs`, whose
+   * link moved 1 MiB (as much raw) per `wireMs` ms; no stop-copy size yet.
+   */
+  function readsMeasured(opts: PrecopyEstimatorOptions, wireMs?: number): PrecopyEstimator {
+    const est = new PrecopyEstimator(opts);
+    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
+    for (let i = 0; i < 4; i++) {
+      est.recordRead(MIB, { durationMs: 1, sample: false });
+      est.sampleGeneration(MIB, 1);
+      if (wireMs !== undefined) est.recordWire(MIB, MIB, { durationMs: wireMs });
+    }
+    return est;
+  }
+
   function compressedLink(): PrecopyEstimator {
     const c = clock();
     const est = new PrecopyEstimator({ now: c.now });
@@ -714,13 +729,7 @@ describe('PrecopyEstimator: rates and prediction', () => {
     expect(p.transferMs).toBeCloseTo(32, 6);
     expect(p.fillMs).toBeCloseTo(1 + 8 + 0.5 - 2, 6);
     // Without compression samples (or before any), no compression stage: read + link - period, floored at 0.
-    const plain = new PrecopyEstimator({ now: c.now });
-    plain.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
-    for (let i = 0; i < 4; i++) {
-      plain.recordRead(MIB, { durationMs: 1, sample: false });
-      plain.sampleGeneration(MIB, 1);
-      plain.recordWire(MIB, MIB, { durationMs: 4 });
-    }
+    const plain = readsMeasured({ now: c.now }, 4);
     plain.updateStopCopySize(8 * MIB);
     p = plain.predict();
     expect(p.transferMs).toBeCloseTo(32, 6);
@@ -737,15 +746,8 @@ describe('PrecopyEstimator: rates and prediction', () => {
   });
 
   it('the fill counts a record on a capped link for its share of the paced time: a credit ahead of it is not paid twice', () => {
-    const c = clock();
-    const est = new PrecopyEstimator({ now: c.now });
-    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
     // The device reads 1 MiB per ms; the link is capped at 1 MiB per 20 ms (ratio 1).
-    for (let i = 0; i < 4; i++) {
-      est.recordRead(MIB, { durationMs: 1, sample: false });
-      est.sampleGeneration(MIB, 1);
-      est.recordWire(MIB, MIB, { durationMs: 20 });
-    }
+    const est = readsMeasured({ now: clock().now }, 20);
     // A stop-copy of one 700 KiB record behind 300 KiB of credit: 400 KiB paced, 7.8125 ms.
     est.updateStopCopySize(700 * 1024);
     est.setLinkCredit(300 * 1024, MIB / 20);
@@ -771,13 +773,7 @@ describe('PrecopyEstimator: rates and prediction', () => {
   });
 
   it('a link never measured (never the bottleneck) is timed at the whole path\'s measured rate, not at the prior', () => {
-    const c = clock();
-    const est = new PrecopyEstimator({ now: c.now, priorRateBytesPerMs: 100 * 1000 });
-    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
-    for (let i = 0; i < 4; i++) {
-      est.recordRead(MIB, { durationMs: 1, sample: false });
-      est.sampleGeneration(MIB, 1);
-    }
+    const est = readsMeasured({ now: clock().now, priorRateBytesPerMs: 100 * 1000 });
     est.updateStopCopySize(4 * MIB);
     // No wire sample and no path sample yet: the prior, unconfident.
     let p = est.predict();
@@ -798,14 +794,7 @@ describe('PrecopyEstimator: rates and prediction', () => {
   });
 
   it("setEndLag: the destination's lag behind a stream's last record counts in proportion to the stop-copy's own last record", () => {
-    const c = clock();
-    const est = new PrecopyEstimator({ now: c.now, fixedCosts: { linkLatency: 0.5 } });
-    est.updatePrecopyInfo({ initialBytes: 0, dirtyBytes: 0, reinit: false });
-    for (let i = 0; i < 4; i++) {
-      est.recordRead(MIB, { durationMs: 1, sample: false });
-      est.sampleGeneration(MIB, 1);
-      est.recordWire(MIB, MIB, { durationMs: 2 });
-    }
+    const est = readsMeasured({ now: clock().now, fixedCosts: { linkLatency: 0.5 } }, 2);
     est.updateStopCopySize(32);
     const before = est.predict();
     expect(before.endLagMs).toBe(0);
