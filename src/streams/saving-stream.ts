@@ -144,8 +144,9 @@ export class SavingStream extends ChunkSource {
 
   /**
    * The caller moved this session's device to STOP_COPY: a 0 read from a read started after this
-   * call is the end of stream (the uAPI's rule in STOP_COPY), without asking precopyInfo() first,
-   * a round trip to a device host inside the downtime. A read already in flight may have started in
+   * call is the end of stream (the uAPI's rule in STOP_COPY), without asking precopyInfo() first
+   * inside the downtime (an ioctl on a kernel device, a round trip to a device host serving its
+   * file over FUSE, a call into an in-process device). A read already in flight may have started in
    * PRE_COPY, where a 0 is the temporary end: its 0 is still checked. The epoll path is unchanged
    * (its EOF already means the end; the round trip there lets a reset's notice arrive first).
    */
