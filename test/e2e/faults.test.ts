@@ -306,3 +306,17 @@ describe('fault matrix: rollback before the acknowledgement', () => {
     r.dst.close();
   });
 });
+
+describe('fault matrix: after the acknowledgement', () => {
+  it('the destination fails to resume: no rollback (it holds the state); the source devices leave STOP_COPY for STOP', async () => {
+    const r = await failingMigration({ dst: { faults: { arc: { from: S.STOP, to: S.RUNNING_P2P, code: 'EIO' } } } });
+    expect(r.err.phase).toBe('resume');
+    expect(r.err.recovery).toBe('none');
+    // The source gave its state up at 'validated': stopped, frozen, unchanged, not running again.
+    for (const c of r.src.cores) expect(await c.getState()).toBe(S.STOP);
+    expect(r.src.sims.map((s) => s.digest())).toEqual(r.before);
+    expect(r.src.arcs.at(-1)?.slice(1)).toEqual([S.STOP_COPY, S.STOP]);
+    r.src.close();
+    r.dst.close();
+  });
+});

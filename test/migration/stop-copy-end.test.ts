@@ -72,3 +72,39 @@ describe('the end of the stop-copy', () => {
     expect(steps).not.toContain('precopy-info');
   });
 });
+
+describe('the end of the downtime', () => {
+  it("the source leaves STOP_COPY only after the destination's 'running', outside the downtime", async () => {
+    await withSimPair(
+      1,
+      { size: 4 * MiB, dirtyRate: 4 * MiB },
+      async (src, dst, listener) => {
+        // The destination's resume takes 30 ms: time enough to see which side of it the source's arc falls.
+        const sim = dst.sims[0];
+        const step = sim.step.bind(sim);
+        sim.step = async (from, to) => {
+          if (from === S.STOP && to === S.RUNNING_P2P) await new Promise((r) => setTimeout(r, 30));
+          return step(from, to);
+        };
+        let runningAt = -1;
+        dst.cores[0].on('arc', (a) => {
+          if (a.to === S.RUNNING) runningAt = performance.now();
+        });
+        let stopAt = -1;
+        src.cores[0].on('arc', (a) => {
+          if (a.from === S.STOP_COPY && a.to === S.STOP) stopAt = performance.now() - a.ms;
+        });
+        const incoming = receive({ devices: dst.cores, transport: () => listener.accept() });
+        const run = migrate({ devices: src.cores, transport: listener.url, downtimeLimitMs: 1000 });
+        const [s] = await Promise.all([run.done, incoming.done]);
+        expect(s.downtimeMs).toBeGreaterThanOrEqual(30);
+        expect(runningAt).toBeGreaterThan(0);
+        // The source's arc began once the destination was RUNNING (its 'running' sent after), not
+        // while the source waited for it, 30 ms earlier.
+        expect(stopAt).toBeGreaterThanOrEqual(runningAt);
+        expect(src.cores[0].state).toBe(S.STOP);
+      },
+      () => ({ flags: 7 }),
+    );
+  });
+});
