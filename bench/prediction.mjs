@@ -148,7 +148,11 @@ export default async function run({ quick, log = () => {} }) {
       if (b.lingering.length > 0) failures.push(`${cellName(c)} (blind): ${b.lingering.join(' and ')} still running 10 s after reporting`);
       blindMs = b.src.totalMs;
       blindDowntimeMs = b.src.downtimeMs;
-      if (blindDowntimeMs <= 1.15 * LIMIT_MS) failures.push(`${cellName(c)}: classified infeasible, but its blind run met the limit (${blindDowntimeMs.toFixed(0)} ms)`);
+      // Infeasible means the limit cannot be met: a blind downtime within it says the cell was
+      // misclassified. (Against 1.15 x the limit, the overshoot a switchover is allowed, the 64 MiB /
+      // 200 MB/s / zstd cell failed in 2 of 5 runs on 2026-12-07: its blind downtimes read 111-210 ms,
+      // since a cap's 50 ms of burst credit carries a fifth of its compressed state at once.)
+      if (blindDowntimeMs <= LIMIT_MS) failures.push(`${cellName(c)}: classified infeasible, but its blind run met the limit (${blindDowntimeMs.toFixed(0)} ms)`);
     }
     const timeoutMs = Math.round(Math.max(15_000, Math.min(60_000, 3 * (Number.isFinite(blindMs) ? blindMs : 0))));
     const { src, dst, lingering } = await runCell(c, timeoutMs);
