@@ -456,8 +456,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       // event loop that had 'running' to read next, often already in the same socket read.
       const leaveStopCopy = () => stepAll(cores, () => DeviceState.STOP);
       this.#setPhase('resume');
-      const running = await this.#expect('running').catch(async (err: unknown) => {
-        await leaveStopCopy().catch(() => {});
+      const running = await this.#expect('running').catch((err: unknown) => {
+        // No 'running' (the destination failed to resume, or is gone): the source still gives the
+        // state up, started here and not awaited, as a failure must not wait on a device.
+        leaveStopCopy().catch(() => {});
         throw err;
       });
       const downtimeMs = performance.now() - this.#downStart;

@@ -313,6 +313,8 @@ describe('fault matrix: after the acknowledgement', () => {
     expect(r.err.phase).toBe('resume');
     expect(r.err.recovery).toBe('none');
     // The source gave its state up at 'validated': stopped, frozen, unchanged, not running again.
+    // (Its arcs start as the migration fails and are not awaited by it: give them a moment.)
+    for (let i = 0; i < 50 && (await r.src.cores[0].getState()) !== S.STOP; i++) await new Promise((res) => setTimeout(res, 10));
     for (const c of r.src.cores) expect(await c.getState()).toBe(S.STOP);
     expect(r.src.sims.map((s) => s.digest())).toEqual(r.before);
     expect(r.src.arcs.at(-1)?.slice(1)).toEqual([S.STOP_COPY, S.STOP]);
