@@ -1,7 +1,8 @@
 /**
  * The switchover's own steps in the downtime: once the source moved its devices to STOP_COPY, a 0
  * read is the end of each stream without a precopy-info round trip to learn it, and the devices'
- * digests are taken while their stop-copy is read, not after.
+ * digests are taken while their stop-copy is read, not after; the source's own arcs out of
+ * STOP_COPY wait until the destination's 'running' ended the downtime.
  */
 import { describe, it, expect } from 'vitest';
 import { DeviceState } from '../../src/fsm/states.js';
