@@ -158,6 +158,12 @@ export interface CompressionWork {
  */
 export const DEFAULT_MAX_POOL_SIZE = 8;
 
+/** A worker count a pool accepts (a positive integer), or VFIO_MIG_ERR_USAGE. */
+function validatePoolSize(size: number): number {
+  if (!Number.isInteger(size) || size < 1) throw migError(ErrorCodes.USAGE, `pool size must be >= 1, got ${size}`);
+  return size;
+}
+
 /** The default worker count: the cores this process may run on (its affinity), at most DEFAULT_MAX_POOL_SIZE. */
 export function defaultPoolSize(): number {
   return Math.max(1, Math.min(os.availableParallelism(), DEFAULT_MAX_POOL_SIZE));
@@ -266,9 +272,7 @@ export class CompressionPool {
   readonly #timedMs = new Float64Array(TIMED_JOBS_KEPT);
 
   constructor(opts: CompressionPoolOptions = {}) {
-    const size = opts.size ?? defaultPoolSize();
-    if (!Number.isInteger(size) || size < 1) throw migError(ErrorCodes.USAGE, `pool size must be >= 1, got ${size}`);
-    this.size = size;
+    this.size = validatePoolSize(opts.size ?? defaultPoolSize());
     this.level = validateZstdLevel(opts.level ?? DEFAULT_ZSTD_LEVEL);
     this.maxInFlightBytes = opts.maxInFlightBytes ?? 64 * 1024 * 1024;
     this.maxCachedBytes = opts.maxCachedBytes ?? Math.min(this.maxInFlightBytes, 48 * 1024 * 1024);
@@ -701,12 +705,10 @@ export function sharedCompressionPool(): CompressionPool {
  * Set the options of the process-wide pool (its worker count, say) before it is made: call it
  * before the first compressed migration, warmUp() or encoder that uses the shared pool. Once the
  * pool exists its workers may be busy with a migration, so different options then throw
- * VFIO_MIG_ERR_USAGE (the same options are accepted). Validated here, as the pool's constructor does.
+ * VFIO_MIG_ERR_USAGE (the same options are accepted). Validated here with the constructor's checks.
  */
 export function configureSharedCompressionPool(opts: CompressionPoolOptions): void {
-  if (opts.size !== undefined && (!Number.isInteger(opts.size) || opts.size < 1)) {
-    throw migError(ErrorCodes.USAGE, `pool size must be >= 1, got ${opts.size}`);
-  }
+  if (opts.size !== undefined) validatePoolSize(opts.size);
   if (opts.level !== undefined) validateZstdLevel(opts.level);
   if (shared !== null) {
     const same =
