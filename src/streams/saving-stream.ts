@@ -78,10 +78,7 @@ export class SavingStream extends ChunkSource {
     const fd = session.fd;
     if (fd === null) {
       this.path = 'method';
-      this.usePull((buf) => {
-        this.#pulls++;
-        return session.read(buf);
-      });
+      this.usePull(this.#counted((buf) => session.read(buf)));
       return;
     }
     const kind = fdKind(fd);
@@ -97,11 +94,16 @@ export class SavingStream extends ChunkSource {
       this.#armProbe();
     } else {
       this.path = 'fs';
-      this.usePull((buf) => {
-        this.#pulls++;
-        return fdRead(fd, buf);
-      });
+      this.usePull(this.#counted((buf) => fdRead(fd, buf)));
     }
+  }
+
+  /** `read`, counting the reads started (stopCopyEntered() tells reads after it from those before). */
+  #counted(read: (buf: Buffer) => Promise<number>): (buf: Buffer) => Promise<number> {
+    return (buf) => {
+      this.#pulls++;
+      return read(buf);
+    };
   }
 
   #disabledError(cause?: unknown): MigError {
