@@ -120,6 +120,16 @@ function pin(cell, role) {
   if (cpus !== undefined) execFileSync('taskset', ['-p', '-c', String(cpus), String(process.pid)], { stdio: 'ignore' });
 }
 
+/**
+ * Every arc `core` takes, with how long it took (the destination's setup arcs, which the source's
+ * fixed-cost priors come from, and each side's arcs in the downtime, which those priors stand for).
+ */
+function arcLog(core) {
+  const arcs = [];
+  core.on('arc', (a) => arcs.push({ from: a.from, to: a.to, ms: a.ms }));
+  return arcs;
+}
+
 async function dest(cell) {
   const dev = new SimDevice({ size: cell.size, profile: cell.profile, seed: cell.seed });
   if (cell.warmUp) await warmUp();
@@ -130,10 +140,7 @@ async function dest(cell) {
   // CPU over the migration only (the device's content pools are built before).
   const cpu0 = process.cpuUsage();
   const core = new MigrationCore(dev);
-  // Every arc the device took and how long it took (the setup's, which the source's priors come
-  // from, and the validation's and resume's in the downtime, which they stand for).
-  const arcs = [];
-  core.on('arc', (a) => arcs.push({ from: a.from, to: a.to, ms: a.ms }));
+  const arcs = arcLog(core);
   const run = receive({ devices: [core], transport: () => listener.accept(), stallTimeoutMs: cell.timeoutMs });
   run.on('phase', (p) => (p.phase === 'stop-copy' || p.phase === 'complete') && stalls.mark(p.phase));
   try {
@@ -159,9 +166,8 @@ async function source(cell) {
   const stalls = stallRecorder(cell.stalls);
   // The downtime begins when the first device leaves PRE_COPY (or RUNNING) for the switchover's arcs.
   let downStartAt = null;
-  const arcs = [];
+  const arcs = arcLog(core);
   core.on('arc', (a) => {
-    arcs.push({ from: a.from, to: a.to, ms: a.ms });
     if (downStartAt === null && (a.to === DeviceState.PRE_COPY_P2P || a.to === DeviceState.RUNNING_P2P || a.to === DeviceState.STOP_COPY || a.to === DeviceState.STOP)) {
       downStartAt = performance.timeOrigin + performance.now() - a.ms;
       stalls.mark('down');
