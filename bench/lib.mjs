@@ -6,6 +6,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { mallocTuning } from '../dist/index.js';
 
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
@@ -161,5 +162,6 @@ export function machine() {
     cpu: cpus[0]?.model ?? 'unknown',
     cores: cpus.length,
     memoryGiB: Math.round(os.totalmem() / GiB),
+    malloc: mallocTuning(),
   };
 }

@@ -5,10 +5,17 @@
 //   --json         print all results as one JSON document { machine, results: [...] }
 //   --only NAME    run only the benchmark file NAME (e.g. fd-read) or the file producing result NAME
 // Benchmarks import the built package (dist/): `npm run bench` builds first.
+// The benchmarks measure vfio-mig as the `vfio-mig` command runs it: with glibc's allocator set as
+// src/streams/malloc-tuning.ts recommends. glibc reads those settings when a process starts, so the
+// runner starts itself again with them (the benchmarks' child processes inherit them); an
+// environment that sets glibc's allocator parameters is left as it is, and BENCH_MALLOC=system
+// runs with glibc's defaults. The JSON's `machine.malloc` says which.
+import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { machine } from './lib.mjs';
+import { mallocTuning, withMallocTuning } from '../dist/index.js';
 
 // The order answers the questions of the benchmark issue in turn.
 const ORDER = ['fd-read', 'fd-write', 'e2e', 'small-records', 'receive', 'compression', 'memory', 'micro', 'prediction', 'fd-read-fuse'];
@@ -36,6 +43,11 @@ function fmt(n) {
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
+  if (process.env.BENCH_MALLOC !== 'system' && mallocTuning() === 'default') {
+    const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit', env: withMallocTuning() });
+    if (r.error) throw r.error;
+    return r.status ?? 1;
+  }
   if (opts.help) {
     process.stdout.write('usage: npm run bench -- [--quick] [--json] [--only NAME]\n');
     return 0;

@@ -1,9 +1,11 @@
 /**
- * The `vfio-mig` command: `main(argv)` resolves the exit code (bin/vfio-mig.js sets it).
+ * The `vfio-mig` command: `main(argv)` resolves the exit code (bin/vfio-mig.js sets it; bin/vfio-mig
+ * starts it with the allocator settings of malloc-tuning.ts).
  */
 import { readFileSync } from 'node:fs';
 import { ErrorCodes, MigError } from '../fsm/errors.js';
 import { CONTROL_PROTOCOL_VERSION } from '../migration/control.js';
+import { mallocTuning } from '../streams/malloc-tuning.js';
 import { WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR } from '../streams/wire-format.js';
 import { restoreCommand, saveCommand } from './checkpoint.js';
 import { demo } from './demo.js';
@@ -45,10 +47,13 @@ exit codes:
   65  corrupt or truncated stream or file, or a digest mismatch
 `;
 
-/** The package's version and the formats this build speaks (what two hosts must agree on). */
+/**
+ * The package's version and the formats this build speaks (what two hosts must agree on), and how
+ * this process's allocator is set (malloc-tuning.ts; bin/vfio-mig sets it).
+ */
 export function versionLine(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return `vfio-mig ${pkg.version} (wire format ${WIRE_VERSION_MAJOR}.${WIRE_VERSION_MINOR}, control protocol ${CONTROL_PROTOCOL_VERSION}, node ${process.versions.node})`;
+  return `vfio-mig ${pkg.version} (wire format ${WIRE_VERSION_MAJOR}.${WIRE_VERSION_MINOR}, control protocol ${CONTROL_PROTOCOL_VERSION}, node ${process.versions.node}, malloc ${mallocTuning()})`;
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -11,6 +11,7 @@ import { WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR } from '../../src/streams/wire-f
 import { limitRow } from '../../src/cli/output.js';
 import type { MigrationSummary } from '../../src/migration/summary.js';
 import { CONTROL_PROTOCOL_VERSION } from '../../src/migration/control.js';
+import { mallocTuning } from '../../src/streams/malloc-tuning.js';
 
 beforeAll(async () => {
   await ensureBuilt();
@@ -119,8 +120,11 @@ describe('conventions', () => {
     for (const flag of ['--version', '-V']) {
       const v = await cli([flag]);
       expect(v.code).toBe(0);
+      // `node bin/vfio-mig.js` starts with this process's environment (bin/vfio-mig sets the
+      // allocator's: malloc-tuning.test.ts).
+      const malloc = mallocTuning() === 'not-glibc' ? 'not-glibc' : mallocTuning(process.env);
       expect(v.stdout.trim()).toBe(
-        `vfio-mig ${pkg.version} (wire format ${WIRE_VERSION_MAJOR}.${WIRE_VERSION_MINOR}, control protocol ${CONTROL_PROTOCOL_VERSION}, node ${process.versions.node})`,
+        `vfio-mig ${pkg.version} (wire format ${WIRE_VERSION_MAJOR}.${WIRE_VERSION_MINOR}, control protocol ${CONTROL_PROTOCOL_VERSION}, node ${process.versions.node}, malloc ${malloc})`,
       );
     }
     expect((await cli(['demo', '--nope'])).code).toBe(64);

@@ -1,0 +1,104 @@
+/**
+ * glibc's allocator and the memory a Readable hands out.
+ *
+ * A stream whose consumer may keep its chunks (FdSource, SavingStream without `recycle`) reads
+ * every chunk into fresh memory, and Node takes each Buffer's memory from glibc's malloc. Freed
+ * chunks go back to malloc's heap, but by default glibc gives the free memory at the top of its
+ * heap back to the kernel once more than the trim threshold lies there (adjusted at run time to
+ * twice the largest chunk freed: ~2 MiB for 1 MiB chunks), and the garbage collector frees chunks
+ * by the dozen. The next reads fault those pages in again, one fault per 4 KiB, and a fault is
+ * the dearest thing on a paravirtual VM: a FIFO read through createFdSource into a null sink made
+ * 35-58 thousand minor faults per GiB and ~500 brk/madvise calls, against ~9-10 thousand (the
+ * process's own start) with the tuning below, and read 1.5-2 x as fast (docs/PERFORMANCE.md,
+ * "glibc's trim threshold").
+ *
+ * Setting the trim threshold turns off glibc's run-time adjustment of the mmap threshold too (the
+ * size from which an allocation gets a mapping of its own, fresh pages each time, 128 KiB by
+ * default), so both are set: allocations up to 4 MiB (chunks of up to 1 MiB, the compression
+ * pool's frames) come from the heap, and up to 64 MiB of freed memory stays mapped for reuse.
+ * What the process keeps is bounded by its own peak, which the data path bounds.
+ *
+ * glibc reads these variables once, when the process starts: they take effect in a process
+ * started with them (the `vfio-mig` command sets them for itself; an embedding agent sets them in
+ * the environment it starts Node with, or passes `withMallocTuning()` to the processes it
+ * spawns). musl and other C libraries ignore them.
+ */
+import fs from 'node:fs';
+
+/** The allocator settings vfio-mig recommends, as environment variables (values in bytes). */
+export const MALLOC_TUNING_ENV: Readonly<Record<string, string>> = Object.freeze({
+  MALLOC_MMAP_THRESHOLD_: String(4 * 1024 * 1024),
+  MALLOC_TRIM_THRESHOLD_: String(64 * 1024 * 1024),
+});
+
+/**
+ * - `tuned`: started with MALLOC_TUNING_ENV's values;
+ * - `caller`: started with glibc allocator settings of its own (MALLOC_*_ variables or
+ *   GLIBC_TUNABLES' glibc.malloc.* of the parameters that decide trimming), left as they are;
+ * - `default`: glibc's defaults;
+ * - `not-glibc`: the C library is not glibc, the variables mean nothing to it.
+ */
+export type MallocTuning = 'tuned' | 'caller' | 'default' | 'not-glibc';
+
+/** The variables of glibc parameters that decide when freed memory goes back to the kernel. */
+const MALLOC_VARS = ['MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_', 'MALLOC_MMAP_MAX_'];
+const TUNABLES = /(^|:)glibc\.malloc\.(mmap_threshold|trim_threshold|top_pad|mmap_max)=/;
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+function setsMalloc(env: Env): boolean {
+  return MALLOC_VARS.some((k) => env[k] !== undefined) || TUNABLES.test(env.GLIBC_TUNABLES ?? '');
+}
+
+/**
+ * The environment this process started with (/proc/self/environ): what glibc read, whatever
+ * `process.env` became since. `process.env` where /proc is not mounted.
+ */
+function startEnv(): Env {
+  let raw: string;
+  try {
+    raw = fs.readFileSync('/proc/self/environ', 'latin1');
+  } catch {
+    return process.env;
+  }
+  const env: Record<string, string> = {};
+  for (const entry of raw.split('\0')) {
+    const eq = entry.indexOf('=');
+    if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  return env;
+}
+
+let glibc: boolean | undefined;
+
+/** Whether this process runs on glibc (Node's report names its version only there). */
+function onGlibc(): boolean {
+  if (glibc === undefined) {
+    const header = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header;
+    glibc = typeof header?.glibcVersionRuntime === 'string';
+  }
+  return glibc;
+}
+
+/**
+ * How the allocator of a process started with `env` is set; without `env`, this process's, from the
+ * environment it started with.
+ */
+export function mallocTuning(env?: Env): MallocTuning {
+  if (env === undefined) {
+    if (!onGlibc()) return 'not-glibc';
+    env = startEnv();
+  }
+  const ours = Object.entries(MALLOC_TUNING_ENV).every(([k, v]) => env[k] === v);
+  if (ours) return 'tuned';
+  return setsMalloc(env) ? 'caller' : 'default';
+}
+
+/**
+ * `env` (default `process.env`) with MALLOC_TUNING_ENV added, for a Node process to spawn; a copy
+ * either way. An environment that sets glibc's allocator parameters itself is left as it is: the
+ * caller's settings are the caller's.
+ */
+export function withMallocTuning(env: Env = process.env): Record<string, string | undefined> {
+  return setsMalloc(env) ? { ...env } : { ...env, ...MALLOC_TUNING_ENV };
+}
