@@ -6,11 +6,11 @@
  * chunks go back to malloc's heap, but by default glibc gives the free memory at the top of its
  * heap back to the kernel once more than the trim threshold lies there (adjusted at run time to
  * twice the largest chunk freed: ~2 MiB for 1 MiB chunks), and the garbage collector frees chunks
- * by the dozen. The next reads fault those pages in again, one fault per 4 KiB, and a fault is
- * the dearest thing on a paravirtual VM: a FIFO read through createFdSource into a null sink made
- * 35-58 thousand minor faults per GiB and ~500 brk/madvise calls, against ~9-10 thousand (the
- * process's own start) with the tuning below, and read 1.5-2 x as fast (docs/PERFORMANCE.md,
- * "glibc's trim threshold").
+ * by the dozen. The next reads map and fault those pages in again, one fault per 4 KiB, and on a
+ * paravirtual VM both are dear: a 256 MiB pipe read through createFdSource into a sink that drops
+ * its chunks faulted 17-23 thousand pages in (8.8-9.7 thousand with the settings below, the heap's
+ * growth to its steady size), four 1 GiB reads made ~1000 brk and madvise calls (~200), and bench
+ * fd-read read a pipe at 0.70-0.88 x dd against 1.29-1.38 x (docs/PERFORMANCE.md, fd-read).
  *
  * Setting the trim threshold turns off glibc's run-time adjustment of the mmap threshold too (the
  * size from which an allocation gets a mapping of its own, fresh pages each time, 128 KiB by
