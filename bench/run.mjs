@@ -5,11 +5,11 @@
 //   --json         print all results as one JSON document { machine, results: [...] }
 //   --only NAME    run only the benchmark file NAME (e.g. fd-read) or the file producing result NAME
 // Benchmarks import the built package (dist/): `npm run bench` builds first.
-// The benchmarks measure vfio-mig as the `vfio-mig` command runs it: with glibc's allocator set as
-// src/streams/malloc-tuning.ts recommends. glibc reads those settings when a process starts, so the
-// runner starts itself again with them (the benchmarks' child processes inherit them); an
-// environment that sets glibc's allocator parameters is left as it is, and BENCH_MALLOC=system
-// runs with glibc's defaults. The JSON's `machine.malloc` says which.
+// BENCH_MALLOC=tuned: the runner starts itself again with glibc's allocator settings of
+// src/streams/malloc-tuning.ts (glibc reads them only when a process starts; the benchmarks'
+// child processes inherit them), unless the environment sets glibc's allocator parameters itself.
+// Without it the benchmarks run in the environment as it is, as the `vfio-mig` command does. The
+// JSON's `machine.malloc` says which.
 import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -43,7 +43,7 @@ function fmt(n) {
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
-  if (process.env.BENCH_MALLOC !== 'system' && mallocTuning() === 'default') {
+  if (process.env.BENCH_MALLOC === 'tuned' && mallocTuning() === 'default') {
     const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit', env: withMallocTuning() });
     if (r.error) throw r.error;
     return r.status ?? 1;

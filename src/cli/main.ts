@@ -1,6 +1,5 @@
 /**
- * The `vfio-mig` command: `main(argv)` resolves the exit code (bin/vfio-mig.js sets it; bin/vfio-mig
- * starts it with the allocator settings of malloc-tuning.ts).
+ * The `vfio-mig` command: `main(argv)` resolves the exit code (bin/vfio-mig.js sets it).
  */
 import { readFileSync } from 'node:fs';
 import { ErrorCodes, MigError } from '../fsm/errors.js';
@@ -49,7 +48,7 @@ exit codes:
 
 /**
  * The package's version and the formats this build speaks (what two hosts must agree on), and how
- * this process's allocator is set (malloc-tuning.ts; bin/vfio-mig sets it).
+ * this process's allocator was set when it started (malloc-tuning.ts), for whoever compares runs.
  */
 export function versionLine(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
