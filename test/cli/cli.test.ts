@@ -120,8 +120,8 @@ describe('conventions', () => {
     for (const flag of ['--version', '-V']) {
       const v = await cli([flag]);
       expect(v.code).toBe(0);
-      // `node bin/vfio-mig.js` starts with this process's environment (bin/vfio-mig sets the
-      // allocator's: malloc-tuning.test.ts).
+      // `node bin/vfio-mig.js` starts with this process's environment (malloc-tuning.test.ts
+      // starts it with others).
       const malloc = mallocTuning() === 'not-glibc' ? 'not-glibc' : mallocTuning(process.env);
       expect(v.stdout.trim()).toBe(
         `vfio-mig ${pkg.version} (wire format ${WIRE_VERSION_MAJOR}.${WIRE_VERSION_MINOR}, control protocol ${CONTROL_PROTOCOL_VERSION}, node ${process.versions.node}, malloc ${malloc})`,
