@@ -24,9 +24,8 @@
  *
  * A recommendation for processes that read streams into chunks they keep, not a default: the
  * orchestrator's paths give their chunks back (`recycle`, read targets) and do not change with
- * them (e2e-unix, zstd), and in nine interleaved pairs of the prediction matrix the dirty-none
- * switchovers of processes started with them took 3.33 ms (median of 72) against 3.10, so the
- * `vfio-mig` command does not set them (docs/PERFORMANCE.md, fd-read).
+ * them (e2e-unix, zstd, the switchover's downtime), so the `vfio-mig` command does not set them
+ * (docs/PERFORMANCE.md, fd-read).
  */
 import fs from 'node:fs';
 
