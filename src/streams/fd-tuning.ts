@@ -26,6 +26,8 @@ import type { FdKind } from './fd-kind.js';
 interface FdAddon {
   sndbuf(fd: number, bytes: number): number;
   pipesz(fd: number, bytes: number): number;
+  /** glibc's mallopt(3): 1 set, 0 refused, -ENOSYS without glibc (malloc-tuning.ts). Absent in builds before it. */
+  mallopt?(param: number, value: number): number;
 }
 
 let addon: FdAddon | null | undefined;

@@ -35,5 +35,5 @@ export type { ChunkSinkOptions } from './chunk-sink.js';
 export { READ_TARGET, readTargetHook, ReadTargets, FIRST_READ_BYTES, INPUT_RELEASE, inputReleaseHook } from './read-target.js';
 export type { ReadTargetProvider, ReadTargetHook, InputReleaseHook } from './read-target.js';
 export { sendBufferSize, pipeCapacity, PIPE_CAPACITY } from './fd-tuning.js';
-export { MALLOC_TUNING_ENV, mallocTuning, withMallocTuning } from './malloc-tuning.js';
+export { MALLOC_TUNING_ENV, mallocTuning, withMallocTuning, tuneMalloc } from './malloc-tuning.js';
 export type { MallocTuning } from './malloc-tuning.js';

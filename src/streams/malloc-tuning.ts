@@ -20,7 +20,9 @@
  *
  * glibc reads these variables once, when the process starts: they take effect in a process
  * started with them (set them in the environment Node starts with, or pass `withMallocTuning()`
- * to the processes you spawn). musl and other C libraries ignore them.
+ * to the processes you spawn). A running process can set the same two parameters with
+ * `tuneMalloc()` (glibc's mallopt(3), through the optional native addon of fd-tuning.ts). musl and
+ * other C libraries ignore them.
  *
  * A recommendation for processes that read streams into chunks they keep, not a default: the
  * orchestrator's paths give their chunks back (`recycle`, read targets) and do not change with
@@ -28,6 +30,7 @@
  * (docs/PERFORMANCE.md, fd-read).
  */
 import fs from 'node:fs';
+import { fdTuningAddon } from './fd-tuning.js';
 
 /** The allocator settings vfio-mig recommends, as environment variables (values in bytes). */
 export const MALLOC_TUNING_ENV: Readonly<Record<string, string>> = Object.freeze({
@@ -36,7 +39,7 @@ export const MALLOC_TUNING_ENV: Readonly<Record<string, string>> = Object.freeze
 });
 
 /**
- * - `tuned`: started with MALLOC_TUNING_ENV's values;
+ * - `tuned`: started with MALLOC_TUNING_ENV's values, or set to them by `tuneMalloc()`;
  * - `caller`: started with glibc allocator settings of its own (MALLOC_*_ variables or
  *   GLIBC_TUNABLES' glibc.malloc.* of the parameters that decide trimming), left as they are;
  * - `default`: glibc's defaults;
@@ -84,13 +87,21 @@ function onGlibc(): boolean {
   return glibc;
 }
 
+/** Set by tuneMalloc() once glibc took both parameters. */
+let tunedAtRunTime = false;
+
+/** mallopt(3) parameter numbers (malloc.h). */
+const M_TRIM_THRESHOLD = -1;
+const M_MMAP_THRESHOLD = -3;
+
 /**
- * How the allocator of a process started with `env` is set; without `env`, this process's, from the
- * environment it started with.
+ * How the allocator of a process started with `env` is set; without `env`, this process's: from
+ * the environment it started with, or `tuned` after tuneMalloc().
  */
 export function mallocTuning(env?: Env): MallocTuning {
   if (env === undefined) {
     if (!onGlibc()) return 'not-glibc';
+    if (tunedAtRunTime) return 'tuned';
     env = startEnv();
   }
   const ours = Object.entries(MALLOC_TUNING_ENV).every(([k, v]) => env[k] === v);
@@ -105,4 +116,24 @@ export function mallocTuning(env?: Env): MallocTuning {
  */
 export function withMallocTuning(env: Env = process.env): Record<string, string | undefined> {
   return setsMalloc(env) ? { ...env } : { ...env, ...MALLOC_TUNING_ENV };
+}
+
+/**
+ * Give this process MALLOC_TUNING_ENV's settings now, through glibc's mallopt(3): what starting
+ * it with them does, for a program that cannot choose its environment. True when the process has
+ * them (already from its start, or now); false when it cannot (not glibc, no native addon: no C
+ * compiler at install time) or must not (it started with allocator settings of its own, which are
+ * the caller's). Memory freed before the call is not given back; the next frees follow the settings.
+ */
+export function tuneMalloc(): boolean {
+  const now = mallocTuning();
+  if (now === 'tuned') return true;
+  if (now !== 'default') return false;
+  const mallopt = fdTuningAddon()?.mallopt;
+  if (mallopt === undefined) return false;
+  // The mmap threshold first: setting either one ends glibc's run-time adjustment of both.
+  if (mallopt(M_MMAP_THRESHOLD, Number(MALLOC_TUNING_ENV.MALLOC_MMAP_THRESHOLD_)) !== 1) return false;
+  if (mallopt(M_TRIM_THRESHOLD, Number(MALLOC_TUNING_ENV.MALLOC_TRIM_THRESHOLD_)) !== 1) return false;
+  tunedAtRunTime = true;
+  return true;
 }
