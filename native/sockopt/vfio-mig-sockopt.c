@@ -30,11 +30,11 @@ static napi_value int_result(napi_env env, int32_t v) {
 }
 
 /** Every function takes two integers: read them, or throw a TypeError naming `usage` and return -1. */
-static int two_int32(napi_env env, napi_callback_info info, const char *usage, int32_t *fd, int32_t *bytes) {
+static int two_int32(napi_env env, napi_callback_info info, const char *usage, int32_t *first, int32_t *second) {
   size_t argc = 2;
   napi_value argv[2];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != 0 || argc < 2 ||
-      napi_get_value_int32(env, argv[0], fd) != 0 || napi_get_value_int32(env, argv[1], bytes) != 0) {
+      napi_get_value_int32(env, argv[0], first) != 0 || napi_get_value_int32(env, argv[1], second) != 0) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", usage);
     return -1;
   }
