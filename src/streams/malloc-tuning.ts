@@ -32,10 +32,14 @@
 import fs from 'node:fs';
 import { fdTuningAddon } from './fd-tuning.js';
 
+/** The two settings, bytes: what the environment variables and tuneMalloc() both give glibc. */
+const MMAP_THRESHOLD = 4 * 1024 * 1024;
+const TRIM_THRESHOLD = 64 * 1024 * 1024;
+
 /** The allocator settings vfio-mig recommends, as environment variables (values in bytes). */
 export const MALLOC_TUNING_ENV: Readonly<Record<string, string>> = Object.freeze({
-  MALLOC_MMAP_THRESHOLD_: String(4 * 1024 * 1024),
-  MALLOC_TRIM_THRESHOLD_: String(64 * 1024 * 1024),
+  MALLOC_MMAP_THRESHOLD_: String(MMAP_THRESHOLD),
+  MALLOC_TRIM_THRESHOLD_: String(TRIM_THRESHOLD),
 });
 
 /**
@@ -123,7 +127,8 @@ export function withMallocTuning(env: Env = process.env): Record<string, string 
  * it with them does, for a program that cannot choose its environment. True when the process has
  * them (already from its start, or now); false when it cannot (not glibc, no native addon: no C
  * compiler at install time) or must not (it started with allocator settings of its own, which are
- * the caller's). Memory freed before the call is not given back; the next frees follow the settings.
+ * the caller's). Memory glibc gave back to the kernel before the call stays given back; later
+ * frees follow the settings.
  */
 export function tuneMalloc(): boolean {
   const now = mallocTuning();
@@ -132,8 +137,8 @@ export function tuneMalloc(): boolean {
   const mallopt = fdTuningAddon()?.mallopt;
   if (mallopt === undefined) return false;
   // The mmap threshold first: setting either one ends glibc's run-time adjustment of both.
-  if (mallopt(M_MMAP_THRESHOLD, Number(MALLOC_TUNING_ENV.MALLOC_MMAP_THRESHOLD_)) !== 1) return false;
-  if (mallopt(M_TRIM_THRESHOLD, Number(MALLOC_TUNING_ENV.MALLOC_TRIM_THRESHOLD_)) !== 1) return false;
+  if (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) !== 1) return false;
+  if (mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) !== 1) return false;
   tunedAtRunTime = true;
   return true;
 }
