@@ -12,7 +12,8 @@
  * views of one buffer (a pipe filling FdSource's chunk 64 KiB at a time) count as one chunk. Input chunks
  * must therefore not be modified after they are written (Node's usual rule). A compressed frame that
  * spans chunks is gathered into a scratch buffer the decoder owns and reuses: the frame is read only
- * while its record is decoded (synchronously, before the next record) and never handed out.
+ * while its record is decoded (synchronously, before the next record) and never handed out (with a
+ * `pool`, a frame bound for a worker is gathered in memory the pool lends instead).
  *
  * Piped from a source that takes its chunks back (INPUT_RELEASE: ChunkSource and FdSource with
  * `recycle`), the decoder gives each input chunk back once it is done with it: every byte parsed,
@@ -90,8 +91,9 @@ export interface RecordDecoderOptions {
    * the parsing and with each other, instead of on the event loop. Until a worker has booted (the
    * first such frame calls warm()) frames still decompress here. A frame within one input chunk goes
    * as it is (read in place when the chunk is shared memory: a source with `sharedMemory`, else
-   * copied into a slab by the pool); a frame spanning chunks is gathered straight into memory the
-   * pool lends (`lend()`), given back once decompressed. Default none.
+   * copied into a slab by the pool); a frame spanning chunks is assembled in memory the pool lends
+   * (`lend()`; with read targets the source reads the rest of it straight in), given back once
+   * decompressed. Default none.
    */
   pool?: CompressionPool | null;
   /** Smallest raw length sent to the pool: a smaller frame costs less here than a round trip. Default 64 KiB. */
@@ -105,8 +107,8 @@ export interface RecordDecoderOptions {
    * Offer read targets to a source piped into the decoder that takes them (src/streams/read-target.ts;
    * the unix and tcp transports' accepted sockets): the rest of a DATA payload that spans reads is
    * read straight into the buffer it is handed out in (a compressed frame into the buffer it is
-   * decompressed from, unless frames go to a `pool`), and after a large record the next header is
-   * read alone. Default true.
+   * decompressed from: the decoder's scratch, or memory a `pool` lends), and after a large record
+   * the next header is read alone. Default true.
    */
   readTargets?: boolean;
 }
@@ -219,6 +221,8 @@ export class RecordDecoder extends Transform {
    */
   #asm: Buffer | null;
   #asmFill: number;
+  /** #asm is memory the pool lent (a compressed frame bound for a worker), not #scratch. */
+  #asmLent: boolean;
   /** Payload length of the last record parsed (is the next header read alone?). */
   #lastPayload: number;
   /** The piped source's INPUT_RELEASE, or null: then no input chunk is tracked. */
@@ -274,6 +278,7 @@ export class RecordDecoder extends Transform {
     this.#freeBytes = 0;
     this.#asm = null;
     this.#asmFill = 0;
+    this.#asmLent = false;
     this.#lastPayload = 0;
     this.#giveInput = null;
     this.#inputs = [];
@@ -580,14 +585,14 @@ export class RecordDecoder extends Transform {
   /**
    * Is the current record's payload assembled in #asm when it spans chunks? A DATA payload, in the
    * buffer it is handed out in; a compressed frame, in the reused #scratch (it is decompressed
-   * before the next record is parsed), unless frames go to a pool (a worker reads them later).
+   * before the next record is parsed), or, when it goes to the pool, in memory the pool lends (a
+   * worker reads it there later).
    */
   #assembles(): boolean {
     if (this.#state !== S_PAYLOAD) return false;
     const h = this.#record!;
     return (
       h.type === RecordType.DATA &&
-      ((h.flags & RecordFlags.COMPRESSED) === 0 || this.#pool === null) &&
       this.#buffered < h.payloadLength &&
       // Over the queue limit #parse fails the record before anything is allocated for it.
       h.payloadLength + RECORD_HEADER_SIZE <= this.maxQueuedBytes
@@ -597,7 +602,10 @@ export class RecordDecoder extends Transform {
   /** Move the buffered start of the current payload into the buffer it is assembled in. */
   #startAsm(): void {
     const h = this.#record!;
-    const out = (h.flags & RecordFlags.COMPRESSED) !== 0 ? this.#takeScratch(h.payloadLength) : this.#payloadBuffer(h.payloadLength);
+    let out: Buffer;
+    if ((h.flags & RecordFlags.COMPRESSED) === 0) out = this.#payloadBuffer(h.payloadLength);
+    else if ((this.#asmLent = this.#usePool(h))) out = this.#pool!.lend(h.payloadLength);
+    else out = this.#takeScratch(h.payloadLength);
     let at = 0;
     for (const b of this.#buffers) {
       b.copy(out, at);
@@ -734,8 +742,14 @@ export class RecordDecoder extends Transform {
           }
           // A compressed frame is decompressed into a new buffer and an unknown record is skipped:
           // neither wire payload outlives #accept, so when they span chunks they may use the reused
-          // scratch. Not a frame going to the pool: a worker reads it after #accept returns.
-          const toPool = this.#usePool(h);
+          // scratch. Not a frame going to the pool: a worker reads it after #accept returns. A frame
+          // already assembled went where #startAsm decided: into the scratch (decompressed here
+          // whatever the pool says now), or into lent memory (decompressed here only if the pool
+          // can no longer take it, then given back).
+          const assembled = this.#asm !== null;
+          const lent = assembled && this.#asmLent;
+          this.#asmLent = false;
+          const toPool = assembled && (h.flags & RecordFlags.COMPRESSED) !== 0 ? lent && this.#usePool(h) : this.#usePool(h);
           const internal = !toPool && ((h.flags & RecordFlags.COMPRESSED) !== 0 || h.type > RecordType.STREAM_END);
           const payload = h.payloadLength === 0 ? Buffer.alloc(0) : this.#consume(h.payloadLength, internal, h.type === RecordType.DATA, toPool);
           // A view of tracked input that outlives this call (a frame a worker reads, a raw payload
@@ -747,7 +761,11 @@ export class RecordDecoder extends Transform {
             // Without `recycle` nothing is given back: the chunks stay out for good (left to the GC).
             if (!toPool && this.#lent !== null) this.#pins.set(payload, pins);
           }
-          this.#accept(h, payload, toPool, pins);
+          try {
+            this.#accept(h, payload, toPool, pins);
+          } finally {
+            if (lent && !toPool) this.#pool!.releaseFrame(payload);
+          }
           this.#record = null;
           this.#state = h.type === RecordType.STREAM_END ? S_DONE : S_HEADER;
           if (this.#state === S_DONE) {

@@ -53,6 +53,8 @@ class ScriptedSource extends Readable {
   answers: Array<Buffer | number | null> = [];
   /** Bytes that went into a consumer's buffer. */
   inPlace = 0;
+  /** Of those, bytes that went into shared memory (a CompressionPool's lent memory). */
+  inPlaceShared = 0;
   #at = 0;
   #pushed = 0;
   constructor(
@@ -83,6 +85,7 @@ class ScriptedSource extends Readable {
       n = Math.min(n, want.length);
       into = want;
       this.inPlace += n;
+      if (want.buffer instanceof SharedArrayBuffer) this.inPlaceShared += n;
     } else {
       if (this.honour && typeof want === 'number') n = Math.min(n, want);
       into = Buffer.allocUnsafe(n);
@@ -135,7 +138,7 @@ describe('read targets', () => {
     expect(src.answers.filter((a) => a === RECORD_HEADER_SIZE).length).toBeGreaterThanOrEqual(6);
   });
 
-  it('compressed frames are read in place too (into the buffer they are decompressed from), but not when a pool decompresses them', async () => {
+  it('compressed frames are read in place too: into the buffer they are decompressed from, or into memory the pool lends when a pool decompresses them', async () => {
     const payloads = Array.from({ length: 12 }, (_, i) => mixedData(MIB, 30 + i));
     const { bytes, enc } = await encodeAll(
       [...payloads.map((payload) => ({ type: RecordType.DATA, device: 0, payload }) as const), { type: RecordType.DEVICE_END, device: 0 }, { type: RecordType.STREAM_END }],
@@ -149,14 +152,19 @@ describe('read targets', () => {
     expectSame(out.data, payloads);
     // All but the first frame's start (it came with the stream header).
     expect(src.inPlace).toBeGreaterThan(0.9 * (bytes.length - 64 * KIB - 128 * KIB));
+    expect(src.inPlaceShared).toBe(0);
     const pool = new CompressionPool({ size: 1 });
     try {
+      // Booted first: a frame started while no worker is up is assembled in the decoder's scratch.
+      await pool.warm();
       const r2 = prng(3);
       const pooled = new ScriptedSource(bytes, () => 1 + (r2() % (128 * KIB)));
       const out2 = await decodeFrom(pooled, { pool, poolMinBytes: 1 });
       expect(out2.error).toBeNull();
       expectSame(out2.data, payloads);
-      expect(pooled.inPlace).toBe(0);
+      // The same bytes read in place, every one into the pool's shared memory a worker reads.
+      expect(pooled.inPlace).toBeGreaterThan(0.9 * (bytes.length - 64 * KIB - 128 * KIB));
+      expect(pooled.inPlaceShared).toBe(pooled.inPlace);
     } finally {
       await pool.close();
     }

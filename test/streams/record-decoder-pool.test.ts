@@ -11,6 +11,7 @@ import {
   encodeRecord,
   encodeStreamEndPayload,
   Features,
+  RECORD_HEADER_SIZE,
   RecordFlags,
   RecordType,
   type DataRecord,
@@ -360,6 +361,57 @@ describe('RecordDecoder: decompression in a pool', () => {
       // What went to the workers was the lent (shared) memory, and all of it came back once.
       expect(lending.framesShared).toBe(lending.lent.length);
       expect(lending.released).toEqual(lending.lent.map(() => true));
+    }
+  });
+
+  it('a frame half assembled when the pool changes keeps where it was put: lent memory after a close, the scratch after a boot', async () => {
+    const a = mixedData(300_000, 21);
+    const b = mixedData(300_000, 22);
+    const stream = Buffer.concat([
+      zhead(),
+      zrec(frame(a), a.length, 0),
+      zrec(frame(b), b.length, 1),
+      ...encodeRecord({ type: RecordType.STREAM_END, seq: 2 }, encodeStreamEndPayload(a.length + b.length)),
+    ]);
+    // Copies, so that no two chunks are consecutive views of one buffer (those count as one): the
+    // second one puts the first frame in the memory it is assembled in, before the pool changes.
+    const cut = zhead().length + RECORD_HEADER_SIZE + 1000;
+    const head = [Buffer.from(stream.subarray(0, cut)), Buffer.from(stream.subarray(cut, cut + 1000))];
+    const rest = () => randomSplit(stream.subarray(cut + 1000), 4, 50_000).map((c) => Buffer.from(c));
+    // 1. Booted pool, closed mid-frame: the frame assembled in lent memory decompresses here and
+    //    the lent memory goes back; the next frame, with the pool closed, decompresses here too.
+    const closing = new CompressionPool({ size: 1 });
+    await closing.warm();
+    const lending = new LendingPool(closing);
+    const dec = new RecordDecoder({ pool: lending.asPool() });
+    const out = collect(dec);
+    for (const c of head) dec.write(c);
+    expect(lending.lent).toHaveLength(1);
+    await closing.close();
+    for (const c of rest()) dec.write(c);
+    dec.end();
+    const r1 = await out;
+    expect(r1.error).toBeNull();
+    expect(dataOf(r1.objects).map((p, k) => p.equals([a, b][k]!))).toEqual([true, true]);
+    expect(lending.framesShared).toBe(0);
+    expect(lending.released).toEqual([true]);
+    // 2. Cold pool, booted mid-frame: the frame started in the decoder's scratch never goes to a
+    //    worker (the scratch holds the next spanning frame); the one after it does.
+    const cold = new CompressionPool({ size: 1 });
+    try {
+      const counting = new GatedPool(cold, false);
+      const dec2 = new RecordDecoder({ pool: counting.asPool() });
+      const out2 = collect(dec2);
+      for (const c of head) dec2.write(c);
+      await cold.warm();
+      for (const c of rest()) dec2.write(c);
+      dec2.end();
+      const r2 = await out2;
+      expect(r2.error).toBeNull();
+      expect(dataOf(r2.objects).map((p, k) => p.equals([a, b][k]!))).toEqual([true, true]);
+      expect(counting.calls.map((c) => c.rawLength)).toEqual([b.length]);
+    } finally {
+      await cold.close();
     }
   });
 
