@@ -80,9 +80,9 @@ parentPort.on('message', (m) => {
       else if (scratch.length < bound) dst = scratch = Buffer.allocUnsafeSlow(bound);
       else dst = scratch;
       const n = cctx.compress(dst, src, m.level);
-      if (n < m.len && m.frame) {
+      if (n <= m.max && m.frame) {
         parentPort.postMessage({ id: m.id, out: null, n, crc: m.crc ? crc32(dst.subarray(0, n)) : 0, back: null });
-      } else if (n < m.len) {
+      } else if (n <= m.max) {
         // allocUnsafeSlow: an unpooled ArrayBuffer of exactly n bytes, not zero-filled (new
         // ArrayBuffer(n) clears memory that the copy overwrites at once).
         const out = Buffer.allocUnsafeSlow(n);
@@ -109,7 +109,7 @@ parentPort.postMessage({ id: 0, ready: true });
 `;
 
 export interface CompressResult {
-  /** The zstd frame, or null when it would not be smaller than the input (send raw). */
+  /** The zstd frame, or null when it would not save `minSaving` of the input (send raw). */
   compressed: Buffer | null;
   /** crc32 of what goes on the wire: the frame, or the raw bytes when not compressed (0 if not asked). */
   crc: number;
@@ -136,6 +136,34 @@ export interface CompressOptions {
    * frame never given back is garbage-collected like any other. Default false.
    */
   lendFrame?: boolean;
+  /**
+   * The share of the input a frame must save to be worth sending, in [0, 1): with less, the result
+   * is raw (`compressed: null`). Default DEFAULT_MIN_SAVING; 0 takes any frame smaller by a byte.
+   */
+  minSaving?: number;
+}
+
+/**
+ * CompressOptions.minSaving's default: a frame must be at least 1/32 (3.1%) smaller than its
+ * input. A frame that barely shrinks still costs the receiver a decompression where a raw record
+ * is a view of its input: on incompressible data (SimDevice 'random' pages, whose 1 MiB records
+ * shrink by 0-2.3% at level 1, median 0.4%) the decoder took ~10% longer for ~0.6% fewer bytes on
+ * the wire (docs/PERFORMANCE.md, zstd-*). Storage systems draw the same line higher (ZFS keeps a
+ * block compressed only when it saves 1/8); 1/32 keeps what a bandwidth-capped link gains.
+ */
+export const DEFAULT_MIN_SAVING = 1 / 32;
+
+/** A minSaving a compression accepts (a number in [0, 1)), or VFIO_MIG_ERR_USAGE. */
+export function validateMinSaving(minSaving: number): number {
+  if (typeof minSaving !== 'number' || !(minSaving >= 0 && minSaving < 1)) {
+    throw migError(ErrorCodes.USAGE, `minSaving must be a number in [0, 1), got ${String(minSaving)}`);
+  }
+  return minSaving;
+}
+
+/** The largest frame worth sending for `len` raw bytes: it saves at least `minSaving` of them, and a byte. */
+function maxFrameLength(len: number, minSaving = DEFAULT_MIN_SAVING): number {
+  return len - Math.max(1, Math.ceil(len * validateMinSaving(minSaving)));
 }
 
 /** Timed compression jobs a CompressionPool keeps one by one (timedJobs()). */
@@ -217,6 +245,8 @@ interface Job {
   frame: SharedArrayBuffer | null;
   len: number;
   level: number;
+  /** Compression only: the largest frame kept (maxFrameLength); a larger one means raw. */
+  max: number;
   crc: boolean;
   back: boolean;
   rawLength: number;
@@ -367,9 +397,10 @@ export class CompressionPool {
       data.buffer instanceof ArrayBuffer &&
       data.byteLength === data.buffer.byteLength;
     const len = data.length;
+    const max = maxFrameLength(len, opts.minSaving);
     const lend = opts.lendFrame === true;
     return new Promise<JobResult>((resolve, reject) => {
-      this.#submit({ id: 0, op: OP_COMPRESS, src: data, transfer: owned, slab: null, frame: null, len, level, crc, back: owned, rawLength: len, into: null, lend, sentAt: -1, resolve, reject });
+      this.#submit({ id: 0, op: OP_COMPRESS, src: data, transfer: owned, slab: null, frame: null, len, level, max, crc, back: owned, rawLength: len, into: null, lend, sentAt: -1, resolve, reject });
     }).then((r) => ({
       compressed: r.out !== null ? Buffer.from(r.out) : r.frame !== null ? Buffer.from(r.frame, 0, r.n) : null,
       crc: r.crc,
@@ -411,6 +442,7 @@ export class CompressionPool {
   compressSync(data: Buffer, opts: Omit<CompressOptions, 'transfer'> = {}): CompressResult {
     const level = opts.level === undefined ? this.level : validateZstdLevel(opts.level);
     const crc = opts.crc ?? true;
+    const max = maxFrameLength(data.length, opts.minSaving);
     const bound = zstd.compressBound(data.length);
     if (this.#scratch.length < bound) this.#scratch = Buffer.allocUnsafeSlow(bound);
     this.#cctx ??= new zstd.CCtx();
@@ -420,7 +452,7 @@ export class CompressionPool {
     } catch (err) {
       throw migError('EIO', `zstd compression failed: ${(err as Error).message}`, { cause: err });
     }
-    if (n < data.length) {
+    if (n <= max) {
       const out = Buffer.allocUnsafeSlow(n);
       this.#scratch.copy(out, 0, 0, n);
       return { compressed: out, crc: crc ? crc32(out) : 0, raw: data };
@@ -457,6 +489,7 @@ export class CompressionPool {
         lend: false,
         len: frame.length,
         level: 0,
+        max: 0,
         crc: false,
         back: false,
         rawLength,
@@ -520,7 +553,7 @@ export class CompressionPool {
       const into = job.into;
       job.into = null;
       if (job.lend) job.frame = this.#takeSlab(frameSlabSize(job.len));
-      const msg = { id: job.id, op: job.op, buf, off, len: job.len, level: job.level, crc: job.crc, back: job.back, rawLength: job.rawLength, into, frame: job.frame };
+      const msg = { id: job.id, op: job.op, buf, off, len: job.len, level: job.level, max: job.max, crc: job.crc, back: job.back, rawLength: job.rawLength, into, frame: job.frame };
       const moved: ArrayBuffer[] = [];
       if (job.transfer) moved.push(buf as ArrayBuffer);
       if (into !== null) moved.push(into);

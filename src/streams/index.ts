@@ -14,7 +14,7 @@ export { RecordEncoder, createRecordEncoder } from './record-encoder.js';
 export type { RecordEncoderOptions, EncoderCompressionOptions } from './record-encoder.js';
 export { RecordDecoder, createRecordDecoder } from './record-decoder.js';
 export type { RecordDecoderOptions } from './record-decoder.js';
-export { CompressionPool, sharedCompressionPool, configureSharedCompressionPool, defaultPoolSize, DEFAULT_MAX_POOL_SIZE, validateZstdLevel, DEFAULT_ZSTD_LEVEL, MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL } from './compression-pool.js';
+export { CompressionPool, sharedCompressionPool, configureSharedCompressionPool, defaultPoolSize, DEFAULT_MAX_POOL_SIZE, validateZstdLevel, DEFAULT_ZSTD_LEVEL, MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL, DEFAULT_MIN_SAVING, validateMinSaving } from './compression-pool.js';
 export type { CompressionPoolOptions, CompressOptions, CompressResult, CompressionWork } from './compression-pool.js';
 export { PrecopyEstimator, RateWindow, FIXED_COST_KINDS, stopCopyReadBytes, MIN_STOP_COPY_PIECE, MAX_STOP_COPY_SPLIT_ROUNDS } from './estimator.js';
 export type { PrecopyEstimatorOptions, Prediction, EstimatorSnapshot, FixedCostKind, QueryFailedEvent, ReinitEvent, InitialSentEvent, PrecopyEstimatorEvents } from './estimator.js';

@@ -38,7 +38,7 @@ import {
   type WireDevice,
   type RawInput,
 } from './wire-format.js';
-import { CompressionPool, sharedCompressionPool, validateZstdLevel, DEFAULT_ZSTD_LEVEL, type CompressResult } from './compression-pool.js';
+import { CompressionPool, sharedCompressionPool, validateZstdLevel, validateMinSaving, DEFAULT_ZSTD_LEVEL, DEFAULT_MIN_SAVING, type CompressResult } from './compression-pool.js';
 
 export interface EncoderCompressionOptions {
   /** zstd level, negative (fastest) to 19. Default DEFAULT_ZSTD_LEVEL (1). */
@@ -47,6 +47,11 @@ export interface EncoderCompressionOptions {
   pool?: CompressionPool;
   /** DATA records smaller than this are sent raw without trying (not worth a worker round trip). Default 512. */
   minBytes?: number;
+  /**
+   * The share of a record's bytes its frame must save, in [0, 1); a record that saves less goes raw
+   * (the receiver then takes a view instead of decompressing). Default DEFAULT_MIN_SAVING (1/32).
+   */
+  minSaving?: number;
   /**
    * While none of the pool's workers has booted, compress on the event loop instead of queueing
    * behind the boot (an idle pool is started), at levels up to 3 (about 3-4 ms of CPU per MiB
@@ -152,6 +157,7 @@ export class RecordEncoder extends Transform {
   #level: number;
   #pool: CompressionPool | null;
   #minBytes: number;
+  #minSaving: number;
   #transfer: boolean;
   #onPayloadFree: ((payload: Buffer) => void) | null;
   #recycleFrames: boolean;
@@ -192,6 +198,7 @@ export class RecordEncoder extends Transform {
     this.#level = copts ? validateZstdLevel(copts.level ?? DEFAULT_ZSTD_LEVEL) : 0;
     this.#pool = copts ? (copts.pool ?? sharedCompressionPool()) : null;
     this.#minBytes = copts?.minBytes ?? 512;
+    this.#minSaving = copts?.minSaving === undefined ? DEFAULT_MIN_SAVING : validateMinSaving(copts.minSaving);
     this.#transfer = opts.transferPayloads === true;
     this.#onPayloadFree = opts.onPayloadFree ?? null;
     this.#recycleFrames = opts.recycleFrames === true;
@@ -267,7 +274,7 @@ export class RecordEncoder extends Transform {
     if (compress && this.#compressHere()) {
       let r: CompressResult;
       try {
-        r = this.#pool!.compressSync(entry.wire, { level: this.#level, crc: this.#checksums });
+        r = this.#pool!.compressSync(entry.wire, { level: this.#level, crc: this.#checksums, minSaving: this.#minSaving });
       } catch (err) {
         cb(err as Error);
         return;
@@ -275,7 +282,7 @@ export class RecordEncoder extends Transform {
       this.inlineCompressedRecords++;
       done(r);
     } else if (compress) {
-      this.#pool!.compress(entry.wire, { level: this.#level, crc: this.#checksums, transfer: this.#transfer, lendFrame: this.#recycleFrames }).then(done, (err: unknown) =>
+      this.#pool!.compress(entry.wire, { level: this.#level, crc: this.#checksums, transfer: this.#transfer, lendFrame: this.#recycleFrames, minSaving: this.#minSaving }).then(done, (err: unknown) =>
         this.destroy(err as Error),
       );
     } else {

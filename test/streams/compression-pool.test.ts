@@ -1,7 +1,7 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { crc32 } from 'node:zlib';
 import { randomBytes } from 'node:crypto';
-import { CompressionPool, zstd, validateZstdLevel, MIN_ZSTD_LEVEL, DEFAULT_ZSTD_LEVEL } from '../../src/streams/compression-pool.js';
+import { CompressionPool, zstd, validateZstdLevel, validateMinSaving, MIN_ZSTD_LEVEL, DEFAULT_ZSTD_LEVEL, DEFAULT_MIN_SAVING } from '../../src/streams/compression-pool.js';
 import { ErrorCodes } from '../../src/fsm/errors.js';
 import { mixedData } from './wire-helpers.js';
 import { spawn } from 'node:child_process';
@@ -144,6 +144,42 @@ describe('CompressionPool', () => {
     expect(r.compressed).toBeNull();
     expect(r.raw).toBe(data);
     expect(r.crc).toBe(crc32(data));
+  });
+
+  it('minSaving: a frame that saves less than that share of its input is not used (default 1/32), in a worker and on the calling thread', async () => {
+    expect(DEFAULT_MIN_SAVING).toBe(1 / 32);
+    // Random bytes with a run of zeros: the frame saves about the run's share of the input.
+    const withZeros = (share: number): Buffer => {
+      const b = randomBytes(512 * 1024);
+      b.fill(0, 0, Math.floor(b.length * share));
+      return b;
+    };
+    const barely = withZeros(0.01); // saves ~1%: under the default
+    const some = withZeros(0.1); // saves ~10%
+    const saved = (r: { compressed: Buffer | null }, data: Buffer) => (r.compressed === null ? 0 : 1 - r.compressed.length / data.length);
+    for (const lendFrame of [false, true]) {
+      const d = await pool.compress(barely, { lendFrame });
+      expect(d.compressed).toBeNull();
+      expect(d.crc).toBe(crc32(barely));
+      const any = await pool.compress(barely, { lendFrame, minSaving: 0 });
+      expect(saved(any, barely)).toBeGreaterThan(0.005);
+      expect(saved(any, barely)).toBeLessThan(1 / 32);
+      expect(decompress(any.compressed!, barely.length).equals(barely)).toBe(true);
+      const s = await pool.compress(some, { lendFrame });
+      expect(saved(s, some)).toBeGreaterThan(0.05);
+      expect((await pool.compress(some, { lendFrame, minSaving: 0.5 })).compressed).toBeNull();
+      for (const r of [any, s]) if (lendFrame) pool.releaseFrame(r.compressed!);
+    }
+    expect(pool.compressSync(barely).compressed).toBeNull();
+    expect(saved(pool.compressSync(barely, { minSaving: 0 }), barely)).toBeGreaterThan(0.005);
+    expect(saved(pool.compressSync(some), some)).toBeGreaterThan(0.05);
+    expect(pool.compressSync(some, { minSaving: 0.5 }).compressed).toBeNull();
+    for (const bad of [-0.1, 1, Number.NaN, '0.1' as unknown as number]) {
+      expect(() => validateMinSaving(bad)).toThrow(expect.objectContaining({ code: ErrorCodes.USAGE }));
+      expect(() => pool.compressSync(some, { minSaving: bad })).toThrow(expect.objectContaining({ code: ErrorCodes.USAGE }));
+    }
+    // Like a bad level, before any job is queued.
+    expect(() => pool.compress(some, { minSaving: 1 })).toThrow(expect.objectContaining({ code: ErrorCodes.USAGE }));
   });
 
   it('resolves every job with its own result when many run at once, and respects the in-flight cap', async () => {

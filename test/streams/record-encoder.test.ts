@@ -196,6 +196,41 @@ describe('RecordEncoder framing', () => {
     expect(moved).toEqual([]);
   });
 
+  it('minSaving: a record whose frame saves less than 1/32 goes raw unless asked otherwise; both streams decode to the same bytes', async () => {
+    const barely = randomBytes(256 * 1024);
+    barely.fill(0, 0, 2600); // its frame saves ~1%
+    const good = mixedData(256 * 1024, 8);
+    const recs: RecordInput[] = [
+      { type: RecordType.DATA, device: 0, payload: barely },
+      { type: RecordType.DATA, device: 0, payload: good },
+      { type: RecordType.STREAM_END },
+    ];
+    await pool.warm();
+    for (const [minSaving, compressed] of [
+      [undefined, 1],
+      [0, 2],
+      [0.9, 0],
+    ] as const) {
+      // On the event loop (a pool whose workers have not booted: compressSync) and in the workers:
+      // the same rule.
+      for (const inline of [true, false]) {
+        const cold = new CompressionPool({ size: 1 });
+        try {
+          const compression = inline ? { pool: cold, minSaving } : { pool, minSaving, inlineWhileBooting: false };
+          const { bytes, enc } = await encodeAll(recs, { devices: devices(1), digest: 'crc32', compression });
+          expect(enc.inlineCompressedRecords).toBe(inline ? 2 : 0);
+          expect(enc.compressedRecords).toBe(compressed);
+          const { objects, error } = await decodeChunks([bytes]);
+          expect(error).toBeNull();
+          expect(dataOf(objects).equals(Buffer.concat([barely, good]))).toBe(true);
+        } finally {
+          await cold.close();
+        }
+      }
+    }
+    expect(() => new RecordEncoder({ devices: devices(1), compression: { pool, minSaving: 1 } })).toThrow(expect.objectContaining({ code: ErrorCodes.USAGE }));
+  });
+
   it('recycleFrames: frames given back with release() once read carry later frames, and the stream stays intact', async () => {
     const p = new CompressionPool({ size: 2 });
     try {
