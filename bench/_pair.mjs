@@ -169,7 +169,7 @@ export function runPredictionPeers(cell, prefix = 'bench-pred-') {
  * (_prediction-peer.mjs), no dirtying, no cap: { ms, bytes, source, dest } where ms is the source
  * summary's durationMs (migrate() called to the destination running). Throws when it fails.
  */
-export async function runMigratePair({ size, profile = 'mixed', seed = 7, compression = 'none', digest = process.env.BENCH_MIGRATE_DIGEST, chunkSize = envNumber('BENCH_MIGRATE_CHUNK') }) {
+export async function runMigratePair({ size, profile = 'mixed', seed = 7, compression = 'none', digest = process.env.BENCH_MIGRATE_DIGEST, chunkSize = envNumber('BENCH_MIGRATE_CHUNK'), decompressionWorkers = envNumber('BENCH_MIGRATE_DECOMPRESSION_WORKERS') ?? 0 }) {
   const { src, dst, lingering } = await runPredictionPeers(
     {
       size,
@@ -182,6 +182,8 @@ export async function runMigratePair({ size, profile = 'mixed', seed = 7, compre
       ...(digest !== undefined ? { digest: digest === 'none' ? null : digest } : {}),
       // migrate()'s device read size (BENCH_MIGRATE_CHUNK=bytes to compare).
       ...(chunkSize !== undefined ? { chunkSize } : {}),
+      // receive()'s decompressionPool size (BENCH_MIGRATE_DECOMPRESSION_WORKERS=N to compare; none by default).
+      decompressionWorkers,
       limitMs: 1000,
       windowMs: 3000,
       timeoutMs: 120_000,

@@ -10,12 +10,14 @@
 // warmUp: true makes the side call warmUp() first (the destination before it listens, the source
 // before its clock starts, with the cell's compression), as docs/migration.md recommends.
 // cpus: { source, dest } pins each side's main thread (pin() below).
+// decompressionWorkers: N > 0 gives the destination's receive() a decompressionPool of N workers.
 // Reports over IPC: the summary (predicted and measured downtime, totalMs since migrate() was
 // called) or the abort with the decision that caused it and when it came (ms since migrate()).
 import fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { PerformanceObserver } from 'node:perf_hooks';
 import {
+  CompressionPool,
   DefaultSwitchoverPolicy,
   DeviceState,
   MigrationCore,
@@ -141,7 +143,8 @@ async function dest(cell) {
   const cpu0 = process.cpuUsage();
   const core = new MigrationCore(dev);
   const arcs = arcLog(core);
-  const run = receive({ devices: [core], transport: () => listener.accept(), stallTimeoutMs: cell.timeoutMs });
+  const pool = cell.decompressionWorkers > 0 ? new CompressionPool({ size: cell.decompressionWorkers }) : null;
+  const run = receive({ devices: [core], transport: () => listener.accept(), stallTimeoutMs: cell.timeoutMs, decompressionPool: pool });
   run.on('phase', (p) => (p.phase === 'stop-copy' || p.phase === 'complete') && stalls.mark(p.phase));
   try {
     const s = await run.done;
@@ -154,6 +157,7 @@ async function dest(cell) {
   } finally {
     stalls.stop();
     await listener.close();
+    await pool?.close();
     dev.close();
   }
 }
