@@ -1107,12 +1107,23 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     // Wire bytes already queued go out before anything STOP_COPY produces; in raw-byte terms.
     const inFlightRaw = this.inFlight * ratio + this.inFlightRaw;
     const drainRaw = this.drainWire * ratio + this.drainRaw;
+    const ps = this.pipeline.count >= o.minSamples ? this.pipeline.stats() : null;
+    const pipeMean = ps !== null ? ps.mean : Number.NaN;
+    // An unmeasured link is not a slower one: the link shows its rate only while data waits for it,
+    // which it never does when a stage before it is the bottleneck (uncapped, with zstd, the
+    // compression workers), and then the whole path's measured rate stands for it, not the prior.
+    const pipeKnown = pipeMean > 0;
     // A token bucket's credit leaves at once, not at the capped rate: only the rest is paced.
     // Only while the cap paces the link: when something before it is slower (compression workers),
     // the bucket stays full and its credit says nothing; the measured wire rate is that bottleneck's.
-    // The drain spends it first.
+    // Once the whole path's rate is measured, though, it bounds the transfer itself (pipeMs below,
+    // and the drain), so the credit counts for the prediction whatever the wire samples read: a
+    // PRE_COPY that sends only what the workload dirties never waits for the cap, and its wire
+    // samples time that supply (55-166 MB/s on a 200 MB/s cap), not the link. The lower bound keeps
+    // the stricter rule (its transfer has no path term). The drain spends the credit first.
     const capBound = !(this.linkCap > 0) || ws.mean >= LINK_BOUND_SHARE * this.linkCap;
-    const creditTotal = wireKnown && capBound ? this.linkCredit * ratio : 0;
+    const creditTotal = wireKnown && (capBound || pipeKnown) ? this.linkCredit * ratio : 0;
+    const creditBestRaw = Math.max(0, (wireKnown && capBound ? this.linkCredit * ratio : 0) - drainRaw);
     // Past its credit a capped link moves no more than its cap, whatever the samples say: samples
     // taken while a refilled bucket let a burst through read above it (230 MB/s under a 200 MB/s
     // cap, and a stop-copy predicted 13% too fast).
@@ -1121,12 +1132,6 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
     // The drain's time: the queued bytes beyond the credit at the link's raw rate, and never less
     // than all of them at the whole path's measured rate (a credit does not speed up what is beyond
     // the link: at a 200 MB/s cap with 6 MB of credit, 6 MB drained in 20 ms, not at once).
-    const ps = this.pipeline.count >= o.minSamples ? this.pipeline.stats() : null;
-    const pipeMean = ps !== null ? ps.mean : Number.NaN;
-    // An unmeasured link is not a slower one: the link shows its rate only while data waits for it,
-    // which it never does when a stage before it is the bottleneck (uncapped, with zstd, the
-    // compression workers), and then the whole path's measured rate stands for it, not the prior.
-    const pipeKnown = pipeMean > 0;
     const drainMs = Math.max(
       Math.max(0, drainRaw - creditTotal) / (wireKnown ? linkRate * ratio : pipeKnown ? pipeMean : o.priorRateBytesPerMs),
       pipeKnown ? drainRaw / pipeMean : 0,
@@ -1216,7 +1221,7 @@ export class PrecopyEstimator extends EventEmitter<PrecopyEstimatorEvents> {
       wireMsLow = paced / Math.min(raw * (1 + rel), Math.max(raw, rateCap));
       wireMsHigh = paced / (raw * (1 - Math.min(rel, MAX_RELATIVE_BAND)));
       const best = Math.max(raw * (1 + rel), Number.isFinite(ws.best) ? ws.best * ratio : 0);
-      wireMsBest = Math.max(0, floorBytes - creditRaw) / best;
+      wireMsBest = Math.max(0, floorBytes - creditBestRaw) / best;
     } else if (pipeKnown) {
       // The link never had to wait for: the path's measured rate bounds it (pipeMs below), and a
       // prior would only stand in for a measurement that exists.

@@ -896,6 +896,24 @@ describe('PrecopyEstimator: rates and prediction', () => {
     const starved = compressedLink();
     starved.setLinkCredit(MIB, (4 * MIB) / 10);
     expect(starved.predict().transferMs).toBeCloseTo(20, 6);
+    // Once the whole path's rate is measured it bounds the transfer itself, so the credit counts:
+    // a slower stage shows in the path's rate (the same 20 ms)...
+    const slowStage = compressedLink();
+    slowStage.setLinkCredit(MIB, (4 * MIB) / 10);
+    for (let i = 0; i < 4; i++) slowStage.recordPipeline(2 * MIB, 10);
+    expect(slowStage.predict().transferMs).toBeCloseTo(20, 6);
+    // ...and a link fed only what a workload dirties (wire samples at a quarter of the cap, the path
+    // measured at 4 MiB raw per ms) sends its credit's 2 MiB raw at once and paces the other 2 MiB
+    // at the samples' rate: 10 ms, not 20. The lower bound keeps the stricter rule.
+    const fed = compressedLink();
+    fed.setLinkCredit(MIB, (4 * MIB) / 10);
+    const lowerBefore = fed.predict().lowerBoundMs;
+    for (let i = 0; i < 4; i++) fed.recordPipeline(4 * MIB, 1);
+    const q = fed.predict();
+    expect(q.pipelineRateBytesPerMs).toBeCloseTo(4 * MIB, 6);
+    expect(q.transferMs).toBeCloseTo(10, 6);
+    expect(q.lowerBoundMs).toBeCloseTo(lowerBefore, 6);
+    expect(lowerBefore).toBeGreaterThan(0);
   });
 
   it('a capped link moves no more than its cap past its credit, whatever its samples read', () => {
