@@ -378,21 +378,27 @@ describe('RecordDecoder: decompression in a pool', () => {
     const cut = zhead().length + RECORD_HEADER_SIZE + 1000;
     const head = [Buffer.from(stream.subarray(0, cut)), Buffer.from(stream.subarray(cut, cut + 1000))];
     const rest = () => randomSplit(stream.subarray(cut + 1000), 4, 50_000).map((c) => Buffer.from(c));
+    // The head, then the pool changes, then the rest: both records come out intact.
+    const decodeAcross = async (p: CompressionPool, change: () => Promise<void>): Promise<void> => {
+      const dec = new RecordDecoder({ pool: p });
+      const out = collect(dec);
+      for (const c of head) dec.write(c);
+      await change();
+      for (const c of rest()) dec.write(c);
+      dec.end();
+      const r = await out;
+      expect(r.error).toBeNull();
+      expect(dataOf(r.objects).map((q, k) => q.equals([a, b][k]!))).toEqual([true, true]);
+    };
     // 1. Booted pool, closed mid-frame: the frame assembled in lent memory decompresses here and
     //    the lent memory goes back; the next frame, with the pool closed, decompresses here too.
     const closing = new CompressionPool({ size: 1 });
     await closing.warm();
     const lending = new LendingPool(closing);
-    const dec = new RecordDecoder({ pool: lending.asPool() });
-    const out = collect(dec);
-    for (const c of head) dec.write(c);
-    expect(lending.lent).toHaveLength(1);
-    await closing.close();
-    for (const c of rest()) dec.write(c);
-    dec.end();
-    const r1 = await out;
-    expect(r1.error).toBeNull();
-    expect(dataOf(r1.objects).map((p, k) => p.equals([a, b][k]!))).toEqual([true, true]);
+    await decodeAcross(lending.asPool(), async () => {
+      expect(lending.lent).toHaveLength(1);
+      await closing.close();
+    });
     expect(lending.framesShared).toBe(0);
     expect(lending.released).toEqual([true]);
     // 2. Cold pool, booted mid-frame: the frame started in the decoder's scratch never goes to a
@@ -400,15 +406,7 @@ describe('RecordDecoder: decompression in a pool', () => {
     const cold = new CompressionPool({ size: 1 });
     try {
       const counting = new GatedPool(cold, false);
-      const dec2 = new RecordDecoder({ pool: counting.asPool() });
-      const out2 = collect(dec2);
-      for (const c of head) dec2.write(c);
-      await cold.warm();
-      for (const c of rest()) dec2.write(c);
-      dec2.end();
-      const r2 = await out2;
-      expect(r2.error).toBeNull();
-      expect(dataOf(r2.objects).map((p, k) => p.equals([a, b][k]!))).toEqual([true, true]);
+      await decodeAcross(counting.asPool(), () => cold.warm());
       expect(counting.calls.map((c) => c.rawLength)).toEqual([b.length]);
     } finally {
       await cold.close();
