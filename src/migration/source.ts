@@ -39,7 +39,7 @@ import {
 } from './control.js';
 import { FailureLatch, asPhaseError, sleep, watchRun } from './latch.js';
 import { checkP2PSet, enterP2P, enterStopCopy, hasPrecopy, resumeAll, rollbackAll, stepAll } from './p2p.js';
-import { sharedCompressionPool } from '../streams/compression-pool.js';
+import { sharedCompressionPool, validateMinSaving } from '../streams/compression-pool.js';
 import { digestOf, openForward, openTransport, parseCompression, type Compression, type ForwardWriter } from './wire.js';
 import { DefaultSwitchoverPolicy, StepwiseSwitchoverPolicy, TokenBucket, policyAbortError, type SwitchoverPolicy } from './policy.js';
 import {
@@ -70,6 +70,12 @@ export interface MigrateOptions {
   names?: readonly string[];
   /** 'none' (default), 'zstd', 'zstd:LEVEL' or { zstd: LEVEL }. */
   compression?: Compression;
+  /**
+   * With compression: the share of a record's bytes its zstd frame must save, in [0, 1), else the
+   * record goes raw (the destination then takes a view instead of decompressing). Default
+   * DEFAULT_MIN_SAVING (1/32); 0 sends every frame smaller by a byte.
+   */
+  compressionMinSaving?: number;
   /**
    * Digest of each device's raw data in its DEVICE_END record, which the destination's decoder
    * verifies: 'crc32' (default), 'sha256', any node:crypto hash name, or null for none (every record
@@ -324,6 +330,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt);
       checkP2PSet(opts.devices, opts.acceptP2PRisk === true);
       const compression = parseCompression(opts.compression ?? 'none');
+      const minSaving = opts.compressionMinSaving === undefined ? undefined : validateMinSaving(opts.compressionMinSaving);
       this.#compressing = compression !== false;
       const limitMs = opts.downtimeLimitMs ?? 300;
       if (!(limitMs > 0)) throw migError(ErrorCodes.USAGE, `downtimeLimitMs must be positive, got ${limitMs}`);
@@ -357,6 +364,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.#w = openForward(this.#transport, {
         devices: table,
         compression,
+        minSaving,
         bandwidth: 0,
         bucket,
         sender: { channel: 0, migration: migrationId },
@@ -386,7 +394,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         const t = (await this.#latch.guard(openTransport(opts.transport as string, opts.transportOptions))) as Duplex;
         this.#extra.push(t);
         this.#watchTransport(t, false, false);
-        this.#writers.push(openForward(t, { devices: table, compression, bandwidth: 0, bucket, sender: { channel: k, migration: migrationId }, onWire, digest: opts.digest, onWritten: this.#released }, onError));
+        this.#writers.push(openForward(t, { devices: table, compression, minSaving, bandwidth: 0, bucket, sender: { channel: k, migration: migrationId }, onWire, digest: opts.digest, onWritten: this.#released }, onError));
       }
 
       // Devices without PRE_COPY have no PRE_COPY data: their counters are 0 from the start.

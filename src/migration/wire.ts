@@ -56,6 +56,8 @@ export async function digestOf(core: MigrationCore): Promise<string | null> {
 export interface ForwardOptions {
   devices: WireDevice[];
   compression: number | false;
+  /** With compression: the share of a record its frame must save, else it goes raw (the encoder's minSaving). */
+  minSaving?: number;
   /** Bytes per second on the wire; 0 = no cap. */
   bandwidth: number;
   /** A token bucket shared with other channels (their sum is capped); overrides `bandwidth`. */
@@ -139,7 +141,7 @@ export function openForward(transport: Writable, opts: ForwardOptions, onError: 
     countCarried: true,
     devices: opts.devices,
     sender: { program: 'vfio-mig', host: os.hostname(), pid: process.pid, ...opts.sender },
-    compression: opts.compression === false ? false : { level: opts.compression },
+    compression: opts.compression === false ? false : { level: opts.compression, ...(opts.minSaving !== undefined ? { minSaving: opts.minSaving } : {}) },
     digest: opts.digest === undefined ? 'crc32' : opts.digest,
     // A payload that went out compressed is free once its frame is ready, not once written; the
     // frame itself is free once written (below).
