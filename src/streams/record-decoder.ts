@@ -602,10 +602,9 @@ export class RecordDecoder extends Transform {
   /** Move the buffered start of the current payload into the buffer it is assembled in. */
   #startAsm(): void {
     const h = this.#record!;
-    let out: Buffer;
-    if ((h.flags & RecordFlags.COMPRESSED) === 0) out = this.#payloadBuffer(h.payloadLength);
-    else if ((this.#asmLent = this.#usePool(h))) out = this.#pool!.lend(h.payloadLength);
-    else out = this.#takeScratch(h.payloadLength);
+    const compressed = (h.flags & RecordFlags.COMPRESSED) !== 0;
+    this.#asmLent = compressed && this.#usePool(h);
+    const out = !compressed ? this.#payloadBuffer(h.payloadLength) : this.#asmLent ? this.#pool!.lend(h.payloadLength) : this.#takeScratch(h.payloadLength);
     let at = 0;
     for (const b of this.#buffers) {
       b.copy(out, at);

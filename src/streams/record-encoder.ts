@@ -38,7 +38,7 @@ import {
   type WireDevice,
   type RawInput,
 } from './wire-format.js';
-import { CompressionPool, sharedCompressionPool, validateZstdLevel, validateMinSaving, DEFAULT_ZSTD_LEVEL, DEFAULT_MIN_SAVING, type CompressResult } from './compression-pool.js';
+import { CompressionPool, sharedCompressionPool, validateZstdLevel, validateMinSaving, DEFAULT_ZSTD_LEVEL, type CompressResult } from './compression-pool.js';
 
 export interface EncoderCompressionOptions {
   /** zstd level, negative (fastest) to 19. Default DEFAULT_ZSTD_LEVEL (1). */
@@ -157,7 +157,8 @@ export class RecordEncoder extends Transform {
   #level: number;
   #pool: CompressionPool | null;
   #minBytes: number;
-  #minSaving: number;
+  /** The caller's minSaving, checked; undefined leaves the pool's default. */
+  #minSaving: number | undefined;
   #transfer: boolean;
   #onPayloadFree: ((payload: Buffer) => void) | null;
   #recycleFrames: boolean;
@@ -198,7 +199,7 @@ export class RecordEncoder extends Transform {
     this.#level = copts ? validateZstdLevel(copts.level ?? DEFAULT_ZSTD_LEVEL) : 0;
     this.#pool = copts ? (copts.pool ?? sharedCompressionPool()) : null;
     this.#minBytes = copts?.minBytes ?? 512;
-    this.#minSaving = copts?.minSaving === undefined ? DEFAULT_MIN_SAVING : validateMinSaving(copts.minSaving);
+    this.#minSaving = copts?.minSaving === undefined ? undefined : validateMinSaving(copts.minSaving);
     this.#transfer = opts.transferPayloads === true;
     this.#onPayloadFree = opts.onPayloadFree ?? null;
     this.#recycleFrames = opts.recycleFrames === true;
