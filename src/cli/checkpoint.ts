@@ -7,13 +7,14 @@ import { ErrorCodes, migError } from '../fsm/errors.js';
 import { restore, save } from '../migration/checkpoint.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
-import { COMPRESSION_WORKERS_OPTION, DECOMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, OUTPUT_OPTIONS, applyCompressionWorkers, decompressionPool, deviceConfig, flag, makeSims } from './options.js';
+import { COMPRESSION_WORKERS_OPTION, DECOMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, MIN_SAVING_OPTION, OUTPUT_OPTIONS, applyCompressionWorkers, compressionMinSaving, decompressionPool, deviceConfig, flag, makeSims } from './options.js';
 import { errorJson, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { formatBytes } from './units.js';
 
 const SAVE_SPECS: OptionSpec[] = [
   ...DEVICE_OPTIONS,
   { name: 'compress', value: true, arg: 'C', help: 'none | zstd | zstd:LEVEL', default: 'none' },
+  MIN_SAVING_OPTION,
   COMPRESSION_WORKERS_OPTION,
   ...OUTPUT_OPTIONS,
 ];
@@ -47,13 +48,15 @@ export async function saveCommand(argv: string[]): Promise<number> {
   }
   const file = onePositional(args.positionals, 'save');
   const dev = deviceConfig(args);
-  const compress = args.options.get('compress');
+  const compressOpt = args.options.get('compress');
+  const compression = typeof compressOpt === 'string' ? compressOpt : 'none';
+  const minSaving = compressionMinSaving(args, compression);
   applyCompressionWorkers(args);
   const out = outputFor(flag(args, 'json'), flag(args, 'quiet'));
   const sims = makeSims({ ...dev, dirtyRate: 0 }, false);
   try {
     const digests = sims.sims.map((s) => s.digest());
-    const s = await save({ devices: sims.cores, transport: fileUrl(file), compression: typeof compress === 'string' ? compress : 'none' }).done;
+    const s = await save({ devices: sims.cores, transport: fileUrl(file), compression, compressionMinSaving: minSaving }).done;
     if (out.json) printJson(summaryJson(s, { file, digests }));
     else if (!out.quiet) printSummary(`saved ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}) to ${file}`, s, [['digests', digests.map((d) => d.slice(0, 16)).join(' ')]]);
     return ExitCode.OK;

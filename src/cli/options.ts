@@ -8,7 +8,7 @@ import { SimDevice } from '../devices/index.js';
 import { parseCompression } from '../migration/wire.js';
 import { CompressionPool, configureSharedCompressionPool, DEFAULT_MAX_POOL_SIZE, sharedCompressionPool } from '../streams/compression-pool.js';
 import type { OptionSpec, ParsedArgs } from './args.js';
-import { parseCount, parseDuration, parseRate, parseSize } from './units.js';
+import { parseCount, parseDuration, parseFraction, parseRate, parseSize } from './units.js';
 
 export const DEFAULT_SIZE = '1GiB';
 /** Default dirtying: enough that PRE_COPY takes a few rounds, little enough that it converges at once on a laptop. */
@@ -25,8 +25,21 @@ export const DEVICE_OPTIONS: OptionSpec[] = [
   { name: 'generation-rate', value: true, arg: 'BYTES/S', help: 'device read speed limit, 0 = unlimited', default: '0' },
 ];
 
+/**
+ * `--compress-min-saving F`: the share of a record its zstd frame must save, else the record goes
+ * raw (the encoder's minSaving; default DEFAULT_MIN_SAVING). For migrate, demo and save.
+ */
+export const MIN_SAVING_OPTION: OptionSpec = {
+  name: 'compress-min-saving',
+  value: true,
+  arg: 'F',
+  help: 'with --compress: a record whose frame saves less than this share goes raw (0.05, 5%, 1/32; 0: any saving)',
+  default: '1/32',
+};
+
 export const MIGRATION_OPTIONS: OptionSpec[] = [
   { name: 'compress', value: true, arg: 'C', help: 'none | zstd | zstd:LEVEL', default: 'none' },
+  MIN_SAVING_OPTION,
   { name: 'downtime-limit', value: true, arg: 'MS', help: 'downtime limit for the switchover policy', default: DEFAULT_DOWNTIME_LIMIT },
   { name: 'policy', value: true, arg: 'P', help: 'switchover policy: default | stepwise', default: 'default' },
   { name: 'bandwidth', value: true, arg: 'BYTES/S', help: 'cap on wire bytes per second, 0 = none', default: '0' },
@@ -69,6 +82,8 @@ export interface DeviceConfig {
 /** The migration options of `migrate` and `demo`, named as migrate() takes them (spread into its options). */
 export interface MigrationConfig {
   compression: string;
+  /** undefined: the encoder's default (DEFAULT_MIN_SAVING). */
+  compressionMinSaving: number | undefined;
   downtimeLimitMs: number;
   policy: 'default' | 'stepwise';
   bandwidth: number;
@@ -108,6 +123,17 @@ export function deviceConfig(args: ParsedArgs): DeviceConfig {
   };
 }
 
+/**
+ * `--compress-min-saving` as migrate() and save() take it, or undefined without the option. Asking
+ * for it without compression is a usage error rather than a setting silently ignored.
+ */
+export function compressionMinSaving(args: ParsedArgs, compression: string): number | undefined {
+  const v = args.options.get('compress-min-saving');
+  if (typeof v !== 'string') return undefined;
+  if (parseCompression(compression) === false) throw migError(ErrorCodes.USAGE, '--compress-min-saving needs --compress zstd (or zstd:LEVEL)');
+  return parseFraction(v, '--compress-min-saving');
+}
+
 export function migrationConfig(args: ParsedArgs): MigrationConfig {
   const compression = str(args, 'compress', 'none');
   parseCompression(compression);
@@ -117,6 +143,7 @@ export function migrationConfig(args: ParsedArgs): MigrationConfig {
   if (downtimeLimitMs <= 0) throw migError(ErrorCodes.USAGE, '--downtime-limit must be positive');
   return {
     compression,
+    compressionMinSaving: compressionMinSaving(args, compression),
     downtimeLimitMs,
     policy,
     bandwidth: parseRate(str(args, 'bandwidth', '0'), '--bandwidth'),

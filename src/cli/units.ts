@@ -1,6 +1,7 @@
 /**
  * Parsing of the command's quantities: sizes ("1GiB", "32MiB", "4096", "1.5G"), rates (bytes per
- * second, same suffixes, optional "/s"), durations ("500", "500ms", "2s").
+ * second, same suffixes, optional "/s"), durations ("500", "500ms", "2s"), fractions ("0.05", "5%",
+ * "1/32").
  */
 import { ErrorCodes, migError } from '../fsm/errors.js';
 
@@ -48,6 +49,23 @@ export function parseDuration(text: string, what = 'duration'): number {
   if (!m) throw usage(`invalid ${what} '${text}': expected milliseconds, or a number with ms, s or m`);
   const factor = m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 1;
   return Math.round(Number(m[1]) * factor);
+}
+
+/**
+ * A share in [0, 1): a decimal ("0.05"), a percentage ("5%") or a ratio of integers ("1/32"). The
+ * upper end is open: a share of 1 (all of it) is never meaningful for the options that take one.
+ */
+export function parseFraction(text: string, what = 'fraction'): number {
+  const t = text.trim();
+  let value = NaN;
+  let m: RegExpExecArray | null;
+  if ((m = /^(\d+(?:\.\d+)?)%$/.exec(t))) value = Number(m[1]) / 100;
+  else if ((m = /^(\d+)\/(\d+)$/.exec(t))) value = Number(m[2]) === 0 ? NaN : Number(m[1]) / Number(m[2]);
+  else if (/^\d+(?:\.\d+)?$/.test(t)) value = Number(t);
+  if (!(value >= 0 && value < 1)) {
+    throw usage(`invalid ${what} '${text}': expected a share below 1, as a decimal (0.05), a percentage (5%) or a ratio (1/32)`);
+  }
+  return value;
 }
 
 /** A positive integer option (counts: devices, channels). */

@@ -23,6 +23,8 @@ export interface SaveOptions {
   transportOptions?: TransportOptions;
   names?: readonly string[];
   compression?: Compression;
+  /** migrate()'s `compressionMinSaving`: with compression, the share a frame must save, else the record goes raw. */
+  compressionMinSaving?: number;
   acceptP2PRisk?: boolean;
   signal?: AbortSignal;
   stallTimeoutMs?: number;

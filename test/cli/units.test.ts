@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { parseArgs, formatHelp } from '../../src/cli/args.js';
 import { ExitCode, exitCodeFor } from '../../src/cli/exit-codes.js';
-import { formatBytes, parseCount, parseDuration, parseRate, parseSize } from '../../src/cli/units.js';
+import { formatBytes, parseCount, parseDuration, parseFraction, parseRate, parseSize } from '../../src/cli/units.js';
 import { migError } from '../../src/fsm/errors.js';
 
 describe('quantities', () => {
@@ -25,6 +25,17 @@ describe('quantities', () => {
     expect(parseCount('4', 'n')).toBe(4);
     expect(() => parseCount('0', 'n')).toThrow(/between/);
     expect(() => parseCount('1.5', 'n')).toThrow(/integer/);
+  });
+  it('parses fractions as decimals, percentages and ratios, below 1', () => {
+    expect(parseFraction('0.05')).toBe(0.05);
+    expect(parseFraction('5%')).toBe(0.05);
+    expect(parseFraction('12.5%')).toBe(0.125);
+    expect(parseFraction('1/32')).toBe(1 / 32);
+    expect(parseFraction('0')).toBe(0);
+    expect(parseFraction(' 0/7 ')).toBe(0);
+    for (const bad of ['1', '100%', '32/32', '1/0', '-0.1', '0.5x', '', 'half', '1e-2', '3/2']) {
+      expect(() => parseFraction(bad, '--x')).toThrow(expect.objectContaining({ code: 'VFIO_MIG_ERR_USAGE', message: expect.stringMatching(/--x/) }));
+    }
   });
   it('formats bytes', () => {
     expect(formatBytes(17)).toBe('17 B');
