@@ -43,6 +43,13 @@ export interface DeviceHostOptions {
   fdKind?: FdKind;
   /** Bytes per device read in the child; at most one such chunk is in flight besides the pipe (default 1 MiB). */
   chunkSize?: number;
+  /**
+   * The child's environment (default: this process's `process.env`). glibc reads its allocator
+   * settings from the environment a process starts with, so this is where a child gets them:
+   * `env: withMallocTuning()` (src/streams/malloc-tuning.ts). Also NODE_OPTIONS and whatever the
+   * device module reads.
+   */
+  env?: NodeJS.ProcessEnv;
 }
 
 const DEFAULT_CHUNK = 1 << 20;
@@ -622,6 +629,7 @@ export async function spawnDeviceHost(opts: DeviceHostOptions): Promise<HostedDe
     // stdout (vfio-mig save > file), and a stray line from a device must not land in it.
     stdio: ['ignore', 2, 2, 'ipc'],
     serialization: 'json',
+    env: opts.env ?? process.env,
   });
   const pending = new Map<number, Pending>();
   let device: HostedDevice | null = null;

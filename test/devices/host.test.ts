@@ -13,6 +13,7 @@ import { DeviceState } from '../../src/fsm/states.js';
 import { ErrorCodes } from '../../src/fsm/errors.js';
 import type { MigError } from '../../src/fsm/errors.js';
 import { spawnDeviceHost, nodeArgsForTs } from '../../src/devices/host.js';
+import { MALLOC_TUNING_ENV, withMallocTuning } from '../../src/streams/malloc-tuning.js';
 import type { HostedDevice, HostedSavingSession, HostedResumingSession } from '../../src/devices/host.js';
 
 const FIXTURE = fileURLToPath(new URL('./host-fixture-driver.ts', import.meta.url));
@@ -475,6 +476,19 @@ describe('device host: fixture driver over FIFOs', () => {
     await expect(a.call('noSuchMethod')).rejects.toMatchObject({ code: ErrorCodes.USAGE });
     await expect(spawnDeviceHost({ device: { module: FIXTURE, export: 'nope' } })).rejects.toMatchObject({ code: ErrorCodes.USAGE });
     expect(await a.stopCopySize()).toBe(16 + (1 << 16));
+  });
+
+  it('starts the child with the env given (glibc allocator settings travel this way), else with ours', async () => {
+    const environ = (pid: number) => readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0');
+    // Without allocator settings of the runner's own (withMallocTuning leaves a caller's in place).
+    const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MALLOC_') && k !== 'GLIBC_TUNABLES'));
+    const tuned = await spawnDeviceHost({ device: { module: FIXTURE, export: 'createDevice' }, options: { size: 4096 }, env: withMallocTuning({ ...base, VFIO_MIG_HOST_ENV_TEST: 'x' }) });
+    hosts.push(tuned);
+    expect(environ(tuned.pid)).toEqual(expect.arrayContaining(['VFIO_MIG_HOST_ENV_TEST=x', ...Object.entries(MALLOC_TUNING_ENV).map(([k, v]) => `${k}=${v}`)]));
+    expect(await tuned.stopCopySize()).toBe(16 + 4096);
+    const plain = await fixture({ size: 4096 });
+    expect(environ(plain.pid)).not.toContain('VFIO_MIG_HOST_ENV_TEST=x');
+    expect(environ(plain.pid)).toContain(`PATH=${process.env.PATH}`);
   });
 });
 
