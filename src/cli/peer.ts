@@ -36,7 +36,8 @@ const RECEIVE_SPECS: OptionSpec[] = [
   { name: 'listen', value: true, arg: 'URL', help: 'where to wait for the source: unix:PATH | tcp:HOST:PORT | tls:HOST:PORT | fd:N' },
   ...DEVICE_OPTIONS.filter((s) => s.name !== 'dirty-rate'),
   { name: 'dirty-rate', value: true, arg: 'BYTES/S', help: 'ignored on the destination (its devices do not run before they resume)' },
-  { name: 'stall-timeout', value: true, arg: 'MS', help: 'fail after this long without progress', default: '15000' },
+  { name: 'stall-timeout', value: true, arg: 'MS', help: 'fail after this long without progress (once the source connected)', default: '15000' },
+  { name: 'accept-timeout', value: true, arg: 'MS', help: 'give up when no source connected after this long, 0 = wait until interrupted', default: '0' },
   { name: 'ipc', help: 'report the listening URL to the parent process over IPC (used by demo)' },
   DECOMPRESSION_WORKERS_OPTION,
   ...TLS_OPTIONS,
@@ -124,6 +125,7 @@ export async function receiveCommand(argv: string[]): Promise<number> {
   if (!listen) throw migError(ErrorCodes.USAGE, 'receive needs --listen URL');
   const dev = deviceConfig(args);
   const stallTimeoutMs = parseDuration(str(args, 'stall-timeout') ?? '15000', '--stall-timeout');
+  const acceptTimeoutMs = parseDuration(str(args, 'accept-timeout') ?? '0', '--accept-timeout');
   const out = outputFor(flag(args, 'json'), flag(args, 'quiet'));
   const ipc = flag(args, 'ipc') && typeof process.send === 'function';
   const pool = decompressionPool(args);
@@ -154,6 +156,7 @@ export async function receiveCommand(argv: string[]): Promise<number> {
       accept: () => listener.accept({ signal: ac.signal }),
       signal: ac.signal,
       stallTimeoutMs,
+      acceptTimeoutMs,
     });
     const s = await run.done;
     report(out, `received ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}); devices RUNNING`, s, { digests: sims.sims.map((d) => d.digest()) });

@@ -49,8 +49,17 @@ export interface ReceiveOptions {
    */
   transport: Duplex | Readable | (() => Promise<Duplex | Readable>);
   signal?: AbortSignal;
-  /** Fail with VFIO_MIG_ERR_STALLED after this long without progress, ms. Default 15000. */
+  /**
+   * Fail with VFIO_MIG_ERR_STALLED after this long without progress, ms. Default 15000. Not while
+   * a `transport` function is still waiting for the source's connection: that wait is
+   * `acceptTimeoutMs`'s.
+   */
   stallTimeoutMs?: number;
+  /**
+   * With a `transport` function (a listener's accept): fail with VFIO_MIG_ERR_STALLED when no
+   * source has connected after this long, ms. Default 0: wait until the caller's signal says stop.
+   */
+  acceptTimeoutMs?: number;
   /** Largest record payload accepted, bytes. Default 16 MiB. */
   maxPayload?: number;
   /** Progress event period, ms. Default 250. */
@@ -110,6 +119,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
   /** The source asked for 'loaded' reports (hello features). */
   #reportLoaded = false;
   #validated: boolean;
+  /** A device was asked to leave its state (the setup's arcs into RESUMING began): a failure resets them. */
+  #touched: boolean;
   #resumed: boolean;
   #decoder: RecordDecoder | null;
   #downtimeMs: number;
@@ -147,6 +158,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     this.#lastProgressAt = this.#t0;
     this.#switchAt = 0;
     this.#validated = false;
+    this.#touched = false;
     this.#resumed = false;
     this.#decoder = null;
     this.#downtimeMs = 0;
@@ -192,7 +204,9 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     }, LOADED_REPORT_MS);
     try {
       if (opts.devices.length === 0) throw migError(ErrorCodes.USAGE, 'receive: no devices');
-      unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt);
+      const acceptTimeoutMs = opts.acceptTimeoutMs ?? 0;
+      if (!(acceptTimeoutMs >= 0)) throw migError(ErrorCodes.USAGE, `acceptTimeoutMs must be a duration in ms, got ${String(acceptTimeoutMs)}`);
+      unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt, { phase: 'connect', timeoutMs: acceptTimeoutMs, what: 'no source connected' });
       const t = typeof opts.transport === 'function' ? await this.#latch.guard(opts.transport()) : opts.transport;
       this.#transport = t;
       this.#progress();
@@ -346,6 +360,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     try {
       await this.#latch.guard(Promise.all(this.#opts.devices.map((c) => c.getState())));
       const tSetup = performance.now();
+      this.#touched = true;
       await this.#latch.guard(stepAll(this.#opts.devices, () => DeviceState.RESUMING));
       setupMs = performance.now() - tSetup;
     } catch (err) {
@@ -617,8 +632,14 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       const fromSource = err.message.startsWith('source aborted');
       if (!fromSource) this.#reply({ type: 'error', code: err.code, message: err.message, phase: (err.phase ?? this.#phase) as MigrationPhase });
       for (const d of this.#devs) d.stream?.destroy();
-      await resetAll(this.#opts.devices);
-      err.recovery = 'reset';
+      // Devices the run never asked to move (no source, or refused at the handshake) keep their
+      // state: a reset would undo nothing and lose what they held.
+      if (this.#touched) {
+        await resetAll(this.#opts.devices);
+        err.recovery = 'reset';
+      } else {
+        err.recovery = 'none';
+      }
     } else {
       err.recovery = 'none';
     }

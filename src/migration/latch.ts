@@ -65,24 +65,44 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /**
+ * A phase in which a run waits for a peer rather than works (a destination waiting for its source
+ * to connect): the stall timeout does not apply there; `timeoutMs` (0: none) bounds the wait instead.
+ */
+export interface WaitingPhase {
+  phase: MigrationPhase;
+  timeoutMs: number;
+  /** What did not happen, for the error ("no source connected"). */
+  what: string;
+}
+
+/**
  * What a run watches besides its own steps: no progress for `stallTimeoutMs` (default 15000;
- * `lastProgressAt()` on performance.now()) fails the latch with STALLED naming `run.phase`, and the
- * caller's AbortSignal calls `run.abort()` (at once when it had fired before). Returns what stops both.
+ * `lastProgressAt()` on performance.now()) fails the latch with STALLED naming `run.phase`, except in
+ * `waiting`'s phase, which only its own timeout bounds; and the caller's AbortSignal calls
+ * `run.abort()` (at once when it had fired before). Returns what stops both.
  */
 export function watchRun(
   latch: FailureLatch,
   opts: { stallTimeoutMs?: number; signal?: AbortSignal },
   run: { readonly phase: MigrationPhase; abort(reason: string): void },
   lastProgressAt: () => number,
+  waiting?: WaitingPhase,
 ): () => void {
   const stallMs = opts.stallTimeoutMs ?? 15_000;
   const stallTimer = setInterval(
     () => {
-      if (performance.now() - lastProgressAt() <= stallMs) return;
       const phase = run.phase;
+      const idle = performance.now() - lastProgressAt();
+      if (waiting !== undefined && phase === waiting.phase) {
+        if (waiting.timeoutMs > 0 && idle > waiting.timeoutMs) {
+          latch.fail(migError(ErrorCodes.STALLED, `${waiting.what} within ${waiting.timeoutMs} ms`, { phase, detail: { timeoutMs: waiting.timeoutMs } }));
+        }
+        return;
+      }
+      if (idle <= stallMs) return;
       latch.fail(migError(ErrorCodes.STALLED, `no progress for ${stallMs} ms in phase ${phase}`, { phase, detail: { stallTimeoutMs: stallMs } }));
     },
-    Math.min(250, Math.max(10, stallMs / 4)),
+    Math.min(250, Math.max(10, Math.min(stallMs, waiting?.timeoutMs || stallMs) / 4)),
   );
   const signal = opts.signal;
   const onAbort = (): void => run.abort(`aborted: ${String(signal?.reason ?? 'AbortSignal')}`);

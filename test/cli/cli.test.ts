@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { BIN, ROOT, ensureBuilt, runCli } from '../e2e/helpers.js';
+import { BIN, ROOT, ensureBuilt, runCli, startReceiver } from '../e2e/helpers.js';
 import { WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR } from '../../src/streams/wire-format.js';
 import { limitRow } from '../../src/cli/output.js';
 import type { MigrationSummary } from '../../src/migration/summary.js';
@@ -117,6 +117,30 @@ describe('vfio-mig demo', () => {
     expect(plain.code).toBe(64);
     expect(JSON.parse(plain.stdout.trim()).error.message).toMatch(/needs --compress/);
   }, 60_000);
+
+  it('receive waits for its source past --stall-timeout; --accept-timeout gives up, devices untouched (exit 2)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-wait-'));
+    try {
+      const dest = startReceiver(`unix:${join(dir, 'r.sock')}`, ['--size', '4MiB'], ['--stall-timeout', '200']);
+      const url = await dest.url;
+      await new Promise((r) => setTimeout(r, 700));
+      const src = await cli(['migrate', '--json', '--to', url, '--size', '4MiB', '--dirty-rate', '0', '--no-warm-up']);
+      expect(src.code, src.stderr).toBe(0);
+      const r = await dest.exit;
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.json?.verified).toBe(true);
+
+      const lonely = await cli(['receive', '--json', '--listen', `unix:${join(dir, 'l.sock')}`, '--size', '4MiB', '--no-warm-up', '--accept-timeout', '300']);
+      expect(lonely.code).toBe(2);
+      const e = JSON.parse(lonely.stdout.trim());
+      expect(e.error.code).toBe('VFIO_MIG_ERR_STALLED');
+      expect(e.error.message).toBe('no source connected within 300 ms');
+      expect(e.phase).toBe('connect');
+      expect(e.recovery).toBe('none');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   it('--no-warm-up reaches both sides (the destination child refuses unknown options) and still verifies', async () => {
     const r = await cli(['demo', '--json', '--size', '8MiB', '--dirty-rate', '1MiB', '--no-warm-up']);

@@ -302,6 +302,8 @@ describe('fault matrix: rollback before the acknowledgement', () => {
     expect(r.err.phase).toBe('handshake');
     expect(r.src.arcs).toEqual([]);
     expect(r.dst.arcs).toEqual([]);
+    // Nor was a destination device reset: it was never asked to move.
+    expect(r.dst.resets).toEqual([]);
     r.src.close();
     r.dst.close();
   });

@@ -1,16 +1,16 @@
 // watchRun: the stall watchdog and the AbortSignal every migrate()/receive() run is watched by.
 import { describe, it, expect } from 'vitest';
 import { getEventListeners } from 'node:events';
-import { FailureLatch, watchRun } from '../../src/migration/latch.js';
+import { FailureLatch, watchRun, type WaitingPhase } from '../../src/migration/latch.js';
 import { ErrorCodes, migError } from '../../src/fsm/errors.js';
 import type { MigrationPhase } from '../../src/migration/control.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function run(signal?: AbortSignal) {
+function run(signal?: AbortSignal, waiting?: WaitingPhase, start: MigrationPhase = 'handshake') {
   const latch = new FailureLatch();
   let lastProgressAt = performance.now();
-  let phase: MigrationPhase = 'handshake';
+  let phase: MigrationPhase = start;
   const unwatch = watchRun(
     latch,
     { stallTimeoutMs: 40, signal },
@@ -21,6 +21,7 @@ function run(signal?: AbortSignal) {
       abort: (reason) => latch.fail(migError(ErrorCodes.ABORTED, reason, { phase })),
     },
     () => lastProgressAt,
+    waiting,
   );
   return {
     latch,
@@ -44,6 +45,27 @@ describe('watchRun', () => {
     expect(r.latch.error?.phase).toBe('precopy');
     expect(r.latch.error?.message).toMatch(/no progress for 40 ms in phase precopy/);
     r.unwatch();
+  });
+
+  it('a waiting phase is exempt from the stall timeout and bounded by its own (none when 0)', async () => {
+    const forever = run(undefined, { phase: 'connect', timeoutMs: 0, what: 'no source connected' }, 'connect');
+    await sleep(150);
+    expect(forever.latch.error).toBeNull();
+    // Once connected the stall timeout counts from the connection (the run's progress then).
+    forever.progress();
+    forever.enter('handshake');
+    await sleep(120);
+    expect(forever.latch.error?.message).toMatch(/no progress for 40 ms in phase handshake/);
+    forever.unwatch();
+
+    const bounded = run(undefined, { phase: 'connect', timeoutMs: 100, what: 'no source connected' }, 'connect');
+    await sleep(60);
+    expect(bounded.latch.error).toBeNull();
+    await sleep(120);
+    expect(bounded.latch.error?.code).toBe(ErrorCodes.STALLED);
+    expect(bounded.latch.error?.phase).toBe('connect');
+    expect(bounded.latch.error?.message).toBe('no source connected within 100 ms');
+    bounded.unwatch();
   });
 
   it('aborts on the signal, at once when it had fired before; unwatch() stops the watchdog and detaches the listener', async () => {

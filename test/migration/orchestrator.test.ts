@@ -409,4 +409,39 @@ describe('migrate/receive in one process', () => {
     src.close();
     dst.close();
   });
+
+  it('a destination waits for its source past the stall timeout; acceptTimeoutMs bounds that wait', async () => {
+    // receive() behind a listener used to fail STALLED in phase connect once stallTimeoutMs passed
+    // without a connection: `vfio-mig receive` gave up 15 s after it started listening.
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-orch-'));
+    const src = makeSims(1, { size: MiB, dirtyRate: 0 });
+    const dst = makeSims(1, { size: MiB });
+    const listener = await listenTransport(`unix:${join(dir, 'w.sock')}`);
+    try {
+      const incoming = receive({ devices: dst.cores, transport: () => listener.accept(), stallTimeoutMs: 100 });
+      await new Promise((r) => setTimeout(r, 400));
+      expect(incoming.phase).toBe('connect');
+      const run = migrate({ devices: src.cores, transport: listener.url, downtimeLimitMs: 1000 });
+      const [s, d] = await Promise.all([run.done, incoming.done]);
+      expect(s.verified && d.verified).toBe(true);
+
+      const lonely = makeSims(1, { size: MiB });
+      const t0 = performance.now();
+      const waiting = receive({ devices: lonely.cores, transport: () => listener.accept(), stallTimeoutMs: 60_000, acceptTimeoutMs: 150 });
+      const err = await waiting.done.then(() => null, (e: unknown) => e);
+      expect(err).toMatchObject({ code: 'VFIO_MIG_ERR_STALLED', phase: 'connect', recovery: 'none', message: 'no source connected within 150 ms' });
+      expect(performance.now() - t0).toBeLessThan(5_000);
+      // Nothing was touched: the device never left its state, and was not reset either.
+      expect(await lonely.cores[0].getState()).toBe(S.RUNNING);
+      expect(lonely.arcs).toEqual([]);
+      expect(lonely.resets).toEqual([]);
+      await expect(receive({ devices: lonely.cores, transport: () => listener.accept(), acceptTimeoutMs: -1 }).done).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_USAGE' });
+      lonely.close();
+    } finally {
+      await listener.close();
+      src.close();
+      dst.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
