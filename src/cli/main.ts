@@ -10,12 +10,13 @@ import { restoreCommand, saveCommand } from './checkpoint.js';
 import { demo } from './demo.js';
 import { ExitCode } from './exit-codes.js';
 import { inspectCommand } from './inspect.js';
-import { migrateCommand, receiveCommand } from './peer.js';
+import { checkCommand, migrateCommand, receiveCommand } from './peer.js';
 
 const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   demo,
   migrate: migrateCommand,
   receive: receiveCommand,
+  check: checkCommand,
   save: saveCommand,
   restore: restoreCommand,
   inspect: inspectCommand,
@@ -29,6 +30,7 @@ commands:
   demo       live-migrate SimDevices to a destination process this command starts
   migrate    live-migrate SimDevices to a \`vfio-mig receive\` (--to URL)
   receive    wait for one migration and run the migrated devices (--listen URL)
+  check      ask a waiting \`vfio-mig receive\` whether it would take the devices (--to URL)
   save       save SimDevices' state to a checkpoint file
   restore    load a checkpoint file into fresh SimDevices, verifying its digests
   inspect    print a stream's header and records
@@ -42,6 +44,7 @@ exit codes:
   3   aborted by the switchover policy (downtime limit cannot be met); rolled back
   4   aborted by the user (SIGINT/SIGTERM); rolled back
   5   the destination refused the devices (incompatible); nothing was touched
+      (check: the destination would refuse them)
   64  usage error
   65  corrupt or truncated stream or file, or a digest mismatch
 `;

@@ -1,10 +1,12 @@
 /**
  * `vfio-mig migrate --to URL` and `vfio-mig receive --listen URL`: the two halves of a live
- * migration of SimDevices between two processes or two hosts.
+ * migration of SimDevices between two processes or two hosts; and `vfio-mig check --to URL`, the
+ * pre-flight check of the first against the second.
  */
-import { ErrorCodes, migError } from '../fsm/errors.js';
+import { ErrorCodes, MigError, migError } from '../fsm/errors.js';
 import { receive } from '../migration/destination.js';
 import { migrate } from '../migration/source.js';
+import { checkDestination } from '../migration/check.js';
 import { warmUp } from '../migration/warm-up.js';
 import type { MigrationSummary } from '../migration/summary.js';
 import { listenTransport } from '../transport/index.js';
@@ -13,7 +15,7 @@ import { ExitCode, exitCodeFor } from './exit-codes.js';
 import { COMPRESSION_WORKERS_OPTION, DECOMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, applyCompressionWorkers, compressionWorkers, decompressionPool, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
 import { ProgressLine, errorJson, limitRow, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { tlsOptions } from './tls-demo.js';
-import { formatBytes, parseDuration } from './units.js';
+import { formatBytes, formatMs, parseCount, parseDuration } from './units.js';
 
 const TLS_OPTIONS: OptionSpec[] = [
   { name: 'tls-cert', value: true, arg: 'PEM', help: 'tls: this side\'s certificate chain' },
@@ -44,6 +46,23 @@ const RECEIVE_SPECS: OptionSpec[] = [
   WARM_UP_OPTION,
   ...OUTPUT_OPTIONS,
 ];
+
+const CHECK_SPECS: OptionSpec[] = [
+  { name: 'to', value: true, arg: 'URL', help: 'destination: unix:PATH | tcp:HOST:PORT | tls:HOST:PORT' },
+  ...DEVICE_OPTIONS.filter((s) => s.name !== 'dirty-rate' && s.name !== 'generation-rate'),
+  { name: 'channels', value: true, arg: 'N', help: 'connections the migration will carry device data on', default: '1' },
+  { name: 'accept-p2p-risk', help: 'a multi-device set although a device lacks P2P' },
+  { name: 'timeout', value: true, arg: 'MS', help: 'give up after this long without an answer (connecting included)', default: '15000' },
+  ...TLS_OPTIONS,
+  { name: 'tls-servername', value: true, arg: 'NAME', help: 'tls: name the server certificate must carry' },
+  ...OUTPUT_OPTIONS,
+];
+
+export const CHECK_HELP = formatHelp(
+  'vfio-mig check --to URL [options]',
+  'Pre-flight check: ask a waiting `vfio-mig receive` whether it would take SimDevices built from\nthe device options, by the rules of a migration\'s handshake. No device moves on either side, and\nthe destination goes on waiting. Exit 0: it would; 5: it refuses (the reason is printed).',
+  CHECK_SPECS,
+);
 
 export const MIGRATE_HELP = formatHelp(
   'vfio-mig migrate --to URL [options]',
@@ -115,6 +134,51 @@ export async function migrateCommand(argv: string[]): Promise<number> {
   }
 }
 
+export async function checkCommand(argv: string[]): Promise<number> {
+  const args = parseArgs(argv, CHECK_SPECS);
+  if (flag(args, 'help')) {
+    process.stdout.write(CHECK_HELP);
+    return ExitCode.OK;
+  }
+  const to = str(args, 'to') ?? args.positionals[0];
+  if (!to) throw migError(ErrorCodes.USAGE, 'check needs --to URL');
+  const dev = deviceConfig(args);
+  const channels = parseCount(str(args, 'channels') ?? '1', '--channels', 1, 64);
+  const timeoutMs = parseDuration(str(args, 'timeout') ?? '15000', '--timeout');
+  if (timeoutMs <= 0) throw migError(ErrorCodes.USAGE, '--timeout must be positive');
+  const out = outputFor(flag(args, 'json'), flag(args, 'quiet'));
+  const sims = makeSims({ ...dev, dirtyRate: 0 }, false);
+  const ac = new AbortController();
+  const onSignal = () => ac.abort('interrupted');
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    const servername = str(args, 'tls-servername');
+    const r = await checkDestination({
+      devices: sims.cores,
+      transport: to,
+      transportOptions: { ...tls(args), ...(servername ? { servername } : {}) },
+      channels,
+      acceptP2PRisk: flag(args, 'accept-p2p-risk'),
+      signal: ac.signal,
+      timeoutMs,
+    });
+    if (out.json) printJson({ ok: true, compatible: true, to, devices: dev.devices, controlVersion: r.version, features: r.features, ms: +r.ms.toFixed(1) });
+    else if (!out.quiet) process.stdout.write(`compatible: ${to} would take ${dev.devices} device(s) (${formatBytes(dev.size)} each, control protocol ${r.version}; answered in ${formatMs(r.ms)})\n`);
+    return ExitCode.OK;
+  } catch (err) {
+    const refused = err instanceof MigError && (err.code === ErrorCodes.INCOMPATIBLE || err.code === ErrorCodes.UNSUPPORTED);
+    if (out.json) printJson({ ...errorJson(err), compatible: refused ? false : null });
+    else printError(err);
+    if (refused) return ExitCode.REFUSED;
+    return err instanceof MigError && err.code === ErrorCodes.ABORTED ? ExitCode.ABORTED : err instanceof MigError && err.code === ErrorCodes.USAGE ? ExitCode.USAGE : ExitCode.FAILED;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    sims.close();
+  }
+}
+
 export async function receiveCommand(argv: string[]): Promise<number> {
   const args = parseArgs(argv, RECEIVE_SPECS);
   if (flag(args, 'help')) {
@@ -157,6 +221,10 @@ export async function receiveCommand(argv: string[]): Promise<number> {
       signal: ac.signal,
       stallTimeoutMs,
       acceptTimeoutMs,
+    });
+    run.on('check', (c) => {
+      if (out.json || out.quiet) return;
+      process.stderr.write(`vfio-mig receive: answered a pre-flight check: ${c.compatible ? 'compatible' : `refused (${c.code}: ${c.message})`}; still waiting\n`);
     });
     const s = await run.done;
     report(out, `received ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}); devices RUNNING`, s, { digests: sims.sims.map((d) => d.digest()) });

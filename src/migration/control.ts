@@ -58,6 +58,11 @@ export type ForwardMessage =
       channels?: number;
       /** Identifies this migration's extra channel connections (their stream header's sender). */
       migration?: string;
+      /**
+       * A pre-flight check (checkDestination()): answer 'compatible' or 'refuse' by the handshake's
+       * rules, move no device, and close this connection.
+       */
+      check?: boolean;
     }
   /** Every device's initial PRE_COPY data of initial-data `epoch` precedes this message in the stream. */
   | { type: 'initial-sent'; epoch: number; records?: number[] }
@@ -83,6 +88,8 @@ export type ReturnMessage =
   | { type: 'ready'; version: number; features: ControlFeatures; setupMs?: number }
   /** Incompatible or unable: no source device has left RUNNING. */
   | { type: 'refuse'; code: string; message: string; device?: number }
+  /** Answer to a pre-flight check (hello `check`): the destination would take these devices. */
+  | { type: 'compatible'; version: number; features: ControlFeatures }
   /** The initial data of `epoch` is loaded into every device (QEMU's switchover-ack). */
   | { type: 'switchover-ack'; epoch: number; loadedBytes: number }
   /** Every device passed RESUMING -> STOP (and its digest matched): the source may let go. */
@@ -97,7 +104,7 @@ export type ReturnMessage =
   | { type: 'loaded'; bytes: number };
 
 const FORWARD_TYPES = new Set(['hello', 'initial-sent', 'reinit', 'switchover', 'digest', 'commit', 'abort', 'ping']);
-const RETURN_TYPES = new Set(['ready', 'refuse', 'switchover-ack', 'validated', 'running', 'error', 'pong', 'loaded']);
+const RETURN_TYPES = new Set(['ready', 'compatible', 'refuse', 'switchover-ack', 'validated', 'running', 'error', 'pong', 'loaded']);
 
 function protocolError(message: string, detail?: Record<string, unknown>) {
   return migError(ErrorCodes.PROTOCOL, message, { detail });
@@ -124,6 +131,7 @@ export function parseForwardMessage(value: unknown, deviceCount?: number): Forwa
       if (typeof value.version !== 'number' || !isObject(value.features) || !Array.isArray(value.devices) || !Array.isArray(value.precopy)) {
         throw protocolError('malformed hello');
       }
+      if (value.check !== undefined && typeof value.check !== 'boolean') throw protocolError('malformed hello');
       break;
     case 'initial-sent':
       if (typeof value.epoch !== 'number') throw protocolError('malformed initial-sent');
@@ -154,6 +162,9 @@ export function parseReturnMessage(value: unknown): ReturnMessage {
     throw protocolError(`unknown return-path message ${JSON.stringify(isObject(value) ? value.type : value)}`);
   }
   switch (value.type) {
+    case 'compatible':
+      if (typeof value.version !== 'number' || !isObject(value.features)) throw protocolError('malformed compatible');
+      break;
     case 'ready':
       if (typeof value.version !== 'number' || !isObject(value.features)) throw protocolError('malformed ready');
       if (value.setupMs !== undefined && typeof value.setupMs !== 'number') throw protocolError('malformed ready');

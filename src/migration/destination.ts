@@ -88,6 +88,15 @@ interface Reorder {
 }
 
 const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, ping: true, loaded: true };
+/** #consume's outcome for a connection that only carried a pre-flight check. */
+const CHECKED = Symbol('checked');
+
+/** Why a destination refuses a source (the 'refuse' message's fields). */
+interface Refusal {
+  code: string;
+  message: string;
+  device?: number;
+}
 /** How long a finished migration waits for the source to close its side of a connection, ms. */
 const LINGER_MS = 2000;
 
@@ -112,6 +121,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
   readonly #devs: DeviceLoad[];
   #transport: Duplex | Readable | null;
   #t0: number;
+  /** When the connection being read arrived: the destination's durationMs starts there. */
+  #connectedAt: number;
   #phaseAt: number;
   #phases: Partial<Record<MigrationPhase, number>>;
   #lastProgressAt: number;
@@ -153,6 +164,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     }));
     this.#transport = null;
     this.#t0 = performance.now();
+    this.#connectedAt = this.#t0;
     this.#phaseAt = this.#t0;
     this.#phases = {};
     this.#lastProgressAt = this.#t0;
@@ -207,21 +219,34 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       const acceptTimeoutMs = opts.acceptTimeoutMs ?? 0;
       if (!(acceptTimeoutMs >= 0)) throw migError(ErrorCodes.USAGE, `acceptTimeoutMs must be a duration in ms, got ${String(acceptTimeoutMs)}`);
       unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt, { phase: 'connect', timeoutMs: acceptTimeoutMs, what: 'no source connected' });
-      const t = typeof opts.transport === 'function' ? await this.#latch.guard(opts.transport()) : opts.transport;
-      this.#transport = t;
-      this.#progress();
-      this.#setPhase('handshake');
-      // Payloads the decoder assembled (records spanning socket reads, decompressed frames) go back
-      // to it once their device took them: later records reuse that memory instead of fresh pages.
-      const decoder = new RecordDecoder({ maxPayload: opts.maxPayload, recycle: true, pool: opts.decompressionPool ?? null });
-      this.#decoder = decoder;
-      t.on('error', (err) => this.#lost(err));
-      // A socket closing before the commit is a lost source; a file (a Readable) just ends, and the
-      // decoder says whether it ended early (TRUNCATED).
-      if ((t as Duplex).writable === true) t.on('close', () => this.#lost());
-      t.pipe(decoder);
-      const summary = await this.#latch.guard(this.#consume(decoder));
-      return summary;
+      const factory = typeof opts.transport === 'function' ? opts.transport : null;
+      // One connection per pre-flight check (checkDestination()), then the migration's.
+      for (;;) {
+        const t = factory !== null ? await this.#latch.guard(factory()) : (opts.transport as Duplex | Readable);
+        this.#transport = t;
+        this.#connectedAt = performance.now();
+        this.#progress();
+        this.#setPhase('handshake');
+        // Payloads the decoder assembled (records spanning socket reads, decompressed frames) go back
+        // to it once their device took them: later records reuse that memory instead of fresh pages.
+        const decoder = new RecordDecoder({ maxPayload: opts.maxPayload, recycle: true, pool: opts.decompressionPool ?? null });
+        this.#decoder = decoder;
+        const conn = { checked: false };
+        t.on('error', (err) => conn.checked || this.#lost(err));
+        // A socket closing before the commit is a lost source; a file (a Readable) just ends, and the
+        // decoder says whether it ended early (TRUNCATED).
+        if ((t as Duplex).writable === true) t.on('close', () => conn.checked || this.#lost());
+        t.pipe(decoder);
+        const outcome = await this.#latch.guard(this.#consume(decoder, conn));
+        if (outcome !== CHECKED) return outcome;
+        letGo(t, decoder);
+        this.#transport = null;
+        this.#decoder = null;
+        if (factory === null) {
+          throw migError(ErrorCodes.TRANSPORT, 'the source only ran a pre-flight check: this receive() has no other connection to migrate on', { phase: 'handshake' });
+        }
+        this.#setPhase('connect');
+      }
     } catch (e) {
       throw await this.#cleanup(e);
     } finally {
@@ -244,7 +269,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
   }
 
   /** Read every record and act on it; resolves with the summary at STREAM_END. */
-  async #consume(decoder: RecordDecoder): Promise<MigrationSummary> {
+  async #consume(decoder: RecordDecoder, conn: { checked: boolean }): Promise<MigrationSummary | typeof CHECKED> {
     let header: StreamHeader | null = null;
     let helloSeen = false;
     try {
@@ -275,6 +300,11 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
             switch (msg.type) {
               case 'hello':
                 if (header === null) throw migError(ErrorCodes.PROTOCOL, 'hello before the stream header', { phase: 'handshake' });
+                if (msg.check === true) {
+                  conn.checked = true;
+                  this.#answerCheck(header, msg.version, msg.channels ?? 1);
+                  return CHECKED;
+                }
                 this.#channels = msg.channels ?? 1;
                 this.#migrationId = msg.migration ?? '';
                 await this.#handshake(header, msg.version, msg.features);
@@ -338,20 +368,9 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       this.#reply({ type: 'refuse', code, message, ...(device !== undefined ? { device } : {}) });
       throw migError(code, `refused the source: ${message}`, { phase: 'handshake', device });
     };
-    if (version !== CONTROL_PROTOCOL_VERSION) {
-      refuse(ErrorCodes.UNSUPPORTED, `control protocol ${version} (this destination speaks ${CONTROL_PROTOCOL_VERSION})`);
-    }
-    if (header.devices.length !== this.#devs.length) {
-      refuse(ErrorCodes.INCOMPATIBLE, `the source sends ${header.devices.length} device(s), this destination has ${this.#devs.length}`);
-    }
-    for (let i = 0; i < this.#devs.length; i++) {
-      const problem = compatibilityProblem(header.devices[i].identity, this.#devs[i].core.identity());
-      if (problem !== null) refuse(ErrorCodes.INCOMPATIBLE, `device ${i} (${header.devices[i].name}): ${problem}`, i);
-    }
+    const refusal = this.#refusal(header, version, this.#channels);
+    if (refusal !== null) refuse(refusal.code, refusal.message, refusal.device);
     this.#reportLoaded = features.loaded === true;
-    if (this.#channels > 1 && this.#opts.accept === undefined) {
-      refuse(ErrorCodes.UNSUPPORTED, `the source wants ${this.#channels} channels; this destination takes one connection`);
-    }
     this.#setPhase('setup');
     // setupMs times the arcs alone (the source's prior for this side's validation): each device is
     // asked its state first, so a first call's one-time costs are not taken for the arcs', and the
@@ -385,6 +404,34 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       this.#extraLoops.push(loop);
     }
     this.#setPhase('precopy');
+  }
+
+  /**
+   * Why these devices cannot be taken (the handshake's rules, a pre-flight check's too), or null:
+   * the control protocol version, the device count, each device's identity, the channels.
+   */
+  #refusal(header: StreamHeader, version: number, channels: number): Refusal | null {
+    if (version !== CONTROL_PROTOCOL_VERSION) {
+      return { code: ErrorCodes.UNSUPPORTED, message: `control protocol ${version} (this destination speaks ${CONTROL_PROTOCOL_VERSION})` };
+    }
+    if (header.devices.length !== this.#devs.length) {
+      return { code: ErrorCodes.INCOMPATIBLE, message: `the source sends ${header.devices.length} device(s), this destination has ${this.#devs.length}` };
+    }
+    for (let i = 0; i < this.#devs.length; i++) {
+      const problem = compatibilityProblem(header.devices[i].identity, this.#devs[i].core.identity());
+      if (problem !== null) return { code: ErrorCodes.INCOMPATIBLE, message: `device ${i} (${header.devices[i].name}): ${problem}`, device: i };
+    }
+    if (channels > 1 && this.#opts.accept === undefined) {
+      return { code: ErrorCodes.UNSUPPORTED, message: `the source wants ${channels} channels; this destination takes one connection` };
+    }
+    return null;
+  }
+
+  /** A pre-flight check: answer by the handshake's rules; no device moves. */
+  #answerCheck(header: StreamHeader, version: number, channels: number): void {
+    const refusal = this.#refusal(header, version, channels);
+    this.#reply(refusal === null ? { type: 'compatible', version: CONTROL_PROTOCOL_VERSION, features: FEATURES } : { type: 'refuse', ...refusal });
+    this.emit('check', refusal === null ? { compatible: true } : { compatible: false, ...refusal });
   }
 
   /** One extra data channel: accept it, check it belongs to this migration, deliver its DATA in order. */
@@ -566,7 +613,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
 
   #summary(): MigrationSummary {
     this.#setPhase('complete');
-    const durationMs = performance.now() - this.#t0;
+    const durationMs = performance.now() - this.#connectedAt;
     const bytes = this.#devs.reduce((s, d) => s + d.bytes, 0);
     const wireBytes = (this.#decoder?.bytesIn ?? 0) + this.#extraDecoders.reduce((sum, dec) => sum + dec.bytesIn, 0);
     this.#extra.forEach((x, k) => letGo(x, this.#extraDecoders[k]));

@@ -25,6 +25,10 @@ export interface MigrationSummary {
   wireBytes: number;
   /** bytes / wireBytes. */
   compressionRatio: number;
+  /**
+   * Source: from the migrate() call. Destination: from the migration's connection (the wait for a
+   * source and any pre-flight checks before it are in `phases.connect` and `phases.handshake`).
+   */
   durationMs: number;
   /**
    * Source: from the first device leaving RUNNING at switchover (the P2P step) until the
@@ -85,10 +89,22 @@ export interface PhaseEvent {
   elapsedMs: number;
 }
 
+/**
+ * Destination: a pre-flight check (checkDestination()) was answered, by the handshake's rules; no
+ * device moved. `code`, `message` and `device` say why it was refused.
+ */
+export interface CheckEvent {
+  compatible: boolean;
+  code?: string;
+  message?: string;
+  device?: number;
+}
+
 export interface MigrationEvents {
   progress: [ProgressEvent];
   decision: [DecisionEvent];
   phase: [PhaseEvent];
+  check: [CheckEvent];
 }
 
 export function throughputMBps(bytes: number, ms: number): number {

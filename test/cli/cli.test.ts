@@ -118,6 +118,34 @@ describe('vfio-mig demo', () => {
     expect(JSON.parse(plain.stdout.trim()).error.message).toMatch(/needs --compress/);
   }, 60_000);
 
+  it('check: 0 when a waiting receive would take the devices, 5 with the reason when not; the receive then migrates', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-check-'));
+    try {
+      const dest = startReceiver(`unix:${join(dir, 'r.sock')}`, ['--size', '4MiB'], ['--no-warm-up']);
+      const url = await dest.url;
+      const ok = await cli(['check', '--json', '--to', url, '--size', '4MiB']);
+      expect(ok.code, ok.stderr).toBe(0);
+      expect(JSON.parse(ok.stdout.trim())).toMatchObject({ ok: true, compatible: true, controlVersion: CONTROL_PROTOCOL_VERSION, devices: 1 });
+      const human = await cli(['check', '--to', url, '--size', '4MiB']);
+      expect(human.stdout).toMatch(/^compatible: unix:.* would take 1 device\(s\)/);
+      const bad = await cli(['check', '--json', '--to', url, '--size', '8MiB']);
+      expect(bad.code).toBe(5);
+      expect(JSON.parse(bad.stdout.trim())).toMatchObject({ ok: false, compatible: false, error: { code: 'VFIO_MIG_ERR_INCOMPATIBLE', device: 0 } });
+      const src = await cli(['migrate', '--json', '--to', url, '--size', '4MiB', '--dirty-rate', '0', '--no-warm-up']);
+      expect(src.code, src.stderr).toBe(0);
+      const r = await dest.exit;
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.json?.verified).toBe(true);
+      // Nobody listening any more: a transport failure, exit 1, not a refusal.
+      const none = await cli(['check', '--json', '--to', url, '--size', '4MiB', '--timeout', '2000']);
+      expect(none.code).toBe(1);
+      expect(JSON.parse(none.stdout.trim())).toMatchObject({ ok: false, compatible: null });
+      expect((await cli(['check', '--size', '4MiB'])).code).toBe(64);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('receive waits for its source past --stall-timeout; --accept-timeout gives up, devices untouched (exit 2)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-wait-'));
     try {
@@ -160,7 +188,7 @@ describe('vfio-mig demo', () => {
 
 describe('conventions', () => {
   it('--help on every command, usage errors exit 64', async () => {
-    for (const cmd of ['demo', 'migrate', 'receive', 'save', 'restore', 'inspect']) {
+    for (const cmd of ['demo', 'migrate', 'receive', 'check', 'save', 'restore', 'inspect']) {
       const r = await cli([cmd, '--help']);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(new RegExp(`usage: vfio-mig ${cmd}`));

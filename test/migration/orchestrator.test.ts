@@ -421,9 +421,14 @@ describe('migrate/receive in one process', () => {
       const incoming = receive({ devices: dst.cores, transport: () => listener.accept(), stallTimeoutMs: 100 });
       await new Promise((r) => setTimeout(r, 400));
       expect(incoming.phase).toBe('connect');
+      const tm = performance.now();
       const run = migrate({ devices: src.cores, transport: listener.url, downtimeLimitMs: 1000 });
       const [s, d] = await Promise.all([run.done, incoming.done]);
+      const te = performance.now();
       expect(s.verified && d.verified).toBe(true);
+      // The destination's duration starts at the source's connection: the wait is phases.connect's.
+      expect(d.durationMs).toBeLessThanOrEqual(te - tm);
+      expect(d.phases.connect).toBeGreaterThanOrEqual(390);
 
       const lonely = makeSims(1, { size: MiB });
       const t0 = performance.now();
