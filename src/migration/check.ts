@@ -140,8 +140,10 @@ export async function checkDestination(opts: CheckOptions): Promise<CheckResult>
     if (reply.type === 'error') throw migError(reply.code, `destination failed in phase ${reply.phase}: ${reply.message}`, { phase });
     // 'ready': a destination that does not know checks prepared for a migration. Tell it to give
     // up, as a failing migration does, so that it resets its devices.
-    enc.write({ type: RecordType.CONTROL, message: { type: 'abort', code: ErrorCodes.ABORTED, message: 'pre-flight check only', phase } satisfies ForwardMessage });
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Encoded and handed to the socket before our side ends below (end() sends what is queued).
+    const e = enc;
+    await new Promise<void>((resolve) => e.write({ type: RecordType.CONTROL, message: { type: 'abort', code: ErrorCodes.ABORTED, message: 'pre-flight check only', phase } satisfies ForwardMessage }, () => resolve()));
+    await new Promise((resolve) => setImmediate(resolve));
     throw migError(ErrorCodes.UNSUPPORTED, 'the destination does not answer pre-flight checks: it prepared for a migration (its devices entered RESUMING) and was told to abort', { phase });
   } catch (err) {
     // Timed out or aborted while connecting: close the connection if it comes after all.
