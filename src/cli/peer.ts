@@ -222,6 +222,10 @@ export async function receiveCommand(argv: string[]): Promise<number> {
       stallTimeoutMs,
       acceptTimeoutMs,
     });
+    run.on('stray', (e) => {
+      if (out.json || out.quiet) return;
+      process.stderr.write(`vfio-mig receive: dropped a connection before its hello (${e.code}: ${e.message}); still waiting\n`);
+    });
     run.on('check', (c) => {
       if (out.json || out.quiet) return;
       process.stderr.write(`vfio-mig receive: answered a pre-flight check: ${c.compatible ? 'compatible' : `refused (${c.code}: ${c.message})`}; still waiting\n`);

@@ -91,6 +91,14 @@ const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, ping: tru
 /** #consume's outcome for a connection that only carried a pre-flight check. */
 const CHECKED = Symbol('checked');
 
+/**
+ * A connection to a receive(): before its hello ('pre'), a source ('source'), a pre-flight check
+ * answered ('checked'), or dropped as a stray before its hello ('dropped').
+ */
+interface Conn {
+  state: 'pre' | 'source' | 'checked' | 'dropped';
+}
+
 /** Why a destination refuses a source (the 'refuse' message's fields). */
 interface Refusal {
   code: string;
@@ -218,11 +226,19 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       if (opts.devices.length === 0) throw migError(ErrorCodes.USAGE, 'receive: no devices');
       const acceptTimeoutMs = opts.acceptTimeoutMs ?? 0;
       if (!(acceptTimeoutMs >= 0)) throw migError(ErrorCodes.USAGE, `acceptTimeoutMs must be a duration in ms, got ${String(acceptTimeoutMs)}`);
-      unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt, { phase: 'connect', timeoutMs: acceptTimeoutMs, what: 'no source connected' });
       const factory = typeof opts.transport === 'function' ? opts.transport : null;
-      // One connection per pre-flight check (checkDestination()), then the migration's.
+      // The connection being read, and whether it has shown itself a source (its hello came).
+      let conn: Conn = { state: 'pre' };
+      // Waiting for a source is not a stall: neither is the wait for a connection, nor, behind a
+      // listener, a connection's wait for its hello (a stray one is dropped below, not fatal).
+      const waiting = (): boolean => this.#phase === 'connect' || (factory !== null && this.#phase === 'handshake' && conn.state === 'pre');
+      unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt, { active: waiting, timeoutMs: acceptTimeoutMs, what: 'no source connected' });
+      const stallMs = opts.stallTimeoutMs ?? 15_000;
+      // One connection per pre-flight check (checkDestination()) or stray connection, then the migration's.
       for (;;) {
         const t = factory !== null ? await this.#latch.guard(factory()) : (opts.transport as Duplex | Readable);
+        const c: Conn = { state: 'pre' };
+        conn = c;
         this.#transport = t;
         this.#connectedAt = performance.now();
         this.#progress();
@@ -231,13 +247,44 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
         // to it once their device took them: later records reuse that memory instead of fresh pages.
         const decoder = new RecordDecoder({ maxPayload: opts.maxPayload, recycle: true, pool: opts.decompressionPool ?? null });
         this.#decoder = decoder;
-        const conn = { checked: false };
-        t.on('error', (err) => conn.checked || this.#lost(err));
+        // Behind a listener, a connection that fails before its hello (closed, not our stream, or
+        // silent for stallTimeoutMs: a port probe, a health check, a source that died at once) is
+        // dropped and the next one awaited; it touched nothing.
+        let drop: (err: MigError) => void = () => {};
+        const dropped = new Promise<never>((_, reject) => (drop = reject));
+        dropped.catch(() => {});
+        const gone = (err?: unknown): void => {
+          if (c.state === 'checked' || c.state === 'dropped') return;
+          if (c.state === 'pre' && factory !== null) {
+            drop(migError(ErrorCodes.TRANSPORT, `a connection closed before its hello${err instanceof Error ? `: ${err.message}` : ''}`, { phase: 'handshake', cause: err }));
+          } else {
+            this.#lost(err);
+          }
+        };
+        t.on('error', gone);
         // A socket closing before the commit is a lost source; a file (a Readable) just ends, and the
         // decoder says whether it ended early (TRUNCATED).
-        if ((t as Duplex).writable === true) t.on('close', () => conn.checked || this.#lost());
+        if ((t as Duplex).writable === true) t.on('close', () => gone());
         t.pipe(decoder);
-        const outcome = await this.#latch.guard(this.#consume(decoder, conn));
+        const helloTimer =
+          factory === null ? null : setTimeout(() => c.state === 'pre' && drop(migError(ErrorCodes.STALLED, `no hello within ${stallMs} ms of connecting`, { phase: 'handshake' })), stallMs);
+        let outcome: MigrationSummary | typeof CHECKED;
+        try {
+          const consumed = this.#consume(decoder, c);
+          outcome = await this.#latch.guard(factory === null ? consumed : Promise.race([consumed, dropped]));
+        } catch (err) {
+          if (factory === null || c.state !== 'pre' || this.#latch.error !== null) throw err;
+          c.state = 'dropped';
+          t.destroy();
+          decoder.destroy();
+          this.#transport = null;
+          this.#decoder = null;
+          this.emit('stray', asPhaseError(err, 'handshake'));
+          this.#setPhase('connect');
+          continue;
+        } finally {
+          if (helloTimer !== null) clearTimeout(helloTimer);
+        }
         if (outcome !== CHECKED) return outcome;
         letGo(t, decoder);
         this.#transport = null;
@@ -269,7 +316,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
   }
 
   /** Read every record and act on it; resolves with the summary at STREAM_END. */
-  async #consume(decoder: RecordDecoder, conn: { checked: boolean }): Promise<MigrationSummary | typeof CHECKED> {
+  async #consume(decoder: RecordDecoder, conn: Conn): Promise<MigrationSummary | typeof CHECKED> {
     let header: StreamHeader | null = null;
     let helloSeen = false;
     try {
@@ -301,10 +348,11 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
               case 'hello':
                 if (header === null) throw migError(ErrorCodes.PROTOCOL, 'hello before the stream header', { phase: 'handshake' });
                 if (msg.check === true) {
-                  conn.checked = true;
+                  conn.state = 'checked';
                   this.#answerCheck(header, msg.version, msg.channels ?? 1);
                   return CHECKED;
                 }
+                conn.state = 'source';
                 this.#channels = msg.channels ?? 1;
                 this.#migrationId = msg.migration ?? '';
                 await this.#handshake(header, msg.version, msg.features);

@@ -65,11 +65,12 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /**
- * A phase in which a run waits for a peer rather than works (a destination waiting for its source
- * to connect): the stall timeout does not apply there; `timeoutMs` (0: none) bounds the wait instead.
+ * While a run waits for a peer rather than works (a destination waiting for its source), the stall
+ * timeout does not apply; `timeoutMs` (0: none) bounds the wait instead.
  */
-export interface WaitingPhase {
-  phase: MigrationPhase;
+export interface Waiting {
+  /** Whether the run is waiting now. */
+  active(): boolean;
   timeoutMs: number;
   /** What did not happen, for the error ("no source connected"). */
   what: string;
@@ -77,8 +78,8 @@ export interface WaitingPhase {
 
 /**
  * What a run watches besides its own steps: no progress for `stallTimeoutMs` (default 15000;
- * `lastProgressAt()` on performance.now()) fails the latch with STALLED naming `run.phase`, except in
- * `waiting`'s phase, which only its own timeout bounds; and the caller's AbortSignal calls
+ * `lastProgressAt()` on performance.now()) fails the latch with STALLED naming `run.phase`, except
+ * while `waiting` is active, which only its own timeout bounds; and the caller's AbortSignal calls
  * `run.abort()` (at once when it had fired before). Returns what stops both.
  */
 export function watchRun(
@@ -86,14 +87,14 @@ export function watchRun(
   opts: { stallTimeoutMs?: number; signal?: AbortSignal },
   run: { readonly phase: MigrationPhase; abort(reason: string): void },
   lastProgressAt: () => number,
-  waiting?: WaitingPhase,
+  waiting?: Waiting,
 ): () => void {
   const stallMs = opts.stallTimeoutMs ?? 15_000;
   const stallTimer = setInterval(
     () => {
       const phase = run.phase;
       const idle = performance.now() - lastProgressAt();
-      if (waiting !== undefined && phase === waiting.phase) {
+      if (waiting?.active() === true) {
         if (waiting.timeoutMs > 0 && idle > waiting.timeoutMs) {
           latch.fail(migError(ErrorCodes.STALLED, `${waiting.what} within ${waiting.timeoutMs} ms`, { phase, detail: { timeoutMs: waiting.timeoutMs } }));
         }

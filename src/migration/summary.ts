@@ -2,6 +2,7 @@
  * The summary both sides return, and the progress and decision events they emit.
  */
 import type { MigrationPhase } from './control.js';
+import type { MigError } from '../fsm/errors.js';
 
 export interface DeviceSummary {
   /** Device bytes (raw, before compression) moved for this device. */
@@ -105,6 +106,11 @@ export interface MigrationEvents {
   decision: [DecisionEvent];
   phase: [PhaseEvent];
   check: [CheckEvent];
+  /**
+   * Destination behind a listener: a connection failed before its hello (closed, not a vfio-mig
+   * stream, or silent for stallTimeoutMs) and was dropped; receive() waits for the next one.
+   */
+  stray: [MigError];
 }
 
 export function throughputMBps(bytes: number, ms: number): number {

@@ -2,6 +2,7 @@
  * checkDestination(), the pre-flight check, against receive() over real unix sockets: the
  * handshake's rules answered without moving a device, a destination that goes on waiting for the
  * migration, and the faults (a silent, a vanishing and an old destination; a timeout; an abort).
+ * And the connections a waiting receive() drops before their hello (probes, junk, silence).
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -187,5 +188,61 @@ describe('checkDestination', () => {
     expect(control.map((m) => m.type)).toEqual(['hello', 'abort']);
     expect(control[0].check).toBe(true);
     expect(seen[0].type).toBe(RecordType.STREAM_HEADER);
+  });
+});
+
+describe('receive() behind a listener drops stray connections before their hello', () => {
+  it('a probe that closes, junk bytes and a silent client are dropped (\'stray\'); the migration after them succeeds', async () => {
+    const l = await listener();
+    const path = l.url.slice('unix:'.length);
+    const src = sims(1, MiB);
+    const dst = sims(1, MiB);
+    const incoming = receive({ devices: dst.cores, transport: () => l.accept(), stallTimeoutMs: 300 });
+    const strays: { code: string; message: string }[] = [];
+    incoming.on('stray', (e) => strays.push({ code: e.code, message: e.message }));
+    const until = async (n: number) => {
+      for (let i = 0; i < 300 && strays.length < n; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(strays).toHaveLength(n);
+    };
+    const connect = () => new Promise<net.Socket>((resolve, reject) => {
+      const sock = net.connect(path, () => resolve(sock));
+      sock.on('error', reject);
+    });
+
+    (await connect()).end(); // a port probe
+    await until(1);
+    const junk = await connect();
+    junk.on('error', () => {});
+    junk.write('GET /health HTTP/1.1\r\nHost: destination.example\r\nUser-Agent: probe\r\n\r\n'); // not a vfio-mig stream
+    await until(2);
+    const silent = await connect(); // says nothing: dropped after stallTimeoutMs, not the whole receive
+    silent.on('error', () => {});
+    const silentClosed = new Promise((r) => silent.once('close', r));
+    await until(3);
+    await silentClosed;
+    expect(strays[0].code).toBe('VFIO_MIG_ERR_TRANSPORT');
+    expect(strays[1].code).toMatch(/^VFIO_MIG_ERR_(CORRUPT|UNSUPPORTED)$/);
+    expect(strays[2]).toEqual({ code: 'VFIO_MIG_ERR_STALLED', message: 'no hello within 300 ms of connecting' });
+    expect(incoming.phase).toBe('connect');
+    expect(dst.arcs).toEqual([]);
+    expect(dst.resets).toEqual([]);
+
+    const [s, d] = await Promise.all([migrate({ devices: src.cores, transport: l.url, downtimeLimitMs: 1000 }).done, incoming.done]);
+    expect(s.verified && d.verified).toBe(true);
+  });
+
+  it('on its one connection a receive() still fails on junk (there is no next connection)', async () => {
+    const l = await listener();
+    const dst = sims(1, MiB);
+    const accepted = l.accept();
+    const sock = await new Promise<net.Socket>((resolve) => {
+      const c = net.connect(l.url.slice('unix:'.length), () => resolve(c));
+    });
+    sock.on('error', () => {});
+    const incoming = receive({ devices: dst.cores, transport: await accepted });
+    sock.write(Buffer.alloc(64, 0x41));
+    await expect(incoming.done).rejects.toMatchObject({ code: expect.stringMatching(/^VFIO_MIG_ERR_(CORRUPT|UNSUPPORTED)$/), recovery: 'none' });
+    expect(dst.resets).toEqual([]);
+    sock.destroy();
   });
 });

@@ -1,13 +1,13 @@
 // watchRun: the stall watchdog and the AbortSignal every migrate()/receive() run is watched by.
 import { describe, it, expect } from 'vitest';
 import { getEventListeners } from 'node:events';
-import { FailureLatch, watchRun, type WaitingPhase } from '../../src/migration/latch.js';
+import { FailureLatch, watchRun } from '../../src/migration/latch.js';
 import { ErrorCodes, migError } from '../../src/fsm/errors.js';
 import type { MigrationPhase } from '../../src/migration/control.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function run(signal?: AbortSignal, waiting?: WaitingPhase, start: MigrationPhase = 'handshake') {
+function run(signal?: AbortSignal, waitingIn?: MigrationPhase, timeoutMs = 0, start: MigrationPhase = 'handshake') {
   const latch = new FailureLatch();
   let lastProgressAt = performance.now();
   let phase: MigrationPhase = start;
@@ -21,7 +21,7 @@ function run(signal?: AbortSignal, waiting?: WaitingPhase, start: MigrationPhase
       abort: (reason) => latch.fail(migError(ErrorCodes.ABORTED, reason, { phase })),
     },
     () => lastProgressAt,
-    waiting,
+    waitingIn === undefined ? undefined : { active: () => phase === waitingIn, timeoutMs, what: 'no source connected' },
   );
   return {
     latch,
@@ -47,8 +47,8 @@ describe('watchRun', () => {
     r.unwatch();
   });
 
-  it('a waiting phase is exempt from the stall timeout and bounded by its own (none when 0)', async () => {
-    const forever = run(undefined, { phase: 'connect', timeoutMs: 0, what: 'no source connected' }, 'connect');
+  it('a wait is exempt from the stall timeout and bounded by its own timeout (none when 0)', async () => {
+    const forever = run(undefined, 'connect', 0, 'connect');
     await sleep(150);
     expect(forever.latch.error).toBeNull();
     // Once connected the stall timeout counts from the connection (the run's progress then).
@@ -58,7 +58,7 @@ describe('watchRun', () => {
     expect(forever.latch.error?.message).toMatch(/no progress for 40 ms in phase handshake/);
     forever.unwatch();
 
-    const bounded = run(undefined, { phase: 'connect', timeoutMs: 100, what: 'no source connected' }, 'connect');
+    const bounded = run(undefined, 'connect', 100, 'connect');
     await sleep(60);
     expect(bounded.latch.error).toBeNull();
     await sleep(120);
