@@ -482,29 +482,72 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     this.emit('check', refusal === null ? { compatible: true } : { compatible: false, ...refusal });
   }
 
-  /** One extra data channel: accept it, check it belongs to this migration, deliver its DATA in order. */
+  /**
+   * One extra data channel: accept it, check it belongs to this migration, deliver its DATA in
+   * order. A connection is a channel once its stream header names this migration; one that closes
+   * before, sends something else (a probe, a pre-flight check, another source) or says nothing for
+   * stallTimeoutMs is dropped (`'stray'`) and the next connection accepted.
+   */
   async #channelLoop(): Promise<void> {
-    const t = await this.#latch.guard((this.#opts.accept as () => Promise<Duplex>)());
-    this.#extra.push(t);
-    t.on('error', (err) => this.#lost(err));
-    const dec = new RecordDecoder({ maxPayload: this.#opts.maxPayload, pool: this.#opts.decompressionPool ?? null });
-    this.#extraDecoders.push(dec);
-    t.pipe(dec);
-    for await (const obj of dec as AsyncIterable<DecodedObject>) {
-      this.#latch.check();
-      this.#progress();
-      if (obj.type === RecordType.STREAM_HEADER) {
-        if (obj.header.sender.migration !== this.#migrationId) {
-          throw migError(ErrorCodes.PROTOCOL, 'a data channel of another migration connected', { phase: this.#phase });
+    const accept = this.#opts.accept as () => Promise<Duplex>;
+    const stallMs = this.#opts.stallTimeoutMs ?? 15_000;
+    for (;;) {
+      const t = await this.#latch.guard(accept());
+      const dec = new RecordDecoder({ maxPayload: this.#opts.maxPayload, pool: this.#opts.decompressionPool ?? null });
+      t.pipe(dec);
+      const records = (dec as AsyncIterable<DecodedObject>)[Symbol.asyncIterator]();
+      let gone: (err?: unknown) => void = () => {};
+      const unidentified = new Promise<never>((_, reject) => {
+        gone = (err?: unknown): void => reject(err ?? migError(ErrorCodes.TRANSPORT, 'a connection closed before its stream header'));
+      });
+      unidentified.catch(() => {});
+      const closed = (): void => gone();
+      t.on('error', gone);
+      t.on('close', closed);
+      const timer = setTimeout(() => gone(migError(ErrorCodes.STALLED, `no stream header within ${stallMs} ms of connecting`)), stallMs);
+      let why: MigError | null = null;
+      try {
+        const first = await this.#latch.guard(Promise.race([records.next(), unidentified]));
+        if (first.done === true || first.value.type !== RecordType.STREAM_HEADER) {
+          why = migError(ErrorCodes.PROTOCOL, 'a connection ended or sent records before its stream header');
+        } else if (first.value.header.sender.migration !== this.#migrationId) {
+          why = migError(ErrorCodes.PROTOCOL, 'a connection that is not a data channel of this migration (another source, or a pre-flight check) came while it took its channels');
         }
-      } else if (obj.type === RecordType.DATA) {
-        await this.#deliver(obj.device, obj.channel, obj.payload);
-      } else if (obj.type === RecordType.STREAM_END) {
-        return;
+      } catch (err) {
+        if (this.#latch.error !== null) throw err;
+        why = asPhaseError(err, this.#phase);
+      } finally {
+        clearTimeout(timer);
       }
-      // DEVICE_END: the decoder checked this channel's share of the device's bytes and digest.
+      if (why !== null) {
+        t.on('error', () => {});
+        t.destroy();
+        dec.destroy();
+        this.emit('stray', why);
+        continue;
+      }
+      // A channel of this migration: from now on its loss is the migration's.
+      t.off('error', gone);
+      t.off('close', closed);
+      t.on('error', (err) => this.#lost(err));
+      this.#extra.push(t);
+      this.#extraDecoders.push(dec);
+      for (;;) {
+        const r = await records.next();
+        if (r.done === true) break;
+        const obj = r.value;
+        this.#latch.check();
+        this.#progress();
+        if (obj.type === RecordType.DATA) {
+          await this.#deliver(obj.device, obj.channel, obj.payload);
+        } else if (obj.type === RecordType.STREAM_END) {
+          return;
+        }
+        // DEVICE_END: the decoder checked this channel's share of the device's bytes and digest.
+      }
+      if (!this.#resumed) throw migError(ErrorCodes.TRANSPORT, `a data channel ended in phase ${this.#phase}`, { phase: this.#phase });
+      return;
     }
-    if (!this.#resumed) throw migError(ErrorCodes.TRANSPORT, `a data channel ended in phase ${this.#phase}`, { phase: this.#phase });
   }
 
   /**

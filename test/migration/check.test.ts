@@ -231,6 +231,37 @@ describe('receive() behind a listener drops stray connections before their hello
     expect(s.verified && d.verified).toBe(true);
   });
 
+  it('strays that come while a migration takes its channels are dropped, not taken for channels', async () => {
+    // Before, the first connection accepted after the handshake was taken for a data channel: a
+    // probe there failed the migration ('a data channel of another migration connected').
+    const l = await listener();
+    const path = l.url.slice('unix:'.length);
+    const src = sims(1, 4 * MiB);
+    const dst = sims(1, 4 * MiB);
+    const incoming = receive({ devices: dst.cores, transport: () => l.accept(), accept: () => l.accept() });
+    const strays: string[] = [];
+    incoming.on('stray', (e) => strays.push(e.code));
+    const probes: net.Socket[] = [];
+    // The destination's setup begins once the source's hello is read: the source opens its extra
+    // channels only after 'ready' and its pings, so these connections are accepted first.
+    incoming.on('phase', (p) => {
+      if (p.phase !== 'setup') return;
+      const probe = net.connect(path, () => probe.end());
+      const junk = net.connect(path, () => junk.write(Buffer.alloc(64, 0x41)));
+      for (const sock of [probe, junk]) {
+        sock.on('error', () => {});
+        probes.push(sock);
+      }
+    });
+    const [s, d] = await Promise.all([migrate({ devices: src.cores, transport: l.url, channels: 3, downtimeLimitMs: 1000 }).done, incoming.done]);
+    expect(s.verified && d.verified).toBe(true);
+    expect(probes).toHaveLength(2);
+    // The junk is not a vfio-mig stream; the probe's end comes before any header (the decoder's
+    // TRUNCATED, or TRANSPORT when the close is seen first).
+    expect(strays.sort()).toEqual(['VFIO_MIG_ERR_CORRUPT', expect.stringMatching(/^VFIO_MIG_ERR_(TRUNCATED|TRANSPORT)$/)]);
+    for (const p of probes) p.destroy();
+  });
+
   it('on its one connection a receive() still fails on junk (there is no next connection)', async () => {
     const l = await listener();
     const dst = sims(1, MiB);
