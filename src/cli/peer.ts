@@ -23,13 +23,16 @@ const TLS_OPTIONS: OptionSpec[] = [
   { name: 'tls-ca', value: true, arg: 'PEM', help: 'tls: CA the peer\'s certificate must chain to' },
 ];
 
+/** `--tls-servername`, for the commands that connect (migrate, check). */
+const SERVERNAME_OPTION: OptionSpec = { name: 'tls-servername', value: true, arg: 'NAME', help: 'tls: name the server certificate must carry' };
+
 const MIGRATE_SPECS: OptionSpec[] = [
   { name: 'to', value: true, arg: 'URL', help: 'destination: unix:PATH | tcp:HOST:PORT | tls:HOST:PORT | fd:N' },
   ...DEVICE_OPTIONS,
   ...MIGRATION_OPTIONS,
   COMPRESSION_WORKERS_OPTION,
   ...TLS_OPTIONS,
-  { name: 'tls-servername', value: true, arg: 'NAME', help: 'tls: name the server certificate must carry' },
+  SERVERNAME_OPTION,
   WARM_UP_OPTION,
   ...OUTPUT_OPTIONS,
 ];
@@ -54,7 +57,7 @@ const CHECK_SPECS: OptionSpec[] = [
   { name: 'accept-p2p-risk', help: 'a multi-device set although a device lacks P2P' },
   { name: 'timeout', value: true, arg: 'MS', help: 'give up after this long without an answer (connecting included)', default: '15000' },
   ...TLS_OPTIONS,
-  { name: 'tls-servername', value: true, arg: 'NAME', help: 'tls: name the server certificate must carry' },
+  SERVERNAME_OPTION,
   ...OUTPUT_OPTIONS,
 ];
 
@@ -85,6 +88,13 @@ function tls(args: ParsedArgs) {
   return tlsOptions(str(args, 'tls-cert'), str(args, 'tls-key'), str(args, 'tls-ca'));
 }
 
+/** The connecting side's transport options: the tls files and `--tls-servername`. */
+function clientTls(args: ParsedArgs) {
+  const servername = str(args, 'tls-servername');
+  return { ...tls(args), ...(servername ? { servername } : {}) };
+}
+
+
 export async function migrateCommand(argv: string[]): Promise<number> {
   const args = parseArgs(argv, MIGRATE_SPECS);
   if (flag(args, 'help')) {
@@ -107,11 +117,10 @@ export async function migrateCommand(argv: string[]): Promise<number> {
     // Before the migration starts: its switchover then runs compiled code (a first downtime of
     // 5.4-6.7 ms cold against 2.6-2.9 with both sides warmed, medians of bench/warm-up.mjs).
     if (!flag(args, 'no-warm-up')) await warmUp({ compression: mig.compression });
-    const servername = str(args, 'tls-servername');
     const run = migrate({
       devices: sims.cores,
       transport: to,
-      transportOptions: { ...tls(args), ...(servername ? { servername } : {}) },
+      transportOptions: clientTls(args),
       ...mig,
       signal: ac.signal,
     });
@@ -153,11 +162,10 @@ export async function checkCommand(argv: string[]): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    const servername = str(args, 'tls-servername');
     const r = await checkDestination({
       devices: sims.cores,
       transport: to,
-      transportOptions: { ...tls(args), ...(servername ? { servername } : {}) },
+      transportOptions: clientTls(args),
       channels,
       acceptP2PRisk: flag(args, 'accept-p2p-risk'),
       signal: ac.signal,
