@@ -57,7 +57,8 @@ export interface ReceiveOptions {
   stallTimeoutMs?: number;
   /**
    * With a `transport` function (a listener's accept): fail with VFIO_MIG_ERR_STALLED when no
-   * source has connected after this long, ms. Default 0: wait until the caller's signal says stop.
+   * source has connected this long after the call, ms (pre-flight checks and stray connections
+   * are not a source). Default 0: wait until the caller's signal says stop.
    */
   acceptTimeoutMs?: number;
   /** Largest record payload accepted, bytes. Default 16 MiB. */
@@ -232,7 +233,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       // Waiting for a source is not a stall: neither is the wait for a connection, nor, behind a
       // listener, a connection's wait for its hello (a stray one is dropped below, not fatal).
       const waiting = (): boolean => this.#phase === 'connect' || (factory !== null && this.#phase === 'handshake' && conn.state === 'pre');
-      unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt, { active: waiting, timeoutMs: acceptTimeoutMs, what: 'no source connected' });
+      // acceptTimeoutMs counts from the call: pre-flight checks and strays are not the source.
+      unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt, { active: waiting, since: () => this.#t0, timeoutMs: acceptTimeoutMs, what: 'no source connected' });
       const stallMs = opts.stallTimeoutMs ?? 15_000;
       // One connection per pre-flight check (checkDestination()) or stray connection, then the migration's.
       for (;;) {

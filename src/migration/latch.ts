@@ -71,6 +71,8 @@ export function sleep(ms: number): Promise<void> {
 export interface Waiting {
   /** Whether the run is waiting now. */
   active(): boolean;
+  /** performance.now() when the wait began: `timeoutMs` counts from there. */
+  since(): number;
   timeoutMs: number;
   /** What did not happen, for the error ("no source connected"). */
   what: string;
@@ -93,14 +95,14 @@ export function watchRun(
   const stallTimer = setInterval(
     () => {
       const phase = run.phase;
-      const idle = performance.now() - lastProgressAt();
+      const now = performance.now();
       if (waiting?.active() === true) {
-        if (waiting.timeoutMs > 0 && idle > waiting.timeoutMs) {
+        if (waiting.timeoutMs > 0 && now - waiting.since() > waiting.timeoutMs) {
           latch.fail(migError(ErrorCodes.STALLED, `${waiting.what} within ${waiting.timeoutMs} ms`, { phase, detail: { timeoutMs: waiting.timeoutMs } }));
         }
         return;
       }
-      if (idle <= stallMs) return;
+      if (now - lastProgressAt() <= stallMs) return;
       latch.fail(migError(ErrorCodes.STALLED, `no progress for ${stallMs} ms in phase ${phase}`, { phase, detail: { stallTimeoutMs: stallMs } }));
     },
     Math.min(250, Math.max(10, Math.min(stallMs, waiting?.timeoutMs || stallMs) / 4)),

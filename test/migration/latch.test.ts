@@ -10,6 +10,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 function run(signal?: AbortSignal, waitingIn?: MigrationPhase, timeoutMs = 0, start: MigrationPhase = 'handshake') {
   const latch = new FailureLatch();
   let lastProgressAt = performance.now();
+  const startedAt = lastProgressAt;
   let phase: MigrationPhase = start;
   const unwatch = watchRun(
     latch,
@@ -21,7 +22,7 @@ function run(signal?: AbortSignal, waitingIn?: MigrationPhase, timeoutMs = 0, st
       abort: (reason) => latch.fail(migError(ErrorCodes.ABORTED, reason, { phase })),
     },
     () => lastProgressAt,
-    waitingIn === undefined ? undefined : { active: () => phase === waitingIn, timeoutMs, what: 'no source connected' },
+    waitingIn === undefined ? undefined : { active: () => phase === waitingIn, since: () => startedAt, timeoutMs, what: 'no source connected' },
   );
   return {
     latch,
@@ -58,13 +59,16 @@ describe('watchRun', () => {
     expect(forever.latch.error?.message).toMatch(/no progress for 40 ms in phase handshake/);
     forever.unwatch();
 
-    const bounded = run(undefined, 'connect', 100, 'connect');
-    await sleep(60);
-    expect(bounded.latch.error).toBeNull();
+    // The bound counts from the wait's start, not from the last progress (a pre-flight check or a
+    // stray connection in between is not the source).
+    const bounded = run(undefined, 'connect', 200, 'connect');
     await sleep(120);
+    expect(bounded.latch.error).toBeNull();
+    bounded.progress();
+    await sleep(150);
     expect(bounded.latch.error?.code).toBe(ErrorCodes.STALLED);
     expect(bounded.latch.error?.phase).toBe('connect');
-    expect(bounded.latch.error?.message).toBe('no source connected within 100 ms');
+    expect(bounded.latch.error?.message).toBe('no source connected within 200 ms');
     bounded.unwatch();
   });
 
