@@ -755,7 +755,9 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     this.emit('progress', {
       phase: this.#phase,
       bytes: this.#devs.reduce((s, d) => s + d.bytes, 0),
-      wireBytes: this.#decoder?.bytesIn ?? 0,
+      devices: this.#devs.map((d) => ({ bytes: d.bytes, round: d.rounds })),
+      // Every channel's, as in the summary.
+      wireBytes: (this.#decoder?.bytesIn ?? 0) + this.#extraDecoders.reduce((sum, dec) => sum + dec.bytesIn, 0),
       rate: 0,
       round: Math.max(0, ...this.#devs.map((d) => d.rounds)),
       predictedDowntimeMs: null,

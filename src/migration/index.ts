@@ -14,6 +14,6 @@ export { CONTROL_PROTOCOL_VERSION, FrameParser, encodeFrame, parseForwardMessage
 export type { ForwardMessage, ReturnMessage, MigrationPhase, ControlFeatures } from './control.js';
 export { parseCompression } from './wire.js';
 export type { Compression } from './wire.js';
-export type { MigrationSummary, DeviceSummary, ProgressEvent, DecisionEvent, PhaseEvent, CheckEvent, MigrationEvents } from './summary.js';
+export type { MigrationSummary, DeviceSummary, DeviceProgress, ProgressEvent, DecisionEvent, PhaseEvent, CheckEvent, MigrationEvents } from './summary.js';
 export { warmUp } from './warm-up.js';
 export type { WarmUpResult, WarmUpOptions } from './warm-up.js';

@@ -1165,6 +1165,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const ev: ProgressEvent = {
       phase: this.#phase,
       bytes: this.#bytesRead(),
+      devices: this.#devs.map((d) => ({ bytes: d.bytes, round: d.rounds })),
       wireBytes,
       rate: this.#rate,
       round: this.#rounds(),

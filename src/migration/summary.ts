@@ -53,10 +53,23 @@ export interface MigrationSummary {
   devices: DeviceSummary[];
 }
 
+/** One device's share of a progress event. */
+export interface DeviceProgress {
+  /** Source: raw bytes read from the device. Destination: raw bytes its device has taken. */
+  bytes: number;
+  /**
+   * Source: the device's PRE_COPY round (1-based; 0 before PRE_COPY or without it). Destination:
+   * the rounds whose end marker (a ROUND record) it has read.
+   */
+  round: number;
+}
+
 export interface ProgressEvent {
   phase: MigrationPhase;
   /** Raw device bytes moved so far. */
   bytes: number;
+  /** Per device, in the device table's order: which one a multi-device migration waits on. */
+  devices: DeviceProgress[];
   wireBytes: number;
   /** Wire rate over the last interval, bytes/s. */
   rate: number;

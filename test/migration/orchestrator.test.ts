@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { DeviceState } from '../../src/fsm/states.js';
 import { receive } from '../../src/migration/destination.js';
 import { autoChunkSize, migrate, type MigrateOptions } from '../../src/migration/source.js';
-import type { DecisionEvent } from '../../src/migration/summary.js';
+import type { DecisionEvent, ProgressEvent } from '../../src/migration/summary.js';
 import { decisionNumbers, type Decision, type PolicySnapshot } from '../../src/migration/policy.js';
 import type { ResumingSession, SavingSession } from '../../src/fsm/types.js';
 import { listenTransport } from '../../src/transport/index.js';
@@ -88,6 +88,40 @@ describe('migrate/receive in one process', () => {
     expect(dst.arcs.map(([, , to]) => to)).toEqual([S.RUNNING_P2P, S.STOP, S.RESUMING, S.STOP, S.RUNNING_P2P, S.RUNNING]);
     src.close();
     dst.close();
+  });
+
+  it('progress events carry each device\'s bytes and round on both sides, summing to the totals', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-orch-'));
+    const src = makeSims(2, { size: 2 * MiB }, (i) => ({ size: (i === 0 ? 2 : 6) * MiB }));
+    const dst = makeSims(2, { size: 2 * MiB }, (i) => ({ size: (i === 0 ? 2 : 6) * MiB }));
+    const listener = await listenTransport(`unix:${join(dir, 'p.sock')}`);
+    try {
+      const incoming = receive({ devices: dst.cores, transport: () => listener.accept(), progressMs: 20 });
+      const run = migrate({ devices: src.cores, transport: listener.url, downtimeLimitMs: 1000, bandwidth: 32_000_000, progressMs: 20 });
+      const seen: { side: string; ev: ProgressEvent }[] = [];
+      run.on('progress', (ev) => seen.push({ side: 'source', ev }));
+      incoming.on('progress', (ev) => seen.push({ side: 'destination', ev }));
+      const [sum, dsum] = await Promise.all([run.done, incoming.done]);
+      expect(sum.verified && dsum.verified).toBe(true);
+      for (const side of ['source', 'destination']) {
+        const evs = seen.filter((x) => x.side === side).map((x) => x.ev);
+        expect(evs.length, side).toBeGreaterThan(2);
+        for (const ev of evs) {
+          expect(ev.devices, side).toHaveLength(2);
+          expect(ev.devices[0].bytes + ev.devices[1].bytes, side).toBe(ev.bytes);
+        }
+        // The larger device's share shows: in PRE_COPY it has moved more than the smaller one.
+        const late = evs.filter((ev) => ev.phase === 'precopy').at(-1)!;
+        expect(late.devices[1].bytes, side).toBeGreaterThan(late.devices[0].bytes);
+        // The source counts the round it is in; the destination the rounds whose end marker came.
+        if (side === 'source') expect(late.devices.every((d) => d.round >= 1)).toBe(true);
+      }
+    } finally {
+      await listener.close();
+      src.close();
+      dst.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('the destination reports what its devices took during PRE_COPY; the source shows the backlog, bounded by what it read', async () => {
