@@ -94,7 +94,6 @@ function clientTls(args: ParsedArgs) {
   return { ...tls(args), ...(servername ? { servername } : {}) };
 }
 
-
 export async function migrateCommand(argv: string[]): Promise<number> {
   const args = parseArgs(argv, MIGRATE_SPECS);
   if (flag(args, 'help')) {
@@ -179,7 +178,9 @@ export async function checkCommand(argv: string[]): Promise<number> {
     if (out.json) printJson({ ...errorJson(err), compatible: refused ? false : null });
     else printError(err);
     if (refused) return ExitCode.REFUSED;
-    return err instanceof MigError && err.code === ErrorCodes.ABORTED ? ExitCode.ABORTED : err instanceof MigError && err.code === ErrorCodes.USAGE ? ExitCode.USAGE : ExitCode.FAILED;
+    const code = err instanceof MigError ? err.code : null;
+    if (code === ErrorCodes.ABORTED) return ExitCode.ABORTED;
+    return code === ErrorCodes.USAGE ? ExitCode.USAGE : ExitCode.FAILED;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
