@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ErrorCodes, migError } from '../fsm/errors.js';
 import { migrate } from '../migration/source.js';
+import { checkDestination } from '../migration/check.js';
 import { warmUp } from '../migration/warm-up.js';
 import type { MigrationSummary } from '../migration/summary.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
@@ -17,7 +18,7 @@ import { ExitCode, exitCodeFor } from './exit-codes.js';
 import { COMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, applyCompressionWorkers, compressionWorkers, deviceArgs, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
 import { ProgressLine, errorJson, limitRow, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { tlsDemoCredentials, tlsOptions } from './tls-demo.js';
-import { formatBytes } from './units.js';
+import { formatBytes, formatMs } from './units.js';
 
 const SPECS: OptionSpec[] = [
   ...DEVICE_OPTIONS,
@@ -113,6 +114,7 @@ export async function demo(argv: string[]): Promise<number> {
   const total = dev.size * dev.devices;
   let summary: MigrationSummary | null = null;
   let failure: unknown = null;
+  let preflightMs: number | null = null;
   try {
     const url = await dest.url;
     await warming;
@@ -121,6 +123,9 @@ export async function demo(argv: string[]): Promise<number> {
         `vfio-mig demo: ${dev.devices} SimDevice${dev.devices > 1 ? 's' : ''} of ${formatBytes(dev.size)} (${dev.profile}, dirtying ${formatBytes(dev.dirtyRate)}/s) -> pid ${dest.child.pid} over ${transport}\n`,
       );
     }
+    // What an agent does before it commits: would the destination take these devices?
+    const checked = await checkDestination({ devices: sims.cores, transport: url, transportOptions, channels: mig.channels, acceptP2PRisk: mig.acceptP2PRisk, signal: ac.signal });
+    preflightMs = checked.ms;
     const run = migrate({
       devices: sims.cores,
       transport: url,
@@ -160,11 +165,12 @@ export async function demo(argv: string[]): Promise<number> {
   const s = { ...summary, verified };
   if (out.json) {
     printJson(
-      summaryJson(s, { transport, deviceCount: dev.devices, size: dev.size, downtimeLimitMs: mig.downtimeLimitMs, compressionWorkers: compressionWorkers(mig.compression), destination: destJson }),
+      summaryJson(s, { transport, deviceCount: dev.devices, size: dev.size, downtimeLimitMs: mig.downtimeLimitMs, compressionWorkers: compressionWorkers(mig.compression), preflightMs: preflightMs === null ? null : +preflightMs.toFixed(1), destination: destJson }),
     );
   } else if (!out.quiet) {
     printSummary(`migrated ${dev.devices} device${dev.devices > 1 ? 's' : ''} (${formatBytes(total)}) over ${transport}`, s, [
       limitRow(mig.downtimeLimitMs, s),
+      ['pre-flight check', `compatible (answered in ${formatMs(preflightMs ?? NaN)})`],
       ['destination', `pid ${dest.child.pid}, devices RUNNING`],
     ]);
   }

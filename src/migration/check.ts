@@ -65,9 +65,20 @@ const CLOSE_GRACE_MS = 1_000;
  * index, `VFIO_MIG_ERR_UNSUPPORTED`), the source's own (`INCOMPATIBLE` for a P2P-less set,
  * `USAGE`), `VFIO_MIG_ERR_TRANSPORT` when the connection fails or closes unanswered,
  * `VFIO_MIG_ERR_STALLED` after `timeoutMs`, `VFIO_MIG_ERR_ABORTED` on the signal. Phase
- * 'handshake' (or 'connect' before the connection).
+ * 'handshake' (or 'connect' before the connection); `recovery` 'none'.
  */
 export async function checkDestination(opts: CheckOptions): Promise<CheckResult> {
+  try {
+    return await check(opts);
+  } catch (err) {
+    // A check moves no device on either side: there is never anything to recover.
+    const e = asPhaseError(err, 'connect');
+    e.recovery = 'none';
+    throw e;
+  }
+}
+
+async function check(opts: CheckOptions): Promise<CheckResult> {
   const t0 = performance.now();
   if (opts.devices.length === 0) throw migError(ErrorCodes.USAGE, 'checkDestination: no devices');
   const channels = opts.channels ?? 1;

@@ -32,6 +32,8 @@ describe('vfio-mig demo', () => {
     expect(s.verified).toBe(true);
     for (const k of ['bytes', 'wireBytes', 'durationMs', 'downtimeMs', 'precopyRounds', 'throughputMBps']) expect(typeof s[k]).toBe('number');
     expect('predictedDowntimeMs' in s).toBe(true);
+    // The demo asks the destination first (checkDestination()), as an agent would.
+    expect(s.preflightMs).toBeGreaterThan(0);
     expect(s.bytes).toBeGreaterThanOrEqual(32 * 1024 * 1024);
     expect(s.precopyRounds).toBeGreaterThanOrEqual(1);
   });

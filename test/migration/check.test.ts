@@ -89,7 +89,7 @@ describe('checkDestination', () => {
 
     const bigger = sims(1, 2 * MiB);
     const err = await checkDestination({ devices: bigger.cores, transport: l.url }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: 'VFIO_MIG_ERR_INCOMPATIBLE', phase: 'handshake', device: 0, message: expect.stringMatching(/^destination refused: device 0 \(dev0\)/) });
+    expect(err).toMatchObject({ code: 'VFIO_MIG_ERR_INCOMPATIBLE', phase: 'handshake', recovery: 'none', device: 0, message: expect.stringMatching(/^destination refused: device 0 \(dev0\)/) });
     const two = sims(2, MiB);
     await expect(checkDestination({ devices: two.cores, transport: l.url })).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_INCOMPATIBLE', message: expect.stringMatching(/2 device\(s\), this destination has 1/) });
     // More channels than a destination without `accept` takes.
@@ -128,7 +128,7 @@ describe('checkDestination', () => {
       sock.destroy();
     });
     const set = sims(2, MiB, 0x5);
-    await expect(checkDestination({ devices: set.cores, transport: url })).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_INCOMPATIBLE' });
+    await expect(checkDestination({ devices: set.cores, transport: url })).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_INCOMPATIBLE', phase: 'connect', recovery: 'none' });
     expect(connections).toBe(0);
     await expect(checkDestination({ devices: set.cores, transport: url, acceptP2PRisk: true })).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_TRANSPORT' });
     expect(connections).toBe(1);
