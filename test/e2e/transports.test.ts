@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { DeviceState } from '../../src/fsm/states.js';
 import { migrate } from '../../src/migration/source.js';
 import { tlsDemoCredentials, tlsOptions } from '../../src/cli/tls-demo.js';
+import { checkDestination } from '../../src/migration/check.js';
 import { BIN, MiB, ensureBuilt, makeSims, simArgs, startReceiver } from './helpers.js';
 
 beforeAll(async () => {
@@ -23,6 +24,8 @@ async function liveMigration(listen: string, extraArgs: string[] = [], transport
   const src = makeSims(devices, { size, dirtyRate: 4 * MiB });
   try {
     const url = await dest.url;
+    // The pre-flight check over the same transport first (the destination then takes the migration).
+    await expect(checkDestination({ devices: src.cores, transport: url, transportOptions })).resolves.toMatchObject({ compatible: true });
     const run = migrate({ devices: src.cores, transport: url, transportOptions, downtimeLimitMs: 500, compression: 'zstd' });
     const phases: string[] = [];
     run.on('phase', (p) => phases.push(p.phase));
