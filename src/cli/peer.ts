@@ -227,6 +227,8 @@ export async function receiveCommand(argv: string[]): Promise<number> {
       },
       // The source's extra data channels (--channels) connect to the same listener.
       accept: () => listener.accept({ signal: ac.signal }),
+      // fd: and file: yield their one stream: a bad start there is the receive's failure.
+      dropStrays: !(listen.startsWith('fd:') || listen.startsWith('file:')),
       signal: ac.signal,
       stallTimeoutMs,
       acceptTimeoutMs,

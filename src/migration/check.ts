@@ -104,7 +104,7 @@ async function check(opts: CheckOptions): Promise<CheckResult> {
   settled.catch(() => {});
   if (opts.signal?.aborted) onAbort();
   opts.signal?.addEventListener('abort', onAbort, { once: true });
-  const connecting = openTransport(opts.transport, { ...opts.transportOptions, signal: opts.signal }) as Promise<Duplex>;
+  const connecting = openTransport(opts.transport, { ...opts.transportOptions, signal: opts.signal ?? opts.transportOptions?.signal }) as Promise<Duplex>;
   let enc: RecordEncoder | null = null;
   try {
     transport = await Promise.race([connecting, settled.then(() => never())]);

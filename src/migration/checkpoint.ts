@@ -65,6 +65,8 @@ export function restore(opts: RestoreOptions): DestinationMigration {
               void l.close();
             }
           },
+    // The file is the stream to load: a bad header is the restore's error, not a stray connection.
+    dropStrays: false,
     signal: opts.signal,
     stallTimeoutMs: opts.stallTimeoutMs,
     maxPayload: opts.maxPayload,

@@ -61,6 +61,13 @@ export interface ReceiveOptions {
    * are not a source). Default 0: wait until the caller's signal says stop.
    */
   acceptTimeoutMs?: number;
+  /**
+   * With a `transport` function: drop a connection that fails before its hello (it closes, sends
+   * something else, or is silent for stallTimeoutMs: a probe, a health check) and wait for the
+   * next (`'stray'`). Default true; false where every connection is the stream to load (a file
+   * re-opened on each call, an inherited socket): its failure then ends the receive.
+   */
+  dropStrays?: boolean;
   /** Largest record payload accepted, bytes. Default 16 MiB. */
   maxPayload?: number;
   /** Progress event period, ms. Default 250. */
@@ -98,6 +105,8 @@ const CHECKED = Symbol('checked');
  */
 interface Conn {
   state: 'pre' | 'source' | 'checked' | 'dropped';
+  /** Behind a listener and a connection (not a file): dropped, not fatal, when it fails before its hello. */
+  strayable: boolean;
 }
 
 /** Why a destination refuses a source (the 'refuse' message's fields). */
@@ -229,17 +238,28 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       if (!(acceptTimeoutMs >= 0)) throw migError(ErrorCodes.USAGE, `acceptTimeoutMs must be a duration in ms, got ${String(acceptTimeoutMs)}`);
       const factory = typeof opts.transport === 'function' ? opts.transport : null;
       // The connection being read, and whether it has shown itself a source (its hello came).
-      let conn: Conn = { state: 'pre' };
+      let conn: Conn = { state: 'pre', strayable: false };
       // Waiting for a source is not a stall: neither is the wait for a connection, nor, behind a
       // listener, a connection's wait for its hello (a stray one is dropped below, not fatal).
-      const waiting = (): boolean => this.#phase === 'connect' || (factory !== null && this.#phase === 'handshake' && conn.state === 'pre');
+      const waiting = (): boolean => this.#phase === 'connect' || (this.#phase === 'handshake' && conn.state === 'pre' && conn.strayable);
       // acceptTimeoutMs counts from the call: pre-flight checks and strays are not the source.
       unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt, { active: waiting, since: () => this.#t0, timeoutMs: acceptTimeoutMs, what: 'no source connected' });
       const stallMs = opts.stallTimeoutMs ?? 15_000;
+      // The last connection dropped as a stray: if no other connection can come after it (a
+      // listener of one connection), its failure is the receive's.
+      let lastStray: MigError | null = null;
       // One connection per pre-flight check (checkDestination()) or stray connection, then the migration's.
       for (;;) {
-        const t = factory !== null ? await this.#latch.guard(factory()) : (opts.transport as Duplex | Readable);
-        const c: Conn = { state: 'pre' };
+        let t: Duplex | Readable;
+        try {
+          t = factory !== null ? await this.#latch.guard(factory()) : (opts.transport as Duplex | Readable);
+        } catch (err) {
+          throw lastStray !== null && this.#latch.error === null ? lastStray : err;
+        }
+        // Only a listener's connection can be a stray: a file (restore(), a `file:` URL) or a lone
+        // stream is the stream to load, and its failure is the receive's.
+        const strayable = factory !== null && opts.dropStrays !== false;
+        const c: Conn = { state: 'pre', strayable };
         conn = c;
         this.#transport = t;
         this.#connectedAt = performance.now();
@@ -257,7 +277,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
         dropped.catch(() => {});
         const gone = (err?: unknown): void => {
           if (c.state === 'checked' || c.state === 'dropped') return;
-          if (c.state === 'pre' && factory !== null) {
+          if (c.state === 'pre' && strayable) {
             drop(migError(ErrorCodes.TRANSPORT, `a connection closed before its hello${err instanceof Error ? `: ${err.message}` : ''}`, { phase: 'handshake', cause: err }));
           } else {
             this.#lost(err);
@@ -269,19 +289,20 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
         if ((t as Duplex).writable === true) t.on('close', () => gone());
         t.pipe(decoder);
         const helloTimer =
-          factory === null ? null : setTimeout(() => c.state === 'pre' && drop(migError(ErrorCodes.STALLED, `no hello within ${stallMs} ms of connecting`, { phase: 'handshake' })), stallMs);
+          !strayable ? null : setTimeout(() => c.state === 'pre' && drop(migError(ErrorCodes.STALLED, `no hello within ${stallMs} ms of connecting`, { phase: 'handshake' })), stallMs);
         let outcome: MigrationSummary | typeof CHECKED;
         try {
           const consumed = this.#consume(decoder, c);
-          outcome = await this.#latch.guard(factory === null ? consumed : Promise.race([consumed, dropped]));
+          outcome = await this.#latch.guard(strayable ? Promise.race([consumed, dropped]) : consumed);
         } catch (err) {
-          if (factory === null || c.state !== 'pre' || this.#latch.error !== null) throw err;
+          if (!strayable || c.state !== 'pre' || this.#latch.error !== null) throw err;
           c.state = 'dropped';
           t.destroy();
           decoder.destroy();
           this.#transport = null;
           this.#decoder = null;
-          this.emit('stray', asPhaseError(err, 'handshake'));
+          lastStray = asPhaseError(err, 'handshake');
+          this.emit('stray', lastStray);
           this.#setPhase('connect');
           continue;
         } finally {

@@ -281,6 +281,12 @@ describe('save / restore / inspect', () => {
       expect(short.code).toBe(65);
       expect(JSON.parse(short.stdout.trim()).error.code).toBe('VFIO_MIG_ERR_TRUNCATED');
       // The corrupt file through the worker: the same typed error.
+      // Not a vfio-mig stream at all (its first bytes): CORRUPT at once, not a connection to skip.
+      const junk = join(dir, 'junk.vfm');
+      writeFileSync(junk, Buffer.alloc(4096, 0x78));
+      const notOurs = await cli(['restore', '--json', '--size', '8MiB', junk]);
+      expect(notOurs.code).toBe(65);
+      expect(JSON.parse(notOurs.stdout.trim()).error.code).toBe('VFIO_MIG_ERR_CORRUPT');
       const badPooled = await cli(['restore', '--json', '--size', '8MiB', '--decompression-workers', '1', corrupt]);
       expect(badPooled.code).toBe(65);
       expect(JSON.parse(badPooled.stdout.trim()).error.code).toMatch(/VFIO_MIG_ERR_(CORRUPT|DIGEST)/);

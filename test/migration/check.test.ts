@@ -5,7 +5,7 @@
  * And the connections a waiting receive() drops before their hello (probes, junk, silence).
  */
 import { describe, it, expect, afterEach } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +13,7 @@ import { DeviceState } from '../../src/fsm/states.js';
 import { receive } from '../../src/migration/destination.js';
 import { migrate } from '../../src/migration/source.js';
 import { checkDestination } from '../../src/migration/check.js';
+import { restore } from '../../src/migration/checkpoint.js';
 import { encodeFrame } from '../../src/migration/control.js';
 import type { CheckEvent } from '../../src/migration/summary.js';
 import { RecordDecoder } from '../../src/streams/record-decoder.js';
@@ -260,6 +261,37 @@ describe('receive() behind a listener drops stray connections before their hello
     // TRUNCATED, or TRANSPORT when the close is seen first).
     expect(strays.sort()).toEqual(['VFIO_MIG_ERR_CORRUPT', expect.stringMatching(/^VFIO_MIG_ERR_(TRUNCATED|TRANSPORT)$/)]);
     for (const p of probes) p.destroy();
+  });
+
+  it('a listener that yields one connection: the stray\'s own error is the receive\'s, not the listener\'s', async () => {
+    const l = await listener();
+    const dst = sims(1, MiB);
+    let calls = 0;
+    const incoming = receive({
+      devices: dst.cores,
+      transport: async () => {
+        if (calls++ > 0) throw new Error('listener fd:3 has a single connection and it was already accepted');
+        return l.accept();
+      },
+    });
+    const sock = net.connect(l.url.slice('unix:'.length), () => sock.write(Buffer.alloc(64, 0x41)));
+    sock.on('error', () => {});
+    await expect(incoming.done).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_CORRUPT', recovery: 'none' });
+    expect(calls).toBe(2);
+    sock.destroy();
+  });
+
+  it('a file behind a transport function (restore()) is the stream to load, never a stray: a bad header fails at once', async () => {
+    const dir = tempDir();
+    const file = join(dir, 'junk.vfm');
+    writeFileSync(file, Buffer.alloc(4096, 0x78));
+    const dst = sims(1, MiB);
+    const strays: unknown[] = [];
+    const run = restore({ devices: dst.cores, transport: `file:${file}` });
+    run.on('stray', (e) => strays.push(e));
+    await expect(run.done).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_CORRUPT' });
+    expect(strays).toEqual([]);
+    expect(dst.resets).toEqual([]);
   });
 
   it('on its one connection a receive() still fails on junk (there is no next connection)', async () => {
