@@ -248,6 +248,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       // The last connection dropped as a stray: if no other connection can come after it (a
       // listener of one connection), its failure is the receive's.
       let lastStray: MigError | null = null;
+      const yielded = new WeakSet<Duplex | Readable>();
       // One connection per pre-flight check (checkDestination()) or stray connection, then the migration's.
       for (;;) {
         let t: Duplex | Readable;
@@ -256,6 +257,10 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
         } catch (err) {
           throw lastStray !== null && this.#latch.error === null ? lastStray : err;
         }
+        // A function that hands out the same stream again (or a destroyed one) has no next
+        // connection: waiting on it would only repeat the stray's failure.
+        if (lastStray !== null && (yielded.has(t) || t.destroyed)) throw lastStray;
+        yielded.add(t);
         // Only a listener's connection can be a stray: a file (restore(), a `file:` URL) or a lone
         // stream is the stream to load, and its failure is the receive's.
         const strayable = factory !== null && opts.dropStrays !== false;

@@ -281,6 +281,20 @@ describe('receive() behind a listener drops stray connections before their hello
     sock.destroy();
   });
 
+  it('a transport function that hands out the same stream again: the stray\'s error, no loop', async () => {
+    const l = await listener();
+    const dst = sims(1, MiB);
+    const accepted = l.accept();
+    const sock = net.connect(l.url.slice('unix:'.length), () => sock.write(Buffer.alloc(64, 0x41)));
+    sock.on('error', () => {});
+    const same = await accepted;
+    let calls = 0;
+    const incoming = receive({ devices: dst.cores, transport: async () => (calls++, same) });
+    await expect(incoming.done).rejects.toMatchObject({ code: 'VFIO_MIG_ERR_CORRUPT', recovery: 'none' });
+    expect(calls).toBe(2);
+    sock.destroy();
+  });
+
   it('a file behind a transport function (restore()) is the stream to load, never a stray: a bad header fails at once', async () => {
     const dir = tempDir();
     const file = join(dir, 'junk.vfm');
