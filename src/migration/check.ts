@@ -17,13 +17,11 @@ import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
 import type { MigrationCore } from '../fsm/core.js';
 import { ErrorCodes, type MigError, migError } from '../fsm/errors.js';
-import { RecordEncoder } from '../streams/record-encoder.js';
-import { RecordType } from '../streams/wire-format.js';
 import type { TransportOptions } from '../transport/types.js';
 import { CONTROL_PROTOCOL_VERSION, FrameParser, parseReturnMessage, type ControlFeatures, type ForwardMessage, type ReturnMessage } from './control.js';
 import { asPhaseError } from './latch.js';
 import { checkP2PSet, hasPrecopy } from './p2p.js';
-import { openTransport } from './wire.js';
+import { openForward, openTransport, type ForwardWriter } from './wire.js';
 
 export interface CheckOptions {
   /** The devices a migration would move (only their identities are read). */
@@ -56,6 +54,8 @@ export interface CheckResult {
 /** What the source offers in a check's hello (as migrate() does). */
 const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true };
 const DEFAULT_TIMEOUT_MS = 15_000;
+/** How long the abort to a destination that does not know checks may take to reach the kernel. */
+const ABORT_FLUSH_MS = 500;
 /** How long a closed check connection may take to flush before it is destroyed. */
 const CLOSE_GRACE_MS = 1_000;
 
@@ -105,7 +105,7 @@ async function check(opts: CheckOptions): Promise<CheckResult> {
   if (opts.signal?.aborted) onAbort();
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   const connecting = openTransport(opts.transport, { ...opts.transportOptions, signal: opts.signal ?? opts.transportOptions?.signal }) as Promise<Duplex>;
-  let enc: RecordEncoder | null = null;
+  let w: ForwardWriter | null = null;
   try {
     transport = await Promise.race([connecting, settled.then(() => never())]);
     phase = 'handshake';
@@ -127,13 +127,10 @@ async function check(opts: CheckOptions): Promise<CheckResult> {
     t.on('end', () => lost());
     t.on('close', () => lost());
 
-    enc = new RecordEncoder({
-      devices: identities.map((identity, i) => ({ name: opts.names?.[i] ?? `dev${i}`, identity })),
-      sender: { program: 'vfio-mig', pid: process.pid, check: true },
-      compression: false,
-    });
-    enc.on('error', (err) => stop(asPhaseError(err, phase)));
-    enc.pipe(t, { end: false });
+    // The forward path a migration uses (stream header with the device table, then records).
+    w = openForward(t, { devices: identities.map((identity, i) => ({ name: opts.names?.[i] ?? `dev${i}`, identity })), compression: false, bandwidth: 0, sender: { check: true } }, (err) =>
+      stop(asPhaseError(err, phase)),
+    );
     const hello: ForwardMessage = {
       type: 'hello',
       version: CONTROL_PROTOCOL_VERSION,
@@ -143,7 +140,7 @@ async function check(opts: CheckOptions): Promise<CheckResult> {
       channels,
       check: true,
     };
-    enc.write({ type: RecordType.CONTROL, message: hello });
+    await w.control(hello);
 
     const reply = await settled;
     if (reply.type === 'compatible') return { compatible: true, version: reply.version, features: reply.features, ms: performance.now() - t0 };
@@ -151,10 +148,8 @@ async function check(opts: CheckOptions): Promise<CheckResult> {
     if (reply.type === 'error') throw migError(reply.code, `destination failed in phase ${reply.phase}: ${reply.message}`, { phase });
     // 'ready': a destination that does not know checks prepared for a migration. Tell it to give
     // up, as a failing migration does, so that it resets its devices.
-    // Encoded and handed to the socket before our side ends below (end() sends what is queued).
-    const e = enc;
-    await new Promise<void>((resolve) => e.write({ type: RecordType.CONTROL, message: { type: 'abort', code: ErrorCodes.ABORTED, message: 'pre-flight check only', phase } satisfies ForwardMessage }, () => resolve()));
-    await new Promise((resolve) => setImmediate(resolve));
+    await w.control({ type: 'abort', code: ErrorCodes.ABORTED, message: 'pre-flight check only', phase });
+    await w.flushed(performance.now() + ABORT_FLUSH_MS);
     throw migError(ErrorCodes.UNSUPPORTED, 'the destination does not answer pre-flight checks: it prepared for a migration (its devices entered RESUMING) and was told to abort', { phase });
   } catch (err) {
     // Timed out or aborted while connecting: close the connection if it comes after all.
@@ -164,10 +159,7 @@ async function check(opts: CheckOptions): Promise<CheckResult> {
     settle = null;
     clearTimeout(timer);
     opts.signal?.removeEventListener('abort', onAbort);
-    if (enc !== null) {
-      enc.unpipe();
-      enc.destroy();
-    }
+    w?.destroy();
     if (transport !== null) {
       // Our side ends; whatever the destination still sends is read and dropped until it closes.
       const t = transport;
