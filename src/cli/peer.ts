@@ -233,16 +233,21 @@ export async function receiveCommand(argv: string[]): Promise<number> {
       stallTimeoutMs,
       acceptTimeoutMs,
     });
+    // Counted for the JSON summary (operators' logs): what came before the migration.
+    let strays = 0;
+    let checks = 0;
     run.on('stray', (e) => {
+      strays++;
       if (out.json || out.quiet) return;
       process.stderr.write(`vfio-mig receive: dropped a connection before its hello (${e.code}: ${e.message}); still waiting\n`);
     });
     run.on('check', (c) => {
+      checks++;
       if (out.json || out.quiet) return;
       process.stderr.write(`vfio-mig receive: answered a pre-flight check: ${c.compatible ? 'compatible' : `refused (${c.code}: ${c.message})`}; still waiting\n`);
     });
     const s = await run.done;
-    report(out, `received ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}); devices RUNNING`, s, { digests: sims.sims.map((d) => d.digest()) });
+    report(out, `received ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}); devices RUNNING`, s, { digests: sims.sims.map((d) => d.digest()), checks, strays });
     return s.verified ? ExitCode.OK : ExitCode.FAILED;
   } catch (err) {
     if (out.json) printJson(errorJson(err));

@@ -138,6 +138,8 @@ describe('vfio-mig demo', () => {
       const r = await dest.exit;
       expect(r.code, r.stderr).toBe(0);
       expect(r.json?.verified).toBe(true);
+      // The receive's summary counts what came before the migration: three checks, no stray.
+      expect(r.json).toMatchObject({ checks: 3, strays: 0 });
       // Nobody listening any more: a transport failure, exit 1, not a refusal.
       const none = await cli(['check', '--json', '--to', url, '--size', '4MiB', '--timeout', '2000']);
       expect(none.code).toBe(1);
