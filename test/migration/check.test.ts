@@ -59,11 +59,12 @@ describe('checkDestination', () => {
     const l = await listener();
     const src = sims(2, MiB);
     const dst = sims(2, MiB);
-    const incoming = receive({ devices: dst.cores, transport: () => l.accept(), stallTimeoutMs: 5_000 });
+    const incoming = receive({ devices: dst.cores, transport: () => l.accept(), accept: () => l.accept(), stallTimeoutMs: 5_000 });
     const checks: CheckEvent[] = [];
     incoming.on('check', (c) => checks.push(c));
 
-    const r = await checkDestination({ devices: src.cores, transport: l.url });
+    // Three channels: this destination takes extra connections (`accept`), so that is no refusal.
+    const r = await checkDestination({ devices: src.cores, transport: l.url, channels: 3 });
     expect(r).toMatchObject({ compatible: true, version: 1, features: { switchoverAck: true, digest: true } });
     expect(r.ms).toBeGreaterThan(0);
     // A second check on the same destination: it answers every one.
