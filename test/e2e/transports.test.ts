@@ -105,4 +105,31 @@ describe('live migration to a destination process', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('an inherited socket (fd:3) that carries junk: the receive fails CORRUPT at once (no stray to skip, exit 2)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-e2e-'));
+    const path = join(dir, 'pair.sock');
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(path, r));
+    const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+    const ours = net.connect(path);
+    ours.on('error', () => {});
+    const theirs = await accepted;
+    const child = spawn(process.execPath, [BIN, 'receive', '--listen', 'fd:3', '--json', '--no-warm-up', ...simArgs(1, MiB)], { stdio: ['ignore', 'pipe', 'pipe', theirs] });
+    let stdout = '';
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+    const exited = new Promise<number | null>((r) => child.on('close', r));
+    theirs.destroy();
+    try {
+      await new Promise<void>((r) => ours.once('connect', r));
+      ours.write(Buffer.alloc(256, 0x41));
+      expect(await exited).toBe(2);
+      expect(JSON.parse(stdout.trim())).toMatchObject({ ok: false, error: { code: 'VFIO_MIG_ERR_CORRUPT' }, recovery: 'none' });
+    } finally {
+      ours.destroy();
+      child.kill('SIGKILL');
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
