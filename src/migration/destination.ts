@@ -20,6 +20,7 @@ import { ErrorCodes, MigError, migError } from '../fsm/errors.js';
 import { DeviceState } from '../fsm/states.js';
 import type { ResumingSession } from '../fsm/types.js';
 import type { CompressionPool } from '../streams/compression-pool.js';
+import type { TransportListener } from '../transport/types.js';
 import { RecordDecoder } from '../streams/record-decoder.js';
 import { createResumingStream } from '../streams/resuming-stream.js';
 import { RecordType, type DecodedObject, type StreamHeader } from '../streams/wire-format.js';
@@ -42,12 +43,13 @@ export interface ReceiveOptions {
   /** The devices to load, in the source's device-table order. */
   devices: readonly MigrationCore[];
   /**
-   * A connected Duplex, or a function that yields one (e.g. the first connection of a listener). A
+   * A connected Duplex, a listener (listenTransport()'s: its connections, and the extra channels'
+   * unless `accept` is given), or a function that yields a connection (e.g. `() => l.accept()`). A
    * plain Readable (a checkpoint file) works too: there is no return path to answer on. Once the
    * migration is complete, receive() ends its side and reads on to the source's end, so that the
    * connection closes (a source that keeps its side open is cut off after 2 s).
    */
-  transport: Duplex | Readable | (() => Promise<Duplex | Readable>);
+  transport: Duplex | Readable | TransportListener | (() => Promise<Duplex | Readable>);
   signal?: AbortSignal;
   /**
    * Fail with VFIO_MIG_ERR_STALLED after this long without progress, ms. Default 15000. Not while
@@ -166,7 +168,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
 
   constructor(opts: ReceiveOptions) {
     super();
-    this.#opts = opts;
+    this.#opts = fromListener(opts);
     this.#phase = 'connect';
     this.#latch = new FailureLatch();
     this.#devs = opts.devices.map((core) => ({
@@ -838,6 +840,18 @@ function letGo(t: Duplex | Readable | null, decoder: RecordDecoder | null | unde
   const timer = setTimeout(() => t.destroy(), LINGER_MS).unref();
   t.once('close', () => clearTimeout(timer));
   t.resume();
+}
+
+/**
+ * A listener given as `transport` (listenTransport()'s): its connections are the source's, its
+ * pre-flight checks' and strays' (`transport`), and the extra channels' (`accept`, unless given).
+ */
+function fromListener(opts: ReceiveOptions): ReceiveOptions {
+  const t = opts.transport as Partial<TransportListener>;
+  if (typeof t !== 'object' || t === null || typeof t.accept !== 'function' || typeof t.url !== 'string') return opts;
+  const l = t as TransportListener;
+  const next = (): Promise<Duplex> => l.accept({ signal: opts.signal });
+  return { ...opts, transport: next, accept: opts.accept ?? next };
 }
 
 /** Receive a live migration into `opts.devices` from the source at the other end of `opts.transport`. */

@@ -233,6 +233,26 @@ describe('receive() behind a listener drops stray connections before their hello
     expect(s.verified && d.verified).toBe(true);
   });
 
+  it('a listener given as the transport serves the source, its checks and strays, and its extra channels', async () => {
+    const l = await listener();
+    const src = sims(2, 2 * MiB);
+    const dst = sims(2, 2 * MiB);
+    const incoming = receive({ devices: dst.cores, transport: l });
+    const seen: string[] = [];
+    incoming.on('check', () => seen.push('check'));
+    incoming.on('stray', () => seen.push('stray'));
+    await expect(checkDestination({ devices: src.cores, transport: l.url, channels: 3 })).resolves.toMatchObject({ compatible: true });
+    await new Promise<void>((resolve) => {
+      const probe = net.connect(l.url.slice('unix:'.length), () => probe.end());
+      probe.on('close', () => resolve());
+    });
+    for (let i = 0; i < 100 && seen.length < 2; i++) await new Promise((r) => setTimeout(r, 10));
+    // Three channels: the extra two come through the same listener (no `accept` given).
+    const [s, d] = await Promise.all([migrate({ devices: src.cores, transport: l.url, channels: 3, downtimeLimitMs: 1000 }).done, incoming.done]);
+    expect(s.verified && d.verified).toBe(true);
+    expect(seen).toEqual(['check', 'stray']);
+  });
+
   it('strays that come while a migration takes its channels are dropped, not taken for channels', async () => {
     // Before, the first connection accepted after the handshake was taken for a data channel: a
     // probe there failed the migration ('a data channel of another migration connected').
