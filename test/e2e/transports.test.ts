@@ -50,6 +50,34 @@ async function liveMigration(listen: string, extraArgs: string[] = [], transport
   }
 }
 
+/**
+ * `vfio-mig receive --listen fd:3` in a child holding one end of a connected unix socket pair;
+ * `ours` is the other end. The caller kills the child and calls `cleanup()`.
+ */
+async function receiverOnInheritedSocket(args: string[]) {
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-e2e-'));
+  const path = join(dir, 'pair.sock');
+  const server = net.createServer();
+  await new Promise<void>((r) => server.listen(path, r));
+  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+  const ours = net.connect(path);
+  ours.on('error', () => {});
+  const theirs = await accepted;
+  const child = spawn(process.execPath, [BIN, 'receive', '--listen', 'fd:3', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe', theirs] });
+  const out = { stdout: '' };
+  child.stdout?.on('data', (d: Buffer) => (out.stdout += d.toString()));
+  const exited = new Promise<number | null>((r) => child.on('close', r));
+  theirs.destroy(); // the child holds its own copy of the fd
+  await new Promise<void>((r) => ours.once('connect', r));
+  const cleanup = (): void => {
+    ours.destroy();
+    child.kill('SIGKILL');
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  return { ours, child, out, exited, cleanup };
+}
+
 describe('live migration to a destination process', () => {
   it('over unix', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-e2e-'));
@@ -78,58 +106,28 @@ describe('live migration to a destination process', () => {
   });
 
   it('over an inherited socket (fd:3)', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-e2e-'));
-    const path = join(dir, 'pair.sock');
-    const server = net.createServer();
-    await new Promise<void>((r) => server.listen(path, r));
-    const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
-    const ours = net.connect(path);
-    const theirs = await accepted;
     const size = 16 * MiB;
-    const child = spawn(process.execPath, [BIN, 'receive', '--listen', 'fd:3', '--json', ...simArgs(1, size)], { stdio: ['ignore', 'pipe', 'pipe', theirs] });
-    let stdout = '';
-    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
-    const exited = new Promise<number | null>((r) => child.on('close', r));
-    theirs.destroy(); // the child holds its own copy of the fd
+    const r = await receiverOnInheritedSocket(simArgs(1, size));
     const src = makeSims(1, { size, dirtyRate: 2 * MiB });
     try {
-      await new Promise<void>((r) => ours.once('connect', r));
-      const s = await migrate({ devices: src.cores, transport: ours, downtimeLimitMs: 500 }).done;
+      const s = await migrate({ devices: src.cores, transport: r.ours, downtimeLimitMs: 500 }).done;
       expect(s.verified).toBe(true);
-      expect(await exited).toBe(0);
-      expect(JSON.parse(stdout.trim()).digests).toEqual([src.sims[0].digest()]);
+      expect(await r.exited).toBe(0);
+      expect(JSON.parse(r.out.stdout.trim()).digests).toEqual([src.sims[0].digest()]);
     } finally {
       src.close();
-      child.kill('SIGKILL');
-      server.close();
-      rmSync(dir, { recursive: true, force: true });
+      r.cleanup();
     }
   });
 
   it('an inherited socket (fd:3) that carries junk: the receive fails CORRUPT at once (no stray to skip, exit 2)', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-e2e-'));
-    const path = join(dir, 'pair.sock');
-    const server = net.createServer();
-    await new Promise<void>((r) => server.listen(path, r));
-    const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
-    const ours = net.connect(path);
-    ours.on('error', () => {});
-    const theirs = await accepted;
-    const child = spawn(process.execPath, [BIN, 'receive', '--listen', 'fd:3', '--json', '--no-warm-up', ...simArgs(1, MiB)], { stdio: ['ignore', 'pipe', 'pipe', theirs] });
-    let stdout = '';
-    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
-    const exited = new Promise<number | null>((r) => child.on('close', r));
-    theirs.destroy();
+    const r = await receiverOnInheritedSocket(['--no-warm-up', ...simArgs(1, MiB)]);
     try {
-      await new Promise<void>((r) => ours.once('connect', r));
-      ours.write(Buffer.alloc(256, 0x41));
-      expect(await exited).toBe(2);
-      expect(JSON.parse(stdout.trim())).toMatchObject({ ok: false, error: { code: 'VFIO_MIG_ERR_CORRUPT' }, recovery: 'none' });
+      r.ours.write(Buffer.alloc(256, 0x41));
+      expect(await r.exited).toBe(2);
+      expect(JSON.parse(r.out.stdout.trim())).toMatchObject({ ok: false, error: { code: 'VFIO_MIG_ERR_CORRUPT' }, recovery: 'none' });
     } finally {
-      ours.destroy();
-      child.kill('SIGKILL');
-      server.close();
-      rmSync(dir, { recursive: true, force: true });
+      r.cleanup();
     }
   });
 });
