@@ -15,6 +15,12 @@ export const ExitCode = {
   ABORTED: 4,
   /** The destination refused the devices (incompatible); no device left RUNNING. */
   REFUSED: 5,
+  /**
+   * Failed past the handover's point of no return on this side (recovery 'held'): the source after
+   * the destination validated, the destination after validating but before the source released
+   * the state. This side's devices are stopped and hold the state; nothing was resumed or reset.
+   */
+  HELD: 6,
   /** Usage error: unknown command or option, bad value (EX_USAGE). */
   USAGE: 64,
   /** The input stream or file is corrupt or truncated, or its digest does not match (EX_DATAERR). */
@@ -33,6 +39,7 @@ export function exitCodeFor(err: unknown, side: 'source' | 'destination' | 'rest
   if (err.code === ErrorCodes.INCOMPATIBLE && err.phase === 'handshake') return ExitCode.REFUSED;
   if (side === 'restore' || side === 'inspect') return DATA_CODES.has(err.code) ? ExitCode.DATA : ExitCode.FAILED;
   if (side === 'source' && err.recovery === 'failed') return ExitCode.FAILED;
+  if (err.recovery === 'held') return ExitCode.HELD;
   if (err.code === ErrorCodes.POLICY_ABORT) return ExitCode.POLICY_ABORT;
   if (err.code === ErrorCodes.ABORTED) return ExitCode.ABORTED;
   return ExitCode.ROLLED_BACK;

@@ -45,6 +45,8 @@ exit codes:
   4   aborted by the user (SIGINT/SIGTERM); rolled back
   5   the destination refused the devices (incompatible); nothing was touched
       (check: the destination would refuse them)
+  6   failed past this side's point of no return (the handover): its devices are
+      stopped and hold the state; nothing was resumed or reset
   64  usage error
   65  corrupt or truncated stream or file, or a digest mismatch
 `;

@@ -132,4 +132,7 @@ export function printError(err: unknown): void {
   if (e?.recovery === 'recovered') process.stderr.write('vfio-mig: rolled back: every source device is RUNNING with its state intact\n');
   else if (e?.recovery === 'reset') process.stderr.write('vfio-mig: the destination devices were reset\n');
   else if (e?.recovery === 'failed') process.stderr.write('vfio-mig: WARNING: a device could not be restored to RUNNING\n');
+  else if (e?.recovery === 'held') {
+    process.stderr.write("vfio-mig: the devices are stopped and hold the state; this side cannot tell whether the other side runs it, so nothing was resumed or reset\n");
+  }
 }

@@ -52,7 +52,7 @@ export interface CheckResult {
 }
 
 /** What the source offers in a check's hello (as migrate() does). */
-const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true };
+const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true, release: true };
 const DEFAULT_TIMEOUT_MS = 15_000;
 /** How long the abort to a destination that does not know checks may take to reach the kernel. */
 const ABORT_FLUSH_MS = 500;

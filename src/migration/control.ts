@@ -30,6 +30,14 @@ export interface ControlFeatures {
    * network and at the destination, which a switchover also waits for.
    */
   loaded?: boolean;
+  /**
+   * The handover. Source: it sends 'release' when 'validated' arrives (from then on it never runs
+   * the state again). Destination: it waits for 'release' before its devices leave STOP. Without
+   * it, a connection cut after 'validated' left the destination running and the source, which never
+   * saw 'validated', rolled back: both ran the state. A checkpoint's hello never offers it (no
+   * return path, nobody to release).
+   */
+  release?: boolean;
 }
 
 /** Period of the destination's 'loaded' reports in PRE_COPY. */
@@ -74,6 +82,11 @@ export type ForwardMessage =
   | { type: 'digest'; device: number; digest: string }
   /** All device data was sent (`records`: DATA records per device, over all channels): drain, validate, acknowledge. */
   | { type: 'commit'; records?: number[] }
+  /**
+   * The source read 'validated' and gave the state up: it will not run it again (its devices go
+   * STOP_COPY -> STOP). The destination resumes only after this (when both offer `release`).
+   */
+  | { type: 'release' }
   /** The source gives up; the destination resets its devices. */
   | { type: 'abort'; code: string; message: string; phase: MigrationPhase }
   /** Answer with 'pong' at once (only to a destination whose 'ready' lists the ping feature). */
@@ -96,14 +109,17 @@ export type ReturnMessage =
   | { type: 'validated'; validateMs: number[]; verified: boolean; bytes: number[] }
   /** Destination devices are RUNNING; ms measured on the destination since it saw 'commit'. */
   | { type: 'running'; resumeMs: number; drainMs: number }
-  /** The destination failed; it has reset its devices. */
+  /**
+   * The destination failed: it has reset its devices, or, after 'validated' and before 'release',
+   * keeps them stopped with the state (see MigError recovery 'held').
+   */
   | { type: 'error'; code: string; message: string; phase: MigrationPhase }
   /** Answer to 'ping'. */
   | { type: 'pong'; id: number }
   /** Raw device bytes the destination's devices have taken so far (all channels). */
   | { type: 'loaded'; bytes: number };
 
-const FORWARD_TYPES = new Set(['hello', 'initial-sent', 'reinit', 'switchover', 'digest', 'commit', 'abort', 'ping']);
+const FORWARD_TYPES = new Set(['hello', 'initial-sent', 'reinit', 'switchover', 'digest', 'commit', 'release', 'abort', 'ping']);
 const RETURN_TYPES = new Set(['ready', 'compatible', 'refuse', 'switchover-ack', 'validated', 'running', 'error', 'pong', 'loaded']);
 
 function protocolError(message: string, detail?: Record<string, unknown>) {

@@ -5,11 +5,13 @@
  * a device, moves its devices to RESUMING and answers 'ready', loads DATA records into each device's
  * resuming session, acknowledges the initial PRE_COPY data (switchover-ack) once every byte before
  * the source's 'initial-sent' was accepted by the devices, and on 'commit' validates every device
- * (RESUMING -> STOP), compares digests, answers 'validated', resumes the set (P2P-ordered) and
- * answers 'running'.
+ * (RESUMING -> STOP), compares digests, answers 'validated', and once the source has released the
+ * state ('release', the handover) resumes the set (P2P-ordered) and answers 'running'.
  *
  * Any failure before 'validated' resets every device (the only way out of RESUMING that will not
  * validate) and, when the transport still works, tells the source, which then resumes its devices.
+ * Between 'validated' and 'release' the devices hold the state, stopped: an 'abort' from the source
+ * (which had not read 'validated') resets them; any other failure leaves them so (recovery 'held').
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
@@ -97,7 +99,7 @@ interface Reorder {
   pending: Map<number, Buffer>;
 }
 
-const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, ping: true, loaded: true };
+const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, ping: true, loaded: true, release: true };
 /** #consume's outcome for a connection that only carried a pre-flight check. */
 const CHECKED = Symbol('checked');
 
@@ -150,11 +152,17 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
   /** The source asked for 'loaded' reports (hello features). */
   #reportLoaded = false;
   #validated: boolean;
+  /** The source offered the handover (hello features `release`) and can read our 'validated': resume only after its 'release'. */
+  #awaitRelease = false;
+  /** The source released the state (or never offers to): the devices may resume. */
+  #released = false;
   /** A device was asked to leave its state (the setup's arcs into RESUMING began): a failure resets them. */
   #touched: boolean;
   #resumed: boolean;
   #decoder: RecordDecoder | null;
   #downtimeMs: number;
+  /** When every byte was in the devices, before the validation. */
+  #drainedAt = 0;
   #channels: number;
   #migrationId: string;
   #reorder: Reorder[];
@@ -412,7 +420,12 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
               case 'commit':
                 if (msg.records && this.#channels > 1) await this.#waitDelivered(msg.records);
                 if (this.#channels > 1) this.#endStreams();
-                await this.#commit();
+                await this.#validate();
+                if (!this.#awaitRelease) await this.#resume();
+                break;
+              case 'release':
+                if (!this.#validated || this.#released) throw migError(ErrorCodes.PROTOCOL, `'release' in phase ${this.#phase}, not after 'validated'`, { phase: this.#phase });
+                await this.#resume();
                 break;
               case 'abort':
                 throw migError(msg.code, `source aborted in phase ${msg.phase}: ${msg.message}`, { phase: msg.phase });
@@ -449,6 +462,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     const refusal = this.#refusal(header, version, this.#channels);
     if (refusal !== null) refuse(refusal.code, refusal.message, refusal.device);
     this.#reportLoaded = features.loaded === true;
+    // A stream with no return path (a checkpoint piped in) cannot read our 'validated'.
+    this.#awaitRelease = features.release === true && (this.#transport as Duplex | null)?.writable === true;
     this.#setPhase('setup');
     // setupMs times the arcs alone (the source's prior for this side's validation): each device is
     // asked its state first, so a first call's one-time costs are not taken for the arcs', and the
@@ -685,8 +700,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     }
   }
 
-  /** Drain, validate every device (RESUMING -> STOP), verify digests, acknowledge, resume. */
-  async #commit(): Promise<void> {
+  /** Drain, validate every device (RESUMING -> STOP), verify digests, answer 'validated'. */
+  async #validate(): Promise<void> {
     await this.#latch.guard(Promise.all(this.#devs.map((d) => d.lastWrite)));
     const drainedAt = performance.now();
     this.#setPhase('validate');
@@ -724,7 +739,16 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     }
     this.#reply({ type: 'validated', validateMs: this.#devs.map((d) => d.validateMs ?? 0), verified, bytes: this.#devs.map((d) => d.bytes) });
     this.#validated = true;
+    this.#drainedAt = drainedAt;
+    // From here the devices hold the state, stopped, until the source releases it ('release'):
+    // the source may not have read 'validated', and rolls back on any failure until it does.
     this.#setPhase('resume');
+  }
+
+  /** The state is ours (released, or a source that does not release): resume every device, answer 'running'. */
+  async #resume(): Promise<void> {
+    this.#released = true;
+    const drainedAt = this.#drainedAt;
     const t = performance.now();
     await this.#latch.guard(resumeAll(this.#opts.devices));
     this.#resumed = true;
@@ -798,8 +822,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
   async #cleanup(e: unknown): Promise<MigError> {
     const err = asPhaseError(this.#latch.error ?? e, this.#phase);
     this.#latch.fail(err);
+    const fromSource = err.message.startsWith('source aborted');
     if (!this.#validated) {
-      const fromSource = err.message.startsWith('source aborted');
       if (!fromSource) this.#reply({ type: 'error', code: err.code, message: err.message, phase: (err.phase ?? this.#phase) as MigrationPhase });
       for (const d of this.#devs) d.stream?.destroy();
       // Devices the run never asked to move (no source, or refused at the handshake) keep their
@@ -809,6 +833,19 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
         err.recovery = 'reset';
       } else {
         err.recovery = 'none';
+      }
+    } else if (!this.#released) {
+      // Validated, not released. A source that aborts has not read 'validated' and runs the state
+      // again: reset ours, as before the validation. Otherwise (the connection lost, a stall, our
+      // own abort) the source may have released it: resuming could run the state twice, a reset
+      // could lose it. The devices stay stopped with it and the caller decides ('held').
+      for (const d of this.#devs) d.stream?.destroy();
+      if (fromSource) {
+        await resetAll(this.#opts.devices);
+        err.recovery = 'reset';
+      } else {
+        this.#reply({ type: 'error', code: err.code, message: err.message, phase: (err.phase ?? this.#phase) as MigrationPhase });
+        err.recovery = 'held';
       }
     } else {
       err.recovery = 'none';

@@ -171,7 +171,9 @@ const PRECOPY_PROGRESS_MS = 100;
 /** Bytes queued before the link at both ends of a tick for it to sample the whole path's rate. */
 const PIPELINE_BACKLOG_BYTES = 256 * 1024;
 
-const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true };
+const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true, release: true };
+/** A checkpoint has no return path: nobody reads 'validated', nobody waits for 'release'. */
+const CHECKPOINT_FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true };
 /** Round trips timed before PRE_COPY (the first one warms both sides' code paths). */
 const PINGS = 5;
 /** How long a failed migration waits for its `abort` record to reach the kernel, ms. */
@@ -243,6 +245,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   #phases: Partial<Record<MigrationPhase, number>>;
   #lastProgressAt: number;
   #validated: boolean;
+  /** The destination takes the handover ('ready' features `release`): 'validated' is answered with 'release'. */
+  #releases = false;
   /** The destination reported its devices RUNNING. */
   #running: boolean;
   #switching: boolean;
@@ -376,7 +380,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       await this.#send({
         type: 'hello',
         version: CONTROL_PROTOCOL_VERSION,
-        features: FEATURES,
+        features: checkpoint ? CHECKPOINT_FEATURES : FEATURES,
         devices: identities,
         precopy: this.#devs.map((d) => d.precopy),
         channels,
@@ -387,6 +391,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         if (reply.type === 'refuse') {
           throw migError(reply.code, `destination refused: ${reply.message}`, { phase: 'handshake', device: reply.device });
         }
+        this.#releases = reply.type === 'ready' && reply.features.release === true;
         await this.#calibrate(reply);
       }
 
@@ -850,7 +855,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const rtt = Math.min(...rtts);
     this.#rtt = rtt;
     this.#est.setFixedCostPrior('linkLatency', rtt);
-    if (!Number.isFinite(setupMs)) this.#est.setFixedCostPrior('destResume', rtt);
+    // With the handover the destination resumes only once 'validated' came here and 'release'
+    // went back: one more round trip before its resume.
+    const handover = this.#releases ? rtt : 0;
+    this.#est.setFixedCostPrior('destResume', (Number.isFinite(setupMs) ? setupMs : rtt) + handover);
   }
 
   /** Query precopy info and stop-copy size of the devices whose estimator view is due (every device: `force`). */
@@ -1069,6 +1077,13 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     }
     if (msg.type === 'validated') {
       for (const ms of msg.validateMs) this.#est.recordFixedCost('destValidate', ms);
+      // The handover, at once (it is inside the downtime): from here the source never runs the
+      // state again, so the destination may. A source that already failed does not release: it
+      // rolls back, and its 'abort' makes the destination reset instead.
+      if (this.#latch.error === null && !this.#validated) {
+        this.#validated = true;
+        if (this.#releases) this.#sendSoon({ type: 'release' });
+      }
     }
     if (msg.type === 'loaded') {
       // Read from the devices but not yet in the destination's: source queues, the network and
@@ -1204,7 +1219,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
         await w.flushed(deadline);
       }
     } else {
-      err.recovery = 'none';
+      // Past 'validated' the source does not roll back. Before 'running' its devices hold the
+      // state, stopped (the destination may run it, or not: the caller decides); after it, the
+      // destination runs it.
+      err.recovery = this.#running || this.#opts.checkpoint === true ? 'none' : 'held';
     }
     await Promise.allSettled(this.#devs.map((d) => d.pump));
     for (const w of this.#writers) w.destroy();

@@ -77,9 +77,12 @@ describe('migrate/receive in one process', () => {
     expect(s.compressionRatio).toBeGreaterThan(1);
     expect(decisions.at(-1)?.action).toBe('switchover');
     expect(decisions.some((x) => x.reason === 'within-limit')).toBe(true);
-    // Before any switchover the destination's two steps have one prior: its arcs into RESUMING.
-    expect(decisions[0].numbers.destValidateMs).toBeGreaterThan(0);
-    expect(decisions[0].numbers.destResumeMs).toBe(decisions[0].numbers.destValidateMs);
+    // Before any switchover the destination's two steps have one prior: its arcs into RESUMING;
+    // its resume waits for the handover's 'release' too, one idle round trip (the link's prior).
+    const n0 = decisions[0].numbers as Record<'destValidateMs' | 'destResumeMs' | 'linkLatencyMs', number>;
+    expect(n0.destValidateMs).toBeGreaterThan(0);
+    expect(n0.linkLatencyMs).toBeGreaterThan(0);
+    expect(n0.destResumeMs).toBeCloseTo(n0.destValidateMs + n0.linkLatencyMs, 9);
     expect(dst.sims[0].digest()).toBe(src.sims[0].digest());
     expect(await dst.cores[0].getState()).toBe(S.RUNNING);
     expect(await src.cores[0].getState()).toBe(S.STOP);
