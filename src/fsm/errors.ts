@@ -73,7 +73,7 @@ export interface MigErrorInfo {
   target?: DeviceState;
   /** The device's actual state after the failure, read back from the driver. */
   state?: DeviceState;
-  /** What recovery was done after the failure ("none", "recovered", "reset", "failed"). */
+  /** What recovery was done after the failure ("none", "recovered", "reset", "failed"; a migration also "held"). */
   recovery?: string;
   /** Migration phase in which the failure happened (orchestrator). */
   phase?: string;

@@ -156,6 +156,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
   #awaitRelease = false;
   /** The source released the state (or never offers to): the devices may resume. */
   #released = false;
+  /** A device was reset during the migration: what it loaded is gone. */
+  #lostState = false;
   /** A device was asked to leave its state (the setup's arcs into RESUMING began): a failure resets them. */
   #touched: boolean;
   #resumed: boolean;
@@ -232,6 +234,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
   async #run(): Promise<MigrationSummary> {
     const opts = this.#opts;
     let unwatch = (): void => {};
+    const unwatchResets = this.#watchResets();
     const progressTimer = setInterval(() => this.#emitProgress(), opts.progressMs ?? 250);
     // 'loaded' reports for a source that asked: PRE_COPY only, and only when bytes moved.
     let reported = -1;
@@ -336,9 +339,30 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       throw await this.#cleanup(e);
     } finally {
       unwatch();
+      unwatchResets();
       clearInterval(progressTimer);
       clearInterval(loadedTimer);
     }
+  }
+
+  /**
+   * A device reset between the setup's first arc and the resume (by its driver, or by a caller's
+   * core.reset()) discards what it loaded: the migration fails. Before, a reset after the last
+   * write went unseen: the validation's setState(STOP) walked from RUNNING and the migration
+   * verified and resumed a device whose loaded state was gone. Our own cleanup's resets come after
+   * the failure and are not news; after the resume the devices are the caller's.
+   */
+  #watchResets(): () => void {
+    const offs = this.#opts.devices.map((core, i) => {
+      const onReset = () => {
+        if (!this.#touched || this.#resumed || this.#latch.error !== null) return;
+        this.#lostState = true;
+        this.#latch.fail(migError('ENODEV', `device ${i} was reset in phase ${this.#phase}: the state it was loading is gone`, { phase: this.#phase, device: i }));
+      };
+      core.on('reset', onReset);
+      return () => core.off('reset', onReset);
+    });
+    return () => offs.forEach((off) => off());
   }
 
   #lost(err?: unknown): void {
@@ -836,11 +860,14 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       }
     } else if (!this.#released) {
       // Validated, not released. A source that aborts has not read 'validated' and runs the state
-      // again: reset ours, as before the validation. Otherwise (the connection lost, a stall, our
+      // again: reset ours, as before the validation; so does a device reset. Otherwise (the connection lost, a stall, our
       // own abort) the source may have released it: resuming could run the state twice, a reset
       // could lose it. The devices stay stopped with it and the caller decides ('held').
       for (const d of this.#devs) d.stream?.destroy();
-      if (fromSource) {
+      if (fromSource || this.#lostState) {
+        // (A device reset meanwhile holds nothing: the rest are reset too, and the source, told
+        // below, still holds the state itself.)
+        if (!fromSource) this.#reply({ type: 'error', code: err.code, message: err.message, phase: (err.phase ?? this.#phase) as MigrationPhase });
         await resetAll(this.#opts.devices);
         err.recovery = 'reset';
       } else {

@@ -215,6 +215,42 @@ describe('the handover: never both sides running', () => {
     expect(dst.sims.map((s) => s.digest())).toEqual(before);
   });
 
+  it('a destination device reset after its last write, before its validation, fails the migration: the source rolls back', async () => {
+    const { src, dst, before, incoming, run } = await pair(2, () => 'pass', () => 'pass');
+    // At the 'validate' phase every byte is in the devices; the reset comes before the validation's arc.
+    incoming.on('phase', (e: { phase: string }) => {
+      if (e.phase === 'validate') void dst.cores[1].reset();
+    });
+    const [srcErr, dstErr] = await Promise.all([settle(run), settle(incoming)]);
+    expect(dstErr?.code).toBe('ENODEV');
+    expect(dstErr?.device).toBe(1);
+    expect(dstErr?.phase).toBe('validate');
+    expect(dstErr?.recovery).toBe('reset');
+    expect(srcErr?.recovery).toBe('recovered');
+    expect(await states(src)).toEqual([S.RUNNING, S.RUNNING]);
+    expect(src.sims.map((s) => s.digest())).toEqual(before);
+    expect(await states(dst)).toEqual([S.RUNNING, S.RUNNING]);
+  });
+
+  it("a destination device reset while it waits for 'release': it resets all and says so; the source, released, holds the state", async () => {
+    const { p, src, dst, before, incoming, run } = await pair(1, (c) => (has(c, 'release') ? 'hold' : 'pass'), () => 'pass');
+    incoming.on('phase', (e: { phase: string }) => {
+      if (e.phase !== 'resume') return;
+      void dst.cores[0].reset().then(() => p.flush());
+    });
+    const [srcErr, dstErr] = await Promise.all([settle(run), settle(incoming)]);
+    expect(dstErr?.code).toBe('ENODEV');
+    expect(dstErr?.recovery).toBe('reset');
+    // The source had released the state when the error came: it holds it, stopped, intact.
+    expect(srcErr?.code).toBe('ENODEV');
+    expect(srcErr?.recovery).toBe('held');
+    await eventually(src, S.STOP);
+    expect(src.sims.map((s) => s.digest())).toEqual(before);
+    // So the caller runs the source's copy again.
+    await src.cores[0].setState(S.RUNNING);
+    expect(await states(src)).toEqual([S.RUNNING]);
+  });
+
   it('a source that does not release (a checkpoint streamed into a socket): the destination resumes at commit', async () => {
     const dir = tempDir();
     const file = join(dir, 'state.vmig');
