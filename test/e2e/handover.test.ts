@@ -16,8 +16,8 @@ import { MigError, ErrorCodes } from '../../src/fsm/errors.js';
 import { receive, type DestinationMigration } from '../../src/migration/destination.js';
 import { migrate, type MigrateOptions, type SourceMigration } from '../../src/migration/source.js';
 import { save } from '../../src/migration/checkpoint.js';
-import { listenTransport, type TransportListener } from '../../src/transport/index.js';
-import { MiB, makeSims, type Sims } from './helpers.js';
+import { listenTransport } from '../../src/transport/index.js';
+import { MiB, ensureBuilt, makeSims, runCli, startReceiver, type Sims } from './helpers.js';
 
 const S = DeviceState;
 const SIZE = 4 * MiB;
@@ -54,7 +54,7 @@ interface Proxy {
  * A unix-socket proxy in front of `target` that asks `forward` (source -> destination bytes) and
  * `back` (destination -> source) about each chunk.
  */
-async function proxy(target: TransportListener, dir: string, forward: (c: Buffer) => Verdict, back: (c: Buffer) => Verdict): Promise<Proxy> {
+async function proxy(target: { address: string }, dir: string, forward: (c: Buffer) => Verdict, back: (c: Buffer) => Verdict): Promise<Proxy> {
   const socks: net.Socket[] = [];
   const held: { to: net.Socket; chunk: Buffer }[] = [];
   // Per direction: holding the way back must not hold the way there.
@@ -270,4 +270,22 @@ describe('the handover: never both sides running', () => {
     expect(await states(dst)).toEqual([S.RUNNING]);
     expect(dst.sims[0].digest()).toBe(before[0]);
   });
+});
+
+describe('the handover between two vfio-mig processes', () => {
+  it("the 'release' lost: migrate and receive both exit 6, saying their devices hold the state", async () => {
+    await ensureBuilt();
+    const dir = tempDir();
+    const dest = startReceiver(`unix:${join(dir, 'r.sock')}`, ['--size', '4MiB'], ['--no-warm-up']);
+    cleanups.push(() => dest.child.kill());
+    const url = await dest.url;
+    const p = await proxy({ address: url.slice('unix:'.length) }, dir, (c) => (has(c, 'release') ? 'cut' : 'pass'), () => 'pass');
+    // The source's human output, the destination's JSON.
+    const src = await runCli(['migrate', '--to', p.url, '--size', '4MiB', '--dirty-rate', '0', '--no-warm-up']).exit;
+    const dst = await dest.exit;
+    expect(src.code, src.stderr).toBe(6);
+    expect(src.stderr).toMatch(/\(phase resume\)\n.*the devices are stopped and hold the state/);
+    expect(dst.code, dst.stderr).toBe(6);
+    expect(dst.json).toMatchObject({ ok: false, verified: false, phase: 'resume', recovery: 'held' });
+  }, 60_000);
 });
