@@ -367,8 +367,14 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
 
   #lost(err?: unknown): void {
     if (this.#phase === 'complete') return;
-    // After 'running' the devices are ours: a source that hangs up before STREAM_END changes nothing.
-    if (this.#resumed) return;
+    // Once released the devices are ours: a source that hangs up (or is killed) before 'running'
+    // reached it or before its STREAM_END changes nothing; the resume goes on. The decoder is
+    // stopped, since a connection reset (ECONNRESET, not an end) would leave it waiting for more
+    // until the stall timeout failed a migration that had succeeded.
+    if (this.#released) {
+      this.#decoder?.destroy();
+      return;
+    }
     this.#latch.fail(
       migError(ErrorCodes.TRANSPORT, `transport from the source lost in phase ${this.#phase}${err instanceof Error ? `: ${err.message}` : ''}`, {
         phase: this.#phase,
@@ -465,6 +471,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
         }
       }
     } catch (err) {
+      // The devices run the state: whatever became of the source's connection after it released it.
+      if (this.#resumed) return this.#summary();
       // The decoder's typed errors (CORRUPT, TRUNCATED, DIGEST, LIMIT) arrive here. A connection that
       // ends mid-stream is a lost source (the decoder's TRUNCATED is the cause); a file stays TRUNCATED.
       const live = this.#transport instanceof net.Socket;
@@ -614,7 +622,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
         }
         // DEVICE_END: the decoder checked this channel's share of the device's bytes and digest.
       }
-      if (!this.#resumed) throw migError(ErrorCodes.TRANSPORT, `a data channel ended in phase ${this.#phase}`, { phase: this.#phase });
+      if (!this.#released) throw migError(ErrorCodes.TRANSPORT, `a data channel ended in phase ${this.#phase}`, { phase: this.#phase });
       return;
     }
   }

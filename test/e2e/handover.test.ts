@@ -40,7 +40,8 @@ function sims(n: number, dirtyRate = 0): Sims {
 }
 
 /** What a direction of the proxy does with a chunk: pass it on, hold it (and all after it), or cut both ways. */
-type Verdict = 'pass' | 'hold' | 'cut';
+/** ...or drop it and reset the connections (a TCP RST, as a killed peer with unread data sends). */
+type Verdict = 'pass' | 'hold' | 'cut' | 'reset';
 
 interface Proxy {
   url: string;
@@ -66,6 +67,13 @@ async function proxy(target: { address: string }, dir: string, forward: (c: Buff
     from.on('data', (chunk: Buffer) => {
       const v = holding.has(to) ? 'hold' : decide(chunk);
       if (v === 'cut') return cut();
+      if (v === 'reset') {
+        for (const s of socks) {
+          if (s.remotePort !== undefined) s.resetAndDestroy();
+          else s.destroy();
+        }
+        return;
+      }
       if (v === 'hold') {
         holding.add(to);
         held.push({ to, chunk });
@@ -77,7 +85,8 @@ async function proxy(target: { address: string }, dir: string, forward: (c: Buff
     from.on('close', cut);
   };
   const server = net.createServer((down) => {
-    const up = net.connect(target.address);
+    const tcp = /^(.*):(\d+)$/.exec(target.address);
+    const up = tcp ? net.connect(Number(tcp[2]), tcp[1]) : net.connect(target.address);
     socks.push(down, up);
     relay(down, up, forward);
     relay(up, down, back);
@@ -119,9 +128,9 @@ async function eventually(s: Sims, state: DeviceState): Promise<void> {
   expect(await states(s)).toEqual(s.cores.map(() => state));
 }
 
-async function pair(n: number, forward: (c: Buffer) => Verdict, back: (c: Buffer) => Verdict, opts: Partial<MigrateOptions> = {}) {
+async function pair(n: number, forward: (c: Buffer) => Verdict, back: (c: Buffer) => Verdict, opts: Partial<MigrateOptions> = {}, listen?: string) {
   const dir = tempDir();
-  const l = await listenTransport(`unix:${join(dir, 'd.sock')}`);
+  const l = await listenTransport(listen ?? `unix:${join(dir, 'd.sock')}`);
   cleanups.push(() => l.close());
   const p = await proxy(l, dir, forward, back);
   const src = sims(n);
@@ -213,6 +222,21 @@ describe('the handover: never both sides running', () => {
     expect(await states(dst)).toEqual([S.RUNNING, S.RUNNING]);
     expect(await states(src)).toEqual([S.STOP, S.STOP]);
     expect(dst.sims.map((s) => s.digest())).toEqual(before);
+  });
+
+  it("the connection reset as 'running' leaves (the source killed): the destination, released, succeeds at once; the source holds it", async () => {
+    // TCP to the destination, so that the proxy can reset it (a unix socket has no RST to send).
+    const { src, dst, before, incoming, run } = await pair(2, () => 'pass', (c) => (has(c, 'running') ? 'reset' : 'pass'), {}, 'tcp:127.0.0.1:0');
+    const t0 = performance.now();
+    const [srcErr, dsum] = await Promise.all([settle(run), incoming.done]);
+    // Released, the destination finished its resume; the reset did not make it wait for the stall timeout (5 s).
+    expect(performance.now() - t0).toBeLessThan(2500);
+    expect(dsum.verified).toBe(true);
+    expect(await states(dst)).toEqual([S.RUNNING, S.RUNNING]);
+    expect(dst.sims.map((s) => s.digest())).toEqual(before);
+    // The source never heard 'running': it holds its copy, stopped, and does not run it.
+    expect(srcErr?.recovery).toBe('held');
+    await eventually(src, S.STOP);
   });
 
   it('a destination device reset after its last write, before its validation, fails the migration: the source rolls back', async () => {
