@@ -868,9 +868,10 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       }
     } else if (!this.#released) {
       // Validated, not released. A source that aborts has not read 'validated' and runs the state
-      // again: reset ours, as before the validation; so does a device reset. Otherwise (the connection lost, a stall, our
-      // own abort) the source may have released it: resuming could run the state twice, a reset
-      // could lose it. The devices stay stopped with it and the caller decides ('held').
+      // again: reset ours, as before the validation (and so after a device reset). Otherwise (the
+      // connection lost, a stall, our own abort) the source may have released it: resuming could
+      // run the state twice, a reset could lose it. The devices stay stopped with it and the
+      // caller decides ('held').
       for (const d of this.#devs) d.stream?.destroy();
       if (fromSource || this.#lostState) {
         // (A device reset meanwhile holds nothing: the rest are reset too, and the source, told
