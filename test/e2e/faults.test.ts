@@ -120,6 +120,54 @@ describe('fault matrix: rollback before the acknowledgement', () => {
     await expectRolledBack(r, 'validate', 'EINVAL');
   });
 
+  it('a destination that stops reading: the stall rolls the source back, and done settles although its queue never drains', async () => {
+    // A proxy forwards the first 4 MiB, then stops reading the source's connection and keeps it
+    // open: the source's socket buffer and queues fill, nothing progresses, the stall timeout
+    // fails the migration. The rollback waited for the device pumps, which waited on that queue
+    // (found by the chaos test, seed 134): done never settled, the devices already RUNNING.
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-fault-'));
+    const src = makeSims(1, { size: 64 * MiB, dirtyRate: 8 * MiB });
+    const dst = makeSims(1, { size: 64 * MiB });
+    const listener = await listenTransport(`unix:${join(dir, 'd.sock')}`);
+    const socks: net.Socket[] = [];
+    const proxy = net.createServer((down) => {
+      const up = net.connect(listener.address);
+      socks.push(down, up);
+      let seen = 0;
+      down.on('data', (chunk: Buffer) => {
+        if (seen >= 4 * MiB) return;
+        seen += chunk.length;
+        up.write(chunk);
+        if (seen >= 4 * MiB) down.pause();
+      });
+      up.pipe(down);
+      for (const x of [up, down]) x.on('error', () => {});
+    });
+    await new Promise<void>((r) => proxy.listen(join(dir, 'p.sock'), r));
+    try {
+      const incoming = receive({ devices: dst.cores, transport: listener, stallTimeoutMs: 30_000 });
+      incoming.done.catch(() => {});
+      const run = migrate({ devices: src.cores, transport: `unix:${join(dir, 'p.sock')}`, downtimeLimitMs: 500, stallTimeoutMs: 800 });
+      const err = await run.done.then(
+        () => null,
+        (e: unknown) => e as MigError,
+      );
+      expect(err).toBeInstanceOf(MigError);
+      expect(err!.code).toBe('VFIO_MIG_ERR_STALLED');
+      expect(err!.recovery).toBe('recovered');
+      expect(await src.cores[0].getState()).toBe(S.RUNNING);
+      incoming.abort();
+      await incoming.done.catch(() => {});
+    } finally {
+      for (const x of socks) x.destroy();
+      proxy.close();
+      src.close();
+      dst.close();
+      await listener.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
   it('failed validation with the data on three channels', async () => {
     const r = await failingMigration({ opts: { channels: 3 }, dst: { faults: { arc: { from: S.RESUMING, to: S.STOP, code: 'EINVAL' } } } });
     await expectRolledBack(r, 'validate', 'EINVAL');
