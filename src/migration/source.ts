@@ -247,6 +247,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   #validated: boolean;
   /** The destination takes the handover ('ready' features `release`): 'validated' is answered with 'release'. */
   #releases = false;
+  /** The destination acknowledges the initial data ('ready' features `switchoverAck`). */
+  #acks = false;
+  /** The last return-path message (or the connection's start): a silent return path is a stall too. */
+  #lastReturnAt = 0;
   /** The destination reported its devices RUNNING. */
   #running: boolean;
   #switching: boolean;
@@ -329,6 +333,24 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const progressTimer = setInterval(() => {
       if (this.#phase !== 'precopy' && this.#phase !== 'connect') this.#emitProgress(this.#predicted, null);
     }, opts.progressMs ?? 250);
+    // The stall watchdog counts any progress, the source's own sends included: a return path that
+    // went silent while PRE_COPY goes on sending (its acknowledgement never comes) would only end at
+    // the policy's PRE_COPY budget (60 s by default, blamed on the budget). Silence while an answer
+    // is due is a stall of its own.
+    const stallMs = opts.stallTimeoutMs ?? 15_000;
+    const silenceTimer = setInterval(
+      () => {
+        const due = this.#answerDue();
+        if (due === null || this.#lastReturnAt === 0 || performance.now() - this.#lastReturnAt <= stallMs) return;
+        this.#latch.fail(
+          migError(ErrorCodes.STALLED, `no message from the destination for ${stallMs} ms in phase ${this.#phase} (waiting for ${due})`, {
+            phase: this.#phase,
+            detail: { stallTimeoutMs: stallMs },
+          }),
+        );
+      },
+      Math.min(250, Math.max(10, stallMs / 4)),
+    );
     try {
       if (opts.devices.length === 0) throw migError(ErrorCodes.USAGE, 'migrate: no devices');
       unwatch = watchRun(this.#latch, opts, this, () => this.#lastProgressAt);
@@ -346,6 +368,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       this.#transport = await this.#latch.guard(openTransport(opts.transport, opts.transportOptions));
       this.#watchTransport(this.#transport, checkpoint);
       this.#progress();
+      if (!checkpoint) this.#lastReturnAt = performance.now();
 
       this.#setPhase('handshake');
       const identities = opts.devices.map((c) => c.identity());
@@ -392,6 +415,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
           throw migError(reply.code, `destination refused: ${reply.message}`, { phase: 'handshake', device: reply.device });
         }
         this.#releases = reply.type === 'ready' && reply.features.release === true;
+        this.#acks = reply.type === 'ready' && reply.features.switchoverAck === true;
         await this.#calibrate(reply);
       }
 
@@ -515,7 +539,15 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     } finally {
       unwatch();
       clearInterval(progressTimer);
+      clearInterval(silenceTimer);
     }
+  }
+
+  /** What the source waits to hear from the destination now, or null (nothing is due). */
+  #answerDue(): string | null {
+    if (this.#waiters.length > 0) return [...new Set(this.#waiters.map((w) => `'${w.type}'`))].join(' or ');
+    if (this.#acks && !this.#switching && this.#est.initialSent && !this.#est.switchoverAcked) return 'its switchover-ack';
+    return null;
   }
 
   /** Checkpoint: the stream is complete on its medium, then the devices run again. */
@@ -1067,6 +1099,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
   #onReturn(msg: ReturnMessage): void {
     this.#progress();
+    this.#lastReturnAt = performance.now();
     if (msg.type === 'switchover-ack') {
       this.#est.acknowledgeSwitchover(msg.epoch);
       return;

@@ -9,14 +9,16 @@
  * - every failure a MigError with a code and a recovery, and that recovery true of the devices;
  * - both sides settle (no hang).
  *
- * Faults: the connection cut at a random byte of either direction, a byte of the forward stream
- * flipped, either side aborted or a device of either side reset by its caller at a random moment,
- * a source device resetting itself mid-stream, an arc of either side failing, a device read or
- * write failing after a random byte count; with 1-2 devices of any capability word, 1 or 3
- * channels, with or without zstd, a workload, a bandwidth cap, a downtime limit the policy must
- * abort at, a REINIT in PRE_COPY. Real unix sockets through a proxy that applies the wire faults. A failing seed is
- * printed in the assertion message; `CHAOS_SEEDS=N` runs more of them (2500 passed, ~2 min), `CHAOS_SEED=K`
- * only seed K, printing both sides' arcs and resets (its timing faults land where they land: rerun).
+ * Faults: the connection cut at a random byte of either direction or frozen there (no more bytes
+ * read or forwarded that way, the connection left open: a hung peer), a byte of the forward
+ * stream flipped, either side aborted or a device of either side reset by its caller at a random
+ * moment, a source device resetting itself mid-stream, an arc of either side failing, a device
+ * read or write failing after a random byte count; with 1-2 devices of any capability word, 1 or
+ * 3 channels, with or without zstd, a workload, a bandwidth cap, a downtime limit the policy must
+ * abort at, a REINIT in PRE_COPY. Real unix sockets through a proxy that applies the wire faults.
+ * A failing seed is printed in the assertion message; `CHAOS_SEEDS=N` runs more of them (1500
+ * passed, ~1-2 min), `CHAOS_SEED=K` only seed K, printing both sides' arcs and resets (its timing
+ * faults land where they land: rerun).
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -122,6 +124,9 @@ interface Plan {
   /** Wire faults: cut after this many bytes of a direction, or flip the forward byte at an offset. */
   cutForward?: number;
   cutBack?: number;
+  /** ...or, after this many bytes of a direction, stop reading it and forward nothing more, the connection left open (a hung peer). */
+  freezeForward?: number;
+  freezeBack?: number;
   flipForward?: number;
   abortAfterMs?: number;
   /** receive()'s abort, or a caller's reset of a destination device, at a random moment. */
@@ -161,13 +166,19 @@ function plan(seed: number, forward: number, back: number): Plan {
   if (r() < 0.15) p.limitMs = 1;
   if (r() < 0.15) p.bandwidth = 50e6;
   if (r() < 0.2) p.reinitAfterMs = r() * 30;
-  const fault = pick(['cutForward', 'cutBack', 'flipForward', 'abort', 'dstAbort', 'dstReset', 'srcReset', 'srcCoreReset', 'srcArc', 'dstArc', 'srcRead', 'dstWrite'] as const);
+  const fault = pick(['cutForward', 'cutBack', 'freezeForward', 'freezeBack', 'flipForward', 'abort', 'dstAbort', 'dstReset', 'srcReset', 'srcCoreReset', 'srcArc', 'dstArc', 'srcRead', 'dstWrite'] as const);
   switch (fault) {
     case 'cutForward':
       p.cutForward = Math.floor(r() * forward);
       break;
     case 'cutBack':
       p.cutBack = Math.floor(r() * back);
+      break;
+    case 'freezeForward':
+      p.freezeForward = Math.floor(r() * forward);
+      break;
+    case 'freezeBack':
+      p.freezeBack = Math.floor(r() * back);
       break;
     case 'flipForward':
       p.flipForward = Math.floor(r() * forward);
@@ -241,6 +252,12 @@ async function run(p: Plan): Promise<Outcome> {
           forward = p.cutForward;
           return cutAll();
         }
+        if (p.freezeForward !== undefined && forward + chunk.length > p.freezeForward) {
+          if (forward < p.freezeForward) up.write(chunk.subarray(0, p.freezeForward - forward));
+          forward = p.freezeForward;
+          down.pause();
+          return;
+        }
         if (p.flipForward !== undefined && forward <= p.flipForward && p.flipForward < forward + chunk.length) {
           chunk = Buffer.from(chunk);
           chunk[p.flipForward - forward] ^= 0x5a;
@@ -255,6 +272,12 @@ async function run(p: Plan): Promise<Outcome> {
           down.write(chunk.subarray(0, p.cutBack - back));
           back = p.cutBack;
           return cutAll();
+        }
+        if (p.freezeBack !== undefined && back + chunk.length > p.freezeBack) {
+          if (back < p.freezeBack) down.write(chunk.subarray(0, p.freezeBack - back));
+          back = p.freezeBack;
+          up.pause();
+          return;
         }
         back += chunk.length;
       }
@@ -273,7 +296,9 @@ async function run(p: Plan): Promise<Outcome> {
   const src = side(p.devices, () => p.srcFaults, p.flags, p.dirtyRate);
   const dst = side(p.devices, () => p.dstFaults, p.flags);
   const before = src.sims.map((s) => s.digest());
-  const incoming = receive({ devices: dst.cores, transport: listener, stallTimeoutMs: 3000 });
+  // A hung peer is found by the stall timeout: shorter where the plan hangs one, to keep the suite quick.
+  const stallTimeoutMs = p.freezeForward !== undefined || p.freezeBack !== undefined ? 1500 : 3000;
+  const incoming = receive({ devices: dst.cores, transport: listener, stallTimeoutMs });
   const m = migrate({
     devices: src.cores,
     transport: `unix:${proxyPath}`,
@@ -282,7 +307,7 @@ async function run(p: Plan): Promise<Outcome> {
     downtimeLimitMs: p.limitMs ?? 2000,
     bandwidth: p.bandwidth,
     acceptP2PRisk: ((p.flags ?? 0x7) & 0x2) === 0,
-    stallTimeoutMs: 3000,
+    stallTimeoutMs,
   });
   const timers: NodeJS.Timeout[] = [];
   if (p.abortAfterMs !== undefined) timers.push(setTimeout(() => m.abort(), p.abortAfterMs));

@@ -168,6 +168,55 @@ describe('fault matrix: rollback before the acknowledgement', () => {
     }
   }, 30_000);
 
+  it("a return path gone silent while PRE_COPY goes on: the source stalls on the missing switchover-ack, not at the PRE_COPY budget", async () => {
+    // A proxy drops the destination's switchover-ack and everything after it on the way back,
+    // the connection left open. The source keeps sending (its workload dirties), so the stall
+    // watchdog saw progress and only the policy's 60 s PRE_COPY budget ended the wait.
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-fault-'));
+    const src = makeSims(1, { size: 4 * MiB, dirtyRate: 8 * MiB });
+    const dst = makeSims(1, { size: 4 * MiB });
+    const listener = await listenTransport(`unix:${join(dir, 'd.sock')}`);
+    const socks: net.Socket[] = [];
+    const proxy = net.createServer((down) => {
+      const up = net.connect(listener.address);
+      socks.push(down, up);
+      let silent = false;
+      down.pipe(up);
+      up.on('data', (chunk: Buffer) => {
+        if (chunk.includes(Buffer.from('"type":"switchover-ack"'))) silent = true;
+        if (!silent) down.write(chunk);
+      });
+      for (const x of [up, down]) x.on('error', () => {});
+    });
+    await new Promise<void>((r) => proxy.listen(join(dir, 'p.sock'), r));
+    try {
+      const incoming = receive({ devices: dst.cores, transport: listener, stallTimeoutMs: 30_000 });
+      incoming.done.catch(() => {});
+      const t0 = performance.now();
+      const run = migrate({ devices: src.cores, transport: `unix:${join(dir, 'p.sock')}`, downtimeLimitMs: 500, stallTimeoutMs: 1000 });
+      const err = await run.done.then(
+        () => null,
+        (e: unknown) => e as MigError,
+      );
+      expect(err).toBeInstanceOf(MigError);
+      expect(err!.code).toBe('VFIO_MIG_ERR_STALLED');
+      expect(err!.phase).toBe('precopy');
+      expect(err!.message).toMatch(/no message from the destination for 1000 ms .*switchover-ack/);
+      expect(performance.now() - t0).toBeLessThan(10_000);
+      expect(err!.recovery).toBe('recovered');
+      expect(await src.cores[0].getState()).toBe(S.RUNNING);
+      await incoming.done.catch(() => {});
+      expect(dst.resets.length).toBeGreaterThan(0);
+    } finally {
+      for (const x of socks) x.destroy();
+      proxy.close();
+      src.close();
+      dst.close();
+      await listener.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
   it('failed validation with the data on three channels', async () => {
     const r = await failingMigration({ opts: { channels: 3 }, dst: { faults: { arc: { from: S.RESUMING, to: S.STOP, code: 'EINVAL' } } } });
     await expectRolledBack(r, 'validate', 'EINVAL');
