@@ -8,6 +8,7 @@
  * survivor's phase at the kill decides it.
  */
 import { describe, it, expect, beforeAll } from 'vitest';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,6 +34,27 @@ function delayFor(phase: string, salt: number): number {
   return (h % 2000) / 1000;
 }
 
+/**
+ * Kill `child` once `survivor` enters `phase`, after delayFor(phase, salt); returns the survivor's
+ * phase at the kill (null until then).
+ */
+function killAt(survivor: { readonly phase: MigrationPhase; on(e: 'phase', f: (e: { phase: MigrationPhase }) => void): unknown }, phase: MigrationPhase, child: ChildProcess, salt: number): () => MigrationPhase | null {
+  let atKill: MigrationPhase | null = null;
+  survivor.on('phase', (e) => {
+    if (e.phase !== phase) return;
+    setTimeout(() => {
+      atKill = survivor.phase;
+      child.kill('SIGKILL');
+    }, delayFor(phase, salt));
+  });
+  return () => atKill;
+}
+
+/** The outcome and the devices' states, for assertion messages. */
+function describeOutcome(phase: string, atKill: string | null, r: unknown, states: DeviceState[]): string {
+  return `${phase} (killed in ${atKill}): ${r instanceof MigError ? `${r.code} in ${r.phase}, recovery ${r.recovery}` : 'ok'} [${states.map(stateName)}]`;
+}
+
 async function settle<T>(p: Promise<T>): Promise<T | MigError> {
   return p.catch((e: unknown) => {
     expect(e).toBeInstanceOf(MigError);
@@ -51,20 +73,14 @@ describe('a peer process killed at each phase', () => {
     const before = src.sims.map((s) => s.digest());
     try {
       const run = migrate({ devices: src.cores, transport: await dest.url, downtimeLimitMs: 1000, stallTimeoutMs: 5000 });
-      let atKill: MigrationPhase | null = null;
-      run.on('phase', (e: { phase: MigrationPhase }) => {
-        if (e.phase !== phase) return;
-        setTimeout(() => {
-          atKill = run.phase;
-          dest.child.kill('SIGKILL');
-        }, delayFor(phase, 1));
-      });
+      const killedIn = killAt(run, phase, dest.child, 1);
       const r = await settle(run.done);
       await dest.exit;
       // Arcs a failure past 'validated' starts are not awaited by it.
       for (let i = 0; i < 100 && src.cores.some((c) => c.busy); i++) await new Promise((res) => setTimeout(res, 5));
       const states = await Promise.all(src.cores.map((c) => c.getState()));
-      const ctx = `${phase} (killed in ${atKill}): ${r instanceof MigError ? `${r.code} in ${r.phase}, recovery ${r.recovery}` : 'ok'} [${states.map(stateName)}]`;
+      const atKill = killedIn();
+      const ctx = describeOutcome(phase, atKill, r, states);
       expect(src.sims.map((s) => s.digest()), ctx).toEqual(before);
       if (!(r instanceof MigError)) {
         // The destination ran the state before it died: the source gave it up.
@@ -92,18 +108,12 @@ describe('a peer process killed at each phase', () => {
     const src = runCli(['migrate', '--to', listener.url, ...simArgs(2, SIZE, ['--dirty-rate', '0']), '--no-warm-up', '--json']);
     try {
       const incoming = receive({ devices: dst.cores, transport: listener, stallTimeoutMs: 5000 });
-      let atKill: MigrationPhase | null = null;
-      incoming.on('phase', (e: { phase: MigrationPhase }) => {
-        if (e.phase !== phase) return;
-        setTimeout(() => {
-          atKill = incoming.phase;
-          src.child.kill('SIGKILL');
-        }, delayFor(phase, 2));
-      });
+      const killedIn = killAt(incoming, phase, src.child, 2);
       const r = await settle(incoming.done);
       await src.exit;
       const states = await Promise.all(dst.cores.map((c) => c.getState()));
-      const ctx = `${phase} (killed in ${atKill}): ${r instanceof MigError ? `${r.code} in ${r.phase}, recovery ${r.recovery}` : 'ok'} [${states.map(stateName)}]`;
+      const atKill = killedIn();
+      const ctx = describeOutcome(phase, atKill, r, states);
       if (!(r instanceof MigError)) {
         expect(r.verified, ctx).toBe(true);
         expect(states, ctx).toEqual([S.RUNNING, S.RUNNING]);
