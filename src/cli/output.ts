@@ -120,6 +120,9 @@ export function printSummary(title: string, s: MigrationSummary, rows: [string, 
     ['verified', s.verified ? 'yes: every device digest matches' : 'no'],
     ...rows,
   ];
+  s.devices.forEach((d, i) => {
+    if (d.sourceError) lines.push([`source device ${i}`, `WARNING: not stopped after the handover (${d.sourceError.code}: ${d.sourceError.message}); close or reset it`]);
+  });
   const w = Math.max(...lines.map(([k]) => k.length)) + 2;
   process.stdout.write(`${title}\n${lines.map(([k, v]) => `  ${k.padEnd(w)}${v}`).join('\n')}\n`);
 }

@@ -502,7 +502,11 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       const downtimeMs = performance.now() - this.#downStart;
       if (running.type !== 'running') throw migError(ErrorCodes.PROTOCOL, 'expected running');
       this.#running = true;
-      await this.#latch.guard(leaveStopCopy());
+      // The destination runs the state: the migration has succeeded. A source device that cannot
+      // leave STOP_COPY now (its host died, its driver failed the arc) is the caller's to close or
+      // reset, said in its summary, not a failed migration (that made the command exit 2,
+      // "rolled back", with the state running at the destination).
+      const stopped = await Promise.allSettled(cores.map((c) => (c.state === DeviceState.STOP ? undefined : c.setState(DeviceState.STOP))));
       // The destination runs the devices: a transport that fails now loses nothing.
       await Promise.all(this.#writers.map((w) => w.finish().catch(() => {})));
       for (const t of this.#extra) t.end();
@@ -511,12 +515,16 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       const durationMs = performance.now() - this.#t0;
       const bytes = this.#bytesRead();
       const wireBytes = this.#writers.reduce((sum, w) => sum + w.wireBytes, 0);
-      const devices: DeviceSummary[] = this.#devs.map((d, i) => ({
-        bytes: d.bytes,
-        precopyBytes: d.precopyBytes,
-        validateMs: validated.validateMs[i] ?? null,
-        verified: validated.verified,
-      }));
+      const devices: DeviceSummary[] = this.#devs.map((d, i) => {
+        const left = stopped[i];
+        return {
+          bytes: d.bytes,
+          precopyBytes: d.precopyBytes,
+          validateMs: validated.validateMs[i] ?? null,
+          verified: validated.verified,
+          ...(left.status === 'rejected' ? { sourceError: errorInfo(left.reason) } : {}),
+        };
+      });
       this.#transport.end();
       return {
         ok: true,
@@ -1267,6 +1275,12 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     await Promise.allSettled(this.#devs.map((d) => d.pump));
     return err;
   }
+}
+
+/** An error's code and message, for a summary. */
+function errorInfo(err: unknown): { code: string; message: string } {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  return { code: typeof e?.code === 'string' ? e.code : 'EIO', message: typeof e?.message === 'string' ? e.message : String(err) };
 }
 
 /** Start a live migration of `opts.devices` to the destination at the other end of `opts.transport`. */

@@ -13,6 +13,12 @@ export interface DeviceSummary {
   validateMs: number | null;
   /** Source digest equalled the destination's after loading (null: the driver has no digest). */
   verified: boolean | null;
+  /**
+   * Source only: the device's own arc out of STOP_COPY failed after the destination reported its
+   * devices RUNNING (its host died, its driver failed the arc). The migration succeeded; the device
+   * is left where the failure left it, for the caller to close or reset.
+   */
+  sourceError?: { code: string; message: string };
 }
 
 export interface MigrationSummary {
