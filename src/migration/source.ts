@@ -38,7 +38,7 @@ import {
   type ReturnMessage,
 } from './control.js';
 import { FailureLatch, asPhaseError, sleep, watchRun } from './latch.js';
-import { checkP2PSet, enterP2P, enterStopCopy, hasPrecopy, resumeAll, rollbackAll, stepAll } from './p2p.js';
+import { checkP2PSet, enterP2P, enterStopCopy, hasPrecopy, resumeAll, rollbackAll } from './p2p.js';
 import { sharedCompressionPool, validateMinSaving } from '../streams/compression-pool.js';
 import { digestOf, openForward, openTransport, parseCompression, type Compression, type ForwardWriter } from './wire.js';
 import { DefaultSwitchoverPolicy, StepwiseSwitchoverPolicy, TokenBucket, policyAbortError, type SwitchoverPolicy } from './policy.js';
@@ -490,13 +490,14 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
 
       // The destination holds the state now: the source leaves STOP_COPY, but once 'running' came
       // (or cannot come), not inside the downtime: its arcs (0.1-0.3 ms on SimDevice) ran on the
-      // event loop that had 'running' to read next, often already in the same socket read.
-      const leaveStopCopy = () => stepAll(cores, () => DeviceState.STOP);
+      // event loop that had 'running' to read next, often already in the same socket read. Each
+      // device's outcome is its own (never a rejection: a device that fails here fails no other).
+      const leaveStopCopy = () => Promise.allSettled(cores.map((c) => (c.state === DeviceState.STOP ? undefined : c.setState(DeviceState.STOP))));
       this.#setPhase('resume');
       const running = await this.#expect('running').catch((err: unknown) => {
         // No 'running' (the destination failed to resume, or is gone): the source still gives the
         // state up, started here and not awaited, as a failure must not wait on a device.
-        leaveStopCopy().catch(() => {});
+        void leaveStopCopy();
         throw err;
       });
       const downtimeMs = performance.now() - this.#downStart;
@@ -506,7 +507,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       // leave STOP_COPY now (its host died, its driver failed the arc) is the caller's to close or
       // reset, said in its summary, not a failed migration (that made the command exit 2,
       // "rolled back", with the state running at the destination).
-      const stopped = await Promise.allSettled(cores.map((c) => (c.state === DeviceState.STOP ? undefined : c.setState(DeviceState.STOP))));
+      const stopped = await leaveStopCopy();
       // The destination runs the devices: a transport that fails now loses nothing.
       await Promise.all(this.#writers.map((w) => w.finish().catch(() => {})));
       for (const t of this.#extra) t.end();
