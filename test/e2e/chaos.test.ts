@@ -9,16 +9,16 @@
  * - every failure a MigError with a code and a recovery, and that recovery true of the devices;
  * - both sides settle (no hang).
  *
- * Faults: the connection cut at a random byte of either direction or frozen there (no more bytes
- * read or forwarded that way, the connection left open: a hung peer), a byte of the forward
- * stream flipped, either side aborted or a device of either side reset by its caller at a random
- * moment, a source device resetting itself mid-stream, an arc of either side failing, a device
- * read or write failing after a random byte count; with 1-2 devices of any capability word, 1 or
- * 3 channels, with or without zstd, a workload, a bandwidth cap, a downtime limit the policy must
- * abort at, a REINIT in PRE_COPY. Real unix sockets through a proxy that applies the wire faults.
- * A failing seed is printed in the assertion message; `CHAOS_SEEDS=N` runs more of them (1500
- * passed, ~1-2 min), `CHAOS_SEED=K` only seed K, printing both sides' arcs and resets (its timing
- * faults land where they land: rerun).
+ * Faults: a connection (the main one, or an extra channel) cut at a random byte of either
+ * direction or frozen there (no more bytes read or forwarded that way, the connection left open:
+ * a hung peer), a byte of the forward stream flipped, either side aborted or a device of either
+ * side reset by its caller at a random moment, a source device resetting itself mid-stream, an
+ * arc of either side failing, a device read or write failing after a random byte count; with 1-2
+ * devices of any capability word, 1 or 3 channels, with or without zstd, a workload, a bandwidth
+ * cap, a downtime limit the policy must abort at, a REINIT in PRE_COPY. Real unix sockets through
+ * a proxy that applies the wire faults. A failing seed is printed in the assertion message;
+ * `CHAOS_SEEDS=N` runs more of them (600 passed in ~2.5 min), `CHAOS_SEED=K` only seed K, printing
+ * both sides' arcs and resets (its timing faults land where they land: rerun).
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -127,6 +127,8 @@ interface Plan {
   /** ...or, after this many bytes of a direction, stop reading it and forward nothing more, the connection left open (a hung peer). */
   freezeForward?: number;
   freezeBack?: number;
+  /** Which connection the wire faults strike, in accept order (0, the main one, unless set: an extra channel). */
+  faultConn?: number;
   flipForward?: number;
   abortAfterMs?: number;
   /** receive()'s abort, or a caller's reset of a destination device, at a random moment. */
@@ -166,6 +168,8 @@ function plan(seed: number, forward: number, back: number): Plan {
   if (r() < 0.15) p.limitMs = 1;
   if (r() < 0.15) p.bandwidth = 50e6;
   if (r() < 0.2) p.reinitAfterMs = r() * 30;
+  // With channels, a wire fault strikes an extra channel half the time.
+  if (p.channels > 1 && r() < 0.5) p.faultConn = 1 + Math.floor(r() * (p.channels - 1));
   const fault = pick(['cutForward', 'cutBack', 'freezeForward', 'freezeBack', 'flipForward', 'abort', 'dstAbort', 'dstReset', 'srcReset', 'srcCoreReset', 'srcArc', 'dstArc', 'srcRead', 'dstWrite'] as const);
   switch (fault) {
     case 'cutForward':
@@ -234,20 +238,21 @@ async function run(p: Plan): Promise<Outcome> {
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   const listener = await listenTransport(`unix:${join(dir, 'd.sock')}`);
   cleanups.push(() => listener.close());
-  // One main connection's forward and return bytes are counted and faulted; extra channels pass.
-  const count = { forward: 0, back: 0 };
-  let main = true;
+  // Each connection's bytes are counted; the wire faults strike one of them (the main one unless
+  // the plan names an extra channel), and a cut or a closed socket ends that connection alone: the
+  // migration must notice and close the others itself.
+  const counts: { forward: number; back: number }[] = [];
   const socks: net.Socket[] = [];
   const cutAll = () => socks.forEach((s) => s.destroy());
-  /** Relay `from` to `to`, applying one direction's faults to the main connection. */
-  const relay = (from: net.Socket, to: net.Socket, isMain: boolean, dir: 'forward' | 'back', cutAt?: number, freezeAt?: number, flipAt?: number) => {
+  /** Relay `from` to `to`, with one direction's faults when `faulted`; `cut` ends this connection. */
+  const relay = (from: net.Socket, to: net.Socket, count: { forward: number; back: number }, faulted: boolean, dir: 'forward' | 'back', cut: () => void, cutAt?: number, freezeAt?: number, flipAt?: number) => {
     from.on('data', (chunk: Buffer) => {
-      if (isMain) {
-        const seen = count[dir];
+      const seen = count[dir];
+      if (faulted) {
         if (cutAt !== undefined && seen + chunk.length > cutAt) {
           to.write(chunk.subarray(0, cutAt - seen));
           count[dir] = cutAt;
-          return cutAll();
+          return cut();
         }
         if (freezeAt !== undefined && seen + chunk.length > freezeAt) {
           if (seen < freezeAt) to.write(chunk.subarray(0, freezeAt - seen));
@@ -259,21 +264,26 @@ async function run(p: Plan): Promise<Outcome> {
           chunk = Buffer.from(chunk);
           chunk[flipAt - seen] ^= 0x5a;
         }
-        count[dir] += chunk.length;
       }
+      count[dir] += chunk.length;
       to.write(chunk);
     });
   };
   const server = net.createServer((down) => {
     const up = net.connect(listener.address);
     socks.push(down, up);
-    const isMain = main;
-    main = false;
-    relay(down, up, isMain, 'forward', p.cutForward, p.freezeForward, p.flipForward);
-    relay(up, down, isMain, 'back', p.cutBack, p.freezeBack);
+    const count = { forward: 0, back: 0 };
+    const faulted = counts.length === (p.faultConn ?? 0);
+    counts.push(count);
+    const cut = () => {
+      down.destroy();
+      up.destroy();
+    };
+    relay(down, up, count, faulted, 'forward', cut, p.cutForward, p.freezeForward, p.flipForward);
+    relay(up, down, count, faulted, 'back', cut, p.cutBack, p.freezeBack);
     for (const s of [up, down]) {
-      s.on('error', cutAll);
-      s.on('close', cutAll);
+      s.on('error', cut);
+      s.on('close', cut);
     }
   });
   const proxyPath = join(dir, 'p.sock');
@@ -325,7 +335,7 @@ async function run(p: Plan): Promise<Outcome> {
   for (const t of timers) clearTimeout(t);
   cutAll();
   await quiet([...src.cores, ...dst.cores]);
-  return { src, dst, before, srcResult, dstResult, forward: count.forward, back: count.back };
+  return { src, dst, before, srcResult, dstResult, forward: counts[0]?.forward ?? 0, back: counts[0]?.back ?? 0 };
 }
 
 async function check(seed: number, p: Plan, o: Outcome): Promise<void> {
