@@ -484,9 +484,9 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       if (checkpoint) return await this.#finishCheckpoint();
 
       this.#setPhase('validate');
+      // #onReturn marked the point of no return (#validated) as 'validated' arrived, and released.
       const validated = await this.#expect('validated');
       if (validated.type !== 'validated') throw migError(ErrorCodes.PROTOCOL, 'expected validated');
-      this.#validated = true;
 
       // The destination holds the state now: the source leaves STOP_COPY, but once 'running' came
       // (or cannot come), not inside the downtime: its arcs (0.1-0.3 ms on SimDevice) ran on the
