@@ -18,7 +18,7 @@ import type { Duplex } from 'node:stream';
 import type { MigrationCore } from '../fsm/core.js';
 import { ErrorCodes, type MigError, migError } from '../fsm/errors.js';
 import type { TransportOptions } from '../transport/types.js';
-import { CONTROL_PROTOCOL_VERSION, FrameParser, parseReturnMessage, type ControlFeatures, type ForwardMessage, type ReturnMessage } from './control.js';
+import { CONTROL_PROTOCOL_VERSION, FrameParser, SOURCE_FEATURES, parseReturnMessage, type ControlFeatures, type ForwardMessage, type ReturnMessage } from './control.js';
 import { asPhaseError } from './latch.js';
 import { checkP2PSet, hasPrecopy } from './p2p.js';
 import { openForward, openTransport, type ForwardWriter } from './wire.js';
@@ -51,8 +51,6 @@ export interface CheckResult {
   ms: number;
 }
 
-/** What the source offers in a check's hello (as migrate() does). */
-const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true, release: true };
 const DEFAULT_TIMEOUT_MS = 15_000;
 /** How long the abort to a destination that does not know checks may take to reach the kernel. */
 const ABORT_FLUSH_MS = 500;
@@ -134,7 +132,7 @@ async function check(opts: CheckOptions): Promise<CheckResult> {
     const hello: ForwardMessage = {
       type: 'hello',
       version: CONTROL_PROTOCOL_VERSION,
-      features: FEATURES,
+      features: SOURCE_FEATURES,
       devices: identities,
       precopy: opts.devices.map((c) => hasPrecopy(c)),
       channels,

@@ -40,6 +40,9 @@ export interface ControlFeatures {
   release?: boolean;
 }
 
+/** What a source offers in its hello: migrate()'s, and a pre-flight check's (which asks as migrate() would). */
+export const SOURCE_FEATURES: Readonly<ControlFeatures> = { switchoverAck: true, digest: true, loaded: true, release: true };
+
 /** Period of the destination's 'loaded' reports in PRE_COPY. */
 export const LOADED_REPORT_MS = 100;
 

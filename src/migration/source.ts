@@ -29,6 +29,7 @@ import { chunksOf } from '../streams/chunks.js';
 import { RecordType, ROUND_FLAG_EMPTY } from '../streams/wire-format.js';
 import {
   CONTROL_PROTOCOL_VERSION,
+  SOURCE_FEATURES,
   FrameParser,
   LOADED_REPORT_MS,
   parseReturnMessage,
@@ -171,9 +172,8 @@ const PRECOPY_PROGRESS_MS = 100;
 /** Bytes queued before the link at both ends of a tick for it to sample the whole path's rate. */
 const PIPELINE_BACKLOG_BYTES = 256 * 1024;
 
-const FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true, release: true };
 /** A checkpoint has no return path: nobody reads 'validated', nobody waits for 'release'. */
-const CHECKPOINT_FEATURES: ControlFeatures = { switchoverAck: true, digest: true, loaded: true };
+const CHECKPOINT_FEATURES: ControlFeatures = { ...SOURCE_FEATURES, release: false };
 /** Round trips timed before PRE_COPY (the first one warms both sides' code paths). */
 const PINGS = 5;
 /** How long a failed migration waits for its `abort` record to reach the kernel, ms. */
@@ -403,7 +403,7 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       await this.#send({
         type: 'hello',
         version: CONTROL_PROTOCOL_VERSION,
-        features: checkpoint ? CHECKPOINT_FEATURES : FEATURES,
+        features: checkpoint ? CHECKPOINT_FEATURES : SOURCE_FEATURES,
         devices: identities,
         precopy: this.#devs.map((d) => d.precopy),
         channels,
