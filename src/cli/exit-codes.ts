@@ -25,6 +25,11 @@ export const ExitCode = {
   USAGE: 64,
   /** The input stream or file is corrupt or truncated, or its digest does not match (EX_DATAERR). */
   DATA: 65,
+  /**
+   * A fault of the command itself (EX_SOFTWARE): an exception it did not turn into a result, or its
+   * process left with nothing to wait for and the command still unfinished. Never a success.
+   */
+  INTERNAL: 70,
 } as const;
 
 const DATA_CODES = new Set<string>([ErrorCodes.CORRUPT, ErrorCodes.TRUNCATED, ErrorCodes.DIGEST, ErrorCodes.UNSUPPORTED]);

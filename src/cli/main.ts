@@ -49,6 +49,7 @@ exit codes:
       stopped and hold the state; nothing was resumed or reset
   64  usage error
   65  corrupt or truncated stream or file, or a digest mismatch
+  70  internal error of the command
 `;
 
 /**
@@ -90,4 +91,30 @@ export async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
+}
+
+/**
+ * Run a command as the process (bin/vfio-mig.js): its exit code becomes the process's. An exception
+ * exits 70 with its stack on stderr; so does an event loop that empties before the command settles
+ * (an unsettled promise and nothing left to wake it, which Node would otherwise end with exit 0: a
+ * command that never finished reported as a success).
+ */
+export function runMain(run: (argv: string[]) => Promise<number> = main, argv: string[] = process.argv.slice(2)): void {
+  let settled = false;
+  process.once('beforeExit', () => {
+    if (settled) return;
+    process.stderr.write('vfio-mig: internal error: the command stopped with its work unfinished (an await nothing could settle)\n');
+    process.exitCode = ExitCode.INTERNAL;
+  });
+  run(argv).then(
+    (code) => {
+      settled = true;
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      settled = true;
+      process.stderr.write(`vfio-mig: ${err instanceof Error && err.stack ? err.stack : String(err)}\n`);
+      process.exitCode = ExitCode.INTERNAL;
+    },
+  );
 }

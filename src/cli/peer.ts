@@ -256,7 +256,11 @@ export async function receiveCommand(argv: string[]): Promise<number> {
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    await Promise.race([listener.close(), new Promise((r) => setTimeout(r, 1000).unref())]);
+    // At most a second for the listener (a ref'd timer: an unref'd one left this await to an event
+    // loop that could empty first, and the command's code was lost).
+    let grace: NodeJS.Timeout | undefined;
+    await Promise.race([listener.close(), new Promise((r) => (grace = setTimeout(r, 1000)))]);
+    clearTimeout(grace);
     sims.close();
     await pool?.close();
     if (ipc) process.disconnect?.();

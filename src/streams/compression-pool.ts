@@ -510,6 +510,10 @@ export class CompressionPool {
     for (const s of slots) for (const j of s.jobs.values()) j.reject(err);
     this.#freeSlabs.clear();
     this.#freeSlabBytes = 0;
+    // Ref'd until each has exited: an unref'd worker's pending terminate() does not keep the event
+    // loop alive, and a process whose last work is this await then ended with it unsettled (the
+    // CLI exited 0 with its command unfinished). #updateRef keeps them so from here on.
+    for (const s of slots) s.worker.ref();
     await Promise.all(slots.map((s) => s.worker.terminate()));
   }
 
@@ -673,7 +677,8 @@ export class CompressionPool {
    * while it has jobs; an idle booted worker never does.
    */
   #updateRef(slot: Slot): void {
-    if (!slot.ready || slot.jobs.size > 0) slot.worker.ref();
+    // A worker that boots after close() (its ready message comes while it is being terminated) stays ref'd.
+    if (!slot.ready || slot.jobs.size > 0 || this.#closed) slot.worker.ref();
     else slot.worker.unref();
   }
 }

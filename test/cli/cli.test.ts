@@ -214,6 +214,23 @@ describe('conventions', () => {
     expect((await cli(['frobnicate'])).code).toBe(64);
     expect((await cli([])).code).toBe(64);
   });
+
+  // The bin's runMain: a command whose last await nothing can settle (the pool close that lost its
+  // worker's ref did this) ended as exit 0, unfinished work reported as success; now 70.
+  it('runMain: the command\'s code, 70 for a throw, and 70 (not 0) when the event loop empties before the command settles', async () => {
+    await ensureBuilt();
+    const mainUrl = JSON.stringify(new URL('../../dist/cli/main.js', import.meta.url).href);
+    const run = (body: string) =>
+      spawnSync(process.execPath, ['--input-type=module', '-e', `import { runMain } from ${mainUrl};\nrunMain(${body}, []);`], { encoding: 'utf8', timeout: 20_000 });
+    const ok = run('async () => 3');
+    expect(ok.status, ok.stderr).toBe(3);
+    const threw = run("async () => { throw new Error('boom'); }");
+    expect(threw.status).toBe(70);
+    expect(threw.stderr).toMatch(/vfio-mig: Error: boom/);
+    const stuck = run('() => new Promise(() => {})');
+    expect(stuck.status).toBe(70);
+    expect(stuck.stderr).toMatch(/internal error: the command stopped with its work unfinished/);
+  });
 });
 
 describe('save / restore / inspect', () => {
@@ -282,13 +299,13 @@ describe('save / restore / inspect', () => {
       const short = await cli(['restore', '--json', '--size', '8MiB', truncated]);
       expect(short.code).toBe(65);
       expect(JSON.parse(short.stdout.trim()).error.code).toBe('VFIO_MIG_ERR_TRUNCATED');
-      // The corrupt file through the worker: the same typed error.
       // Not a vfio-mig stream at all (its first bytes): CORRUPT at once, not a connection to skip.
       const junk = join(dir, 'junk.vfm');
       writeFileSync(junk, Buffer.alloc(4096, 0x78));
       const notOurs = await cli(['restore', '--json', '--size', '8MiB', junk]);
       expect(notOurs.code).toBe(65);
       expect(JSON.parse(notOurs.stdout.trim()).error.code).toBe('VFIO_MIG_ERR_CORRUPT');
+      // The corrupt file through the worker: the same typed error.
       const badPooled = await cli(['restore', '--json', '--size', '8MiB', '--decompression-workers', '1', corrupt]);
       expect(badPooled.code).toBe(65);
       expect(JSON.parse(badPooled.stdout.trim()).error.code).toMatch(/VFIO_MIG_ERR_(CORRUPT|DIGEST)/);

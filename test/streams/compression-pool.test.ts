@@ -104,6 +104,28 @@ describe('CompressionPool', () => {
     });
   }
 
+  // The other side of the same switch: a worker's ready message read after close() unref'd it, and
+  // an unref'd worker's pending terminate() does not hold the event loop. A process whose last work
+  // was `await pool.close()` then ended with that await unsettled (exit 13 here; `vfio-mig restore
+  // --decompression-workers 1` of a corrupt file exited 0 with its command unfinished, once in CI).
+  // The child blocks its event loop while the worker boots, so the ready message waits until after
+  // close(): the old code lost the await every time.
+  it('close() while a worker boots settles, its ready message read after the close included', async () => {
+    await ensureBuilt();
+    const script = [
+      `import { CompressionPool } from ${JSON.stringify(pathToFileURL(join(ROOT, 'dist', 'index.js')).href)};`,
+      'const pool = new CompressionPool({ size: 2 });',
+      'pool.warm().catch(() => {});',
+      'const until = Date.now() + 800;',
+      'while (Date.now() < until);',
+      'await pool.close();',
+      "process.stdout.write('closed');",
+    ].join('\n');
+    const { out, err, exited } = await nodeChild(['--input-type=module', '-e', script]);
+    expect(out, err).toBe('closed');
+    expect(exited).toBe(0);
+  });
+
   // Node refuses V8 and per-process flags in a worker's explicit execArgv (ERR_WORKER_INVALID_EXEC_ARGV):
   // an agent started with `--max-old-space-size` (or `--trace-gc`, `--expose-gc`, next to flags a worker
   // may take, like --no-deprecation) must still compress and decompress.
