@@ -15,7 +15,8 @@
  * side reset by its caller at a random moment, a source device resetting itself mid-stream, an
  * arc of either side failing, a device read or write failing after a random byte count; with 1-2
  * devices of any capability word, 1 or 3 channels, with or without zstd, a workload, a bandwidth
- * cap, a downtime limit the policy must abort at, a REINIT in PRE_COPY. Real unix sockets through
+ * cap, a downtime limit the policy must abort at, a REINIT in PRE_COPY; with zstd, a destination
+ * decompressing in a pool of one worker, booted before or booting. Real unix sockets through
  * a proxy that applies the wire faults. A failing seed is printed in the assertion message;
  * `CHAOS_SEEDS=N` runs more of them (600 passed in ~2.5 min), `CHAOS_SEED=K` only seed K, printing
  * both sides' arcs and resets (its timing faults land where they land: rerun).
@@ -33,6 +34,7 @@ import { receive } from '../../src/migration/destination.js';
 import { migrate } from '../../src/migration/source.js';
 import type { MigrationSummary } from '../../src/migration/summary.js';
 import { listenTransport } from '../../src/transport/index.js';
+import { CompressionPool } from '../../src/streams/compression-pool.js';
 
 const S = DeviceState;
 const MiB = 1024 * 1024;
@@ -114,6 +116,12 @@ interface Plan {
   devices: number;
   channels: number;
   zstd: boolean;
+  /**
+   * With zstd: the destination decompresses in a pool of one worker (fresh, closed after the run),
+   * booted before the run ('warm': every frame goes to it) or not ('cold': it boots while the
+   * first frames decompress on the event loop, and a fault may strike while it boots).
+   */
+  pool?: 'warm' | 'cold';
   /** Capability word of every device (0x7 all; 0x5 no P2P; 0x3 no PRE_COPY; 0x1 neither). */
   flags?: number;
   /** The source's workload, bytes/s: PRE_COPY rounds and a state that changes while it runs. */
@@ -163,6 +171,11 @@ function plan(seed: number, forward: number, back: number): Plan {
   const r = prng(seed);
   const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)];
   const p: Plan = { devices: 1 + Math.floor(r() * 2), channels: r() < 0.3 ? 3 : 1, zstd: r() < 0.3 };
+  // From a PRNG of its own, so that adding this choice left every earlier seed's plan as it was.
+  if (p.zstd) {
+    const q = prng(seed ^ 0x5eed)();
+    if (q < 0.6) p.pool = q < 0.3 ? 'warm' : 'cold';
+  }
   if (r() < 0.3) p.flags = pick([0x5, 0x3, 0x1]);
   if (r() < 0.3) p.dirtyRate = 8 * MiB;
   if (r() < 0.15) p.limitMs = 1;
@@ -296,7 +309,11 @@ async function run(p: Plan): Promise<Outcome> {
   const before = src.sims.map((s) => s.digest());
   // A hung peer is found by the stall timeout: shorter where the plan hangs one, to keep the suite quick.
   const stallTimeoutMs = p.freezeForward !== undefined || p.freezeBack !== undefined ? 1500 : 3000;
-  const incoming = receive({ devices: dst.cores, transport: listener, stallTimeoutMs });
+  // Closed once both sides settled (the cleanup closes it too if the run threw before that).
+  const pool = p.pool !== undefined ? new CompressionPool({ size: 1 }) : null;
+  if (pool !== null) cleanups.push(() => pool.close());
+  if (p.pool === 'warm') await pool!.warm();
+  const incoming = receive({ devices: dst.cores, transport: listener, stallTimeoutMs, decompressionPool: pool });
   const m = migrate({
     devices: src.cores,
     transport: `unix:${proxyPath}`,
@@ -334,6 +351,8 @@ async function run(p: Plan): Promise<Outcome> {
   const [srcResult, dstResult] = await Promise.all([settle(m.done), settle(incoming.done)]);
   for (const t of timers) clearTimeout(t);
   cutAll();
+  // Whatever the fault left in the pool (jobs in flight, a worker still booting), its close settles.
+  await pool?.close();
   await quiet([...src.cores, ...dst.cores]);
   return { src, dst, before, srcResult, dstResult, forward: counts[0]?.forward ?? 0, back: counts[0]?.back ?? 0 };
 }
