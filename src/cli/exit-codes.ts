@@ -43,7 +43,8 @@ export function exitCodeFor(err: unknown, side: 'source' | 'destination' | 'rest
   if (err.code === ErrorCodes.USAGE) return ExitCode.USAGE;
   if (err.code === ErrorCodes.INCOMPATIBLE && err.phase === 'handshake') return ExitCode.REFUSED;
   if (side === 'restore' || side === 'inspect') return DATA_CODES.has(err.code) ? ExitCode.DATA : ExitCode.FAILED;
-  if (side === 'source' && err.recovery === 'failed') return ExitCode.FAILED;
+  // A device that could not be walked back (source) or reset (destination): its state may be lost.
+  if (err.recovery === 'failed') return ExitCode.FAILED;
   if (err.recovery === 'held') return ExitCode.HELD;
   if (err.code === ErrorCodes.POLICY_ABORT) return ExitCode.POLICY_ABORT;
   if (err.code === ErrorCodes.ABORTED) return ExitCode.ABORTED;

@@ -114,9 +114,12 @@ export type ReturnMessage =
   | { type: 'running'; resumeMs: number; drainMs: number }
   /**
    * The destination failed: it has reset its devices, or, after 'validated' and before 'release',
-   * keeps them stopped with the state (see MigError recovery 'held').
+   * keeps them stopped with the state (see MigError recovery 'held'). `returned`: sent after
+   * 'validated' (a device reset, a resume that failed), it has reset every device, so nothing of
+   * the state runs there: the source, which still holds it, runs it again. A source that does not
+   * know the field holds the state, as before it.
    */
-  | { type: 'error'; code: string; message: string; phase: MigrationPhase }
+  | { type: 'error'; code: string; message: string; phase: MigrationPhase; returned?: boolean }
   /** Answer to 'ping'. */
   | { type: 'pong'; id: number }
   /** Raw device bytes the destination's devices have taken so far (all channels). */
@@ -191,6 +194,7 @@ export function parseReturnMessage(value: unknown): ReturnMessage {
     case 'refuse':
     case 'error':
       if (typeof value.code !== 'string' || typeof value.message !== 'string') throw protocolError(`malformed ${value.type}`);
+      if (value.returned !== undefined && typeof value.returned !== 'boolean') throw protocolError('malformed error');
       break;
     case 'switchover-ack':
       if (typeof value.epoch !== 'number') throw protocolError('malformed switchover-ack');

@@ -866,25 +866,32 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       } else {
         err.recovery = 'none';
       }
-    } else if (!this.#released) {
-      // Validated, not released. A source that aborts has not read 'validated' and runs the state
-      // again: reset ours, as before the validation (and so after a device reset). Otherwise (the
-      // connection lost, a stall, our own abort) the source may have released it: resuming could
-      // run the state twice, a reset could lose it. The devices stay stopped with it and the
-      // caller decides ('held').
+    } else {
+      // Validated. Until 'running' reaches it the source holds the state too, stopped (it never
+      // lets go of a copy before then). A source that aborts has not read 'validated' and runs the
+      // state again: reset ours, as before the validation.
       for (const d of this.#devs) d.stream?.destroy();
-      if (fromSource || this.#lostState) {
-        // (A device reset meanwhile holds nothing: the rest are reset too, and the source, told
-        // below, still holds the state itself.)
-        if (!fromSource) this.#reply({ type: 'error', code: err.code, message: err.message, phase: (err.phase ?? this.#phase) as MigrationPhase });
+      const phase = (err.phase ?? this.#phase) as MigrationPhase;
+      if (fromSource) {
         await resetAll(this.#opts.devices);
         err.recovery = 'reset';
+      } else if (this.#lostState || this.#released) {
+        // The state cannot run here: a device was reset (what it loaded is gone), or the resume
+        // failed with the source's release in (its devices part RUNNING, part not, some maybe in
+        // ERROR). Give it back: reset every device, then tell the source that nothing of it runs
+        // here (`returned`), and the source, which still holds it, runs it again. A reset that
+        // fails leaves a device that may run it: then the source is not told to, and holds it.
+        const clean = await resetAll(this.#opts.devices);
+        this.#reply({ type: 'error', code: err.code, message: err.message, phase, ...(clean ? { returned: true } : {}) });
+        err.recovery = clean ? 'reset' : 'failed';
       } else {
-        this.#reply({ type: 'error', code: err.code, message: err.message, phase: (err.phase ?? this.#phase) as MigrationPhase });
+        // The connection lost, a stall, our own abort, before the release: the source may have
+        // released the state (its 'release' on the way) or not. Resuming could run it twice and a
+        // reset could lose it (a source killed since holds nothing): the devices stay stopped with
+        // it and the caller decides ('held').
+        this.#reply({ type: 'error', code: err.code, message: err.message, phase });
         err.recovery = 'held';
       }
-    } else {
-      err.recovery = 'none';
     }
     this.#decoder?.destroy();
     for (const dec of this.#extraDecoders) dec.destroy();

@@ -114,7 +114,11 @@ export async function rollbackAll(cores: readonly MigrationCore[]): Promise<{ de
   return out;
 }
 
-/** Destination cleanup: reset every device (the only way out of RESUMING that will not validate). */
-export async function resetAll(cores: readonly MigrationCore[]): Promise<void> {
-  await Promise.allSettled(cores.map((c) => c.reset()));
+/**
+ * Destination cleanup: reset every device (the only way out of RESUMING that will not validate).
+ * True when every reset succeeded.
+ */
+export async function resetAll(cores: readonly MigrationCore[]): Promise<boolean> {
+  const out = await Promise.allSettled(cores.map((c) => c.reset()));
+  return out.every((r) => r.status === 'fulfilled');
 }

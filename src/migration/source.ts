@@ -245,6 +245,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   #phases: Partial<Record<MigrationPhase, number>>;
   #lastProgressAt: number;
   #validated: boolean;
+  /** The destination gave the state back after 'validated' (its 'error' with `returned`): roll back after all. */
+  #returned = false;
   /** The destination takes the handover ('ready' features `release`): 'validated' is answered with 'release'. */
   #releases = false;
   /** The destination acknowledges the initial data ('ready' features `switchoverAck`). */
@@ -1114,7 +1116,10 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
       return;
     }
     if (msg.type === 'error') {
-      this.#latch.fail(migError(msg.code, `destination failed in phase ${msg.phase}: ${msg.message}`, { phase: msg.phase }));
+      // `returned`: the destination reset every device after 'validated': nothing of the state runs
+      // there, and this side, which still holds it, may run it again (#rollback).
+      if (msg.returned === true && this.#latch.error === null && !this.#running) this.#returned = true;
+      this.#latch.fail(migError(msg.code, `destination failed in phase ${msg.phase}: ${msg.message}${msg.returned === true ? ' (it reset its devices and gave the state back)' : ''}`, { phase: msg.phase }));
       return;
     }
     if (msg.type === 'validated') {
@@ -1239,7 +1244,8 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     const err = asPhaseError(this.#latch.error ?? e, this.#phase);
     this.#latch.fail(err);
     const phase = (err.phase ?? this.#phase) as MigrationPhase;
-    if (!this.#validated) {
+    // Before 'validated', or after it with the state given back: the devices go back to RUNNING.
+    if (!this.#validated || this.#returned) {
       const w = this.#w;
       const live = w !== null && this.#transport !== null && !this.#transport.destroyed;
       // Best effort: a destination that still listens resets at once instead of at transport loss,

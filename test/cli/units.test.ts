@@ -77,6 +77,9 @@ describe('exit codes', () => {
     expect(exitCodeFor(migError('VFIO_MIG_ERR_POLICY_ABORT', 'x', { recovery: 'recovered' }), 'source')).toBe(ExitCode.POLICY_ABORT);
     expect(exitCodeFor(migError('VFIO_MIG_ERR_TRANSPORT', 'x', { recovery: 'recovered' }), 'source')).toBe(ExitCode.ROLLED_BACK);
     expect(exitCodeFor(migError('VFIO_MIG_ERR_TRANSPORT', 'x', { recovery: 'failed' }), 'source')).toBe(ExitCode.FAILED);
+    // A destination device whose reset failed may still hold or run the state: not "rolled back".
+    expect(exitCodeFor(migError('EIO', 'x', { recovery: 'failed', phase: 'resume' }), 'destination')).toBe(ExitCode.FAILED);
+    expect(exitCodeFor(migError('EIO', 'x', { recovery: 'reset', phase: 'resume' }), 'destination')).toBe(ExitCode.ROLLED_BACK);
     expect(exitCodeFor(migError('VFIO_MIG_ERR_TRANSPORT', 'x', { recovery: 'held', phase: 'resume' }), 'source')).toBe(ExitCode.HELD);
     expect(exitCodeFor(migError('VFIO_MIG_ERR_STALLED', 'x', { recovery: 'held', phase: 'resume' }), 'destination')).toBe(ExitCode.HELD);
     expect(ExitCode.HELD).toBe(6);

@@ -256,7 +256,7 @@ describe('the handover: never both sides running', () => {
     expect(await states(dst)).toEqual([S.RUNNING, S.RUNNING]);
   });
 
-  it("a destination device reset while it waits for 'release': it resets all and says so; the source, released, holds the state", async () => {
+  it("a destination device reset while it waits for 'release': it resets all and gives the state back; the source, released, runs it again", async () => {
     const { p, src, dst, before, incoming, run } = await pair(1, (c) => (has(c, 'release') ? 'hold' : 'pass'), () => 'pass');
     incoming.on('phase', (e: { phase: string }) => {
       if (e.phase !== 'resume') return;
@@ -265,15 +265,42 @@ describe('the handover: never both sides running', () => {
     const [srcErr, dstErr] = await Promise.all([settle(run), settle(incoming)]);
     expect(dstErr?.code).toBe('ENODEV');
     expect(dstErr?.recovery).toBe('reset');
-    // The source had released the state when the error came: it holds it, stopped, intact.
+    // The source had released the state when the error came, but still held it, stopped; told
+    // that nothing of it runs at the destination (`returned`), it runs it again, intact. (Until
+    // 2026-12-08 it held it, 'held', for its caller to resume by hand.)
     expect(srcErr?.code).toBe('ENODEV');
-    expect(srcErr?.recovery).toBe('held');
-    await eventually(src, S.STOP);
-    expect(src.sims.map((s) => s.digest())).toEqual(before);
-    // So the caller runs the source's copy again.
-    await src.cores[0].setState(S.RUNNING);
+    expect(srcErr?.recovery).toBe('recovered');
     expect(await states(src)).toEqual([S.RUNNING]);
+    expect(src.sims.map((s) => s.digest())).toEqual(before);
   });
+
+  // Two devices, the second failing its last arc: the first runs the state already when the resume
+  // fails. Until 2026-12-08 the destination stopped there ('none': one device RUNNING, one
+  // RUNNING_P2P) and the source, told nothing, held the whole state stopped ('held').
+  for (const toError of [false, true]) {
+    it(`a resume that fails half way after the release (${toError ? 'the device in ERROR' : 'the arc refused'}): every destination device reset, the source runs its state again`, async () => {
+      const dir = tempDir();
+      const l = await listenTransport(`unix:${join(dir, 'd.sock')}`);
+      cleanups.push(() => l.close());
+      const src = sims(2);
+      const dst = makeSims(2, { size: SIZE }, (i) => (i === 1 ? { faults: { arc: { from: S.RUNNING_P2P, to: S.RUNNING, code: 'EIO', toError } } } : {}));
+      cleanups.push(() => dst.close());
+      const before = src.sims.map((s) => s.digest());
+      const incoming = receive({ devices: dst.cores, transport: l, stallTimeoutMs: 5000 });
+      const run = migrate({ devices: src.cores, transport: l.url, downtimeLimitMs: 1000, stallTimeoutMs: 5000 });
+      const [srcErr, dstErr] = await Promise.all([settle(run), settle(incoming)]);
+      expect(dstErr?.code).toBe('EIO');
+      expect(dstErr?.phase).toBe('resume');
+      expect(dstErr?.recovery).toBe('reset');
+      // Device 0 had reached RUNNING with the state: it was reset too, after that arc.
+      expect(dst.arcs.some(([i, , to]) => i === 0 && to === S.RUNNING)).toBe(true);
+      expect([...new Set(dst.resets)].sort()).toEqual([0, 1]);
+      expect(srcErr?.code).toBe('EIO');
+      expect(srcErr?.recovery).toBe('recovered');
+      expect(await states(src)).toEqual([S.RUNNING, S.RUNNING]);
+      expect(src.sims.map((s) => s.digest())).toEqual(before);
+    });
+  }
 
   it('a source that does not release (a checkpoint streamed into a socket): the destination resumes at commit', async () => {
     const dir = tempDir();
