@@ -336,6 +336,11 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
         this.#setPhase('connect');
       }
     } catch (e) {
+      // Resumed, the devices run the state and 'running' is sent: whatever fails after that (the
+      // caller's abort, a connection lost before the source's STREAM_END) ends nothing; the
+      // migration succeeded. (#consume returns its summary then; this is for a failure seen here,
+      // through the latch, first.)
+      if (this.#resumed) return this.#summary();
       throw await this.#cleanup(e);
     } finally {
       unwatch();
@@ -815,10 +820,14 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
   }
 
   #reply(msg: ReturnMessage): void {
+    if (!this.#canReply()) return;
+    (this.#transport as Duplex).write(encodeFrame(msg));
+  }
+
+  /** Is there a return path to write to? (A checkpoint file has none: a Readable has no `writable`.) */
+  #canReply(): boolean {
     const t = this.#transport as Duplex | null;
-    // A checkpoint file has no return path: a Readable has no `writable`.
-    if (t === null || t.destroyed || t.writable !== true) return;
-    t.write(encodeFrame(msg));
+    return t !== null && !t.destroyed && t.writable === true;
   }
 
   #setPhase(phase: MigrationPhase): void {
@@ -875,20 +884,21 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       if (fromSource) {
         await resetAll(this.#opts.devices);
         err.recovery = 'reset';
-      } else if (this.#lostState || this.#released) {
-        // The state cannot run here: a device was reset (what it loaded is gone), or the resume
-        // failed with the source's release in (its devices part RUNNING, part not, some maybe in
-        // ERROR). Give it back: reset every device, then tell the source that nothing of it runs
-        // here (`returned`), and the source, which still holds it, runs it again. A reset that
-        // fails leaves a device that may run it: then the source is not told to, and holds it.
+      } else if (this.#lostState || this.#released || (err.code === ErrorCodes.ABORTED && this.#canReply())) {
+        // The state cannot or shall not run here: a device was reset (what it loaded is gone), the
+        // resume failed with the source's release in (its devices part RUNNING, part not, some
+        // maybe in ERROR), or our caller aborted while the source can still be told. Give it back:
+        // reset every device, then tell the source that nothing of it runs here (`returned`), and
+        // the source, which still holds it, runs it again. A reset that fails leaves a device that
+        // may run it: then the source is not told to, and holds it.
         const clean = await resetAll(this.#opts.devices);
         this.#reply({ type: 'error', code: err.code, message: err.message, phase, ...(clean ? { returned: true } : {}) });
         err.recovery = clean ? 'reset' : 'failed';
       } else {
-        // The connection lost, a stall, our own abort, before the release: the source may have
-        // released the state (its 'release' on the way) or not. Resuming could run it twice and a
-        // reset could lose it (a source killed since holds nothing): the devices stay stopped with
-        // it and the caller decides ('held').
+        // The connection lost or a stall, before the release: the source may have released the
+        // state (its 'release' on the way) or not, and may be gone. Resuming could run it twice
+        // and a reset could lose it (a source killed since holds nothing): the devices stay
+        // stopped with it and the caller decides ('held').
         this.#reply({ type: 'error', code: err.code, message: err.message, phase });
         err.recovery = 'held';
       }

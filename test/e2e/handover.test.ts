@@ -274,6 +274,54 @@ describe('the handover: never both sides running', () => {
     expect(src.sims.map((s) => s.digest())).toEqual(before);
   });
 
+  // Until 2026-12-08 both sides ended 'held' here, for their callers to settle.
+  it("the destination's caller aborts while it waits for 'release': it resets and gives the state back; the source runs it again", async () => {
+    const { p, src, dst, before, incoming, run } = await pair(1, (c) => (has(c, 'release') ? 'hold' : 'pass'), () => 'pass');
+    incoming.on('phase', (e: { phase: string }) => {
+      if (e.phase !== 'resume') return;
+      incoming.abort('operator cancelled');
+      // The source's release, held until now, reaches a destination that already gave up.
+      setTimeout(() => p.flush(), 20);
+    });
+    const [srcErr, dstErr] = await Promise.all([settle(run), settle(incoming)]);
+    expect(dstErr?.code).toBe(ErrorCodes.ABORTED);
+    expect(dstErr?.recovery).toBe('reset');
+    expect(dst.resets).toEqual([0]);
+    expect(srcErr?.code).toBe(ErrorCodes.ABORTED);
+    expect(srcErr?.message).toMatch(/operator cancelled.*gave the state back/);
+    expect(srcErr?.recovery).toBe('recovered');
+    expect(await states(src)).toEqual([S.RUNNING]);
+    expect(src.sims.map((s) => s.digest())).toEqual(before);
+  });
+
+  // Found by the chaos test (seed 406) once the abort above gave the state back: an abort that came
+  // after 'running' had left, while the destination waited for the source's STREAM_END, reached
+  // #run through the latch and reset devices that ran the state the source had let go of (the
+  // source succeeded, nothing ran it). Before that change the same abort failed a destination whose
+  // devices ran the state ('none').
+  it("the destination's caller aborts after 'running' left: the destination runs the state and succeeds", async () => {
+    let released = false;
+    // Everything after the release is held: the source's STREAM_END never arrives.
+    const { src, dst, before, incoming, run } = await pair(
+      1,
+      (c) => {
+        if (released) return 'hold';
+        released = has(c, 'release');
+        return 'pass';
+      },
+      () => 'pass',
+    );
+    const summary = await run.done; // 'running' arrived
+    incoming.abort('operator cancelled');
+    const dstSummary = await incoming.done;
+    expect(summary.verified).toBe(true);
+    expect(dstSummary.ok).toBe(true);
+    expect(dst.resets).toEqual([]);
+    expect(await states(dst)).toEqual([S.RUNNING]);
+    expect(dst.sims.map((s) => s.digest())).toEqual(before);
+    expect(await states(src)).toEqual([S.STOP]);
+  });
+
   // Two devices, the second failing its last arc: the first runs the state already when the resume
   // fails. Until 2026-12-08 the destination stopped there ('none': one device RUNNING, one
   // RUNNING_P2P) and the source, told nothing, held the whole state stopped ('held').
