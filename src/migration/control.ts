@@ -115,9 +115,9 @@ export type ReturnMessage =
   /**
    * The destination failed: it has reset its devices, or, after 'validated' and before 'release',
    * keeps them stopped with the state (see MigError recovery 'held'). `returned`: sent after
-   * 'validated' (a device reset, its caller's abort, a resume that failed), it has reset every device, so nothing of
-   * the state runs there: the source, which still holds it, runs it again. A source that does not
-   * know the field holds the state, as before it.
+   * 'validated' (a device reset, its caller's abort, a resume that failed), it has reset every
+   * device, so nothing of the state runs there: the source, which still holds it, runs it again. A
+   * source that does not know the field holds the state, as before it.
    */
   | { type: 'error'; code: string; message: string; phase: MigrationPhase; returned?: boolean }
   /** Answer to 'ping'. */

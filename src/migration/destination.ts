@@ -859,31 +859,34 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     });
   }
 
-  /** Reset every device (unless they already run the migrated state) and tell the source. */
+  /**
+   * Reset every device (unless the run never asked them to move, or they hold the validated state
+   * for the handover) and tell the source. Recovery 'failed' when a reset failed.
+   */
   async #cleanup(e: unknown): Promise<MigError> {
     const err = asPhaseError(this.#latch.error ?? e, this.#phase);
     this.#latch.fail(err);
     const fromSource = err.message.startsWith('source aborted');
+    const phase = (err.phase ?? this.#phase) as MigrationPhase;
+    const reset = async (): Promise<boolean> => {
+      const clean = await resetAll(this.#opts.devices);
+      err.recovery = clean ? 'reset' : 'failed';
+      return clean;
+    };
     if (!this.#validated) {
-      if (!fromSource) this.#reply({ type: 'error', code: err.code, message: err.message, phase: (err.phase ?? this.#phase) as MigrationPhase });
+      if (!fromSource) this.#reply({ type: 'error', code: err.code, message: err.message, phase });
       for (const d of this.#devs) d.stream?.destroy();
       // Devices the run never asked to move (no source, or refused at the handshake) keep their
       // state: a reset would undo nothing and lose what they held.
-      if (this.#touched) {
-        await resetAll(this.#opts.devices);
-        err.recovery = 'reset';
-      } else {
-        err.recovery = 'none';
-      }
+      if (this.#touched) await reset();
+      else err.recovery = 'none';
     } else {
       // Validated. Until 'running' reaches it the source holds the state too, stopped (it never
       // lets go of a copy before then). A source that aborts has not read 'validated' and runs the
       // state again: reset ours, as before the validation.
       for (const d of this.#devs) d.stream?.destroy();
-      const phase = (err.phase ?? this.#phase) as MigrationPhase;
       if (fromSource) {
-        await resetAll(this.#opts.devices);
-        err.recovery = 'reset';
+        await reset();
       } else if (this.#lostState || this.#released || (err.code === ErrorCodes.ABORTED && this.#canReply())) {
         // The state cannot or shall not run here: a device was reset (what it loaded is gone), the
         // resume failed with the source's release in (its devices part RUNNING, part not, some
@@ -891,9 +894,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
         // reset every device, then tell the source that nothing of it runs here (`returned`), and
         // the source, which still holds it, runs it again. A reset that fails leaves a device that
         // may run it: then the source is not told to, and holds it.
-        const clean = await resetAll(this.#opts.devices);
+        const clean = await reset();
         this.#reply({ type: 'error', code: err.code, message: err.message, phase, ...(clean ? { returned: true } : {}) });
-        err.recovery = clean ? 'reset' : 'failed';
       } else {
         // The connection lost or a stall, before the release: the source may have released the
         // state (its 'release' on the way) or not, and may be gone. Resuming could run it twice
