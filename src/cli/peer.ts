@@ -5,7 +5,7 @@
  */
 import { ErrorCodes, MigError, migError } from '../fsm/errors.js';
 import { receive } from '../migration/destination.js';
-import { migrate } from '../migration/source.js';
+import { migrate, type SourceMigration } from '../migration/source.js';
 import { checkDestination } from '../migration/check.js';
 import { warmUp } from '../migration/warm-up.js';
 import type { MigrationSummary } from '../migration/summary.js';
@@ -108,7 +108,15 @@ export async function migrateCommand(argv: string[]): Promise<number> {
   const out = outputFor(flag(args, 'json'), flag(args, 'quiet'));
   const sims = makeSims(dev, true);
   const ac = new AbortController();
-  const onSignal = () => ac.abort('interrupted');
+  let run: SourceMigration | null = null;
+  // Before the migration starts, the signal stops the warm-up and the start; once it runs, its
+  // abort() says whether it came in time (past the handover it does not: the migration ends).
+  const onSignal = () => {
+    if (run === null) return ac.abort('interrupted');
+    if (!run.abort('interrupted') && run.phase === 'resume') {
+      process.stderr.write('vfio-mig migrate: too late to abort: the destination validated the state and this side released it; waiting for the destination to run it (again to quit now)\n');
+    }
+  };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   const progress = new ProgressLine(out);
@@ -116,7 +124,7 @@ export async function migrateCommand(argv: string[]): Promise<number> {
     // Before the migration starts: its switchover then runs compiled code (a first downtime of
     // 5.4-6.7 ms cold against 2.6-2.9 with both sides warmed, medians of bench/warm-up.mjs).
     if (!flag(args, 'no-warm-up')) await warmUp({ compression: mig.compression });
-    const run = migrate({
+    run = migrate({
       devices: sims.cores,
       transport: to,
       transportOptions: clientTls(args),

@@ -227,8 +227,16 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
     return { reordered: this.#reordered, maxBufferedBytes: this.#maxBuffered };
   }
 
-  abort(reason = 'aborted by the caller'): void {
+  /**
+   * Abort: the devices are reset (or, before the setup, left as they were) and the source is told;
+   * between 'validated' and the resume the state is given back to the source (docs/migration.md,
+   * "The handover"). Returns false, and changes nothing, when it comes too late: the migration
+   * already ended or failed, or the devices resumed (they run the state; the source let it go).
+   */
+  abort(reason = 'aborted by the caller'): boolean {
+    if (this.#latch.error !== null || this.#phase === 'complete' || this.#resumed) return false;
     this.#latch.fail(migError(ErrorCodes.ABORTED, reason, { phase: this.#phase }));
+    return true;
   }
 
   async #run(): Promise<MigrationSummary> {

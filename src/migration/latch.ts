@@ -87,7 +87,7 @@ export interface Waiting {
 export function watchRun(
   latch: FailureLatch,
   opts: { stallTimeoutMs?: number; signal?: AbortSignal },
-  run: { readonly phase: MigrationPhase; abort(reason: string): void },
+  run: { readonly phase: MigrationPhase; abort(reason: string): boolean },
   lastProgressAt: () => number,
   waiting?: Waiting,
 ): () => void {
@@ -108,7 +108,7 @@ export function watchRun(
     Math.min(250, Math.max(10, Math.min(stallMs, waiting?.timeoutMs || stallMs) / 4)),
   );
   const signal = opts.signal;
-  const onAbort = (): void => run.abort(`aborted: ${String(signal?.reason ?? 'AbortSignal')}`);
+  const onAbort = (): void => void run.abort(`aborted: ${String(signal?.reason ?? 'AbortSignal')}`);
   if (signal?.aborted) onAbort();
   signal?.addEventListener('abort', onAbort, { once: true });
   return () => {

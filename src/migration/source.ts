@@ -322,8 +322,18 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
   }
 
   /** Abort the migration (as the AbortSignal does): devices go back to RUNNING if not yet committed. */
-  abort(reason = 'aborted by the caller'): void {
+  /**
+   * Abort: the devices go back to RUNNING and the destination is told (docs/migration.md, "Nothing
+   * lost"). Returns false, and changes nothing, when it comes too late: the migration already
+   * ended or failed, or it is past the handover's point of no return (the destination validated
+   * the state and this side released it: the destination may run it already, so this side can no
+   * longer take it back). The migration then runs to its end: 'running' (success), the
+   * destination giving the state back (rolled back), or silence until the stall timeout ('held').
+   */
+  abort(reason = 'aborted by the caller'): boolean {
+    if (this.#latch.error !== null || this.#phase === 'complete' || (this.#validated && !this.#returned)) return false;
     this.#latch.fail(migError(ErrorCodes.ABORTED, reason, { phase: this.#phase }));
+    return true;
   }
 
   // ---- the run ---------------------------------------------------------------------------------

@@ -181,6 +181,38 @@ describe('the handover: never both sides running', () => {
     expect(await states(dst)).toEqual([S.RUNNING]);
   });
 
+  // Until 2026-12-08 this abort failed the source 'held' (exit 6 in the command) while the
+  // destination, released, ran the state: a success reported as a failure to settle by hand.
+  it("the source aborted after its release: too late (abort() returns false), the migration ends with 'running'", async () => {
+    // 'running' is held in the proxy until the abort was tried: the source has released the state
+    // (the destination resumed after it) and waits for it, past its point of no return.
+    let held = false;
+    const { p, src, dst, before, incoming, run } = await pair(
+      1,
+      () => 'pass',
+      (c) => (has(c, 'running') ? ((held = true), 'hold') : 'pass'),
+    );
+    const tried = new Promise<boolean>((resolve) => {
+      const t = setInterval(() => {
+        if (!held) return;
+        clearInterval(t);
+        resolve(run.abort('operator cancelled'));
+        p.flush();
+      }, 1);
+      cleanups.push(() => clearInterval(t));
+    });
+    const [summary, dstSummary] = await Promise.all([run.done, incoming.done]);
+    expect(await tried).toBe(false);
+    expect(summary.verified).toBe(true);
+    expect(dstSummary.ok).toBe(true);
+    expect(await states(dst)).toEqual([S.RUNNING]);
+    expect(dst.sims[0].digest()).toBe(before[0]);
+    expect(await states(src)).toEqual([S.STOP]);
+    // Ended: nothing left to abort on either side.
+    expect(run.abort()).toBe(false);
+    expect(incoming.abort()).toBe(false);
+  });
+
   it.each([
     ['one connection', {}],
     ['three channels, zstd', { channels: 3, compression: 'zstd' as const }],

@@ -19,7 +19,10 @@ function run(signal?: AbortSignal, waitingIn?: MigrationPhase, timeoutMs = 0, st
       get phase() {
         return phase;
       },
-      abort: (reason) => latch.fail(migError(ErrorCodes.ABORTED, reason, { phase })),
+      abort: (reason) => {
+        latch.fail(migError(ErrorCodes.ABORTED, reason, { phase }));
+        return true;
+      },
     },
     () => lastProgressAt,
     waitingIn === undefined ? undefined : { active: () => phase === waitingIn, since: () => startedAt, timeoutMs, what: 'no source connected' },
