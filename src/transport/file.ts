@@ -4,13 +4,16 @@
  * connect() writes: the Duplex's writable side goes to a temporary file next to PATH (same
  * directory, so same filesystem), which is fsynced and renamed to PATH only when the stream ends
  * successfully. A failed or destroyed save leaves nothing under PATH (an older PATH stays intact).
+ * PATH names a regular file or nothing (else USAGE: a device, FIFO, socket or directory is refused
+ * before anything is written); a symbolic link is followed, and its target replaced.
  * Its readable side carries nothing and ends once the file is committed: a writer that waits for
  * its peer to close learns that the save is durable.
  *
  * listen() reads: accept() yields, once, a Duplex whose readable side is the file and whose
  * writable side (the destination's return path) is discarded.
  */
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { lstat, open, realpath, rename, unlink, type FileHandle } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { closeSync, fstatSync, open as openCb } from 'node:fs';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
@@ -157,10 +160,49 @@ function pathOf(url: string): string {
   return resolve(address);
 }
 
+/** What a non-regular file is, for an error message. */
+function kindOf(st: Stats): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSocket()) return 'a socket';
+  return 'not a regular file';
+}
+
+/**
+ * Where a checkpoint of `url` goes: PATH, or the file a symbolic link at PATH names (the link stays
+ * a link). The rename at commit replaces whatever has the name, so an existing PATH must be a
+ * regular file: a device, a FIFO or a socket there was replaced by a regular file (`save` to
+ * /dev/full "succeeded" and left /dev/full a file), a directory failed only at the end.
+ */
+async function checkpointPath(url: string): Promise<string> {
+  let path = pathOf(url);
+  let st: Stats;
+  try {
+    st = await lstat(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return path;
+    throw connectError(err, url, 'connect');
+  }
+  if (st.isSymbolicLink()) {
+    try {
+      path = await realpath(path);
+    } catch (err) {
+      throw usageError(`connect ${url}: a symbolic link to nothing (${(err as Error).message}); name the checkpoint's file itself`, { url });
+    }
+    st = await lstat(path);
+  }
+  if (!st.isFile()) {
+    throw usageError(`connect ${url}: ${path} is ${kindOf(st)}; a checkpoint is written next to its name and renamed over it, so it must name a regular file or nothing (for a pipe, a socket or a device: fd:N)`, { url });
+  }
+  return path;
+}
+
 export const fileTransport: TransportPlugin = {
   scheme: 'file',
   async connect(url: string, opts: TransportOptions) {
-    const path = pathOf(url);
+    const path = await checkpointPath(url);
     const tempPath = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.part`);
     let fh: FileHandle;
     try {

@@ -1,7 +1,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import net from 'node:net';
 import { once } from 'node:events';
-import { existsSync, readdirSync, writeFileSync, readFileSync, openSync, closeSync, constants as fsConstants } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync, readFileSync, openSync, closeSync, lstatSync, mkdirSync, symlinkSync, constants as fsConstants } from 'node:fs';
 import { open as openCb } from 'node:fs';
 import { promisify } from 'node:util';
 import { execFileSync } from 'node:child_process';
@@ -542,6 +542,60 @@ describe('file:', () => {
       w2.destroy();
       await once(w2, 'close');
       expect(readdirSync(t.dir)).toEqual(['dev0.vmig']);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  // The commit renames the temporary file over PATH, whatever PATH was: `vfio-mig save ...
+  // /dev/full` reported success and left /dev/full a regular file (2026-12-08). A FIFO stands in
+  // for the device here (the old code replaced it with a file, harmlessly in a temp directory).
+  it('saving over a FIFO, a socket or a directory is refused before anything is written (USAGE); the name keeps what it was', async () => {
+    const t = tempDir();
+    const server = net.createServer();
+    try {
+      const fifo = join(t.dir, 'fifo');
+      execFileSync('mkfifo', [fifo]);
+      const sock = join(t.dir, 'sock');
+      await new Promise<void>((r) => server.listen(sock, r));
+      const dir = join(t.dir, 'dir');
+      mkdirSync(dir);
+      for (const [path, kind] of [
+        [fifo, 'a FIFO'],
+        [sock, 'a socket'],
+        [dir, 'a directory'],
+      ] as const) {
+        const err = await rejection(connectTransport(`file:${path}`));
+        expectMigError(err, ['VFIO_MIG_ERR_USAGE']);
+        expect((err as Error).message).toContain(`is ${kind}`);
+      }
+      expect(lstatSync(fifo).isFIFO()).toBe(true);
+      expect(lstatSync(sock).isSocket()).toBe(true);
+      expect(readdirSync(t.dir).sort()).toEqual(['dir', 'fifo', 'sock']);
+    } finally {
+      server.close();
+      t.cleanup();
+    }
+  });
+
+  it('saving through a symbolic link replaces the file it names, and the link stays; a link to nothing is refused', async () => {
+    const t = tempDir();
+    try {
+      const real = join(t.dir, 'real.vmig');
+      writeFileSync(real, 'previous checkpoint');
+      const link = join(t.dir, 'link.vmig');
+      symlinkSync('real.vmig', link);
+      const w = await connectTransport(`file:${link}`);
+      const readable = receiveAll(w);
+      const sent = await sendRandom(w, MIB);
+      await readable;
+      expect(lstatSync(link).isSymbolicLink()).toBe(true);
+      expect(sha(readFileSync(real))).toBe(sent);
+      expect(readdirSync(t.dir).sort()).toEqual(['link.vmig', 'real.vmig']);
+      const dangling = join(t.dir, 'dangling.vmig');
+      symlinkSync('nowhere.vmig', dangling);
+      expectMigError(await rejection(connectTransport(`file:${dangling}`)), ['VFIO_MIG_ERR_USAGE']);
+      expect(existsSync(join(t.dir, 'nowhere.vmig'))).toBe(false);
     } finally {
       t.cleanup();
     }
