@@ -255,6 +255,36 @@ describe('save / restore / inspect', () => {
     }
   });
 
+  // A checkpoint through a shell pipe, two vfio-mig processes: `save fd:3 3>&1 | restore fd:3 3<&0`.
+  it('save into a pipe, restore from it (zstd); a reader that quits fails the save (EPIPE, rolled back, exit 2) and the cut stream the restore (exit 65)', async () => {
+    await ensureBuilt();
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-pipe-'));
+    try {
+      const sh = (script: string) => spawnSync('bash', ['-c', `${script}; echo "codes \${PIPESTATUS[*]}" >&2`], { encoding: 'utf8', timeout: 60_000 });
+      const vm = `${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)}`;
+      const dev = '--size 16MiB';
+      const saved = join(dir, 'save.json');
+      const ok = sh(`${vm} save --json ${dev} --compress zstd fd:3 3>&1 >${saved} | ${vm} restore --json ${dev} fd:3 3<&0`);
+      expect(ok.stderr).toMatch(/codes 0 0/);
+      const restored = JSON.parse(ok.stdout.trim());
+      expect(restored.verified).toBe(true);
+      // What the save read is what the restore loaded.
+      expect(restored.digests).toEqual(JSON.parse(readFileSync(saved, 'utf8').trim()).digests);
+
+      const quit = sh(`${vm} save --json ${dev} fd:3 3>&1 >${saved} | head -c 100000 >/dev/null`);
+      expect(quit.stderr).toMatch(/codes 2 0/);
+      const saveErr = JSON.parse(readFileSync(saved, 'utf8').trim());
+      expect(saveErr.error.message).toMatch(/EPIPE/);
+      expect(saveErr.recovery).toBe('recovered');
+
+      const cut = sh(`${vm} save --quiet ${dev} --compress zstd fd:3 3>&1 >/dev/null 2>/dev/null | head -c 1000000 | ${vm} restore --json ${dev} fd:3 3<&0`);
+      expect(cut.stderr).toMatch(/codes \d+ 0 65/);
+      expect(JSON.parse(cut.stdout.trim()).error.code).toBe('VFIO_MIG_ERR_TRUNCATED');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('round trip, then a corrupt and a truncated file fail with typed errors (exit 65)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-ckpt-'));
     try {

@@ -472,6 +472,39 @@ describe('fd:', () => {
     });
   });
 
+  // A checkpoint piped (`vfio-mig save fd:3 3>&1 | ...`): the write end alone used to be read as
+  // well, and the write-only fd failed the stream at once (ENOTCONN, "transport lost").
+  it('fd:N on one end of a pipe: the write end sends 4 MiB and its readable side ends once all is out; the read end takes them and discards writes', async () => {
+    await withFifoPair(async (fifo) => {
+      const r = openSync(fifo, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+      const w = openSync(fifo, 'w');
+      const out = await connectTransport(`fd:${w}`);
+      const l = await listenTransport(`fd:${r}`);
+      const inn = await l.accept();
+      // The return path of a reader goes nowhere, and does not fail it.
+      inn.write(Buffer.from('ack'));
+      const outDone = receiveAll(out);
+      const [sent, received] = await Promise.all([sendRandom(out, 4 * MIB), receiveAll(inn)]);
+      expect(received).toEqual({ hash: sent, bytes: 4 * MIB });
+      // The writer's own readable side carried nothing and ended (its end was handed to the pipe).
+      expect(await outDone).toEqual({ hash: createHash('sha256').update(Buffer.alloc(0)).digest('hex'), bytes: 0 });
+      inn.destroy();
+    });
+  });
+
+  it('fd:N on the write end of a pipe whose reader quit: EPIPE, a typed error', async () => {
+    await withFifoPair(async (fifo) => {
+      const r = openSync(fifo, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+      const w = openSync(fifo, 'w');
+      const out = await connectTransport(`fd:${w}`);
+      closeSync(r);
+      const failed = new Promise<unknown>((resolve) => out.once('error', resolve));
+      out.write(Buffer.alloc(MIB));
+      expectMigError(await failed, ['VFIO_MIG_ERR_TRANSPORT']);
+      expect(String((await failed) as Error)).toMatch(/EPIPE/);
+    });
+  });
+
   it('refuses stdio, regular files and closed fds with typed errors', async () => {
     const t = tempDir();
     try {
