@@ -7,7 +7,7 @@ import { ErrorCodes, migError } from '../fsm/errors.js';
 import { restore, save } from '../migration/checkpoint.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
-import { COMPRESSION_WORKERS_OPTION, DECOMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, MIN_SAVING_OPTION, OUTPUT_OPTIONS, applyCompressionWorkers, compressionMinSaving, decompressionPool, deviceConfig, flag, makeSims } from './options.js';
+import { COMPRESSION_WORKERS_OPTION, DECOMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, MIN_SAVING_OPTION, OUTPUT_OPTIONS, applyCompressionWorkers, compressionMinSaving, decompressionPool, deviceConfig, flag, makeSims, streamUrl } from './options.js';
 import { errorJson, outputFor, printError, printJson, printSummary, summaryJson } from './output.js';
 import { formatBytes } from './units.js';
 
@@ -31,10 +31,6 @@ export const RESTORE_HELP = formatHelp(
   RESTORE_SPECS,
 );
 
-function fileUrl(file: string): string {
-  return /^[a-z][a-z0-9+.-]*:/i.test(file) && !file.startsWith('/') ? file : `file:${file}`;
-}
-
 function onePositional(positionals: string[], cmd: string): string {
   if (positionals.length !== 1) throw migError(ErrorCodes.USAGE, `${cmd} needs exactly one FILE argument`);
   return positionals[0];
@@ -56,7 +52,7 @@ export async function saveCommand(argv: string[]): Promise<number> {
   const sims = makeSims({ ...dev, dirtyRate: 0 }, false);
   try {
     const digests = sims.sims.map((s) => s.digest());
-    const s = await save({ devices: sims.cores, transport: fileUrl(file), compression, compressionMinSaving: minSaving }).done;
+    const s = await save({ devices: sims.cores, transport: streamUrl(file), compression, compressionMinSaving: minSaving }).done;
     if (out.json) printJson(summaryJson(s, { file, digests }));
     else if (!out.quiet) printSummary(`saved ${dev.devices} device(s) (${formatBytes(dev.size * dev.devices)}) to ${file}`, s, [['digests', digests.map((d) => d.slice(0, 16)).join(' ')]]);
     return ExitCode.OK;
@@ -81,7 +77,7 @@ export async function restoreCommand(argv: string[]): Promise<number> {
   const pool = decompressionPool(args);
   const sims = makeSims({ ...dev, dirtyRate: 0 }, false);
   try {
-    const s = await restore({ devices: sims.cores, transport: fileUrl(file), decompressionPool: pool }).done;
+    const s = await restore({ devices: sims.cores, transport: streamUrl(file), decompressionPool: pool }).done;
     const digests = sims.sims.map((d) => d.digest());
     if (!s.verified) {
       throw migError(ErrorCodes.DIGEST, `${file} carries no device digest to verify`, { phase: 'validate' });

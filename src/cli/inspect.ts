@@ -5,13 +5,14 @@
  */
 import { createReadStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
-import { Writable } from 'node:stream';
+import { Writable, type Readable } from 'node:stream';
 import { ErrorCodes, migError } from '../fsm/errors.js';
 import { RecordDecoder } from '../streams/record-decoder.js';
+import { listenTransport, type TransportListener } from '../transport/index.js';
 import { RecordType, recordTypeName, type DecodedObject } from '../streams/wire-format.js';
 import { formatHelp, parseArgs, type OptionSpec } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
-import { flag } from './options.js';
+import { flag, streamUrl } from './options.js';
 import { errorJson, printError, printJson } from './output.js';
 import { formatBytes } from './units.js';
 
@@ -21,7 +22,7 @@ const SPECS: OptionSpec[] = [
   { name: 'help', short: 'h', help: 'show this help' },
 ];
 
-export const INSPECT_HELP = formatHelp('vfio-mig inspect [--all] [--json] FILE', 'Print the stream header and the records of a vfio-mig stream (a saved checkpoint).', SPECS);
+export const INSPECT_HELP = formatHelp('vfio-mig inspect [--all] [--json] FILE', 'Print the stream header and the records of a vfio-mig stream: a saved checkpoint (FILE), or a stream on a transport URL (fd:3 on a pipe: ... | vfio-mig inspect fd:3 3<&0).', SPECS);
 
 type Row = Record<string, unknown>;
 
@@ -32,7 +33,10 @@ export async function inspectCommand(argv: string[]): Promise<number> {
     return ExitCode.OK;
   }
   if (args.positionals.length !== 1) throw migError(ErrorCodes.USAGE, 'inspect needs exactly one FILE argument');
-  const file = args.positionals[0].replace(/^file:/, '');
+  const url = streamUrl(args.positionals[0]);
+  // A path is read as it is (a regular file, /dev/stdin, a FIFO); another URL (fd:3 on a pipe,
+  // unix:..., tcp:...) through its transport's listener, as restore reads it.
+  const file = url.startsWith('file:') ? url.slice('file:'.length) : url;
   const json = flag(args, 'json');
   const all = flag(args, 'all');
   const rows: Row[] = [];
@@ -88,8 +92,18 @@ export async function inspectCommand(argv: string[]): Promise<number> {
       cb();
     },
   });
+  let listener: TransportListener | null = null;
   try {
-    await pipeline(createReadStream(file), new RecordDecoder(), sink);
+    let input: Readable;
+    if (url.startsWith('file:')) {
+      input = createReadStream(file);
+    } else {
+      listener = await listenTransport(url);
+      const conn = await listener.accept();
+      conn.end(); // nothing is sent back
+      input = conn;
+    }
+    await pipeline(input, new RecordDecoder(), sink);
     if (json) printJson({ ok: true, file, header, records: rows });
     return ExitCode.OK;
   } catch (err) {
@@ -97,6 +111,8 @@ export async function inspectCommand(argv: string[]): Promise<number> {
     if (json) printJson(errorJson(err, { file, header, records: rows }));
     else printError(err);
     return exitCodeFor(err, 'inspect');
+  } finally {
+    await listener?.close();
   }
 }
 

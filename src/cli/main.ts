@@ -100,6 +100,14 @@ export async function main(argv: string[]): Promise<number> {
  * command that never finished reported as a success).
  */
 export function runMain(run: (argv: string[]) => Promise<number> = main, argv: string[] = process.argv.slice(2)): void {
+  // A reader of our output that goes away (`vfio-mig inspect f | head`) ends the output, not the
+  // command: a migration in progress must not die half way because its summary has no reader.
+  // Unhandled, the EPIPE crashed the process with a stack trace.
+  for (const out of [process.stdout, process.stderr]) {
+    out.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') throw err;
+    });
+  }
   let settled = false;
   process.once('beforeExit', () => {
     if (settled) return;

@@ -164,6 +164,11 @@ export function applyCompressionWorkers(args: ParsedArgs): void {
   configureSharedCompressionPool({ size: parseCount(v, '--compression-workers', 1, 256) });
 }
 
+/** A FILE argument as a transport URL: a path is `file:PATH`; `fd:3`, `unix:...` and other URLs stay as they are. */
+export function streamUrl(file: string): string {
+  return /^[a-z][a-z0-9+.-]*:/i.test(file) && !file.startsWith('/') ? file : `file:${file}`;
+}
+
 /** `--decompression-workers N` (decompressionPool), for the commands that decode: receive, restore. */
 export const DECOMPRESSION_WORKERS_OPTION: OptionSpec = {
   name: 'decompression-workers',

@@ -131,7 +131,10 @@ export function printError(err: unknown): void {
   const e = err instanceof MigError ? err : null;
   const where = e?.phase ? ` (phase ${e.phase}${e.device !== undefined ? `, device ${e.device}` : ''})` : '';
   const code = e?.code ?? (err as { code?: string })?.code;
-  process.stderr.write(`vfio-mig: ${code ? `${code}: ` : ''}${err instanceof Error ? err.message : String(err)}${where}\n`);
+  const message = err instanceof Error ? err.message : String(err);
+  // Node's system errors already start with their code ("ENOENT: no such file or directory, ...").
+  const prefix = code && !message.startsWith(`${code}:`) ? `${code}: ` : '';
+  process.stderr.write(`vfio-mig: ${prefix}${message}${where}\n`);
   if (e?.recovery === 'recovered') process.stderr.write('vfio-mig: rolled back: every source device is RUNNING with its state intact\n');
   else if (e?.recovery === 'reset') process.stderr.write('vfio-mig: the destination devices were reset\n');
   else if (e?.recovery === 'failed') process.stderr.write('vfio-mig: WARNING: a device could not be restored to RUNNING\n');

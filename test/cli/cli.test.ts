@@ -285,6 +285,35 @@ describe('save / restore / inspect', () => {
     }
   });
 
+  it('inspect reads a pipe (fd:3), says a cut one is truncated (65), and its reader quitting ends the output, not the command', async () => {
+    await ensureBuilt();
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-inspect-'));
+    try {
+      const file = join(dir, 'state.vfm');
+      expect((await cli(['save', '--quiet', '--size', '8MiB', file])).code).toBe(0);
+      const sh = (script: string) => spawnSync('bash', ['-c', `${script}; echo "codes \${PIPESTATUS[*]}" >&2`], { encoding: 'utf8', timeout: 60_000 });
+      const vm = `${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)}`;
+      // `inspect fd:3` took 'fd:3' for a path (ENOENT).
+      const piped = sh(`cat ${file} | ${vm} inspect fd:3 3<&0`);
+      expect(piped.stderr).toMatch(/codes 0 0/);
+      expect(piped.stdout).toMatch(/^stream fd:3: format 1\.0/);
+      expect(piped.stdout).toMatch(/STREAM_END/);
+      const cut = sh(`head -c 300000 ${file} | ${vm} inspect fd:3 3<&0`);
+      expect(cut.stderr).toMatch(/VFIO_MIG_ERR_TRUNCATED/);
+      expect(cut.stderr).toMatch(/codes 0 65/);
+      // Its output's reader gone before the first line (`true` reads nothing and exits at once):
+      // every write is EPIPE; no stack trace, exit 0 (it crashed with an unhandled 'error').
+      const gone = sh(`${vm} inspect --all ${file} | true`);
+      expect(gone.stderr).toMatch(/^codes 0 0\n$/);
+      // A system error's code is said once ("ENOENT: ENOENT: ..." before).
+      const missing = await cli(['inspect', join(dir, 'nothere.vfm')]);
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toMatch(/^vfio-mig: ENOENT: no such file or directory, open /);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('round trip, then a corrupt and a truncated file fail with typed errors (exit 65)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-ckpt-'));
     try {
