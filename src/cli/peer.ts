@@ -9,7 +9,7 @@ import { migrate, type SourceMigration } from '../migration/source.js';
 import { checkDestination } from '../migration/check.js';
 import { warmUp } from '../migration/warm-up.js';
 import type { MigrationSummary } from '../migration/summary.js';
-import { listenTransport } from '../transport/index.js';
+import { listenTransport, type TransportListener } from '../transport/index.js';
 import { formatHelp, parseArgs, type OptionSpec, type ParsedArgs } from './args.js';
 import { ExitCode, exitCodeFor } from './exit-codes.js';
 import { COMPRESSION_WORKERS_OPTION, DECOMPRESSION_WORKERS_OPTION, DEVICE_OPTIONS, MIGRATION_OPTIONS, OUTPUT_OPTIONS, WARM_UP_OPTION, applyCompressionWorkers, compressionWorkers, decompressionPool, deviceConfig, flag, makeSims, migrationConfig } from './options.js';
@@ -215,8 +215,12 @@ export async function receiveCommand(argv: string[]): Promise<number> {
   const onSignal = () => ac.abort('interrupted');
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const listener = await listenTransport(listen, tls(args));
+  // Inside the try: a listen that fails (EADDRINUSE, EACCES) is reported as any failure, not as an
+  // internal error with a stack trace (exit 70), and the cleanup below still runs.
+  let listener: TransportListener | null = null;
   try {
+    listener = await listenTransport(listen, tls(args));
+    const l = listener;
     if (ipc) process.send?.({ listening: listener.url });
     else if (!out.quiet && !out.json) process.stderr.write(`vfio-mig receive: listening on ${listener.url}\n`);
     // The rehearsal (~60 ms cold) runs while the source is still on its way.
@@ -225,16 +229,16 @@ export async function receiveCommand(argv: string[]): Promise<number> {
       devices: sims.cores,
       decompressionPool: pool,
       transport: async () => {
-        const d = await listener.accept({ signal: ac.signal });
+        const d = await l.accept({ signal: ac.signal });
         // A source that came sooner waits for the end of the rehearsal: run beside the handshake,
         // it would inflate the setup and round-trip times the source's prediction starts from.
         await warming;
         // fd: and file: listeners yield one connection: nothing more will come.
-        if (listen.startsWith('fd:') || listen.startsWith('file:')) void listener.close();
+        if (listen.startsWith('fd:') || listen.startsWith('file:')) void l.close();
         return d;
       },
       // The source's extra data channels (--channels) connect to the same listener.
-      accept: () => listener.accept({ signal: ac.signal }),
+      accept: () => l.accept({ signal: ac.signal }),
       // fd: and file: yield their one stream: a bad start there is the receive's failure.
       dropStrays: !(listen.startsWith('fd:') || listen.startsWith('file:')),
       signal: ac.signal,
@@ -267,7 +271,7 @@ export async function receiveCommand(argv: string[]): Promise<number> {
     // At most a second for the listener (a ref'd timer: an unref'd one left this await to an event
     // loop that could empty first, and the command's code was lost).
     let grace: NodeJS.Timeout | undefined;
-    await Promise.race([listener.close(), new Promise((r) => (grace = setTimeout(r, 1000)))]);
+    if (listener !== null) await Promise.race([listener.close(), new Promise((r) => (grace = setTimeout(r, 1000)))]);
     clearTimeout(grace);
     sims.close();
     await pool?.close();

@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
+import net from 'node:net';
 import { BIN, ROOT, ensureBuilt, runCli, startReceiver } from '../e2e/helpers.js';
 import { WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR } from '../../src/streams/wire-format.js';
 import { limitRow } from '../../src/cli/output.js';
@@ -213,6 +214,24 @@ describe('conventions', () => {
     expect((await cli(['demo', '--size', 'lots'])).code).toBe(64);
     expect((await cli(['frobnicate'])).code).toBe(64);
     expect((await cli([])).code).toBe(64);
+  });
+
+  // A listen that failed escaped receive's try: exit 70 with a stack trace, signal handlers left.
+  it('receive on an address in use: a typed error (EADDRINUSE), no stack trace, exit 2; --json says so', async () => {
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const { port } = server.address() as net.AddressInfo;
+      const human = await cli(['receive', '--listen', `tcp:127.0.0.1:${port}`, '--size', '4MiB', '--no-warm-up']);
+      expect(human.code).toBe(2);
+      expect(human.stderr).toMatch(/^vfio-mig: EADDRINUSE: listen tcp:127\.0\.0\.1:\d+: listen EADDRINUSE/);
+      expect(human.stderr).not.toMatch(/\n\s+at /);
+      const json = await cli(['receive', '--json', '--listen', `tcp:127.0.0.1:${port}`, '--size', '4MiB', '--no-warm-up']);
+      expect(json.code).toBe(2);
+      expect(JSON.parse(json.stdout.trim())).toMatchObject({ ok: false, error: { code: 'EADDRINUSE' } });
+    } finally {
+      server.close();
+    }
   });
 
   // The bin's runMain: a command whose last await nothing can settle (the pool close that lost its
