@@ -12,11 +12,11 @@
  */
 import net from 'node:net';
 import { fstatSync, readFileSync } from 'node:fs';
-import { PassThrough, Writable, type Duplex } from 'node:stream';
+import { PassThrough, type Duplex } from 'node:stream';
 import type { TransportListener, TransportOptions, TransportPlugin } from './types.js';
 import { connectError, usageError, withTypedErrors } from './errors.js';
 import { QueueListener } from './listener.js';
-import { PairDuplex } from './pair.js';
+import { PairDuplex, discardWrites } from './pair.js';
 import { parseTransportUrl } from './url.js';
 import { withChunkReads } from './net.js';
 
@@ -76,12 +76,7 @@ function oneWay(fd: number, mode: 'r' | 'w', opts: net.SocketConstructorOpts): D
     return new PairDuplex(r, w);
   }
   const r = withChunkReads(new net.Socket({ ...opts, fd, readable: true, writable: false }), { writable: false });
-  const discard = new Writable({
-    write(_chunk, _enc, cb) {
-      cb();
-    },
-  });
-  return new PairDuplex(r, discard);
+  return new PairDuplex(r, discardWrites());
 }
 
 function open(url: string): Duplex {

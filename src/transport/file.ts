@@ -18,11 +18,11 @@ import { closeSync, fstatSync, open as openCb } from 'node:fs';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join, resolve } from 'node:path';
-import { Duplex, Writable } from 'node:stream';
+import { Duplex } from 'node:stream';
 import type { TransportListener, TransportOptions, TransportPlugin } from './types.js';
 import { connectError, streamError, usageError, withTypedErrors } from './errors.js';
 import { QueueListener } from './listener.js';
-import { PairDuplex } from './pair.js';
+import { PairDuplex, discardWrites } from './pair.js';
 import { parseTransportUrl } from './url.js';
 import { createFdSource } from '../streams/fd-source.js';
 
@@ -229,12 +229,7 @@ export const fileTransport: TransportPlugin = {
     // RecordDecoder piped from the connection gives back (INPUT_RELEASE through PairDuplex): later
     // reads land in memory already mapped. createReadStream gave every read fresh memory.
     const reader = createFdSource(fd, { chunkSize: READ_CHUNK, recycle: true, autoClose: true });
-    const discard = new Writable({
-      write(_chunk, _enc, cb) {
-        cb();
-      },
-    });
-    const conn = withTypedErrors(new PairDuplex(reader, discard, { highWaterMark: READ_CHUNK }), url);
+    const conn = withTypedErrors(new PairDuplex(reader, discardWrites(), { highWaterMark: READ_CHUNK }), url);
     const listener = new QueueListener(url, path, async () => {}, { limit: 1, maxPending: opts.maxPending });
     listener.push(conn);
     return listener;

@@ -7,7 +7,7 @@
  * recycles device buffers and compressed frames on that promise. Chunks queued meanwhile go down
  * together (_writev), so waiting costs no batching.
  */
-import { Duplex, type Readable, type Writable } from 'node:stream';
+import { Duplex, Writable, type Readable } from 'node:stream';
 import { INPUT_RELEASE, READ_TARGET, inputReleaseHook, readTargetHook } from '../streams/read-target.js';
 
 type Callback = (err?: Error | null) => void;
@@ -75,4 +75,13 @@ export class PairDuplex extends Duplex {
       cb(err);
     };
   }
+}
+
+/** A writable side that goes nowhere: a one-way connection's return path (a checkpoint read, a pipe's read end). */
+export function discardWrites(): Writable {
+  return new Writable({
+    write(_chunk, _enc, cb) {
+      cb();
+    },
+  });
 }
