@@ -35,6 +35,9 @@ function producer(fifo, count) {
 async function timed(fifo, count, read) {
   const t0 = performance.now();
   const produced = producer(fifo, count);
+  // Awaited below: a producer that fails while read() runs must fail this bench, not crash the
+  // runner through an unhandled rejection (exit 1 with no 'bench failed' line).
+  produced.catch(() => {});
   const bytes = await read();
   const ms = performance.now() - t0;
   await produced;

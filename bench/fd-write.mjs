@@ -42,6 +42,9 @@ function openWriter(fifo) {
 async function timed(fifo, count, write) {
   const t0 = performance.now();
   const consumed = runDd([`if=${fifo}`, 'of=/dev/null', 'bs=1M']).then((r) => r.bytes);
+  // Awaited below: a consumer that fails while write() runs must fail this bench, not crash the
+  // runner through an unhandled rejection (exit 1 with no 'bench failed' line).
+  consumed.catch(() => {});
   const fd = await openWriter(fifo);
   await write(fd);
   const bytes = await consumed;

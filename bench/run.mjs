@@ -104,4 +104,12 @@ async function main() {
   return failed ? 1 : 0;
 }
 
-main().then((code) => { process.exitCode = code; }, (err) => { process.stderr.write(`${err.stack}\n`); process.exitCode = 1; });
+// A rejection no bench awaited (a child's promise that failed while the bench waited on
+// something else) is reported and fails the run at its end, instead of killing it half way.
+let stray = 0;
+process.on('unhandledRejection', (err) => {
+  stray++;
+  process.stderr.write(`bench: unhandled rejection: ${err && err.stack ? err.stack : err}\n`);
+});
+
+main().then((code) => { process.exitCode = code || (stray ? 1 : 0); }, (err) => { process.stderr.write(`${err.stack}\n`); process.exitCode = 1; });
