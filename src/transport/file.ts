@@ -13,8 +13,7 @@
  * writable side (the destination's return path) is discarded.
  */
 import { lstat, open, realpath, rename, unlink, type FileHandle } from 'node:fs/promises';
-import type { Stats } from 'node:fs';
-import { closeSync, fstatSync, open as openCb } from 'node:fs';
+import { closeSync, fstatSync, open as openCb, type Stats } from 'node:fs';
 import { promisify } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join, resolve } from 'node:path';
