@@ -216,6 +216,29 @@ describe('conventions', () => {
     expect((await cli([])).code).toBe(64);
   });
 
+  // Exit 4 was documented and never exercised.
+  it('SIGINT to migrate mid-PRE_COPY: exit 4, ABORTED, rolled back; the receive is told and exits 4 too, its devices reset', async () => {
+    await ensureBuilt();
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-sigint-'));
+    try {
+      const dev = ['--size', '128MiB'];
+      const dest = startReceiver(`unix:${join(dir, 'r.sock')}`, dev, ['--no-warm-up']);
+      const url = await dest.url;
+      // 128 MiB at 16 MB/s: over 8 s of PRE_COPY, interrupted after two (its start takes ~0.2).
+      const src = runCli(['migrate', '--json', '--to', url, ...dev, '--bandwidth', '16MB', '--no-warm-up']);
+      await new Promise((r) => setTimeout(r, 2000));
+      src.child.kill('SIGINT');
+      const [s, d] = await Promise.all([src.exit, dest.exit]);
+      expect(s.code, s.stderr).toBe(4);
+      expect(s.json).toMatchObject({ ok: false, error: { code: 'VFIO_MIG_ERR_ABORTED' }, recovery: 'recovered' });
+      expect(d.code, d.stderr).toBe(4);
+      expect(d.json).toMatchObject({ ok: false, error: { code: 'VFIO_MIG_ERR_ABORTED' }, recovery: 'reset' });
+      expect(String((d.json as { error: { message: string } }).error.message)).toMatch(/source aborted in phase precopy/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
+
   // A listen that failed escaped receive's try: exit 70 with a stack trace, signal handlers left.
   it('receive on an address in use: a typed error (EADDRINUSE), no stack trace, exit 2; --json says so', async () => {
     const server = net.createServer();
