@@ -22,6 +22,14 @@ async function cli(args: string[]) {
   return runCli(args).exit;
 }
 
+/** The command line that runs vfio-mig, for shell pipelines. */
+const vm = `${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)}`;
+
+/** Run a bash pipeline; its stderr ends with `codes ...`, each command's exit code in order. */
+function sh(script: string) {
+  return spawnSync('bash', ['-c', `${script}; echo "codes \${PIPESTATUS[*]}" >&2`], { encoding: 'utf8', timeout: 60_000 });
+}
+
 describe('vfio-mig demo', () => {
   it('--json --size 32MiB prints one verified summary', async () => {
     const r = await cli(['demo', '--json', '--size', '32MiB', '--dirty-rate', '4MiB']);
@@ -302,8 +310,6 @@ describe('save / restore / inspect', () => {
     await ensureBuilt();
     const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-pipe-'));
     try {
-      const sh = (script: string) => spawnSync('bash', ['-c', `${script}; echo "codes \${PIPESTATUS[*]}" >&2`], { encoding: 'utf8', timeout: 60_000 });
-      const vm = `${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)}`;
       const dev = '--size 16MiB';
       const saved = join(dir, 'save.json');
       const ok = sh(`${vm} save --json ${dev} --compress zstd fd:3 3>&1 >${saved} | ${vm} restore --json ${dev} fd:3 3<&0`);
@@ -333,8 +339,6 @@ describe('save / restore / inspect', () => {
     try {
       const file = join(dir, 'state.vfm');
       expect((await cli(['save', '--quiet', '--size', '8MiB', file])).code).toBe(0);
-      const sh = (script: string) => spawnSync('bash', ['-c', `${script}; echo "codes \${PIPESTATUS[*]}" >&2`], { encoding: 'utf8', timeout: 60_000 });
-      const vm = `${JSON.stringify(process.execPath)} ${JSON.stringify(BIN)}`;
       // `inspect fd:3` took 'fd:3' for a path (ENOENT).
       const piped = sh(`cat ${file} | ${vm} inspect fd:3 3<&0`);
       expect(piped.stderr).toMatch(/codes 0 0/);
