@@ -345,9 +345,8 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
       }
     } catch (e) {
       // Resumed, the devices run the state and 'running' is sent: whatever fails after that (the
-      // caller's abort, a connection lost before the source's STREAM_END) ends nothing; the
-      // migration succeeded. (#consume returns its summary then; this is for a failure seen here,
-      // through the latch, first.)
+      // caller's abort, a connection lost before the source's STREAM_END, the record loop's own
+      // error) ends nothing; the migration succeeded. One place for every way a failure arrives.
       if (this.#resumed) return this.#summary();
       throw await this.#cleanup(e);
     } finally {
@@ -484,8 +483,7 @@ export class DestinationMigration extends EventEmitter<MigrationEvents> {
         }
       }
     } catch (err) {
-      // The devices run the state: whatever became of the source's connection after it released it.
-      if (this.#resumed) return this.#summary();
+      // (Resumed, the devices run the state whatever this error is: #run's catch returns the summary.)
       // The decoder's typed errors (CORRUPT, TRUNCATED, DIGEST, LIMIT) arrive here. A connection that
       // ends mid-stream is a lost source (the decoder's TRUNCATED is the cause); a file stays TRUNCATED.
       const live = this.#transport instanceof net.Socket;

@@ -321,7 +321,6 @@ export class SourceMigration extends EventEmitter<MigrationEvents> {
     return this.#phase;
   }
 
-  /** Abort the migration (as the AbortSignal does): devices go back to RUNNING if not yet committed. */
   /**
    * Abort: the devices go back to RUNNING and the destination is told (docs/migration.md, "Nothing
    * lost"). Returns false, and changes nothing, when it comes too late: the migration already
